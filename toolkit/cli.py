@@ -1,0 +1,154 @@
+"""The thin click layer: options map onto library calls; ToolkitError becomes one line.
+
+Torch-side modules are imported inside the commands that need them, so that
+`mnisttk verify` and `mnisttk predict` run where only onnxruntime and numpy exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import ToolkitError
+
+
+def log(message: str) -> None:
+    """Logs and progress go to stderr; results go to stdout."""
+    click.echo(message, err=True)
+
+
+def toolkit_errors(func):
+    """Turn library errors into `Error: …` (exit 1) at the edge."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ToolkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; existing files were left as they were") from None
+
+    return wrapper
+
+
+def data_dir_option(func):
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder with the four MNIST IDX files (default: $MNISTTK_DATA or ~/.cache/mnisttk).",
+    )(func)
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnisttk")
+def main():
+    """mnisttk: train the MNIST CNN, quantize and export it, and prove the deployed
+    artifact still matches the float model.
+
+    \b
+    Example:
+        mnisttk pipeline        # train -> export --quantize -> verify
+    """
+
+
+@main.command()
+@data_dir_option
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help="Write a labelled grid of sample images (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@toolkit_errors
+def data(data_dir, grid, as_json):
+    """Find or fetch MNIST and describe it: source, split sizes, class counts, SHA-256.
+
+    \b
+    Example:
+        mnisttk data --grid samples.png
+    """
+    from toolkit.data import load_mnist
+    from toolkit.datainfo import describe, format_description, write_grid
+
+    mnist = load_mnist(data_dir, log=log)
+    info = describe(mnist)
+    if grid:
+        write_grid(mnist, grid)
+        info["grid"] = str(grid)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(format_description(info))
+
+
+@main.command()
+@click.option("--arch", type=click.Choice(["cnn", "mlp"]), default="cnn", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@data_dir_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Checkpoint path (default: exported/<arch>.pt).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@toolkit_errors
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet):
+    """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
+
+    \b
+    Example:
+        mnisttk train --epochs 1 --device cpu
+    """
+    from toolkit.checkpoint import save_checkpoint
+    from toolkit.data import load_mnist
+    from toolkit.train import TrainConfig, checkpoint_payload, select_device
+    from toolkit.train import train as run_training
+
+    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    dev = select_device(device)
+    out = out or Path("exported") / f"{arch}.pt"
+    from toolkit.fsutil import check_writable_dir
+
+    try:
+        check_writable_dir(out.parent)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
+    mnist = load_mnist(data_dir, log=log)
+    log(f"data: {mnist.source}")
+    log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
+    model, result = run_training(config, mnist, dev, log=log, progress=not quiet)
+    save_checkpoint(out, checkpoint_payload(model, result))
+    result["checkpoint"] = str(out)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_train_result(result))
+
+
+def format_train_result(result: dict) -> str:
+    tr, te = result["metrics"]["train"], result["metrics"]["test"]
+    epochs = result["recipe"]["epochs"]
+    lines = [
+        f"{result['arch']}: {result['parameters']:,} parameters, trained on {result['device']} "
+        f"in {result['train_seconds']:.1f} s ({result['train_seconds'] / epochs:.1f} s/epoch)",
+        f"{'split':<6} {'accuracy':>9} {'macro precision':>16} {'macro recall':>13}",
+        f"{'train':<6} {tr['accuracy']:>9.4f} {tr['macro_precision']:>16.4f} {tr['macro_recall']:>13.4f}",
+        f"{'TEST':<6} {te['accuracy']:>9.4f} {te['macro_precision']:>16.4f} {te['macro_recall']:>13.4f}",
+        "test confusion matrix (rows: true digit, columns: predicted):",
+    ]
+    lines += ["  " + " ".join(f"{v:>5}" for v in row) for row in te["confusion_matrix"]]
+    lines.append(f"checkpoint: {result['checkpoint']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

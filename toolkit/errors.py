@@ -1,0 +1,29 @@
+"""One error family for the whole toolkit; the CLI turns each into a one-line message."""
+
+
+class ToolkitError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class DataError(ToolkitError):
+    """MNIST could not be found, fetched or read."""
+
+
+class CheckpointError(ToolkitError):
+    """A checkpoint is missing, truncated or not one of ours."""
+
+
+class ExportError(ToolkitError):
+    """Exporting or quantizing an artifact failed."""
+
+
+class ManifestError(ToolkitError):
+    """The manifest or an artifact it lists is missing or does not match."""
+
+
+class RuntimeUnavailable(ToolkitError):
+    """An execution provider or device that was asked for is not there."""
+
+
+class ImageError(ToolkitError):
+    """An input image for `predict` cannot be read or is not usable."""

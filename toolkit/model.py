@@ -1,0 +1,55 @@
+"""The seed's CNN and a fully connected baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from toolkit.errors import CheckpointError
+
+
+class CNN(nn.Module):
+    """Exactly the seed notebook's net: 9,098 parameters, 290,080 multiply-adds per image."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels=in_channels, out_channels=8, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.conv2 = nn.Conv2d(in_channels=8, out_channels=16, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(16 * 7 * 7, num_classes)  # 16 channels × 7×7 after two pools
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×1×28×28 in [0, 1]
+        x = self.pool(F.relu(self.conv1(x)))  # N×8×14×14
+        x = self.pool(F.relu(self.conv2(x)))  # N×16×7×7
+        x = x.reshape(x.shape[0], -1)  # N×784
+        return self.fc1(x)  # N×10 logits
+
+
+class MLP(nn.Module):
+    """The seed's contrast: a plain feed-forward net (784-128-64-10, ReLU)."""
+
+    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (128, 64)):
+        super().__init__()
+        self.fc1 = nn.Linear(28 * 28, hidden[0])
+        self.fc2 = nn.Linear(hidden[0], hidden[1])
+        self.fc3 = nn.Linear(hidden[1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+ARCHS = {"cnn": CNN, "mlp": MLP}
+
+
+def build_model(arch: str) -> nn.Module:
+    if arch not in ARCHS:
+        raise CheckpointError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arch]()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
