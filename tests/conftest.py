@@ -49,3 +49,23 @@ def real_mnist():
     from toolkit.data import load_mnist
 
     return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A tiny trained checkpoint on synthetic data, exported with --quantize."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    data = write_idx(root / "data", synthetic_arrays())
+    out = root / "exported"
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "20", "--lr", "0.003",
+                             "--out", str(out / "cnn.pt"), "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize",
+                             "--calibration-size", "100", "--data-dir", str(data)])
+    assert r.exit_code == 0, r.output
+    return {"data": data, "out": out, "root": root}

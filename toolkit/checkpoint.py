@@ -35,9 +35,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint (run `mnisttk train` first)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable mnisttk checkpoint (truncated or foreign: {first[:120]})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not an mnisttk checkpoint (not a weights-only PyTorch file)") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError):
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnisttk checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("arch") not in ARCHS:

@@ -150,5 +150,61 @@ def format_train_result(result: dict) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path("exported/cnn.pt"),
+              show_default=True, help="Checkpoint from `mnisttk train`.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
+@click.option("--quantize", is_flag=True, help="Also write static int8 ONNX and TorchScript models.")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Training images used to calibrate (never test images).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel or per tensor.")
+@click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
+              help="ONNX int8 graph format.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--float-input", is_flag=True, help="Int8 ONNX takes float32 pixel/255 like fp32 (default: raw uint8 pixels).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Which training images calibrate.")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@toolkit_errors
+def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
+           activation_type, float_input, seed, data_dir, as_json):
+    """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
+    reference and a manifest, checking fp32 parity on the full test set.
+
+    \b
+    Example:
+        mnisttk export --quantize
+    """
+    from toolkit.data import load_mnist
+    from toolkit.export import ExportConfig, run_export
+    from toolkit.quantize import QuantConfig
+
+    quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
+                        quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input, seed=seed)
+    config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant)
+    from toolkit.checkpoint import load_checkpoint
+
+    load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
+    mnist = load_mnist(data_dir, log=log)
+    manifest = run_export(config, mnist, log=log)
+    if as_json:
+        echo_json(manifest)
+    else:
+        click.echo(format_export(manifest, out))
+
+
+def format_export(manifest: dict, out: Path) -> str:
+    lines = [f"{'artifact':<28} {'format':<12} {'precision':<9} {'bytes':>8} {'test accuracy':>14}"]
+    for a in manifest["artifacts"]:
+        lines.append(f"{a['file']:<28} {a['format']:<12} {a['precision']:<9} {a['size_bytes']:>8,} {a['test_accuracy']:>14.4f}")
+    ref = manifest["reference"]
+    lines.append(f"PyTorch eager fp32 (reference): {ref['pytorch_fp32_test_accuracy']:.4f}")
+    for c in manifest["fp32_parity"]:
+        lines.append(f"parity {c['artifact']}: max |Δlogit| {c['max_abs_logit_diff']:.2e}, {c['flipped']} flipped")
+    lines.append(f"manifest: {out / 'manifest.json'}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,190 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.cli import main
+from toolkit.data import load_mnist
+from toolkit.fsutil import sha256_file
+from toolkit.quantize import QuantConfig, calibration_indices, indices_sha256
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_fp32_onnx_is_one_file_with_symbolic_batch(tiny_export):
+    out = tiny_export["out"]
+    assert not list(out.glob("*.data"))
+    model = onnx.load(str(out / "cnn_fp32.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+    assert model.graph.input[0].name == "image" and model.graph.output[0].name == "logits"
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["arch"] == "cnn" and meta["checkpoint_sha256"] == sha256_file(out / "cnn.pt")
+    assert {"checkpoint_test_accuracy", "mnisttk_version"} <= set(meta)
+
+
+def test_fp32_parity_at_batch_sizes(tiny_export):
+    import onnxruntime as ort
+
+    out = tiny_export["out"]
+    model = model_from_checkpoint(load_checkpoint(out / "cnn.pt"))
+    sess = ort.InferenceSession(str(out / "cnn_fp32.onnx"), providers=["CPUExecutionProvider"])
+    ts = torch.jit.load(str(out / "cnn_fp32.torchscript.pt"))
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 64, 300):
+        x = rng.random((n, 1, 28, 28), dtype=np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+            got_ts = ts(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {"image": x})[0]
+        assert got.shape == (n, 10)
+        assert np.abs(got - ref).max() <= 1e-4 and np.abs(got_ts - ref).max() <= 1e-4
+
+
+def test_int8_onnx_graph_structure(tiny_export):
+    model = onnx.load(str(tiny_export["out"] / "cnn_int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"DequantizeLinear"} <= ops or any(o.startswith("QLinear") for o in ops)
+    int8_inits = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8_inits) >= 3  # conv1, conv2 and fc weights
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8  # /255 folded in
+
+
+def test_int8_float_input_and_qoperator(tiny_export, tmp_path):
+    out = tmp_path / "q"
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", out, "--quantize", "--format", "qoperator",
+            "--float-input", "--per-tensor", "--calibration-size", 50, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    model = onnx.load(str(out / "cnn_int8.onnx"))
+    assert any(n.op_type == "QLinearConv" for n in model.graph.node)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_artifacts_load_in_fresh_process_without_toolkit(tiny_export):
+    out = tiny_export["out"]
+    code = f"""
+import sys, numpy as np, torch, onnxruntime as ort
+x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+for name in ("cnn_fp32.torchscript.pt", "cnn_int8.torchscript.pt"):
+    assert torch.jit.load(r"{out}/" + name)(torch.from_numpy(x)).shape == (3, 10)
+assert ort.InferenceSession(r"{out}/cnn_fp32.onnx").run(None, {{"image": x}})[0].shape == (3, 10)
+u8 = (x * 255).astype(np.uint8)
+assert ort.InferenceSession(r"{out}/cnn_int8.onnx").run(None, {{"image": u8}})[0].shape == (3, 10)
+assert not any(m.startswith("toolkit") for m in sys.modules)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_manifest_hashes_and_calibration(tiny_export):
+    out = tiny_export["out"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    files = {a["file"] for a in manifest["artifacts"]}
+    assert files == {"cnn_fp32.onnx", "cnn_int8.onnx", "cnn_fp32.torchscript.pt", "cnn_int8.torchscript.pt"}
+    for a in manifest["artifacts"]:
+        assert a["sha256"] == sha256_file(out / a["file"])
+        assert a["size_bytes"] == (out / a["file"]).stat().st_size
+        if a["precision"] == "int8":
+            assert a["quant_params"] and all(p["scale"] for p in a["quant_params"].values())
+    assert manifest["reference"]["sha256"] == sha256_file(out / "reference.npz")
+    assert manifest["checkpoint"]["sha256"] == sha256_file(out / "cnn.pt")
+    cal = manifest["calibration"]
+    assert cal["split"] == "train" and cal["calibration_size"] == 100
+    # the recorded hash is of indices into the 120-image TRAINING split
+    idx = calibration_indices(120, QuantConfig(calibration_size=100, seed=cal["seed"]))
+    assert indices_sha256(idx) == cal["calibration_indices_sha256"]
+    assert idx.max() < 120 and len(np.unique(idx)) == 100
+    assert set(manifest["machine"]["cpu"]) >= {"avx2", "avx512f", "avx512_vnni"}
+    ref = np.load(out / "reference.npz")
+    assert ref["logits"].shape == (40, 10) and len(ref["labels"]) == 40
+
+
+def test_calibration_never_uses_test_images(tiny_export, monkeypatch):
+    """Whatever the seed, the calibration images are rows of the training split."""
+    import toolkit.export as export_mod
+
+    seen = {}
+    real = export_mod.onnx_static_int8
+
+    def spy(fp32, out, calib, config):
+        seen["calib"] = calib
+        return real(fp32, out, calib, config)
+
+    monkeypatch.setattr(export_mod, "onnx_static_int8", spy)
+    data = load_mnist(tiny_export["data"], download=False)
+    cfg = export_mod.ExportConfig(checkpoint=tiny_export["out"] / "cnn.pt", out=tiny_export["root"] / "spy", quantize=True,
+                                  quant=QuantConfig(calibration_size=120))
+    export_mod.run_export(cfg, data)
+    train_rows = {r.tobytes() for r in (data.train_images.astype(np.float32) / 255)}
+    test_rows = {r.tobytes() for r in (data.test_images.astype(np.float32) / 255)}
+    calib_rows = {r[0].tobytes() for r in seen["calib"]}
+    assert calib_rows <= train_rows and not calib_rows & test_rows
+
+
+def test_failed_export_keeps_previous_artifacts(tiny_export, tmp_path, monkeypatch):
+    import shutil
+
+    import toolkit.export as export_mod
+
+    out = tmp_path / "exp"
+    shutil.copytree(tiny_export["out"], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash during quantization")
+
+    monkeypatch.setattr(export_mod, "torch_static_int8", boom)
+    r = run("export", "--checkpoint", out / "cnn.pt", "--out", out, "--quantize", "--calibration-size", 50,
+            "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and "simulated crash during quantization" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"not a checkpoint", "not an mnisttk checkpoint"),
+    (None, "no such checkpoint"),
+])
+def test_bad_checkpoint(tmp_path, content, message, tiny_export):
+    ckpt = tmp_path / "bad.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    r = run("export", "--checkpoint", ckpt, "--out", tmp_path / "o", "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and message in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_and_foreign_arch_checkpoint(tiny_export, tmp_path):
+    good = (tiny_export["out"] / "cnn.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(good[: len(good) // 2])
+    r = run("export", "--checkpoint", tmp_path / "t.pt", "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "truncated" in r.stderr
+    ckpt = torch.load(tiny_export["out"] / "cnn.pt", weights_only=True)
+    ckpt["arch"] = "resnet"
+    torch.save(ckpt, tmp_path / "a.pt")
+    r = run("export", "--checkpoint", tmp_path / "a.pt", "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "unknown arch 'resnet'" in r.stderr
+
+
+def test_calibration_size_too_large(tiny_export, tmp_path):
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", tmp_path / "o", "--quantize",
+            "--calibration-size", 121, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and "larger than the training set (120 images)" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out(tiny_export, tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", blocker / "sub", "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and "cannot write to" in r.stderr

@@ -1,0 +1,225 @@
+"""`mnisttk export`: TorchScript and ONNX artifacts, int8 variants, reference and manifest.
+
+Everything is written into a staging folder first and moved into place at the end,
+the manifest last: a failed or interrupted export leaves the previous artifacts as
+they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from toolkit import __version__
+from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.data import MNIST, to_model_input
+from toolkit.errors import ExportError
+from toolkit.fsutil import check_writable_dir, sha256_file
+from toolkit.manifest import MANIFEST_NAME, REFERENCE_NAME, artifact_entry, machine_info, write_manifest
+from toolkit.metrics import classification_metrics
+from toolkit.quantize import (
+    QuantConfig,
+    calibration_indices,
+    indices_sha256,
+    onnx_quant_params,
+    onnx_static_int8,
+    torch_quant_params,
+    torch_static_int8,
+)
+
+OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
+FP32_ATOL = 1e-4  # max |Δlogit| allowed between fp32 artifacts and PyTorch eager
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Path = Path("exported/cnn.pt")
+    out: Path = Path("exported")
+    quantize: bool = False
+    quant: QuantConfig = QuantConfig()
+
+
+@contextlib.contextmanager
+def quiet_warnings():
+    """torch.jit and torch.ao.quantization are deprecated in torch 2.14 and say so on every
+    call; the user can do nothing about it, so it stays off their terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _onnx_fp32(model: torch.nn.Module, path: Path, metadata: dict) -> None:
+    import onnx
+
+    example = torch.rand(2, 1, 28, 28)
+    # The exporter narrates to stdout; results belong there, so swallow it.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_warnings():
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
+            external_data=False,  # one self-contained file: no side .onnx.data for the edge
+        )
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    proto.doc_string = "input 'image': float32 N×1×28×28 in [0, 1] (pixel/255); output 'logits': N×10"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+
+
+def _eager_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(torch.from_numpy(x[i : i + 2000])) for i in range(0, len(x), 2000)]).numpy()
+
+
+def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
+    diff = float(np.abs(logits - ref).max())
+    flips = int((logits.argmax(1) != ref.argmax(1)).sum())
+    return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
+
+
+def _onnx_logits(path: Path, images_u8: np.ndarray) -> np.ndarray:
+    from toolkit.runtime import Model
+
+    return Model(path, "cpu").logits(images_u8)
+
+
+def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = lambda s: None) -> dict:
+    ckpt = load_checkpoint(config.checkpoint)
+    model = model_from_checkpoint(ckpt)
+    arch = ckpt["arch"]
+    if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]):
+        log("warning: the checkpoint was trained with a different MNIST test set than the one loaded")
+    indices = calibration_indices(len(data.train_images), config.quant) if config.quantize else None
+    try:
+        out = check_writable_dir(config.out)
+    except OSError as exc:
+        raise ExportError(f"cannot write to {config.out}: {exc.strerror or exc}") from None
+
+    test_x = to_model_input(data.test_images)
+    labels = data.test_labels.astype(np.int64)
+    ref_logits = _eager_logits(model, test_x)
+    ckpt_sha = sha256_file(config.checkpoint)
+    test_acc = ckpt.get("metrics", {}).get("test", {}).get("accuracy")
+    metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
+                "checkpoint_sha256": ckpt_sha, "input": "float32 N×1×28×28, pixel/255"}
+
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        files, artifacts, checks = {}, [], []
+        t0 = time.perf_counter()
+        # fp32 TorchScript: traced, so it needs no toolkit code to load.
+        ts_path = stage / f"{arch}_fp32.torchscript.pt"
+        with torch.no_grad(), quiet_warnings():
+            traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
+            torch.jit.save(traced, str(ts_path))
+            ts = torch.jit.load(str(ts_path))
+        checks.append(_compare(ts_path.name, _eager_logits(ts, test_x), ref_logits))
+        artifacts.append(("torchscript", "fp32", ts_path, None))
+
+        onnx_path = stage / f"{arch}_fp32.onnx"
+        _onnx_fp32(model, onnx_path, metadata)
+        checks.append(_compare(onnx_path.name, _onnx_logits(onnx_path, data.test_images), ref_logits))
+        artifacts.append(("onnx", "fp32", onnx_path, None))
+        log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
+        for c in checks:
+            if c["max_abs_logit_diff"] > FP32_ATOL or c["flipped"]:
+                raise ExportError(
+                    f"{c['artifact']}: differs from PyTorch eager (max |Δlogit| {c['max_abs_logit_diff']:.2e}, "
+                    f"{c['flipped']} flipped predictions; limit {FP32_ATOL:g}, 0)"
+                )
+
+        quant_info = None
+        if config.quantize:
+            t0 = time.perf_counter()
+            calib = to_model_input(data.train_images[indices])
+            onnx_int8 = stage / f"{arch}_int8.onnx"
+            onnx_static_int8(onnx_path, onnx_int8, calib, config.quant)
+            _stamp_metadata(onnx_int8, {**metadata, "precision": "int8",
+                                        "input": "uint8 N×1×28×28 raw pixels" if config.quant.uint8_input else metadata["input"]})
+            artifacts.append(("onnx", "int8", onnx_int8, onnx_quant_params(onnx_int8)))
+            traced_q, quantized = torch_static_int8(model, calib, config.quant)
+            ts_int8 = stage / f"{arch}_int8.torchscript.pt"
+            with quiet_warnings():
+                torch.jit.save(traced_q, str(ts_int8))
+            artifacts.append(("torchscript", "int8", ts_int8, torch_quant_params(quantized)))
+            quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
+            log(f"int8 quantized (ONNX Runtime and PyTorch x86), calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
+
+        # Test-set accuracy of every artifact, recorded in the manifest.
+        accuracy = {}
+        for fmt, precision, path, _ in artifacts:
+            if fmt == "onnx":
+                logits = _onnx_logits(path, data.test_images)
+            else:
+                with quiet_warnings():
+                    logits = _eager_logits(torch.jit.load(str(path)), test_x)
+            accuracy[path.name] = classification_metrics(labels, logits.argmax(1))["accuracy"]
+
+        np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
+                            test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
+        manifest = {
+            "mnisttk_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "arch": arch,
+            "checkpoint": {"path": str(config.checkpoint), "sha256": ckpt_sha, "test_accuracy": test_acc},
+            "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
+                          "pytorch_fp32_test_accuracy": classification_metrics(labels, ref_logits.argmax(1))["accuracy"],
+                          "test_sha256": data.sha256["test"]},
+            "artifacts": [artifact_entry(path, fmt, precision, qparams, OPSET if fmt == "onnx" else None,
+                                         accuracy[path.name], config.quant.uint8_input and fmt == "onnx" and precision == "int8")
+                          for fmt, precision, path, qparams in artifacts],
+            "fp32_parity": checks,
+            "calibration": quant_info,
+            "versions": _versions(),
+            "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
+        }
+        write_manifest(stage / MANIFEST_NAME, manifest)
+        # Move into place, manifest last.
+        for name in sorted(os.listdir(stage), key=lambda n: n == MANIFEST_NAME):
+            os.replace(stage / name, out / name)
+        if not config.quantize:  # int8 files from an earlier export no longer match this manifest
+            for stale in (out / f"{arch}_int8.onnx", out / f"{arch}_int8.torchscript.pt"):
+                stale.unlink(missing_ok=True)
+        return manifest
+    except (ExportError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # exporter/quantizer internals: one line, nothing half-written
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"export failed, previous artifacts left as they were: {type(exc).__name__}: {first}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _stamp_metadata(path: Path, metadata: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    import onnx
+    import onnxruntime
+
+    return {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__, "onnxscript": version("onnxscript"), "mnisttk": __version__}
