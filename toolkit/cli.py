@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
+
+# torch's C++ side warns (e.g. that quantized tensors are deprecated) on stderr at every
+# TorchScript int8 load; users can do nothing about it. Must be set before torch loads.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 import click
 
@@ -204,6 +209,78 @@ def format_export(manifest: dict, out: Path) -> str:
         lines.append(f"parity {c['artifact']}: max |Δlogit| {c['max_abs_logit_diff']:.2e}, {c['flipped']} flipped")
     lines.append(f"manifest: {out / 'manifest.json'}")
     return "\n".join(lines)
+
+
+@main.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"),
+              show_default=True, help="Folder with manifest.json and the artifacts.")
+@data_dir_option
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]),
+              help="Rows to run (repeatable; default all: torch, cpu, cuda).")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
+@click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
+@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Intra-op threads for every runtime (0: all cores).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch for throughput.")
+@click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
+@click.option("--fp32-atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="fp32 max |Δlogit|.")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=0.3, show_default=True,
+              help="int8 accuracy loss allowed, in points.")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=99.5, show_default=True,
+              help="int8 top-1 agreement with the reference required, in %.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
+@click.pass_context
+@toolkit_errors
+def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
+           int8_max_drop, int8_min_agreement, json_path, md_path, plot_path):
+    """Check every exported artifact against the float model on the full test set:
+    accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
+    every gate holds, 1 when any fails (the rows named), 2 on usage errors.
+
+    \b
+    Example:
+        mnisttk verify --markdown report.md --plot report.png
+    """
+    from toolkit.data import load_mnist
+    from toolkit.report import format_markdown, format_table, write_plot
+    from toolkit.verify import Gates, VerifyConfig, run_verify
+
+    runtimes = tuple(runtimes) or ("torch", "cpu", "cuda")
+    if no_torch:
+        runtimes = tuple(r for r in runtimes if r != "torch")
+    if require_cuda and "cuda" not in runtimes:
+        raise click.UsageError("--require-cuda needs the cuda runtime")
+    gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_accuracy_drop=int8_max_drop / 100,
+                  int8_min_agreement=int8_min_agreement / 100, max_latency_ratio=max_latency_ratio)
+    config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
+                          throughput_batch=batch_size, gates=gates)
+    from toolkit.manifest import load_manifest
+
+    load_manifest(folder)  # no manifest: say so before loading any data
+    if plot_path:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
+    mnist = load_mnist(data_dir, log=log)
+    result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
+    click.echo(format_table(result))
+    from toolkit.fsutil import atomic_write_bytes
+
+    try:
+        if json_path:
+            atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
+        if md_path:
+            atomic_write_bytes(md_path, format_markdown(result).encode())
+    except OSError as exc:
+        raise ToolkitError(f"cannot write report: {exc}") from None
+    if plot_path:
+        write_plot(result, plot_path)
+    ctx.exit(0 if result["passed"] else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,168 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from toolkit.cli import main
+from toolkit.fsutil import sha256_file
+from toolkit.verify import Gates, Row, judge
+
+LOOSE = ["--int8-min-agreement", "0", "--int8-max-drop", "100"]  # 40 synthetic test images: gate only fp32 here
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def exported(tiny_export, tmp_path):
+    out = tmp_path / "exported"
+    shutil.copytree(tiny_export["out"], out)
+    return out
+
+
+def verify(exported, data, *extra):
+    return run("verify", "--dir", exported, "--data-dir", data, "--json", exported / "r.json", *LOOSE, *extra)
+
+
+def test_verify_passes_and_reports_every_row(exported, tiny_export):
+    r = verify(exported, tiny_export["data"], "--markdown", exported / "r.md")
+    assert r.exit_code == 0, r.output
+    report = json.loads((exported / "r.json").read_text())
+    rows = {(x["name"], x["runtime"]): x for x in report["rows"]}
+    assert set(rows) >= {("PyTorch fp32", "PyTorch eager"), ("TorchScript fp32", "TorchScript"),
+                         ("TorchScript int8", "TorchScript"), ("ONNX fp32", "ORT CPU"), ("ONNX int8", "ORT CPU"),
+                         ("ONNX fp32", "ORT CUDA"), ("ONNX int8", "ORT CUDA")}
+    cpu8 = rows[("ONNX int8", "ORT CPU")]
+    assert cpu8["placement"]["providers"] == {"CPU": sum(cpu8["placement"]["providers"].values())}
+    assert cpu8["placement"]["int8_kernels"]  # QLinearConv / QGemm really ran
+    assert cpu8["batch_consistent"] is True and cpu8["latency_us"]["p50"] > 0 and cpu8["throughput"] > 0
+    assert rows[("ONNX fp32", "ORT CPU")]["max_abs_logit_diff"] <= 1e-4
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert rows[("ONNX fp32", "ORT CUDA")]["status"] == "skipped"
+        assert "CUDAExecutionProvider" in rows[("ONNX fp32", "ORT CUDA")]["reasons"][0]
+    assert "| ONNX int8 | ORT CPU |" in (exported / "r.md").read_text()
+    assert "PASS" in r.stdout
+
+
+def test_accuracies_match_independent_onnxruntime(exported, tiny_export):
+    import onnxruntime as ort
+
+    from toolkit.data import load_mnist
+
+    assert verify(exported, tiny_export["data"]).exit_code == 0
+    report = json.loads((exported / "r.json").read_text())
+    data = load_mnist(tiny_export["data"], download=False)
+    for name, x in (("cnn_fp32.onnx", data.test_images[:, None].astype(np.float32) / 255),
+                    ("cnn_int8.onnx", data.test_images[:, None])):
+        sess = ort.InferenceSession(str(exported / name), providers=["CPUExecutionProvider"])
+        acc = float((sess.run(None, {"image": x})[0].argmax(1) == data.test_labels).mean())
+        row = next(r for r in report["rows"] if r["file"] == name and r["runtime"] == "ORT CPU")
+        assert row["accuracy"] == acc
+
+
+def test_tampered_artifact_fails(exported, tiny_export):
+    path = exported / "cnn_fp32.onnx"
+    path.write_bytes(path.read_bytes() + b"\0")
+    r = verify(exported, tiny_export["data"])
+    assert r.exit_code == 1
+    assert "SHA-256 changed since export" in r.stdout and "FAIL: ONNX fp32 on ORT CPU" in r.stdout
+
+
+def test_doctored_int8_model_fails_gates(exported, tiny_export):
+    """A valid int8 model with wrong weights, manifest hash updated: only the gates can catch it."""
+    path = exported / "cnn_int8.onnx"
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
+            w = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(-w, init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((exported / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["file"] == "cnn_int8.onnx":
+            a["sha256"] = sha256_file(path)
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1
+    assert "FAIL: ONNX int8 on ORT CPU" in r.stdout
+
+
+def test_doctored_manifest_fails(exported, tiny_export):
+    manifest = json.loads((exported / "manifest.json").read_text())
+    manifest["artifacts"][0]["sha256"] = "0" * 64
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    r = verify(exported, tiny_export["data"])
+    assert r.exit_code == 1 and "SHA-256 changed since export" in r.stdout
+
+
+def test_missing_manifest_and_usage_errors(tmp_path, tiny_export):
+    r = run("verify", "--dir", tmp_path, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "no manifest" in r.stderr
+    assert run("verify", "--threads", "-1").exit_code == 2
+    assert run("verify", "--runtime", "tpu").exit_code == 2
+
+
+def test_require_cuda_without_gpu(exported, tiny_export):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    r = verify(exported, tiny_export["data"], "--require-cuda")
+    assert r.exit_code == 1 and "FAIL: ONNX fp32 on ORT CUDA" in r.stdout
+
+
+def test_latency_ratio_gate(exported, tiny_export):
+    r = verify(exported, tiny_export["data"], "--max-latency-ratio", "0.0001")
+    assert r.exit_code == 1 and "latency ratio" in r.stdout
+
+
+def test_gate_logic():
+    g = Gates()
+    fp32 = Row("ONNX fp32", "ORT CPU", "fp32", "f", flipped=0, max_abs_logit_diff=2e-4)
+    judge(fp32, g)
+    assert fp32.status == "FAIL" and "max |Δlogit|" in fp32.reasons[0]
+    ok8 = Row("ONNX int8", "ORT CPU", "int8", "f", acc_diff=-0.0029, agreement=0.996)
+    judge(ok8, g)
+    assert ok8.status == "ok"
+    bad8 = Row("ONNX int8", "ORT CPU", "int8", "f", acc_diff=-0.0031, agreement=0.994, batch_consistent=False)
+    judge(bad8, g)
+    assert bad8.status == "FAIL" and len(bad8.reasons) == 3
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+    class BlockTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "torchvision"):
+                raise ImportError("torch is blocked in this test")
+    sys.meta_path.insert(0, BlockTorch())
+""")
+
+
+def test_runtime_and_verify_never_import_torch(exported, tiny_export):
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        import importlib.util
+        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch" else orig(name, *a))(importlib.util.find_spec)
+        import toolkit.runtime
+        from click.testing import CliRunner
+        from toolkit.cli import main
+        r = CliRunner().invoke(main, ["verify", "--dir", r"{exported}", "--data-dir", r"{tiny_export['data']}",
+                                      "--int8-min-agreement", "0", "--int8-max-drop", "100"])
+        print(r.output)
+        assert r.exit_code == 0, r.output
+        assert "torch not installed" in r.output and "reference.npz" in r.output
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print("TORCH-FREE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr

@@ -1,0 +1,124 @@
+"""Render a verify result: a terminal table, Markdown, and an optional plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+
+
+def _pct(v):
+    return "—" if v is None else f"{v * 100:.2f}"
+
+
+def _placement(p: dict | None) -> str:
+    if not p:
+        return "—"
+    nodes = ", ".join(f"{k} {v}" for k, v in sorted(p.get("providers", {}).items(), key=lambda kv: -kv[1]))
+    int8 = "int8 kernels: " + "/".join(p["int8_kernels"]) if p.get("int8_kernels") else "no int8 kernels"
+    return f"{nodes} nodes; {int8}"
+
+
+COLUMNS = ["row", "runtime", "status", "acc %", "prec %", "rec %", "agree %", "flips", "max|Δlogit|",
+           "Δacc pts [95% CI]", "p50 µs", "p95 µs", "p99 µs", "img/s", "KiB", "lat×"]
+
+
+def row_cells(r: dict) -> list[str]:
+    lat = r.get("latency_us") or {}
+    ci = r.get("acc_diff_ci95")
+    delta = "—" if r.get("acc_diff") is None or r.get("is_reference") else (
+        f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]")
+    status = r["status"] if not r.get("is_reference") else "ref"
+    if r["status"] == "FAIL" and r.get("is_reference"):
+        status = "FAIL"
+    return [
+        r["name"], r["runtime"], status, _pct(r.get("accuracy")), _pct(r.get("macro_precision")),
+        _pct(r.get("macro_recall")), _pct(r.get("agreement")), "—" if r.get("flipped") is None else str(r["flipped"]),
+        "—" if r.get("max_abs_logit_diff") is None else f"{r['max_abs_logit_diff']:.1e}", delta,
+        *("—" if not lat else f"{lat[k]:.0f}" for k in ("p50", "p95", "p99")),
+        "—" if r.get("throughput") is None else f"{r['throughput']:,.0f}",
+        "—" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1024:.1f}",
+        "—" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}",
+    ]
+
+
+def _notes(result: dict) -> list[str]:
+    notes = []
+    for r in result["rows"]:
+        label = f"{r['name']} on {r['runtime']}"
+        if r.get("placement"):
+            notes.append(f"{label}: {_placement(r['placement'])}")
+        if r.get("batch_consistent") is not None:
+            notes.append(f"{label}: batch sizes 1/2/7/64/all {'agree' if r['batch_consistent'] else 'DISAGREE'}")
+        for reason in r.get("reasons", []):
+            notes.append(f"{label}: {r['status']}: {reason}")
+    return notes
+
+
+def format_table(result: dict) -> str:
+    cells = [COLUMNS] + [row_cells(r) for r in result["rows"]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    g = result["gates"]
+    lines.append("")
+    lines += _notes(result)
+    lines.append("")
+    lines.append(
+        f"gates: fp32 identical predictions and max|Δlogit| ≤ {g['fp32_max_abs_logit_diff']:g}; int8 drop ≤ "
+        f"{g['int8_max_accuracy_drop'] * 100:.1f} points and agreement ≥ {g['int8_min_agreement']:.1%}"
+        + (f"; latency ratio ≤ {g['max_latency_ratio']:g}" if g.get("max_latency_ratio") else "")
+    )
+    lines.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
+                 f"{result['threads']} thread(s); {result['seconds']:.1f} s")
+    lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failed_rows"]))
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in result["rows"]]
+    lines.append("")
+    lines += [f"- {n}" for n in _notes(result)]
+    lines.append("")
+    lines.append(f"**{'PASS' if result['passed'] else 'FAIL'}** — {result['n_test']:,} test images, "
+                 f"{result['threads']} thread(s), CPU: {result['machine']['cpu']['model']}")
+    return "\n".join(lines) + "\n"
+
+
+RUNTIME_COLORS = {"PyTorch eager": "black", "reference.npz": "black", "TorchScript": "tab:blue",
+                  "ORT CPU": "tab:green", "ORT CUDA": "tab:purple"}  # red is kept for failed rows
+
+
+def write_plot(result: dict, path: Path) -> None:
+    """Accuracy against batch-1 p50 latency per row, the 95% interval as error bars (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]')") from None
+    from toolkit.fsutil import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ref_acc = next((r["accuracy"] for r in result["rows"] if r.get("is_reference")), None)
+    for r in result["rows"]:
+        if not r.get("latency_us") or r.get("accuracy") is None:
+            continue
+        x, y = r["latency_us"]["p50"], r["accuracy"] * 100
+        lo, hi = r.get("acc_diff_ci95") or [0.0, 0.0]
+        # The interval is on Δ = accuracy - reference accuracy; drawn around this row's accuracy.
+        err = [[max(0.0, y - (ref_acc + lo) * 100)], [max(0.0, (ref_acc + hi) * 100 - y)]]
+        color = "tab:red" if r["status"] == "FAIL" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
+        ax.errorbar(x, y, yerr=err, fmt="s" if r["precision"] == "int8" else "o", capsize=4, color=color)
+        ax.annotate(f"{r['name']}\n{r['runtime']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency p50 (µs, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("mnisttk verify: accuracy vs latency (bars: 95% CI of Δ to reference)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,70 @@
+"""The PyTorch rows of `mnisttk verify`: eager fp32 (the reference) and TorchScript.
+Imported only when torch is installed; the edge side never needs it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.errors import ManifestError
+from toolkit.fsutil import sha256_file
+
+
+class TorchCandidate:
+    def __init__(self, module, name: str, runtime: str, precision: str, file: str | None, size_bytes: int | None,
+                 threads: int):
+        self.module, self.name, self.runtime, self.precision = module, name, runtime, precision
+        self.file, self.size_bytes = file, size_bytes
+        if threads > 0:
+            torch.set_num_threads(threads)
+
+    @staticmethod
+    def _to_input(images_u8: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images_u8[:, None].astype(np.float32) / np.float32(255.0))
+
+    def logits(self, images_u8: np.ndarray) -> np.ndarray:
+        x = self._to_input(images_u8)
+        with torch.inference_mode():
+            return torch.cat([self.module(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+
+    def bench_input(self, images_u8):
+        return self._to_input(images_u8)
+
+    def run(self, x):
+        with torch.inference_mode():
+            return self.module(x)
+
+    def placement(self):
+        return None
+
+    def consistency(self, images_u8):
+        return None
+
+
+def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidate:
+    """PyTorch eager from the checkpoint named in the manifest (beside it, or at its recorded path)."""
+    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+
+    info = manifest["checkpoint"]
+    for path in (Path(folder) / Path(info["path"]).name, Path(info["path"])):
+        if path.is_file():
+            break
+    else:
+        raise ManifestError(f"checkpoint {info['path']} not found (needed for the PyTorch eager row; --no-torch uses reference.npz)")
+    if sha256_file(path) != info["sha256"]:
+        raise ManifestError(f"{path}: SHA-256 differs from the one the artifacts were exported from")
+    model = model_from_checkpoint(load_checkpoint(path))
+    return TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
+
+
+def torchscript_candidate(path: Path, precision: str, threads: int) -> TorchCandidate:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load
+        if precision == "int8":
+            torch.backends.quantized.engine = "x86"
+        module = torch.jit.load(str(path), map_location="cpu")
+    return TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
+                          path.stat().st_size, threads)
