@@ -19,7 +19,7 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/mnisttk data
-	$(VENV)/bin/mnisttk train
+	$(VENV)/bin/mnisttk pipeline
 
 test: venv
 	$(PY) -m pytest -q

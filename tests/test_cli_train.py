@@ -53,7 +53,8 @@ def test_train_keeps_previous_checkpoint_on_failure(tiny_dir, tmp_path):
     out = tmp_path / "m.pt"
     out.write_bytes(b"previous")
     (tiny_dir / "t10k-labels-idx1-ubyte.gz").unlink()
-    r = run("train", "--data-dir", tiny_dir, "--out", out)
+    r = run("train", "--data-dir", tiny_dir, "--out", out,
+            "--calibration-size", 100)
     assert r.exit_code == 1 and "missing t10k-labels-idx1-ubyte" in r.stderr
     assert out.read_bytes() == b"previous"
 
@@ -74,3 +75,14 @@ def test_unwritable_output(tiny_dir, tmp_path):
     blocker.write_text("x")
     r = run("train", "--data-dir", tiny_dir, "--out", blocker / "m.pt")
     assert r.exit_code == 1 and r.stderr.startswith("Error: cannot write to")
+
+
+def test_pipeline_runs_all_three_steps(tiny_dir, tmp_path):
+    out = tmp_path / "exp"
+    r = run("pipeline", "--epochs", 1, "--device", "cpu", "--data-dir", tiny_dir, "--out", out,
+            "--calibration-size", 100)
+    assert r.exit_code in (0, 1), r.output  # 1 when the tiny model misses an int8 gate
+    for name in ("cnn.pt", "cnn_fp32.onnx", "cnn_int8.onnx", "manifest.json", "report.md", "report.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert r.exit_code == (0 if report["passed"] else 1)

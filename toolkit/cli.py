@@ -283,5 +283,61 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
     ctx.exit(0 if result["passed"] else 1)
 
 
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("exported/cnn_int8.onnx"), show_default=True, help="ONNX model (int8 or fp32).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@toolkit_errors
+def predict(images, model_path, provider, as_json):
+    """Predict the digit in each image (PNG, JPEG, PGM of any size and mode, or .npy).
+    Torch-free. A bad file gets a one-line error and exit 1; the others are still predicted.
+
+    \b
+    Example:
+        mnisttk predict digit.png scan.jpg sample.npy --json
+    """
+    from toolkit.predict import predict_files
+    from toolkit.runtime import Model
+
+    model = Model(model_path, provider)
+    results = predict_files([str(p) for p in images], model)
+    if as_json:
+        echo_json(results)
+    for r in results:
+        if "error" in r:
+            click.echo(f"Error: {r['error']}", err=True)
+        elif not as_json:
+            click.echo(f"{r['file']}: {r['digit']} (p={r['probability']:.3f})")
+    sys.exit(1 if any("error" in r for r in results) else 0)
+
+
+@main.command()
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@data_dir_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
+@click.option("--calibration-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+@toolkit_errors
+def pipeline(ctx, epochs, device, data_dir, out, calibration_size):
+    """Train -> export --quantize -> verify with the defaults; writes the report beside the
+    artifacts (report.md, report.json, and report.png when matplotlib is installed).
+
+    \b
+    Example:
+        mnisttk pipeline --epochs 10
+    """
+    import importlib.util
+
+    # ctx.invoke fills every option not given here with that command's own default.
+    ctx.invoke(train, epochs=epochs, device=device, data_dir=data_dir, out=out / "cnn.pt")
+    ctx.invoke(export, checkpoint=out / "cnn.pt", out=out, quantize=True, data_dir=data_dir,
+               calibration_size=calibration_size)
+    plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
+    ctx.invoke(verify, folder=out, data_dir=data_dir, json_path=out / "report.json", md_path=out / "report.md",
+               plot_path=plot)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,198 @@
+"""`mnisttk predict`: digits from image files, torch-free (numpy + onnxruntime; Pillow for PNG/JPEG).
+
+Preprocessing, the way MNIST digits were made:
+  1. decode to 8-bit grayscale (alpha composited on white); .npy arrays and PGM need no Pillow;
+  2. polarity: MNIST is light ink on a dark background. If the image's border is mostly
+     light (mean border > 127), it is dark-on-light (pen on paper) and is inverted;
+  3. a 28×28 input is taken as it is (it is already MNIST-shaped); anything else is cropped
+     to the ink's bounding box, scaled so its longer side is 20 px (aspect kept), and placed
+     in a 28×28 frame with its centre of mass at the centre, as in the original MNIST.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ImageError
+
+MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
+MAX_FILE_BYTES = 100 * 1024 * 1024
+
+
+def read_pgm(data: bytes, name: str) -> np.ndarray:
+    """Binary (P5) or ASCII (P2) PGM as uint8 grayscale."""
+    tokens, pos = [], 0
+    magic = data[:2]
+    if magic not in (b"P5", b"P2"):
+        raise ImageError(f"{name}: not a PGM file")
+    pos = 2
+    while len(tokens) < 3:
+        while pos < len(data) and data[pos : pos + 1].isspace():
+            pos += 1
+        if pos < len(data) and data[pos : pos + 1] == b"#":
+            while pos < len(data) and data[pos : pos + 1] not in (b"\n", b"\r"):
+                pos += 1
+            continue
+        start = pos
+        while pos < len(data) and not data[pos : pos + 1].isspace():
+            pos += 1
+        if start == pos:
+            raise ImageError(f"{name}: truncated PGM header")
+        tokens.append(data[start:pos])
+    try:
+        width, height, maxval = (int(t) for t in tokens)
+    except ValueError:
+        raise ImageError(f"{name}: malformed PGM header") from None
+    if not (0 < width and 0 < height and 0 < maxval < 65536):
+        raise ImageError(f"{name}: bad PGM dimensions {width}×{height}, maxval {maxval}")
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}×{height} is too large (over {MAX_PIXELS:,} pixels)")
+    pos += 1  # the single whitespace after maxval
+    count = width * height
+    if magic == b"P5":
+        dtype = np.uint8 if maxval < 256 else np.dtype(">u2")
+        body = data[pos : pos + count * np.dtype(dtype).itemsize]
+        if len(body) < count * np.dtype(dtype).itemsize:
+            raise ImageError(f"{name}: truncated PGM data")
+        pixels = np.frombuffer(body, dtype=dtype).astype(np.float64)
+    else:
+        values = data[pos:].split()
+        if len(values) < count:
+            raise ImageError(f"{name}: truncated PGM data")
+        pixels = np.array([int(v) for v in values[:count]], dtype=np.float64)
+    return np.clip(np.rint(pixels.reshape(height, width) * 255.0 / maxval), 0, 255).astype(np.uint8)
+
+
+def read_with_pillow(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImageError(f"{path}: PNG/JPEG need Pillow (pip install pillow); .pgm and .npy work without it") from None
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    rgba = img.convert("RGBA")
+                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    img = Image.alpha_composite(white, rgba)
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: image too large (over {MAX_PIXELS:,} pixels; refused as a decompression bomb)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode ({str(exc).splitlines()[0][:100]})") from None
+
+
+def read_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+        shape, kind = arr.shape, arr.dtype.kind
+    except (ValueError, OSError, EOFError) as exc:  # includes object arrays (pickles refused)
+        raise ImageError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0][:100]})") from None
+    if kind not in "uifb":
+        raise ImageError(f"{path}: array dtype {arr.dtype} is not numeric")
+    arr = np.squeeze(arr) if arr.ndim > 2 else arr
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{path}: array of shape {shape} is not one 2-D image (H×W, 1×H×W or 1×1×H×W)")
+    if arr.size > MAX_PIXELS:
+        raise ImageError(f"{path}: array too large ({arr.size:,} values)")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{path}: array holds NaN or infinite values")
+    if arr.min() < 0 or arr.max() > 255:
+        raise ImageError(f"{path}: values outside 0-255 (or 0-1 for floats)")
+    if arr.max() <= 1.0 and kind == "f":
+        arr = arr * 255.0  # float images in [0, 1], like model input
+    return np.rint(arr).astype(np.uint8)
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """Any supported file as a uint8 2-D grayscale array."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: file too large ({path.stat().st_size:,} bytes)")
+    if path.suffix.lower() == ".npy":
+        return read_npy(path)
+    head = path.read_bytes()[:2]
+    if head in (b"P5", b"P2"):
+        return read_pgm(path.read_bytes(), str(path))
+    return read_with_pillow(path)
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-averaging resize (float in, float out), numpy only."""
+    h, w = img.shape
+
+    def weights(n_in, n_out):
+        edges = np.linspace(0, n_in, n_out + 1)
+        m = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            lo, hi = edges[i], edges[i + 1]
+            for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+                m[i, j] = min(hi, j + 1) - max(lo, j)
+            m[i] /= m[i].sum()
+        return m
+
+    return weights(h, height) @ img @ weights(w, width).T
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """Grayscale uint8 H×W -> uint8 28×28, light digit on dark, centred like MNIST."""
+    img = gray.astype(np.float64)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    if border.mean() > 127:  # dark-on-light (paper): invert to MNIST's light-on-dark
+        img = 255.0 - img
+    if img.shape == (28, 28):
+        return np.rint(img).astype(np.uint8)
+    img = img - np.median(border if border.mean() <= 127 else 255.0 - border)  # background to ~0
+    img = np.clip(img, 0, 255)
+    ink = img > 0.2 * img.max() if img.max() > 0 else np.zeros_like(img, bool)
+    if not ink.any():
+        return np.zeros((28, 28), np.uint8)
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    crop = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = 20.0 / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    small = resize(crop, nh, nw)
+    small = small * (255.0 / small.max()) if small.max() > 0 else small
+    canvas = np.zeros((28, 28))
+    total = small.sum()
+    cy, cx = (np.indices(small.shape) * small).reshape(2, -1).sum(1) / total
+    top = int(np.clip(round(14 - cy), 0, 28 - nh))
+    left = int(np.clip(round(14 - cx), 0, 28 - nw))
+    canvas[top : top + nh, left : left + nw] = small
+    return np.rint(np.clip(canvas, 0, 255)).astype(np.uint8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_files(paths: list[str], model) -> list[dict]:
+    """One result per file: {'file', 'digit', 'probability', 'probabilities'} or {'file', 'error'}."""
+    results, images, slots = [], [], []
+    for p in paths:
+        try:
+            images.append(to_mnist(load_gray(p)))
+            slots.append(len(results))
+            results.append({"file": str(p)})
+        except ImageError as exc:
+            results.append({"file": str(p), "error": str(exc)})
+    if images:
+        probs = softmax(model.logits(np.stack(images)).astype(np.float64))
+        for slot, pr in zip(slots, probs):
+            digit = int(pr.argmax())
+            results[slot].update(digit=digit, probability=float(pr[digit]), probabilities=[round(float(v), 6) for v in pr])
+    return results
