@@ -53,8 +53,7 @@ def test_train_keeps_previous_checkpoint_on_failure(tiny_dir, tmp_path):
     out = tmp_path / "m.pt"
     out.write_bytes(b"previous")
     (tiny_dir / "t10k-labels-idx1-ubyte.gz").unlink()
-    r = run("train", "--data-dir", tiny_dir, "--out", out,
-            "--calibration-size", 100)
+    r = run("train", "--data-dir", tiny_dir, "--out", out)
     assert r.exit_code == 1 and "missing t10k-labels-idx1-ubyte" in r.stderr
     assert out.read_bytes() == b"previous"
 
