@@ -58,6 +58,23 @@ def test_int8_onnx_graph_structure(tiny_export):
     int8_inits = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert len(int8_inits) >= 3  # conv1, conv2 and fc weights
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8  # /255 folded in
+    conv1 = next(n for n in model.graph.node if n.op_type == "Conv")  # im2col: the first conv is 1×1 over 9 slices
+    assert [a.ints for a in conv1.attribute if a.name == "kernel_shape"] == [[1, 1]]
+    assert sum(n.op_type == "Slice" for n in model.graph.node) == 9
+
+
+def test_im2col_is_bit_identical_to_plain_int8(tiny_export, tmp_path):
+    import onnxruntime as ort
+
+    outs = {}
+    for mode in ("im2col", "int8"):
+        r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", tmp_path / mode, "--quantize",
+                "--first-conv", mode, "--calibration-size", 100, "--data-dir", tiny_export["data"])
+        assert r.exit_code == 0, r.output
+        sess = ort.InferenceSession(str(tmp_path / mode / "cnn_int8.onnx"), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)
+        outs[mode] = sess.run(None, {"image": x})[0]
+    np.testing.assert_array_equal(outs["im2col"], outs["int8"])
 
 
 def test_int8_float_input_and_qoperator(tiny_export, tmp_path):

@@ -53,6 +53,7 @@ def select_device(name: str = "auto") -> torch.device:
 def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device)  # a writable copy
     x = x.unsqueeze(1).float().div_(255.0)  # N×1×28×28 in [0, 1], as the seed's ToTensor()
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     return x, y
 
@@ -87,8 +88,10 @@ def train(
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    model = build_model(config.arch).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # channels_last: oneDNN's NHWC conv and max-pool kernels are 2-4× faster than NCHW
+    # for these 8/16-channel maps (same math); the fused Adam is one kernel for all params.
+    model = build_model(config.arch).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -108,7 +111,8 @@ def train(
                    unit="batch", mininterval=0.5)
         for step in bar:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            loss = criterion(model(x_train[idx]), y_train[idx])
+            xb = x_train[idx].contiguous(memory_format=torch.channels_last)
+            loss = criterion(model(xb), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -124,7 +128,7 @@ def train(
     train_seconds = time.perf_counter() - t_start
 
     metrics = {"train": evaluate(model, x_train, y_train), "test": evaluate(model, x_test, y_test)}
-    model = model.cpu().eval()
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     result = {
         "arch": config.arch,
         "recipe": asdict(config),

@@ -1,0 +1,350 @@
+"""mnisttk benchmark harness: one run measures training, ONNX Runtime and TorchScript inference,
+the int8 levers and `mnisttk verify` end to end, and writes JSON and a Markdown table.
+
+    python benchmarks/run.py                 # everything (about 10 minutes on 2 cores)
+    python benchmarks/run.py --quick         # fewer repetitions, no full training run
+
+This machine is shared and noisy: every comparison is a ratio measured inside the same run,
+with the models interleaved round by round, and every figure is a median of >= 5 repetitions
+after warm-up. It is a benchmark, not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+from toolkit.data import load_mnist, to_model_input  # noqa: E402
+from toolkit.manifest import cpu_flags  # noqa: E402
+from toolkit.metrics import classification_metrics  # noqa: E402
+from toolkit.runtime import Model, SessionOptions  # noqa: E402
+
+MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840
+FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes, as the issue states
+
+
+def median(xs):
+    return float(np.median(np.asarray(xs, dtype=np.float64)))
+
+
+class Runner:
+    """Uniform run(x) over ORT models and TorchScript modules."""
+
+    def __init__(self, name, run, prepare):
+        self.name, self.run, self.prepare = name, run, prepare
+
+
+def ort_runner(name, path, threads):
+    m = Model(path, "cpu", SessionOptions(threads=threads))
+    return Runner(name, m.run, m.prepare)
+
+
+def ts_runner(name, path, threads):
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.backends.quantized.engine = "x86"
+        mod = torch.jit.load(str(path))
+
+    def run(x):
+        with torch.inference_mode():
+            return mod(x)
+
+    return Runner(name, run, lambda u8: torch.from_numpy(u8[:, None].astype(np.float32) / 255))
+
+
+def lat_once(r: Runner, x1, iters):
+    t = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        r.run(x1)
+        t[i] = time.perf_counter_ns() - t0
+    return float(np.percentile(t, 50) / 1e3), float(np.percentile(t, 99) / 1e3)
+
+
+def tp_once(r: Runner, xb, reps=5):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        r.run(xb)
+        ts.append(time.perf_counter() - t0)
+    return len(xb) / median(ts)
+
+
+def compare(runners: list[Runner], images, rounds, lat_iters, batches, baseline: str):
+    """Interleaved rounds; each figure a median over rounds, each ratio a median of per-round ratios."""
+    x1 = {r.name: r.prepare(images[:1]) for r in runners}
+    xb = {(r.name, b): r.prepare(images[:b]) for r in runners for b in batches}
+    for r in runners:  # warm-up
+        for _ in range(50):
+            r.run(x1[r.name])
+        for b in batches:
+            r.run(xb[(r.name, b)])
+    raw = {r.name: {"p50": [], "p99": [], **{f"tp{b}": [] for b in batches}} for r in runners}
+    for _ in range(rounds):
+        for r in runners:
+            p50, p99 = lat_once(r, x1[r.name], lat_iters)
+            raw[r.name]["p50"].append(p50)
+            raw[r.name]["p99"].append(p99)
+            for b in batches:
+                raw[r.name][f"tp{b}"].append(tp_once(r, xb[(r.name, b)]))
+    out = {}
+    base = raw[baseline]
+    for name, v in raw.items():
+        row = {k: median(vals) for k, vals in v.items()}
+        row["p50_ratio"] = median(np.array(v["p50"]) / np.array(base["p50"]))
+        for b in batches:
+            row[f"tp{b}_ratio"] = median(np.array(v[f"tp{b}"]) / np.array(base[f"tp{b}"]))
+        out[name] = row
+    return out
+
+
+# ------------------------------------------------------------------ training
+
+
+def bench_training(data, device_name, steps, reps, cuda_graph=False):
+    import torch
+    from torch import nn
+
+    from toolkit.model import CNN
+    from toolkit.train import to_tensors
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = CNN().to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    crit = nn.CrossEntropyLoss()
+    x, y = to_tensors(data.train_images, data.train_labels, device)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def step(i):
+        idx = order[(i % 1000) * 60 : (i % 1000 + 1) * 60]
+        loss = crit(model(x[idx].contiguous(memory_format=torch.channels_last)), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for i in range(30):
+        step(i)
+    rates = []
+    for r in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i + r * steps)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(steps / (time.perf_counter() - t0))
+    sps = median(rates)
+    return {"steps_per_s": sps, "images_per_s": sps * 60, "seed_recipe_s_estimate": 10_000 / sps}
+
+
+def full_training(data, device_name):
+    import torch
+
+    from toolkit.train import TrainConfig, train
+
+    _, result = train(TrainConfig(), data, torch.device(device_name), progress=False)
+    return {"seconds": result["train_seconds"], "test_accuracy": result["metrics"]["test"]["accuracy"],
+            "epoch_seconds": [h["seconds"] for h in result["history"]]}
+
+
+# ------------------------------------------------------------------ int8 levers
+
+
+LEVERS = [
+    # name, QuantConfig overrides
+    ("QDQ S8S8 per-channel, float input", dict(activation_type="int8", uint8_input=False)),
+    ("QDQ U8S8 per-channel, float input", dict(uint8_input=False)),
+    ("QDQ U8S8 per-tensor, float input", dict(uint8_input=False, per_channel=False)),
+    ("QOperator U8S8 per-channel, float input", dict(quant_format="qoperator", uint8_input=False)),
+    ("QDQ U8S8 per-channel, uint8 input", dict()),
+    ("QDQ S8S8 per-channel, uint8 input", dict(activation_type="int8")),
+    ("QDQ U8S8, uint8 input, conv1 fp32 (excluded)", dict(first_conv="fp32")),
+    ("QDQ U8S8, uint8 input, conv1 im2col", dict(first_conv="im2col")),
+    ("QDQ S8S8, uint8 input, conv1 im2col", dict(first_conv="im2col", activation_type="int8")),
+    ("QDQ U8S8 per-tensor, uint8 input, conv1 im2col", dict(first_conv="im2col", per_channel=False)),
+]
+
+
+def bench_levers(data, fp32_path, rounds, lat_iters):
+    from toolkit.quantize import QuantConfig, calibration_indices, onnx_static_int8
+
+    calib = to_model_input(data.train_images[calibration_indices(len(data.train_images), QuantConfig())])
+    tmp = Path(tempfile.mkdtemp(prefix="mnisttk-levers-"))
+    runners, info = [ort_runner("fp32", fp32_path, 1)], {"fp32": {"config": "fp32 ONNX"}}
+    acc = {"fp32": classification_metrics(data.test_labels, Model(fp32_path).logits(data.test_images).argmax(1))["accuracy"]}
+    for name, overrides in LEVERS:
+        path = tmp / f"lever{len(runners)}.onnx"
+        onnx_static_int8(fp32_path, path, calib, QuantConfig(**overrides))
+        acc[name] = classification_metrics(data.test_labels, Model(path).logits(data.test_images).argmax(1))["accuracy"]
+        runners.append(ort_runner(name, path, 1))
+        info[name] = {"config": overrides}
+    # ORT's optimizer and session levers on the default int8 model
+    default = tmp / "lever_default.onnx"
+    onnx_static_int8(fp32_path, default, calib, QuantConfig())
+    for level in ("basic", "extended"):
+        m = Model(default, "cpu", SessionOptions(threads=1, optimization=level))
+        runners.append(Runner(f"default int8, optimization {level}", m.run, m.prepare))
+        acc[runners[-1].name] = acc.get("QDQ U8S8 per-channel, uint8 input")
+    res = compare(runners, data.test_images, rounds, lat_iters, (256,), "fp32")
+    for name in res:
+        res[name]["accuracy"] = acc.get(name)
+        res[name].update(info.get(name, {}))
+    return res
+
+
+# ------------------------------------------------------------------ verify
+
+
+def bench_verify(folder: Path, reps):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(folder)], capture_output=True,
+                           text=True, cwd=ROOT)
+        times.append(time.perf_counter() - t0)
+        if p.returncode not in (0, 1):
+            raise SystemExit(f"verify failed: {p.stderr.strip().splitlines()[-1:]}")
+    return {"seconds": times, "median_s": median(times), "passed": p.returncode == 0}
+
+
+# ------------------------------------------------------------------ report
+
+
+def machine():
+    import onnxruntime
+
+    info = {"cpu": cpu_flags(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "ort_providers": onnxruntime.get_available_providers(), "gpu": None}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return info
+
+
+def markdown(res) -> str:
+    m = res["machine"]
+    cpu = m["cpu"]
+    flags = ", ".join(k for k in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if cpu.get(k))
+    out = [f"Machine: {cpu['model']}, {cpu['cores']} cores ({flags}); GPU: {m['gpu'] or 'none'}; "
+           f"onnxruntime {m['onnxruntime']}, torch {m.get('torch', '—')}. {res['created']}.", ""]
+    if res.get("train"):
+        out += ["**Training** (seed recipe: batch 60, Adam 1e-3, 10 epochs = 10,000 steps)", "",
+                "| device | steps/s | images/s | seed recipe (est. from steps/s) | full seed-recipe run | test acc |",
+                "|---|---|---|---|---|---|"]
+        for dev, t in res["train"].items():
+            full = t.get("full") or {}
+            out.append(f"| {dev} | {t['steps_per_s']:.0f} | {t['images_per_s']:,.0f} | {t['seed_recipe_s_estimate']:.1f} s | "
+                       f"{full.get('seconds', float('nan')):.1f} s | {full.get('test_accuracy', float('nan')) * 100:.2f}% |")
+        out.append("")
+    for section, title in (("onnx", "ONNX Runtime CPU"), ("torchscript", "TorchScript CPU")):
+        if not res.get(section):
+            continue
+        out += [f"**{title}** (batch-1 latency p50/p99; throughput; ratios to fp32 at the same thread count, "
+                "measured in the same rounds)", "",
+                "| model | threads | p50 µs | p99 µs | p50 / fp32 | img/s b64 | img/s b256 | img/s b1000 | b256 / fp32 | % of fp32 peak |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for threads, rows in res[section].items():
+            for name, r in rows.items():
+                peak = r["tp1000"] / (FP32_PEAK_PER_CORE * int(threads)) * 100
+                out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p50_ratio']:.2f} | "
+                           f"{r['tp64']:,.0f} | {r['tp256']:,.0f} | {r['tp1000']:,.0f} | {r['tp256_ratio']:.2f} | {peak:.0f}% |")
+        out.append("")
+    if res.get("levers"):
+        out += ["**int8 levers** (ONNX Runtime CPU, 1 thread; ratios to fp32 in the same rounds)", "",
+                "| variant | test acc | p50 µs | p50 / fp32 | img/s b256 | b256 / fp32 |", "|---|---|---|---|---|---|"]
+        for name, r in res["levers"].items():
+            accs = "—" if r.get("accuracy") is None else f"{r['accuracy'] * 100:.2f}%"
+            out.append(f"| {name} | {accs} | {r['p50']:.1f} | {r['p50_ratio']:.2f} | {r['tp256']:,.0f} | {r['tp256_ratio']:.2f} |")
+        out.append("")
+    if res.get("verify"):
+        v = res["verify"]
+        out.append(f"**`mnisttk verify` end to end** (no training): median {v['median_s']:.1f} s over "
+                   f"{len(v['seconds'])} runs ({', '.join(f'{s:.1f}' for s in v['seconds'])}).")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=ROOT / "exported", help="exported artifacts (run `make demo` first)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--quick", action="store_true", help="fewer latency iterations and verify runs, no full training run")
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--no-levers", action="store_true")
+    args = ap.parse_args()
+
+    rounds, lat_iters = 5, (200 if args.quick else 500)
+    folder = args.dir
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(f"no manifest in {folder}: run `make demo` (or mnisttk pipeline) first")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {(a["format"], a["precision"]): folder / a["file"] for a in manifest["artifacts"]}
+    data = load_mnist()
+    res = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    if not args.no_train:
+        import torch
+
+        res["train"] = {}
+        for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            log(f"training throughput on {dev}")
+            t = bench_training(data, dev, steps=200, reps=5)
+            if not args.quick:
+                log(f"full seed-recipe training on {dev}")
+                t["full"] = full_training(data, dev)
+            res["train"][dev] = t
+
+    all_threads = os.cpu_count() or 1
+    thread_counts = sorted({1, all_threads})
+    res["onnx"], res["torchscript"] = {}, {}
+    for threads in thread_counts:
+        log(f"ONNX Runtime CPU, {threads} thread(s)")
+        runners = [ort_runner("fp32", files[("onnx", "fp32")], threads)]
+        if ("onnx", "int8") in files:
+            runners.append(ort_runner("int8", files[("onnx", "int8")], threads))
+        res["onnx"][threads] = compare(runners, data.test_images, rounds, lat_iters, (64, 256, 1000), "fp32")
+        log(f"TorchScript CPU, {threads} thread(s)")
+        runners = [ts_runner("fp32", files[("torchscript", "fp32")], threads)]
+        if ("torchscript", "int8") in files:
+            runners.append(ts_runner("int8", files[("torchscript", "int8")], threads))
+        res["torchscript"][threads] = compare(runners, data.test_images, rounds, max(100, lat_iters // 5),
+                                              (64, 256, 1000), "fp32")
+    if not args.no_levers:
+        log("int8 levers")
+        res["levers"] = bench_levers(data, files[("onnx", "fp32")], rounds, lat_iters)
+    log("mnisttk verify end to end")
+    res["verify"] = bench_verify(folder, 3 if args.quick else 5)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "latest.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
