@@ -31,6 +31,9 @@ class QuantConfig:
     quant_format: str = "qdq"  # qdq (portable, ORT fuses it to int8 kernels) | qoperator
     activation_type: str = "uint8"  # uint8 activations: U8S8 kernels, fastest on x86 (VNNI and AVX2)
     weight_type: str = "int8"  # int8 weights (symmetric)
+    # 7-bit weights: needed on AVX2-only CPUs, whose U8S8 kernel (vpmaddubsw) can saturate;
+    # VNNI (vpdpbusd) cannot, so None means "only where this CPU lacks VNNI".
+    reduce_range: bool | None = None
     uint8_input: bool = True  # the ONNX int8 model takes raw uint8 pixels: /255 folded into its input scale
     # The 1-channel first conv is ORT's slow int8 case (4× the fp32 conv). im2col rewrites it as
     # 9 shifted slices + a 1×1 conv: bit-identical results, about 2.5× faster (benchmarks/).
@@ -51,8 +54,16 @@ class QuantConfig:
         if self.first_conv == "im2col" and self.quant_format != "qdq":
             raise ExportError("--first-conv im2col needs --format qdq (use --first-conv int8 with qoperator)")
 
+    def resolved_reduce_range(self) -> bool:
+        if self.reduce_range is not None:
+            return self.reduce_range
+        from toolkit.manifest import cpu_flags
+
+        flags = cpu_flags()
+        return not (flags["avx512_vnni"] or flags["avx_vnni"])
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "reduce_range": self.resolved_reduce_range()}
 
 
 def calibration_indices(n_train: int, config: QuantConfig) -> np.ndarray:
@@ -104,6 +115,7 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                 str(pre), str(out_path), Reader(calib_images),
                 quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
                 per_channel=config.per_channel,
+                reduce_range=config.resolved_reduce_range(),
                 activation_type=types[config.activation_type],
                 weight_type=types[config.weight_type],
                 calibrate_method=methods[config.method],

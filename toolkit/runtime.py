@@ -72,12 +72,18 @@ class Model:
         ep = select_provider(provider)
         if not self.path.is_file():
             raise ToolkitError(f"{self.path}: no such model file")
-        providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options.to_ort(), providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({first[:160]})") from None
+        # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
+        attempts = [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
+                    ["CUDAExecutionProvider", "CPUExecutionProvider"]] if provider == "cuda" else [[ep]]
+        for providers in attempts:
+            try:
+                self.session = ort.InferenceSession(str(self.path), sess_options=options.to_ort(), providers=providers)
+                break
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                error = ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({first[:160]})")
+        else:
+            raise error
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_type = inp.type  # 'tensor(float)' or 'tensor(uint8)'
