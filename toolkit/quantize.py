@@ -10,7 +10,9 @@ Two back ends behind small functions:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,7 +109,8 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory(prefix="mnisttk-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        with warnings.catch_warnings():
+        # ORT's calibrators print to stdout (histogram bins...), which is the results channel here.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
             exclude = _first_block_nodes(onnx.load(str(pre))) if config.first_conv == "fp32" else None

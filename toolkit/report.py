@@ -103,7 +103,7 @@ def write_plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ref_acc = next((r["accuracy"] for r in result["rows"] if r.get("is_reference")), None)
-    for r in result["rows"]:
+    for i, r in enumerate(result["rows"]):
         if not r.get("latency_us") or r.get("accuracy") is None:
             continue
         x, y = r["latency_us"]["p50"], r["accuracy"] * 100
@@ -112,7 +112,8 @@ def write_plot(result: dict, path: Path) -> None:
         err = [[max(0.0, y - (ref_acc + lo) * 100)], [max(0.0, (ref_acc + hi) * 100 - y)]]
         color = "tab:red" if r["status"] == "FAIL" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
         ax.errorbar(x, y, yerr=err, fmt="s" if r["precision"] == "int8" else "o", capsize=4, color=color)
-        ax.annotate(f"{r['name']}\n{r['runtime']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(f"{r['name']}\n{r['runtime']}", (x, y), textcoords="offset points",
+                    xytext=(6, 4 if i % 2 else -22), fontsize=8)  # alternate sides: neighbours do not overlap
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency p50 (µs, log scale)")
     ax.set_ylabel("test accuracy (%)")
