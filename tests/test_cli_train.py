@@ -85,3 +85,22 @@ def test_pipeline_runs_all_three_steps(tiny_dir, tmp_path):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert r.exit_code == (0 if report["passed"] else 1)
+
+
+def test_version_and_module_entry_point():
+    import subprocess
+    import sys
+
+    from toolkit import __version__
+
+    r = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_data_grid_png(tiny_dir, tmp_path):
+    from PIL import Image
+
+    r = run("data", "--data-dir", tiny_dir, "--grid", tmp_path / "grid.png")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "grid.png") as img:
+        assert img.format == "PNG" and img.size[0] > 280

@@ -205,3 +205,12 @@ def test_unwritable_out(tiny_export, tmp_path):
     blocker.write_text("x")
     r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", blocker / "sub", "--data-dir", tiny_export["data"])
     assert r.exit_code == 1 and "cannot write to" in r.stderr
+
+
+def test_export_json_and_reduce_range_recorded(tiny_export, tmp_path):
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", tmp_path / "o", "--quantize",
+            "--reduce-range", "--calibration-size", 50, "--data-dir", tiny_export["data"], "--json")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads(r.stdout)
+    assert manifest["calibration"]["reduce_range"] is True
+    assert manifest == json.loads((tmp_path / "o" / "manifest.json").read_text())

@@ -166,3 +166,20 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_plot_and_markdown_outputs(exported, tiny_export):
+    pytest.importorskip("matplotlib")
+    r = verify(exported, tiny_export["data"], "--plot", exported / "p.png", "--markdown", exported / "m.md")
+    assert r.exit_code == 0, r.output
+    assert (exported / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (exported / "m.md").read_text()
+    assert md.startswith("| row |") and "**PASS**" in md
+
+
+def test_no_torch_flag_uses_reference_npz(exported, tiny_export):
+    assert verify(exported, tiny_export["data"], "--no-torch").exit_code == 0
+    report = json.loads((exported / "r.json").read_text())
+    ref = report["rows"][0]
+    assert ref["is_reference"] and ref["runtime"] == "reference.npz" and ref["latency_us"] is None
+    assert all(r["status"] == "skipped" for r in report["rows"] if r["runtime"] == "TorchScript")

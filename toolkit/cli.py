@@ -105,8 +105,10 @@ def data(data_dir, grid, as_json):
               help="Checkpoint path (default: exported/<arch>.pt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
+              help="On a GPU, capture the training step as a CUDA graph (same math, fewer launches).")
 @toolkit_errors
-def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet):
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet, cuda_graph):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -130,7 +132,7 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, qu
     mnist = load_mnist(data_dir, log=log)
     log(f"data: {mnist.source}")
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
-    model, result = run_training(config, mnist, dev, log=log, progress=not quiet)
+    model, result = run_training(config, mnist, dev, log=log, progress=not quiet, cuda_graph=cuda_graph)
     save_checkpoint(out, checkpoint_payload(model, result))
     result["checkpoint"] = str(out)
     if as_json:

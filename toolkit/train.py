@@ -112,8 +112,12 @@ class CudaGraphStep(EagerStep):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):  # cuBLAS/cuDNN workspaces and optimizer state, before capture
+                optimizer.zero_grad(set_to_none=True)
                 self._body()
         torch.cuda.current_stream().wait_stream(side)
+        # No grads at capture: backward then allocates them in the graph's pool and every
+        # replay overwrites them (with grads present it would accumulate across replays).
+        optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._body()
