@@ -184,7 +184,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     else:
         eager = None
         reference_row = Row("PyTorch fp32", "reference.npz", "fp32", ref_info["file"], is_reference=True)
-        reason = "torch not installed" if "torch" in config.runtimes else "not asked for"
+        reason = "torch not installed" if "torch" in config.runtimes else "not asked for (--no-torch or --runtime)"
         candidates_torch = [Row(f"TorchScript {a['precision']}", "TorchScript", a["precision"], a["file"],
                                 status="skipped", reasons=[reason])
                             for a in manifest["artifacts"] if a["format"] == "torchscript"]
@@ -195,7 +195,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         for a in onnx_artifacts:
             label = (f"ONNX {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
             if provider not in config.runtimes:
-                candidates.append(Row(*label, status="skipped", reasons=["not asked for"]))
+                candidates.append(Row(*label, status="skipped", reasons=["not asked for (--runtime)"]))
             elif a["file"] in bad_files and bad_files[a["file"]] == "missing":
                 candidates.append(Row(*label, status="FAIL", reasons=["file missing"]))
             elif provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
