@@ -119,7 +119,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
 
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        files, artifacts, checks = {}, [], []
+        artifacts, checks = [], []
         t0 = time.perf_counter()
         # fp32 TorchScript: traced, so it needs no toolkit code to load.
         ts_path = stage / f"{arch}_fp32.torchscript.pt"
@@ -161,7 +161,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
 
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
-        for fmt, precision, path, _ in artifacts:
+        for fmt, _, path, _ in artifacts:
             if fmt == "onnx":
                 logits = _onnx_logits(path, data.test_images)
             else:

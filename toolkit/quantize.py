@@ -224,7 +224,7 @@ def fold_uint8_input(model) -> None:
     if len(consumers) != 1:
         raise ExportError("cannot fold the /255 into the int8 input: the input does not feed one QuantizeLinear")
     q = consumers[0]
-    scale_name, zp_name = q.input[1], q.input[2] if len(q.input) > 2 else None
+    zp_name = q.input[2] if len(q.input) > 2 else None
     inits = {i.name: i for i in graph.initializer}
     zp = numpy_helper.to_array(inits[zp_name]) if zp_name else np.uint8(0)
     q_out = q.output[0]
