@@ -183,3 +183,22 @@ def test_no_torch_flag_uses_reference_npz(exported, tiny_export):
     ref = report["rows"][0]
     assert ref["is_reference"] and ref["runtime"] == "reference.npz" and ref["latency_us"] is None
     assert all(r["status"] == "skipped" for r in report["rows"] if r["runtime"] == "TorchScript")
+
+
+def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_export, monkeypatch):
+    """onnxruntime-gpu on a machine without a GPU silently runs on the CPU: that is no CUDA row."""
+    import toolkit.runtime as rt
+    import toolkit.verify as vf
+
+    monkeypatch.setattr(vf, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(rt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = rt.ort.InferenceSession
+    monkeypatch.setattr(rt.ort, "InferenceSession",
+                        lambda path, sess_options=None, providers=None: real(path, sess_options=sess_options,
+                                                                            providers=["CPUExecutionProvider"]))
+    r = verify(exported, tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((exported / "r.json").read_text())["rows"]
+    cuda = [x for x in rows if x["runtime"] == "ORT CUDA"]
+    assert cuda and all(x["status"] == "skipped" and "fell back to the CPU" in x["reasons"][0] for x in cuda)
+    assert verify(exported, tiny_export["data"], "--require-cuda").exit_code == 1

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from toolkit.errors import ManifestError, ToolkitError
+from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError
 from toolkit.manifest import check_hashes, load_manifest
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.runtime import Model, SessionOptions, available_providers, latency_us, throughput
@@ -93,6 +93,9 @@ class OnnxCandidate(Candidate):
         self.name = f"ONNX {precision}"
         self.model = Model(path, provider, SessionOptions(threads=threads))
         self.threads = threads
+        if provider == "cuda" and "CUDAExecutionProvider" not in self.model.providers_used:
+            # ORT falls back to the CPU silently when the CUDA provider cannot start (no GPU, no CUDA libs)
+            raise RuntimeUnavailable("the CUDA provider could not start here (no GPU or CUDA libraries); ORT fell back to the CPU")
 
     def logits(self, images_u8):
         return self.model.logits(images_u8)
@@ -204,6 +207,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             else:
                 try:
                     candidates.append(OnnxCandidate(folder / a["file"], a["precision"], provider, config.threads))
+                except RuntimeUnavailable as exc:
+                    candidates.append(Row(*label, status="FAIL" if config.require_cuda else "skipped", reasons=[str(exc)]))
                 except ToolkitError as exc:
                     candidates.append(Row(*label, status="FAIL", reasons=[str(exc)]))
 
