@@ -170,8 +170,8 @@ def format_train_result(result: dict) -> str:
               help="ONNX int8 graph format.")
 @click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--float-input", is_flag=True, help="Int8 ONNX takes float32 pixel/255 like fp32 (default: raw uint8 pixels).")
-@click.option("--first-conv", type=click.Choice(["im2col", "int8", "fp32"]), default=None,
-              help="How the int8 ONNX runs the 1-channel first conv (default: im2col with qdq, int8 with qoperator).")
+@click.option("--first-conv", type=click.Choice(["fp32", "im2col", "int8"]), default="fp32", show_default=True,
+              help="How the int8 ONNX runs the 1-channel first conv: left in fp32 (fastest), im2col (qdq only), int8.")
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which training images calibrate.")
@@ -193,7 +193,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
 
     quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
-                        first_conv=first_conv or ("im2col" if quant_format == "qdq" else "int8"),
+                        first_conv=first_conv,
                         reduce_range=reduce_range, seed=seed)
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant)
     from toolkit.checkpoint import load_checkpoint

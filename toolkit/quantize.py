@@ -37,9 +37,11 @@ class QuantConfig:
     # VNNI (vpdpbusd) cannot, so None means "only where this CPU lacks VNNI".
     reduce_range: bool | None = None
     uint8_input: bool = True  # the ONNX int8 model takes raw uint8 pixels: /255 folded into its input scale
-    # The 1-channel first conv is ORT's slow int8 case (4× the fp32 conv). im2col rewrites it as
-    # 9 shifted slices + a 1×1 conv: bit-identical results, about 2.5× faster (benchmarks/).
-    first_conv: str = "im2col"  # im2col | int8 (as quantized) | fp32 (left unquantized)
+    # The 1-channel first conv is ORT's slow int8 case (5× the fp32 conv). Left in fp32 (with its
+    # ReLU and max-pool; 19% of the multiply-adds) and fenced (see fence_first_block), the int8
+    # model beats fp32 at batch 1 and 256 (benchmarks/). im2col: 9 shifted slices + a 1×1 int8
+    # conv, bit-identical to plain int8 and 2.5× faster than it, but still slower than fp32.
+    first_conv: str = "fp32"  # fp32 (left unquantized) | im2col | int8 (as quantized)
     seed: int = 0  # which training images calibrate
 
     def __post_init__(self):
@@ -113,7 +115,7 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-            exclude = _first_block_nodes(onnx.load(str(pre))) if config.first_conv == "fp32" else None
+            exclude = _first_block_nodes(onnx.load(str(pre))) if config.first_conv == "fp32" else []
             quantize_static(
                 str(pre), str(out_path), Reader(calib_images),
                 quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
@@ -127,13 +129,43 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                 # Symmetric int8 weights; the histogram methods' own defaults otherwise.
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
-    if config.uint8_input or config.first_conv == "im2col":
-        model = onnx.load(str(out_path))
-        if config.uint8_input:
-            fold_uint8_input(model)
-        if config.first_conv == "im2col":
-            im2col_first_conv(model)
-        onnx.save(model, str(out_path))
+    model = onnx.load(str(out_path))
+    if config.first_conv == "fp32":
+        fence_first_block(model, exclude)
+    if config.uint8_input:
+        fold_uint8_input(model)
+    if config.first_conv == "im2col":
+        im2col_first_conv(model)
+    onnx.save(model, str(out_path))
+
+
+def fence_first_block(model, block: list[str]) -> None:
+    """Give the QuantizeLinear after the fp32 first block per-channel parameters (all equal).
+
+    Same arithmetic, but ONNX Runtime's QDQ propagation only moves a Q with scalar parameters:
+    with scalars it hoists the Q above the max-pool, which then runs as a slow uint8 NCHW
+    max-pool (3 ms at batch 256) instead of the fp32 one (0.45 ms)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = {n.name: n for n in graph.node}
+    last_out = nodes[block[-1]].output[0]
+    q = next((n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last_out), None)
+    if q is None:
+        raise ExportError("cannot fence the fp32 first block: no QuantizeLinear after it")
+    inits = {i.name: i for i in graph.initializer}
+    channels = numpy_helper.to_array(inits[nodes[block[0]].input[1]]).shape[0]  # first conv's float weight
+    scale = numpy_helper.to_array(inits[q.input[1]])
+    zero_point = numpy_helper.to_array(inits[q.input[2]])
+    graph.initializer.extend([
+        numpy_helper.from_array(np.full(channels, scale, dtype=scale.dtype), "first_block_q_scale"),
+        numpy_helper.from_array(np.full(channels, zero_point, dtype=zero_point.dtype), "first_block_q_zero_point"),
+    ])
+    q.input[1], q.input[2] = "first_block_q_scale", "first_block_q_zero_point"
+    for attr in list(q.attribute):
+        if attr.name == "axis":
+            q.attribute.remove(attr)
+    q.attribute.append(helper.make_attribute("axis", 1))
 
 
 def _first_block_nodes(model) -> list[str]:
