@@ -127,12 +127,14 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
             torch.jit.save(traced, str(ts_path))
             ts = torch.jit.load(str(ts_path))
-        checks.append(_compare(ts_path.name, _eager_logits(ts, test_x), ref_logits))
+        test_logits = {ts_path.name: _eager_logits(ts, test_x)}  # per artifact, computed once
+        checks.append(_compare(ts_path.name, test_logits[ts_path.name], ref_logits))
         artifacts.append(("torchscript", "fp32", ts_path, None))
 
         onnx_path = stage / f"{arch}_fp32.onnx"
         _onnx_fp32(model, onnx_path, metadata)
-        checks.append(_compare(onnx_path.name, _onnx_logits(onnx_path, data.test_images), ref_logits))
+        test_logits[onnx_path.name] = _onnx_logits(onnx_path, data.test_images)
+        checks.append(_compare(onnx_path.name, test_logits[onnx_path.name], ref_logits))
         artifacts.append(("onnx", "fp32", onnx_path, None))
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
@@ -162,7 +164,9 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
         for fmt, _, path, _ in artifacts:
-            if fmt == "onnx":
+            if path.name in test_logits:
+                logits = test_logits[path.name]
+            elif fmt == "onnx":
                 logits = _onnx_logits(path, data.test_images)
             else:
                 with quiet_warnings():
