@@ -229,3 +229,20 @@ def test_export_json_and_reduce_range_recorded(tiny_export, tmp_path):
     manifest = json.loads(r.stdout)
     assert manifest["calibration"]["reduce_range"] is True
     assert manifest == json.loads((tmp_path / "o" / "manifest.json").read_text())
+
+
+def test_mlp_exports_quantizes_and_verifies(tiny_export, tmp_path):
+    data = tiny_export["data"]
+    out = tmp_path / "mlp"
+    r = run("train", "--arch", "mlp", "--epochs", 1, "--batch-size", 20, "--data-dir", data, "--out", out / "mlp.pt",
+            "--quiet", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = run("export", "--checkpoint", out / "mlp.pt", "--out", out, "--quantize", "--calibration-size", 50,
+            "--data-dir", data)
+    assert r.exit_code == 0, r.output
+    assert (out / "mlp_int8.onnx").is_file()
+    r = run("verify", "--dir", out, "--data-dir", data, "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    assert r.exit_code == 0, r.output
+    r = run("export", "--checkpoint", out / "mlp.pt", "--out", out, "--quantize", "--first-conv", "im2col",
+            "--calibration-size", 50, "--data-dir", data)
+    assert r.exit_code == 1 and "needs a model with a convolution" in r.stderr

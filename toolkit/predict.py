@@ -116,8 +116,10 @@ def read_npy(path: Path) -> np.ndarray:
 def load_gray(path: str | Path) -> np.ndarray:
     """Any supported file as a uint8 2-D grayscale array."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a file")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ImageError(f"{path}: file too large ({path.stat().st_size:,} bytes)")
     if path.suffix.lower() == ".npy":

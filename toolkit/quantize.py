@@ -130,7 +130,7 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
     model = onnx.load(str(out_path))
-    if config.first_conv == "fp32":
+    if exclude:
         fence_first_block(model, exclude)
     if config.uint8_input:
         fold_uint8_input(model)
@@ -169,9 +169,12 @@ def fence_first_block(model, block: list[str]) -> None:
 
 
 def _first_block_nodes(model) -> list[str]:
-    """Names of the first Conv and the Relu/MaxPool right after it."""
+    """Names of the first Conv and the Relu/MaxPool right after it; none for a model without
+    convolutions (the MLP), which is then quantized whole."""
     nodes = list(model.graph.node)
-    first = next(i for i, n in enumerate(nodes) if n.op_type == "Conv")
+    first = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), None)
+    if first is None:
+        return []
     names, out = [nodes[first].name], nodes[first].output[0]
     for n in nodes[first + 1 :]:
         if out in n.input and n.op_type in ("Relu", "MaxPool"):
@@ -188,7 +191,9 @@ def im2col_first_conv(model) -> None:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    conv = next(n for n in graph.node if n.op_type == "Conv")
+    conv = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if conv is None:
+        raise ExportError("--first-conv im2col needs a model with a convolution (use it with --arch cnn)")
     producer = {o: n for n in graph.node for o in n.output}
     dq_x, dq_w = producer.get(conv.input[0]), producer.get(conv.input[1])
     if not (dq_x is not None and dq_w is not None and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
