@@ -11,7 +11,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS) 2>/dev/null || $(PIP) install -q --disable-pip-version-check "torch>=2.6,<2.15" "torchvision>=0.21,<0.30"
+	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS) 2>/dev/null || $(PIP) install -q --disable-pip-version-check "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 	$(PIP) install -q --disable-pip-version-check -e ".[test,plot]"
 	touch $@
 
