@@ -57,3 +57,11 @@ def test_config_validation():
         TrainConfig(arch="resnet")
     with pytest.raises(Exception, match="at least 1"):
         TrainConfig(epochs=0)
+
+
+def test_short_last_batch_is_trained():
+    """120 images at batch 50: steps of 50, 50 and 20, every image seen once per epoch."""
+    cfg = TrainConfig(epochs=1, batch_size=50, seed=1)
+    model, result = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False)
+    assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
