@@ -68,7 +68,6 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", options: SessionOptions = SessionOptions()):
         self.path = Path(path)
-        self.provider_name = provider
         ep = select_provider(provider)
         if not self.path.is_file():
             raise ToolkitError(f"{self.path}: no such model file")
@@ -118,6 +117,7 @@ class Model:
             events = json.loads(Path(prof).read_text())
         finally:
             Path(prof).unlink(missing_ok=True)
+            Path(prof).parent.rmdir()  # the per-session folder made in SessionOptions.to_ort
         nodes: dict[str, tuple[str, str]] = {}
         for ev in events:
             args = ev.get("args", {})

@@ -11,9 +11,10 @@ import torch
 
 from toolkit.errors import ManifestError
 from toolkit.fsutil import sha256_file
+from toolkit.verify import Candidate
 
 
-class TorchCandidate:
+class TorchCandidate(Candidate):
     def __init__(self, module, name: str, runtime: str, precision: str, file: str | None, size_bytes: int | None,
                  threads: int):
         self.module, self.name, self.runtime, self.precision = module, name, runtime, precision
@@ -36,12 +37,6 @@ class TorchCandidate:
     def run(self, x):
         with torch.inference_mode():
             return self.module(x)
-
-    def placement(self):
-        return None
-
-    def consistency(self, images_u8):
-        return None
 
 
 def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidate:

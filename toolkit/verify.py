@@ -81,7 +81,9 @@ class Candidate:
     def run(self, x) -> object: ...
     def placement(self) -> dict | None:
         return None
-    def consistency(self, images_u8: np.ndarray) -> bool | None:
+
+    def consistency(self, images_u8: np.ndarray, preds: np.ndarray) -> bool | None:
+        """Whether other batch sizes give `preds` again; None where not checked."""
         return None
 
 
@@ -98,7 +100,7 @@ class OnnxCandidate(Candidate):
             raise RuntimeUnavailable("the CUDA provider could not start here (no GPU or CUDA libraries); ORT fell back to the CPU")
 
     def logits(self, images_u8):
-        return self.model.logits(images_u8)
+        return self.model.logits(images_u8, batch=len(images_u8))  # the full set: one of the consistency batches
 
     def bench_input(self, images_u8):
         return self.model.prepare(images_u8)
@@ -111,9 +113,8 @@ class OnnxCandidate(Candidate):
         profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
         return profiled.node_placement()
 
-    def consistency(self, images_u8):
-        full = self.model.logits(images_u8, batch=len(images_u8)).argmax(1)
-        return all(np.array_equal(self.model.logits(images_u8, batch=b).argmax(1), full) for b in CONSISTENCY_BATCHES)
+    def consistency(self, images_u8, preds):
+        return all(np.array_equal(self.model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
 def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits: np.ndarray) -> None:
@@ -221,22 +222,21 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         if drift > config.gates.fp32_max_abs_logit_diff:
             reference_row.reasons.append(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
             reference_row.status = "FAIL"
-        _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
         _time(reference_row, eager, test_images, config)
         reference_row.size_bytes = eager.size_bytes
-    else:
-        _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
+    _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
     for cand in candidates:
         if isinstance(cand, Row):
             rows.append(cand)
             continue
         row = Row(cand.name, cand.runtime, cand.precision, cand.file)
         log(f"verifying {row.name} on {row.runtime}")
-        _fill_accuracy(row, labels, cand.logits(test_images).astype(np.float64), ref_logits)
+        logits = cand.logits(test_images)
+        _fill_accuracy(row, labels, logits.astype(np.float64), ref_logits)
         _time(row, cand, test_images, config)
         row.size_bytes = sizes.get(cand.file)
         row.placement = cand.placement()
-        row.batch_consistent = cand.consistency(test_images)
+        row.batch_consistent = cand.consistency(test_images, logits.argmax(1))
         rows.append(row)
 
     ref_p50 = (reference_row.latency_us or {}).get("p50")
