@@ -128,15 +128,45 @@ def test_latency_ratio_gate(exported, tiny_export):
 
 def test_gate_logic():
     g = Gates()
-    fp32 = Row("ONNX fp32", "ORT CPU", "fp32", "f", flipped=0, max_abs_logit_diff=2e-4)
+    fp32 = Row("ONNX fp32", "ORT CPU", "fp32", "f", accuracy=0.9, flipped=0, max_abs_logit_diff=2e-4)
     judge(fp32, g)
     assert fp32.status == "FAIL" and "max |Δlogit|" in fp32.reasons[0]
-    ok8 = Row("ONNX int8", "ORT CPU", "int8", "f", acc_diff=-0.0029, agreement=0.996)
+    ok8 = Row("ONNX int8", "ORT CPU", "int8", "f", accuracy=0.9, acc_diff=-0.0029, agreement=0.996)
     judge(ok8, g)
     assert ok8.status == "ok"
-    bad8 = Row("ONNX int8", "ORT CPU", "int8", "f", acc_diff=-0.0031, agreement=0.994, batch_consistent=False)
+    bad8 = Row("ONNX int8", "ORT CPU", "int8", "f", accuracy=0.9, acc_diff=-0.0031, agreement=0.994,
+               batch_consistent=False)
     judge(bad8, g)
     assert bad8.status == "FAIL" and len(bad8.reasons) == 3
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("field,value,precision", [
+    ("max_abs_logit_diff", NAN, "fp32"), ("flipped", None, "fp32"), ("acc_diff", NAN, "int8"),
+    ("agreement", NAN, "int8"), ("acc_diff", None, "int8"), ("latency_ratio", NAN, "int8"),
+    ("latency_ratio", None, "fp32"), ("accuracy", None, "fp32")])
+def test_every_gate_fails_on_nan_or_missing(field, value, precision):
+    """`nan > limit` is False: a gate written that way passes NaN. Ours fail it."""
+    good = dict(accuracy=0.99, flipped=0, max_abs_logit_diff=0.0, acc_diff=0.0, agreement=1.0, latency_ratio=1.0)
+    row = Row("x", "ORT CPU", precision, "f", **{**good, field: value})
+    judge(row, Gates(max_latency_ratio=2.0))
+    assert row.status == "FAIL", (field, value)
+    clean = Row("x", "ORT CPU", precision, "f", **good)
+    judge(clean, Gates(max_latency_ratio=2.0))
+    assert clean.status == "ok"
+
+
+def test_int8_row_without_int8_kernels_and_cuda_row_on_cpu_fail():
+    good = dict(accuracy=0.99, flipped=0, max_abs_logit_diff=0.0, acc_diff=0.0, agreement=1.0)
+    no_kernels = Row("ONNX int8", "ORT CPU", "int8", "f", placement={"providers": {"CPU": 20}, "int8_kernels": []}, **good)
+    judge(no_kernels, Gates())
+    assert no_kernels.status == "FAIL" and "no int8 kernel" in no_kernels.reasons[0]
+    on_cpu = Row("ONNX fp32", "ORT CUDA", "fp32", "f", placement={"providers": {"CPU": 3, "CUDA": 5},
+                                                                 "int8_kernels": [], "cpu_compute_ops": ["Conv"]}, **good)
+    judge(on_cpu, Gates())
+    assert on_cpu.status == "FAIL" and "compute nodes ran on the CPU: Conv" in on_cpu.reasons[0]
 
 
 BLOCK_TORCH = textwrap.dedent("""
@@ -194,8 +224,8 @@ def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_
     monkeypatch.setattr(rt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real = rt.ort.InferenceSession
     monkeypatch.setattr(rt.ort, "InferenceSession",
-                        lambda path, sess_options=None, providers=None: real(path, sess_options=sess_options,
-                                                                            providers=["CPUExecutionProvider"]))
+                        lambda path, sess_options=None, providers=None, **kw: real(path, sess_options=sess_options,
+                                                                                  providers=["CPUExecutionProvider"]))
     r = verify(exported, tiny_export["data"])
     assert r.exit_code == 0, r.output
     rows = json.loads((exported / "r.json").read_text())["rows"]

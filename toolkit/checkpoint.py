@@ -3,26 +3,30 @@ loadable with torch.load(weights_only=True)."""
 
 from __future__ import annotations
 
+import io
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from toolkit.errors import CheckpointError
-from toolkit.fsutil import atomic_path
+from toolkit.fsutil import atomic_write_bytes
 from toolkit.model import ARCHS, build_model
 
 FORMAT = "mnisttk-checkpoint"
 FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 512 * 1024 * 1024  # ours are ~40 KB
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Serialized in memory, then written atomically: a full disk is one OSError, the old file intact."""
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     return path
@@ -31,25 +35,53 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, validated; CheckpointError with a one-line reason otherwise."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint (run `mnisttk train` first)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes is too large for an mnisttk checkpoint; refused")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line pickle-protocol warning: our line says it all
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: not an mnisttk checkpoint (not a weights-only PyTorch file)") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError):
+        raise CheckpointError(f"{path}: not an mnisttk checkpoint (not a weights-only PyTorch file; refused)") from None
+    except Exception:  # IndexError/KeyError/EOFError from the unpickler on text, truncated or foreign files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnisttk checkpoint (no '{FORMAT}' marker)")
-    if ckpt.get("arch") not in ARCHS:
-        raise CheckpointError(f"{path}: unknown arch {ckpt.get('arch')!r}; choose one of {', '.join(ARCHS)}")
+    arch = ckpt.get("arch")
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise CheckpointError(f"{path}: unknown arch {str(arch)[:40]!r}; choose one of {', '.join(ARCHS)}")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of names to tensors")
+    for key, kind in (("metrics", dict), ("data_sha256", dict), ("recipe", dict)):
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"{path}: '{key}' is {type(ckpt[key]).__name__}, not {kind.__name__}")
+    test = ckpt.get("metrics", {}).get("test", {})
+    if not isinstance(test, dict) or not isinstance(ckpt.get("data_sha256", {}).get("test", ""), (str, type(None))):
+        raise CheckpointError(f"{path}: 'metrics' or 'data_sha256' is malformed")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+    """The model with the checkpoint's weights; every tensor must fit by name and shape, and be finite."""
     model = build_model(ckpt["arch"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {str(exc).splitlines()[0]}") from None
+    expected = model.state_dict()
+    state = ckpt["state_dict"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {what}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {name} is "
+                                  f"{list(tensor.shape)} in the checkpoint, {list(expected[name].shape)} in the model")
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint tensor {name} holds NaN or infinite values (or is not float): "
+                                  "the training diverged; retrain (e.g. with a smaller --lr)")
+    model.load_state_dict(state)
     return model.eval()

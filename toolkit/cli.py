@@ -105,10 +105,12 @@ def data(data_dir, grid, as_json):
               help="Checkpoint path (default: exported/<arch>.pt).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars (default: only when stderr is a terminal; the per-epoch lines always).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On a GPU, capture the training step as a CUDA graph (same math, fewer launches).")
 @toolkit_errors
-def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet, cuda_graph):
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet, cuda_graph, progress=None):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -132,7 +134,9 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, qu
     mnist = load_mnist(data_dir, log=log)
     log(f"data: {mnist.source}")
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
-    model, result = run_training(config, mnist, dev, log=log, progress=not quiet, cuda_graph=cuda_graph)
+    if progress is None:
+        progress = sys.stderr.isatty()  # carriage-return frames have no place in a log file
+    model, result = run_training(config, mnist, dev, log=log, progress=progress and not quiet, cuda_graph=cuda_graph)
     save_checkpoint(out, checkpoint_payload(model, result))
     result["checkpoint"] = str(out)
     if as_json:
@@ -175,11 +179,13 @@ def format_train_result(result: dict) -> str:
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which training images calibrate.")
+@click.option("--allow-other-test-set", is_flag=True,
+              help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @toolkit_errors
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, reduce_range, seed, data_dir, as_json):
+           activation_type, float_input, first_conv, reduce_range, seed, data_dir, as_json, allow_other_test_set=False):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -195,7 +201,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
                         first_conv=first_conv,
                         reduce_range=reduce_range, seed=seed)
-    config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant)
+    config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
+                          allow_other_test_set=allow_other_test_set)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -227,8 +234,11 @@ def format_export(manifest: dict, out: Path) -> str:
               help="Rows to run (repeatable; default all: torch, cpu, cuda).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Intra-op threads for every runtime (0: all cores).")
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=1, show_default=True,
+              help="Intra-op threads for every runtime (0: all cores; at most this machine's cores).")
+@click.option("--expect", "expect", multiple=True,
+              type=click.Choice(["onnx-fp32", "onnx-int8", "torchscript-fp32", "torchscript-int8"]),
+              help="A target the export must hold (repeatable), e.g. --expect onnx-int8: fail if it is missing.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch for throughput.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
@@ -244,7 +254,7 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.pass_context
 @toolkit_errors
 def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
-           int8_max_drop, int8_min_agreement, json_path, md_path, plot_path):
+           int8_max_drop, int8_min_agreement, json_path, md_path, plot_path, expect=()):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -265,15 +275,21 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_accuracy_drop=int8_max_drop / 100,
                   int8_min_agreement=int8_min_agreement / 100, max_latency_ratio=max_latency_ratio)
     config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
-                          throughput_batch=batch_size, gates=gates)
+                          throughput_batch=batch_size, gates=gates, expect=tuple(expect))
     from toolkit.manifest import load_manifest
+    from toolkit.publish import recover
 
-    load_manifest(folder)  # no manifest: say so before loading any data
+    if folder.is_dir():
+        recover(folder, log)  # an export killed while publishing: back to the previous export first
+    load_manifest(folder)  # no or bad manifest: say so before loading any data
     if plot_path:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
             raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
+    for out_path in (json_path, md_path, plot_path):  # an unwritable report path fails before, not after, the run
+        if out_path:
+            _check_output_path(out_path)
     mnist = load_mnist(data_dir, log=log)
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
     click.echo(format_table(result))
@@ -287,8 +303,21 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
     except OSError as exc:
         raise ToolkitError(f"cannot write report: {exc}") from None
     if plot_path:
-        write_plot(result, plot_path)
+        try:
+            write_plot(result, plot_path)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
     ctx.exit(0 if result["passed"] else 1)
+
+
+def _check_output_path(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ToolkitError(f"{path}: is a folder, not a file to write")
+    if not parent.is_dir():
+        raise ToolkitError(f"{path}: folder {parent} does not exist; nothing was run")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ToolkitError(f"{path}: not writable; nothing was run")
 
 
 @main.command()

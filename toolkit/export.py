@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +23,17 @@ from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.data import MNIST, to_model_input
 from toolkit.errors import ExportError
 from toolkit.fsutil import check_writable_dir, sha256_file
-from toolkit.manifest import MANIFEST_NAME, REFERENCE_NAME, artifact_entry, machine_info, write_manifest
+from toolkit.manifest import (
+    FP32_TARGETS,
+    INT8_TARGETS,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    REFERENCE_NAME,
+    artifact_entry,
+    machine_info,
+    write_manifest,
+)
+from toolkit.publish import Stage, publish, recover
 from toolkit.metrics import classification_metrics
 from toolkit.quantize import (
     QuantConfig,
@@ -48,6 +55,7 @@ class ExportConfig:
     out: Path = Path("exported")
     quantize: bool = False
     quant: QuantConfig = QuantConfig()
+    allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
 
 
 @contextlib.contextmanager
@@ -80,9 +88,25 @@ def _onnx_fp32(model: torch.nn.Module, path: Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _eager_logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def _eager_logits(model: torch.nn.Module, x: np.ndarray, name: str = "PyTorch eager") -> np.ndarray:
     with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(x[i : i + 2000])) for i in range(0, len(x), 2000)]).numpy()
+        logits = torch.cat([model(torch.from_numpy(x[i : i + 2000])) for i in range(0, len(x), 2000)]).numpy()
+    _check_finite(name, logits)
+    return logits
+
+
+def _check_finite(name: str, logits: np.ndarray) -> None:
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).any(1).sum())
+        raise ExportError(f"{name}: NaN or infinite logits on {bad} test images; nothing was written")
+
+
+def _save_torchscript(module, path: Path) -> None:
+    """Serialized in memory, written from Python: a full disk is an OSError, not a C++ abort."""
+    buf = io.BytesIO()
+    with quiet_warnings():
+        torch.jit.save(module, buf)
+    path.write_bytes(buf.getvalue())
 
 
 def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
@@ -94,20 +118,24 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
 def _onnx_logits(path: Path, images_u8: np.ndarray) -> np.ndarray:
     from toolkit.runtime import Model
 
-    return Model(path, "cpu").logits(images_u8)
+    logits = Model(path, "cpu").logits(images_u8)
+    _check_finite(path.name, logits)
+    return logits
 
 
 def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = lambda s: None) -> dict:
     ckpt = load_checkpoint(config.checkpoint)
     model = model_from_checkpoint(ckpt)
     arch = ckpt["arch"]
-    if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]):
-        log("warning: the checkpoint was trained with a different MNIST test set than the one loaded")
+    if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]) and not config.allow_other_test_set:
+        raise ExportError("the checkpoint was trained and scored on another MNIST test set than the one loaded "
+                          "(SHA-256 differs); pass --allow-other-test-set to export against this one anyway")
     indices = calibration_indices(len(data.train_images), config.quant) if config.quantize else None
     try:
         out = check_writable_dir(config.out)
     except OSError as exc:
         raise ExportError(f"cannot write to {config.out}: {exc.strerror or exc}") from None
+    recover(out, log)  # an earlier export killed mid-way: roll it back, remove its staging folder
 
     test_x = to_model_input(data.test_images)
     labels = data.test_labels.astype(np.int64)
@@ -117,7 +145,8 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha, "input": "float32 N×1×28×28, pixel/255"}
 
-    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    stage_obj = Stage(out)
+    stage = stage_obj.new
     try:
         artifacts, checks = [], []
         t0 = time.perf_counter()
@@ -125,9 +154,10 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         ts_path = stage / f"{arch}_fp32.torchscript.pt"
         with torch.no_grad(), quiet_warnings():
             traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
-            torch.jit.save(traced, str(ts_path))
+        _save_torchscript(traced, ts_path)
+        with quiet_warnings():
             ts = torch.jit.load(str(ts_path))
-        test_logits = {ts_path.name: _eager_logits(ts, test_x)}  # per artifact, computed once
+        test_logits = {ts_path.name: _eager_logits(ts, test_x, ts_path.name)}  # per artifact, computed once
         checks.append(_compare(ts_path.name, test_logits[ts_path.name], ref_logits))
         artifacts.append(("torchscript", "fp32", ts_path, None))
 
@@ -155,8 +185,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             artifacts.append(("onnx", "int8", onnx_int8, onnx_quant_params(onnx_int8)))
             traced_q, quantized = torch_static_int8(model, calib, config.quant)
             ts_int8 = stage / f"{arch}_int8.torchscript.pt"
-            with quiet_warnings():
-                torch.jit.save(traced_q, str(ts_int8))
+            _save_torchscript(traced_q, ts_int8)
             artifacts.append(("torchscript", "int8", ts_int8, torch_quant_params(quantized)))
             quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
             log(f"int8 quantized (ONNX Runtime and PyTorch x86), calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
@@ -170,12 +199,14 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                 logits = _onnx_logits(path, data.test_images)
             else:
                 with quiet_warnings():
-                    logits = _eager_logits(torch.jit.load(str(path)), test_x)
+                    logits = _eager_logits(torch.jit.load(str(path)), test_x, path.name)
             accuracy[path.name] = classification_metrics(labels, logits.argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
                             test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
+        targets = list(FP32_TARGETS) + (list(INT8_TARGETS) if config.quantize else [])
         manifest = {
+            "manifest_version": MANIFEST_VERSION,
             "mnisttk_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "arch": arch,
@@ -186,26 +217,32 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             "artifacts": [artifact_entry(path, fmt, precision, qparams, OPSET if fmt == "onnx" else None,
                                          accuracy[path.name], config.quant.uint8_input and fmt == "onnx" and precision == "int8")
                           for fmt, precision, path, qparams in artifacts],
+            "targets": targets,  # what this export was asked for: verify fails if any is missing
             "fp32_parity": checks,
             "calibration": quant_info,
             "versions": _versions(),
             "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
         }
         write_manifest(stage / MANIFEST_NAME, manifest)
-        # Move into place, manifest last.
-        for name in sorted(os.listdir(stage), key=lambda n: n == MANIFEST_NAME):
-            os.replace(stage / name, out / name)
-        if not config.quantize:  # int8 files from an earlier export no longer match this manifest
-            for stale in (out / f"{arch}_int8.onnx", out / f"{arch}_int8.torchscript.pt"):
-                stale.unlink(missing_ok=True)
+        names = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
+        # int8 files from an earlier export would no longer match this manifest
+        stale = [] if config.quantize else [f"{arch}_int8.onnx", f"{arch}_int8.torchscript.pt"]
+        try:
+            publish(stage_obj, names, stale)
+        except OSError as exc:
+            raise ExportError(f"cannot publish into {out} ({exc.strerror or exc}"
+                              f"{': ' + Path(exc.filename).name if exc.filename else ''}); "
+                              "previous artifacts left as they were") from None
         return manifest
     except (ExportError, KeyboardInterrupt):
         raise
+    except OSError as exc:  # a full disk, a read-only folder: one line
+        raise ExportError(f"export failed, previous artifacts left as they were: {exc.strerror or exc}") from None
     except Exception as exc:  # exporter/quantizer internals: one line, nothing half-written
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ExportError(f"export failed, previous artifacts left as they were: {type(exc).__name__}: {first}") from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        stage_obj.close()
 
 
 def _stamp_metadata(path: Path, metadata: dict) -> None:

@@ -1,11 +1,16 @@
 """exported/manifest.json: what each artifact is, its hash and size, how it was made.
-Standard library only: verify reads it on the edge."""
+Standard library only: verify reads it on the edge.
+
+A manifest is untrusted input: `load_manifest` validates it against its schema before
+anything is read by name, and every name it holds must be a plain file inside the folder.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 from toolkit.errors import ManifestError
@@ -13,6 +18,21 @@ from toolkit.fsutil import atomic_write_bytes, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 REFERENCE_NAME = "reference.npz"
+MANIFEST_VERSION = 2  # 2: `targets` recorded; names confined to the folder
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ours are a few KB; a larger one is not ours
+
+FORMATS = ("onnx", "torchscript")
+PRECISIONS = ("fp32", "int8")
+# What `export` writes: the fp32 targets always, the int8 ones with --quantize.
+FP32_TARGETS = ("torchscript-fp32", "onnx-fp32")
+INT8_TARGETS = ("onnx-int8", "torchscript-int8")
+KNOWN_TARGETS = FP32_TARGETS + INT8_TARGETS
+REQUIRED_TARGETS = ("onnx-fp32",)  # every export writes it; a manifest without it is not one of ours
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def target_of(artifact: dict) -> str:
+    return f"{artifact['format']}-{artifact['precision']}"
 
 
 def io_spec(fmt: str, precision: str, uint8_input: bool) -> dict:
@@ -60,19 +80,116 @@ def machine_info(gpu_name: str | None = None) -> dict:
 
 
 def write_manifest(path: Path, manifest: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
+
+
+def confined_path(folder: Path, name, what: str = "file") -> Path:
+    """`folder/name` for a plain file name that stays inside `folder` (symlinks resolved);
+    ManifestError naming it otherwise. Nothing is opened."""
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"manifest: {what} name {name!r} is not a file name")
+    if (name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name)
+            or any(ord(c) < 32 for c in name)):
+        raise ManifestError(f"manifest: {what} {name!r} is not a plain file name inside the folder; refused")
+    folder = Path(folder)
+    path = folder / name
+    try:
+        inside = path.resolve().parent == folder.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise ManifestError(f"manifest: {what} {name!r} resolves outside {folder}; refused")
+    return path
+
+
+def _fail(path: Path, what: str):
+    raise ManifestError(f"{path}: not a valid mnisttk manifest: {what} (re-run `mnisttk export`)")
+
+
+def _check_entry(path: Path, entry, where: str, keys: dict) -> None:
+    if not isinstance(entry, dict):
+        _fail(path, f"{where} is {type(entry).__name__}, not an object")
+    for key, kind in keys.items():
+        if key not in entry:
+            _fail(path, f"{where} has no '{key}'")
+        value = entry[key]
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) if kind is int else isinstance(value, kind)
+        if not ok:
+            _fail(path, f"{where}.{key} is {json.dumps(value)[:40]}, not {'a non-negative integer' if kind is int else 'a ' + kind.__name__}")
+    if "sha256" in keys and not _HEX64.fullmatch(entry["sha256"]):
+        _fail(path, f"{where}.sha256 is not 64 lower-case hex digits")
+
+
+def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
+    """The manifest if it fits the schema; ManifestError with one line naming the first fault."""
+    path = path or Path(folder) / MANIFEST_NAME
+    if not isinstance(manifest, dict):
+        _fail(path, "the top level is not an object")
+    version = manifest.get("manifest_version")
+    if version != MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest version {version!r}, this mnisttk reads {MANIFEST_VERSION} "
+                            f"(re-run `mnisttk export` with this version)")
+    artifacts = manifest.get("artifacts")
+    if not isinstance(artifacts, list):
+        _fail(path, "'artifacts' is not a list")
+    if not artifacts:
+        _fail(path, "it lists no artifacts")
+    for i, a in enumerate(artifacts):
+        _check_entry(path, a, f"artifacts[{i}]", {"file": str, "format": str, "precision": str, "sha256": str,
+                                                   "size_bytes": int})
+        if a["format"] not in FORMATS:
+            _fail(path, f"artifacts[{i}] has unknown format {a['format']!r} (known: {', '.join(FORMATS)})")
+        if a["precision"] not in PRECISIONS:
+            _fail(path, f"artifacts[{i}] has unknown precision {a['precision']!r} (known: {', '.join(PRECISIONS)})")
+        confined_path(folder, a["file"], f"artifacts[{i}].file")
+    _check_entry(path, manifest.get("reference"), "reference", {"file": str, "sha256": str})
+    confined_path(folder, manifest["reference"]["file"], "reference.file")
+    _check_entry(path, manifest.get("checkpoint"), "checkpoint", {"path": str, "sha256": str})
+    files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]]
+    if len(set(files)) != len(files):
+        _fail(path, "a file is listed twice")
+    targets = manifest.get("targets")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        _fail(path, "'targets' is not a list of names")
+    unknown = [t for t in targets if t not in KNOWN_TARGETS]
+    if unknown:
+        _fail(path, f"unknown target {unknown[0]!r} (known: {', '.join(KNOWN_TARGETS)})")
+    for t in REQUIRED_TARGETS:
+        if t not in targets:
+            _fail(path, f"target {t} missing: every export writes it")
+    listed = [target_of(a) for a in artifacts]
+    for t in targets:
+        if listed.count(t) != 1:
+            _fail(path, f"target {t} has {listed.count(t)} artifacts, expected exactly one")
+    extra = [t for t in listed if t not in targets]
+    if extra:
+        _fail(path, f"artifact of target {extra[0]} was not asked for in 'targets'")
+    if manifest.get("calibration") is not None and not set(INT8_TARGETS) & set(targets):
+        _fail(path, "it records a calibration but no int8 target")
+    return manifest
 
 
 def load_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
+        if path.exists():
+            raise ManifestError(f"{path}: not a regular file")
         raise ManifestError(f"{path}: no manifest (run `mnisttk export --quantize` first)")
     try:
-        manifest = json.loads(path.read_text())
-        manifest["artifacts"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"{path}: not a readable mnisttk manifest ({exc})") from None
-    return manifest
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path}: {path.stat().st_size:,} bytes is far too large for a manifest; refused")
+        manifest = json.loads(path.read_bytes(), parse_constant=_no_constant)
+    except ManifestError:
+        raise
+    except RecursionError:
+        raise ManifestError(f"{path}: not a readable mnisttk manifest (JSON nested too deeply)") from None
+    except (ValueError, OSError) as exc:
+        raise ManifestError(f"{path}: not a readable mnisttk manifest ({str(exc).splitlines()[0][:120]})") from None
+    return validate_manifest(manifest, folder, path)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a manifest may hold")
 
 
 def check_hashes(folder: Path, manifest: dict) -> list[dict]:
@@ -80,11 +197,13 @@ def check_hashes(folder: Path, manifest: dict) -> list[dict]:
     entries = [*manifest["artifacts"], {"file": manifest["reference"]["file"], "sha256": manifest["reference"]["sha256"]}]
     results = []
     for entry in entries:
-        path = Path(folder) / entry["file"]
+        path = confined_path(folder, entry["file"])
         if not path.is_file():
-            results.append({"file": entry["file"], "status": "missing"})
-        elif sha256_file(path) != entry["sha256"]:
-            results.append({"file": entry["file"], "status": "changed"})
+            status = "not a regular file" if path.exists() else "missing"
         else:
-            results.append({"file": entry["file"], "status": "ok"})
+            try:
+                status = "ok" if sha256_file(path) == entry["sha256"] else "changed"
+            except OSError as exc:
+                status = f"unreadable ({exc.strerror or exc})"
+        results.append({"file": entry["file"], "status": status})
     return results

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 NUM_CLASSES = 10
@@ -38,13 +36,17 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: i
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for b vs c discordant pairs."""
+    """Two-sided exact McNemar p-value for b vs c discordant pairs: 2·P(X ≤ min(b, c)),
+    X ~ Binomial(b + c, 1/2), in exact integer arithmetic (no overflow at any n)."""
     n = b + c
     if n == 0:
         return 1.0
     k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
+    term = tail = 1  # C(n, 0)
+    for i in range(k):
+        term = term * (n - i) // (i + 1)  # C(n, i + 1), exact
+        tail += term
+    return min(1.0, (2 * tail) / (1 << n))  # int / int: correctly rounded, 0.0 on underflow
 
 
 def paired_accuracy_diff(

@@ -28,9 +28,7 @@ def row_cells(r: dict) -> list[str]:
     ci = r.get("acc_diff_ci95")
     delta = "—" if r.get("acc_diff") is None or r.get("is_reference") else (
         f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]")
-    status = r["status"] if not r.get("is_reference") else "ref"
-    if r["status"] == "FAIL" and r.get("is_reference"):
-        status = "FAIL"
+    status = "FAIL" if r["status"] == "fail" else "ref" if r.get("is_reference") else r["status"]
     return [
         r["name"], r["runtime"], status, _pct(r.get("accuracy")), _pct(r.get("macro_precision")),
         _pct(r.get("macro_recall")), _pct(r.get("agreement")), "—" if r.get("flipped") is None else str(r["flipped"]),
@@ -51,8 +49,15 @@ def _notes(result: dict) -> list[str]:
         if r.get("batch_consistent") is not None:
             notes.append(f"{label}: batch sizes 1/2/7/64/all {'agree' if r['batch_consistent'] else 'DISAGREE'}")
         for reason in r.get("reasons", []):
-            notes.append(f"{label}: {r['status']}: {reason}")
+            notes.append(f"{label}: {'FAIL' if r['status'] == 'fail' else r['status']}: {reason}")
     return notes
+
+
+def _coverage(result: dict) -> str:
+    checked, targets = result["targets_checked"], result["targets"]
+    unchecked = [t for t in targets if t not in checked]
+    return (f"checked {len(checked)} of {len(targets)} exported artifacts ({', '.join(checked) or 'none'})"
+            + (f"; not run here: {', '.join(unchecked)}" if unchecked else ""))
 
 
 def format_table(result: dict) -> str:
@@ -69,6 +74,7 @@ def format_table(result: dict) -> str:
         f"{g['int8_max_accuracy_drop'] * 100:.1f} points and agreement ≥ {g['int8_min_agreement']:.1%}"
         + (f"; latency ratio ≤ {g['max_latency_ratio']:g}" if g.get("max_latency_ratio") else "")
     )
+    lines.append(_coverage(result))
     lines.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
                  f"{result['threads']} thread(s); {result['seconds']:.1f} s")
     lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failed_rows"]))
@@ -110,7 +116,7 @@ def write_plot(result: dict, path: Path) -> None:
         lo, hi = r.get("acc_diff_ci95") or [0.0, 0.0]
         # The interval is on Δ = accuracy - reference accuracy; drawn around this row's accuracy.
         err = [[max(0.0, y - (ref_acc + lo) * 100)], [max(0.0, (ref_acc + hi) * 100 - y)]]
-        color = "tab:red" if r["status"] == "FAIL" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
+        color = "tab:red" if r["status"] == "fail" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
         ax.errorbar(x, y, yerr=err, fmt="s" if r["precision"] == "int8" else "o", capsize=4, color=color)
         ax.annotate(f"{r['name']}\n{r['runtime']}", (x, y), textcoords="offset points",
                     xytext=(6, 4 if i % 2 else -22), fontsize=8)  # alternate sides: neighbours do not overlap

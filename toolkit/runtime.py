@@ -6,6 +6,9 @@ and nothing else.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -17,13 +20,67 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.errors import RuntimeUnavailable, ToolkitError
+from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
+INT8_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "QLinearMatMul"}
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "AveragePool", "Integer", "FusedConv",
+               "FusedGemm", "FusedMatMul", "NhwcMaxPool")
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def max_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def onnxruntime_distributions() -> list[str]:
+    """Which pip distributions provide the `onnxruntime` package here (more than one is a broken install)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            found.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def check_install() -> None:
+    """A mixed install (CPU onnxruntime beside onnxruntime-gpu) shares one package folder and breaks
+    in obscure ways; say so plainly."""
+    dists = onnxruntime_distributions()
+    if len(dists) > 1:
+        raise RuntimeUnavailable(
+            f"mixed ONNX Runtime install ({', '.join(dists)} write the same package): keep one, e.g. "
+            "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu` (or `make gpu`)")
 
 
 def available_providers() -> list[str]:
     return list(ort.get_available_providers())
+
+
+_DLLS_PRELOADED = False
+
+
+def _preload_cuda_libraries() -> None:
+    """onnxruntime-gpu needs CUDA and cuDNN; torch's CUDA wheels (nvidia-* packages) carry them.
+    ORT >= 1.21 can load those, so no system CUDA install is needed."""
+    global _DLLS_PRELOADED
+    if _DLLS_PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _DLLS_PRELOADED = True
+    with contextlib.redirect_stdout(io.StringIO()):  # it narrates to stdout
+        try:
+            ort.preload_dlls()
+        except Exception:  # absent libraries: the provider's own error says more
+            pass
 
 
 def select_provider(name: str) -> str:
@@ -31,9 +88,13 @@ def select_provider(name: str) -> str:
     if name not in PROVIDERS:
         raise ToolkitError(f"unknown execution provider {name!r}; choose one of {', '.join(PROVIDERS)}")
     provider = PROVIDERS[name]
+    if name == "cuda":
+        check_install()
     if provider not in available_providers():
-        hint = " (pip install 'mnisttk[gpu]' for onnxruntime-gpu, and a CUDA GPU)" if name == "cuda" else ""
+        hint = " (`make gpu` installs onnxruntime-gpu; a CUDA GPU is needed; `mnisttk env` shows what is here)" if name == "cuda" else ""
         raise RuntimeUnavailable(f"ONNX Runtime has no {provider} here{hint}")
+    if name == "cuda":
+        _preload_cuda_libraries()
     return provider
 
 
@@ -42,6 +103,10 @@ class SessionOptions:
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime use all cores
     optimization: str = "all"  # basic | extended | all: graph optimizations applied at load
     profile: bool = False  # record which provider ran each node
+
+    def __post_init__(self):
+        if not isinstance(self.threads, int) or not 0 <= self.threads <= max_threads():
+            raise ToolkitError(f"threads must be 0 (all cores) to {max_threads()} (this machine's cores), not {self.threads}")
 
     def to_ort(self) -> ort.SessionOptions:
         levels = {
@@ -63,31 +128,90 @@ class SessionOptions:
         return so
 
 
-class Model:
-    """An ONNX model in an inference session on one execution provider."""
+def read_model_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
+    """The model's bytes, read once: what is hashed is exactly what is loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise ToolkitError(f"{path}: no such model file")
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_MODEL_BYTES:
+        raise ToolkitError(f"{path}: {path.stat().st_size:,} bytes is too large for an mnisttk model; refused")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise ManifestError(f"{path}: SHA-256 changed since export: the file is not the one exported")
+    return data
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", options: SessionOptions = SessionOptions()):
+
+def _dims(arg) -> list:
+    return list(arg.shape) if isinstance(arg.shape, (list, tuple)) else []
+
+
+class Model:
+    """An ONNX model in an inference session on one execution provider.
+
+    Loaded from its bytes, so an ONNX file that keeps weights in an external-data sidecar
+    is refused (the sidecar would be unhashed) and the bytes run are the bytes hashed."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", options: SessionOptions = SessionOptions(),
+                 expected_sha256: str | None = None):
         self.path = Path(path)
+        self.provider = provider
         ep = select_provider(provider)
-        if not self.path.is_file():
-            raise ToolkitError(f"{self.path}: no such model file")
+        data = read_model_bytes(self.path, expected_sha256)
         # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
         attempts = [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
                     ["CUDAExecutionProvider", "CPUExecutionProvider"]] if provider == "cuda" else [[ep]]
+        error: ToolkitError | None = None
+        self.session = None
         for providers in attempts:
             try:
-                self.session = ort.InferenceSession(str(self.path), sess_options=options.to_ort(), providers=providers)
-                break
+                # ORT print()s an "EP Error ... Falling back" banner to stdout and falls back to the
+                # CPU on its own: keep stdout for results, and decide on fallbacks here.
+                with contextlib.redirect_stdout(io.StringIO()):
+                    session = ort.InferenceSession(data, sess_options=options.to_ort(), providers=providers,
+                                                   enable_fallback=0)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                error = ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({first[:160]})")
-        else:
+                msg = first_line(exc)
+                if "external" in msg.lower() or "model_path must not be empty" in msg:
+                    msg = "it keeps weights in an external-data file, which mnisttk refuses (unhashed)"
+                error = ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({msg})")
+                continue
+            if provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+                error = RuntimeUnavailable("the CUDA provider could not start here (no GPU or CUDA libraries); "
+                                           "ONNX Runtime fell back to the CPU")
+                continue
+            self.session = session
+            break
+        if self.session is None:
             raise error
-        inp = self.session.get_inputs()[0]
+        if hasattr(self.session, "disable_fallback"):
+            self.session.disable_fallback()  # a failing CUDA run raises instead of moving to the CPU
+        self._check_io()
+        self.providers_used = self.session.get_providers()
+
+    def _check_io(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ToolkitError(f"{self.path}: has {len(inputs)} inputs; an mnisttk model takes one image batch")
+        inp = inputs[0]
+        dims = _dims(inp)
+        if inp.type not in ("tensor(float)", "tensor(uint8)") or len(dims) != 4 or any(
+                isinstance(d, int) and d != want for d, want in zip(dims[1:], (1, 28, 28))):
+            raise ToolkitError(f"{self.path}: input {inp.name!r} is {inp.type} {dims}; an mnisttk model takes "
+                               "float32 or uint8 N×1×28×28")
+        if not outputs or outputs[0].type != "tensor(float)" or len(_dims(outputs[0])) != 2 or (
+                isinstance(_dims(outputs[0])[1], int) and _dims(outputs[0])[1] != 10):
+            o = outputs[0] if outputs else None
+            raise ToolkitError(f"{self.path}: output {o.name if o else None!r} is "
+                               f"{o.type if o else 'missing'} {_dims(o) if o else ''}; an mnisttk model gives float N×10 logits")
         self.input_name = inp.name
         self.input_type = inp.type  # 'tensor(float)' or 'tensor(uint8)'
-        self.output_name = self.session.get_outputs()[0].name
-        self.providers_used = self.session.get_providers()
+        self.output_name = outputs[0].name
+        self.fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
 
     @property
     def takes_uint8(self) -> bool:
@@ -101,12 +225,35 @@ class Model:
         return x.astype(np.float32) / np.float32(255.0)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        """Logits for a prepared batch. ORT failures (cuDNN, out of memory) become one-line errors, and
+        a session that left its provider is an error, never a silent CPU run."""
+        try:
+            out = self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise ToolkitError(f"{self.path.name}: ONNX Runtime failed while running ({first_line(exc)})") from None
+        if self.provider == "cuda":
+            self.check_provider()
+        return out
+
+    def check_provider(self) -> None:
+        if self.provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise RuntimeUnavailable(f"{self.path.name}: ONNX Runtime left the CUDA provider while running")
 
     def logits(self, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
-        """Logits for uint8 images, `batch` at a time."""
+        """Logits for uint8 images, `batch` at a time (the model's own batch if it fixes one)."""
         x = self.prepare(images_u8)
-        return np.concatenate([self.run(x[i : i + batch]) for i in range(0, len(x), batch)])
+        if self.fixed_batch:
+            b = self.fixed_batch
+            pad = (-len(x)) % b
+            if pad:
+                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            out = np.concatenate([self.run(x[i : i + b]) for i in range(0, len(x), b)])[: len(images_u8)]
+        else:
+            out = np.concatenate([self.run(x[i : i + batch]) for i in range(0, len(x), batch)])
+        if out.shape != (len(images_u8), 10):
+            raise ToolkitError(f"{self.path.name}: output shape {list(out.shape)} for {len(images_u8)} images, "
+                               f"expected [{len(images_u8)}, 10]")
+        return out
 
     def node_placement(self) -> dict:
         """Which provider ran how many nodes, read from ORT's profile (session must be profiling)."""
@@ -125,8 +272,13 @@ class Model:
                 nodes[ev["name"][: -len("_kernel_time")]] = (args["provider"], args.get("op_name", ""))
         by_provider = Counter(p.replace("ExecutionProvider", "") for p, _ in nodes.values())
         ops = Counter(op for _, op in nodes.values())
-        int8_ops = sorted(op for op in ops if op.startswith("QLinear") or op in {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear"} or op.startswith("NhwcQLinear"))
-        return {"providers": dict(by_provider), "ops": dict(ops), "int8_kernels": int8_ops}
+        int8_ops = sorted(op for op in ops if op.startswith(("QLinear", "NhwcQLinear")) or op in INT8_OPS)
+        # Compute nodes (convolutions, matmuls, pooling) that ran on the CPU: a CUDA row's are a failure.
+        # Shape-only nodes (Shape/Gather/Concat feeding Reshape) stay on the CPU by design.
+        cpu_compute = sorted({op for p, op in nodes.values() if p == "CPUExecutionProvider"
+                              and any(k in op for k in COMPUTE_OPS)})
+        return {"providers": dict(by_provider), "ops": dict(ops), "int8_kernels": int8_ops,
+                "cpu_compute_ops": cpu_compute}
 
 
 def latency_us(model: Model, x1: np.ndarray, warmup: int = 50, iters: int = 500) -> dict:

@@ -3,13 +3,14 @@ Imported only when torch is installed; the edge side never needs it."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from toolkit.errors import ManifestError
+from toolkit.errors import ManifestError, ToolkitError
 from toolkit.fsutil import sha256_file
 from toolkit.verify import Candidate
 
@@ -28,8 +29,16 @@ class TorchCandidate(Candidate):
 
     def logits(self, images_u8: np.ndarray) -> np.ndarray:
         x = self._to_input(images_u8)
-        with torch.inference_mode():
-            return torch.cat([self.module(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+        try:
+            with torch.inference_mode():
+                out = torch.cat([self.module(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+        except Exception as exc:  # a TorchScript file with other inputs or outputs
+            from toolkit.runtime import first_line
+
+            raise ToolkitError(f"{self.file}: PyTorch failed while running ({first_line(exc, 120)})") from None
+        if out.shape != (len(images_u8), 10):
+            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(images_u8)}, 10]")
+        return out
 
     def bench_input(self, images_u8):
         return self._to_input(images_u8)
@@ -40,26 +49,34 @@ class TorchCandidate(Candidate):
 
 
 def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidate:
-    """PyTorch eager from the checkpoint named in the manifest (beside it, or at its recorded path)."""
+    """PyTorch eager from the checkpoint named in the manifest: its file name, inside the folder only."""
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.manifest import confined_path
 
     info = manifest["checkpoint"]
-    for path in (Path(folder) / Path(info["path"]).name, Path(info["path"])):
-        if path.is_file():
-            break
-    else:
-        raise ManifestError(f"checkpoint {info['path']} not found (needed for the PyTorch eager row; --no-torch uses reference.npz)")
+    name = Path(info["path"]).name
+    path = confined_path(folder, name, "checkpoint")
+    if not path.is_file():
+        raise ManifestError(f"checkpoint {name} not in {folder} (needed for the PyTorch eager row; copy it there, "
+                            "or --no-torch uses reference.npz)")
     if sha256_file(path) != info["sha256"]:
         raise ManifestError(f"{path}: SHA-256 differs from the one the artifacts were exported from")
     model = model_from_checkpoint(load_checkpoint(path))
     return TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
 
 
-def torchscript_candidate(path: Path, precision: str, threads: int) -> TorchCandidate:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load
-        if precision == "int8":
-            torch.backends.quantized.engine = "x86"
-        module = torch.jit.load(str(path), map_location="cpu")
+def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str | None = None) -> TorchCandidate:
+    """Loaded from the very bytes that were hashed."""
+    from toolkit.runtime import first_line, read_model_bytes
+
+    data = read_model_bytes(path, sha256)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load
+            if precision == "int8":
+                torch.backends.quantized.engine = "x86"
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    except Exception as exc:
+        raise ToolkitError(f"{path}: not a loadable TorchScript model ({first_line(exc, 120)})") from None
     return TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
                           path.stat().st_size, threads)

@@ -6,6 +6,7 @@ seeded permutation and index_select on tensors already on the device.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -201,6 +202,9 @@ def train(
                 bar.set_postfix(loss=f"{step_fn.loss_sum.item() / (step + 1):.4f}")
         bar.close()
         train_loss = step_fn.loss_sum.item() / steps
+        if not math.isfinite(train_loss):
+            raise ToolkitError(f"training diverged: train loss {train_loss} at epoch {epoch} with lr {config.lr:g}; "
+                               "no checkpoint written (try a smaller --lr)")
         test_acc = evaluate(model, x_test, y_test)["accuracy"]
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": train_loss, "test_accuracy": test_acc, "seconds": seconds})

@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError
-from toolkit.manifest import check_hashes, load_manifest
+from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
-from toolkit.runtime import Model, SessionOptions, available_providers, latency_us, throughput
+from toolkit.reference import read_reference
+from toolkit.runtime import Model, SessionOptions, available_providers, first_line, latency_us, throughput
 
 CONSISTENCY_BATCHES = (1, 2, 7, 64)
 
@@ -40,6 +41,11 @@ class VerifyConfig:
     throughput_batch: int = 256
     latency_iters: int = 500
     gates: Gates = field(default_factory=Gates)
+    expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists
+
+
+RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", "TorchScript": "torchscript", "ORT CPU": "ort-cpu",
+               "ORT CUDA": "ort-cuda"}
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Row:
     macro_recall: float | None = None
     agreement: float | None = None
     flipped: int | None = None
+    flipped_indices: list | None = None  # test-set indices whose top-1 differs from the reference
     max_abs_logit_diff: float | None = None
     acc_diff: float | None = None
     acc_diff_ci95: list | None = None
@@ -66,6 +73,16 @@ class Row:
     placement: dict | None = None
     batch_consistent: bool | None = None
     is_reference: bool = False
+
+    @property
+    def id(self) -> str:
+        """Stable across runs: e.g. onnx-int8@ort-cpu."""
+        fmt = self.name.split()[0].lower().replace("pytorch", "eager")
+        return f"{fmt}-{self.precision}@{RUNTIME_IDS.get(self.runtime, self.runtime.lower())}"
+
+    def fail(self, reason: str) -> None:
+        self.status = "FAIL"
+        self.reasons.append(reason)
 
 
 class Candidate:
@@ -88,19 +105,19 @@ class Candidate:
 
 
 class OnnxCandidate(Candidate):
-    def __init__(self, path: Path, precision: str, provider: str, threads: int):
+    def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None):
         self.path, self.precision, self.file = path, precision, path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
         self.name = f"ONNX {precision}"
-        self.model = Model(path, provider, SessionOptions(threads=threads))
+        self.sha256 = sha256
+        self.model = Model(path, provider, SessionOptions(threads=threads), expected_sha256=sha256)
         self.threads = threads
-        if provider == "cuda" and "CUDAExecutionProvider" not in self.model.providers_used:
-            # ORT falls back to the CPU silently when the CUDA provider cannot start (no GPU, no CUDA libs)
-            raise RuntimeUnavailable("the CUDA provider could not start here (no GPU or CUDA libraries); ORT fell back to the CPU")
 
     def logits(self, images_u8):
-        return self.model.logits(images_u8, batch=len(images_u8))  # the full set: one of the consistency batches
+        # The accuracy pass runs in batches of 1,000 (the batch-consistency check covers 1/2/7/64
+        # and 1,000): a 10,000-image batch would make ORT's arena hold ~0.5 GB per session.
+        return self.model.logits(images_u8, batch=1000)
 
     def bench_input(self, images_u8):
         return self.model.prepare(images_u8)
@@ -109,8 +126,10 @@ class OnnxCandidate(Candidate):
         return self.model.run(x)
 
     def placement(self):
-        profiled = Model(self.path, self.provider, SessionOptions(threads=self.threads, profile=True))
+        profiled = Model(self.path, self.provider, SessionOptions(threads=self.threads, profile=True),
+                         expected_sha256=self.sha256)
         profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
+        self.model.check_provider()  # still on the provider asked for, after all the measuring
         return profiled.node_placement()
 
     def consistency(self, images_u8, preds):
@@ -122,32 +141,52 @@ def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits:
     m = classification_metrics(labels, preds)
     row.accuracy, row.macro_precision, row.macro_recall = m["accuracy"], m["macro_precision"], m["macro_recall"]
     row.agreement = float((preds == ref_preds).mean())
-    row.flipped = int((preds != ref_preds).sum())
+    flipped = np.flatnonzero(preds != ref_preds)
+    row.flipped, row.flipped_indices = int(len(flipped)), flipped.tolist()
     row.max_abs_logit_diff = float(np.abs(logits.astype(np.float64) - ref_logits).max())
     d = paired_accuracy_diff(labels, preds, ref_preds)
     row.acc_diff, row.acc_diff_ci95, row.mcnemar_p = d["diff"], d["ci95"], d["mcnemar_p"]
 
 
+def _within(value, limit) -> bool:
+    """value ≤ limit, written so that NaN (or a missing value) never passes."""
+    return value is not None and bool(value <= limit)
+
+
 def judge(row: Row, gates: Gates) -> None:
-    """Apply the gates to a measured row, appending each failed reason."""
-    if row.status == "skipped" or row.is_reference:
+    """Apply the gates to a measured row, appending each failed reason. Every comparison is
+    `not (x <= limit)`, so a NaN or a missing measurement fails rather than passes."""
+    if row.status == "skipped" or row.is_reference or row.status == "FAIL" and row.accuracy is None:
+        return
+    if row.accuracy is None:
+        row.fail("not measured")
         return
     if row.precision == "fp32":
-        if row.flipped:
-            row.reasons.append(f"{row.flipped} predictions differ from the reference")
-        if row.max_abs_logit_diff is not None and row.max_abs_logit_diff > gates.fp32_max_abs_logit_diff:
-            row.reasons.append(f"max |Δlogit| {row.max_abs_logit_diff:.2e} > {gates.fp32_max_abs_logit_diff:g}")
+        if not _within(row.flipped, 0):
+            row.fail(f"{row.flipped} predictions differ from the reference")
+        if not _within(row.max_abs_logit_diff, gates.fp32_max_abs_logit_diff):
+            row.fail(f"max |Δlogit| {_num(row.max_abs_logit_diff, '.2e')} > {gates.fp32_max_abs_logit_diff:g}")
     else:
-        if row.acc_diff is not None and -row.acc_diff > gates.int8_max_accuracy_drop:
-            row.reasons.append(f"accuracy drop {-row.acc_diff * 100:.2f} points > {gates.int8_max_accuracy_drop * 100:.2f}")
-        if row.agreement is not None and row.agreement < gates.int8_min_agreement:
-            row.reasons.append(f"agreement {row.agreement:.2%} < {gates.int8_min_agreement:.1%}")
+        drop = None if row.acc_diff is None else -row.acc_diff
+        if not _within(drop, gates.int8_max_accuracy_drop):
+            row.fail(f"accuracy drop {_num(drop, '.2%')[:-1]} points > {gates.int8_max_accuracy_drop * 100:.2f}")
+        if not (row.agreement is not None and row.agreement >= gates.int8_min_agreement):
+            row.fail(f"agreement {_num(row.agreement, '.2%')} < {gates.int8_min_agreement:.1%}")
     if row.batch_consistent is False:
-        row.reasons.append("predictions change with the batch size")
-    if gates.max_latency_ratio is not None and row.latency_ratio is not None and row.latency_ratio > gates.max_latency_ratio:
-        row.reasons.append(f"latency ratio {row.latency_ratio:.2f} > {gates.max_latency_ratio:g}")
+        row.fail("predictions change with the batch size")
+    placement = row.placement or {}
+    if row.precision == "int8" and row.runtime == "ORT CPU" and placement and not placement.get("int8_kernels"):
+        row.fail("no int8 kernel ran (the graph optimizer or the runtime turned the int8 model back into float)")
+    if row.runtime == "ORT CUDA" and placement.get("cpu_compute_ops"):
+        row.fail(f"compute nodes ran on the CPU: {', '.join(placement['cpu_compute_ops'])}")
+    if gates.max_latency_ratio is not None and not _within(row.latency_ratio, gates.max_latency_ratio):
+        row.fail(f"latency ratio {_num(row.latency_ratio, '.2f')} > {gates.max_latency_ratio:g}")
     if row.reasons:
         row.status = "FAIL"
+
+
+def _num(v, fmt: str) -> str:
+    return "not measured" if v is None else format(v, fmt)
 
 
 def torch_available() -> bool:
@@ -159,101 +198,120 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     t_start = time.perf_counter()
     folder = Path(config.folder)
     manifest = load_manifest(folder)
+    targets = list(manifest["targets"])
+    for t in config.expect:
+        if t not in KNOWN_TARGETS:
+            raise ToolkitError(f"unknown target {t!r} for --expect; choose from {', '.join(KNOWN_TARGETS)}")
+        if t not in targets:
+            raise ManifestError(f"{folder / 'manifest.json'}: expected target {t} is not in this export "
+                                f"(it has {', '.join(targets)})")
+    have_torch = "torch" in config.runtimes and torch_available()
+    if config.gates.max_latency_ratio is not None and not have_torch:
+        raise ToolkitError("--max-latency-ratio needs the PyTorch eager reference row, which has a latency; "
+                           "with --no-torch (or without torch) the gate cannot be checked")
     integrity = check_hashes(folder, manifest)
     bad_files = {r["file"]: r["status"] for r in integrity if r["status"] != "ok"}
     ref_info = manifest["reference"]
     if ref_info["file"] in bad_files:
         raise ManifestError(f"{folder / ref_info['file']}: {bad_files[ref_info['file']]} since export; re-run `mnisttk export`")
-    ref = np.load(folder / ref_info["file"])
-    if str(ref["test_sha256"]) != test_sha256:
-        raise ManifestError("the loaded MNIST test set is not the one the reference was made on (SHA-256 differs)")
-    ref_logits = ref["logits"].astype(np.float64)
     labels = test_labels.astype(np.int64)
+    ref = read_reference(confined_path(folder, ref_info["file"]), len(labels))
+    if ref["test_sha256"] != test_sha256:
+        raise ManifestError("the loaded MNIST test set is not the one the reference was made on (SHA-256 differs)")
+    ref_logits = ref["logits"]
     if not np.array_equal(ref["labels"], labels):
         raise ManifestError("reference labels do not match the test labels")
 
-    candidates: list[Candidate | Row] = []
-    have_torch = "torch" in config.runtimes and torch_available()
-    reference_row: Row
+    artifacts = manifest["artifacts"]
+    reference_row = Row("PyTorch fp32", "PyTorch eager" if have_torch else "reference.npz", "fp32",
+                        ref_info["file"], is_reference=True)
+    eager = None
     if have_torch:
-        from toolkit.torch_eval import eager_candidate, torchscript_candidate
+        from toolkit.torch_eval import eager_candidate
 
-        eager = eager_candidate(manifest, folder, config.threads)
-        reference_row = Row("PyTorch fp32", "PyTorch eager", "fp32", eager.file, is_reference=True)
-        candidates_torch = [
-            Row(f"TorchScript {a['precision']}", "TorchScript", a["precision"], a["file"], status="FAIL", reasons=["file missing"])
-            if bad_files.get(a["file"]) == "missing" else torchscript_candidate(folder / a["file"], a["precision"], config.threads)
-            for a in manifest["artifacts"] if a["format"] == "torchscript"
-        ]
-    else:
-        eager = None
-        reference_row = Row("PyTorch fp32", "reference.npz", "fp32", ref_info["file"], is_reference=True)
-        reason = "torch not installed" if "torch" in config.runtimes else "not asked for (--no-torch or --runtime)"
-        candidates_torch = [Row(f"TorchScript {a['precision']}", "TorchScript", a["precision"], a["file"],
-                                status="skipped", reasons=[reason])
-                            for a in manifest["artifacts"] if a["format"] == "torchscript"]
-    candidates.extend(candidates_torch)
-
-    onnx_artifacts = [a for a in manifest["artifacts"] if a["format"] == "onnx"]
+        try:
+            eager = eager_candidate(manifest, folder, config.threads)
+            reference_row.file = eager.file
+        except ToolkitError as exc:
+            reference_row.fail(str(exc))
+    plan: list[tuple[Row, Callable[[], Candidate]]] = []  # each row and how to build its candidate
+    for a in artifacts:
+        if a["format"] != "torchscript":
+            continue
+        row = Row(f"TorchScript {a['precision']}", "TorchScript", a["precision"], a["file"])
+        if not have_torch:
+            row.status = "skipped"
+            row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
+                               else "not asked for (--no-torch or --runtime)")
+        plan.append((row, lambda a=a: _torchscript(folder, a, config.threads)))
     for provider in ("cpu", "cuda"):
-        for a in onnx_artifacts:
-            label = (f"ONNX {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
+        for a in (a for a in artifacts if a["format"] == "onnx"):
+            row = Row(f"ONNX {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
             if provider not in config.runtimes:
-                candidates.append(Row(*label, status="skipped", reasons=["not asked for (--runtime)"]))
-            elif a["file"] in bad_files and bad_files[a["file"]] == "missing":
-                candidates.append(Row(*label, status="FAIL", reasons=["file missing"]))
+                row.status, row.reasons = "skipped", ["not asked for (--runtime)"]
             elif provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
-                why = "no CUDAExecutionProvider in this onnxruntime (pip install 'mnisttk[gpu]' on a CUDA machine)"
-                candidates.append(Row(*label, status="FAIL" if config.require_cuda else "skipped", reasons=[why]))
-            else:
-                try:
-                    candidates.append(OnnxCandidate(folder / a["file"], a["precision"], provider, config.threads))
-                except RuntimeUnavailable as exc:
-                    candidates.append(Row(*label, status="FAIL" if config.require_cuda else "skipped", reasons=[str(exc)]))
-                except ToolkitError as exc:
-                    candidates.append(Row(*label, status="FAIL", reasons=[str(exc)]))
+                why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
+                row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
+            plan.append((row, lambda a=a, p=provider: OnnxCandidate(
+                confined_path(folder, a["file"]), a["precision"], p, config.threads, a["sha256"])))
 
-    sizes = {a["file"]: a["size_bytes"] for a in manifest["artifacts"]}
+    sizes = {a["file"]: a["size_bytes"] for a in artifacts}
     rows = [reference_row]
     # The reference row: live PyTorch eager when torch is here (and agrees with reference.npz), else the npz.
     if eager is not None:
-        live = eager.logits(test_images).astype(np.float64)
-        drift = float(np.abs(live - ref_logits).max())
-        if drift > config.gates.fp32_max_abs_logit_diff:
-            reference_row.reasons.append(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
-            reference_row.status = "FAIL"
-        _time(reference_row, eager, test_images, config)
-        reference_row.size_bytes = eager.size_bytes
+        try:
+            live = eager.logits(test_images).astype(np.float64)
+            drift = float(np.abs(live - ref_logits).max())
+            if not _within(drift, config.gates.fp32_max_abs_logit_diff):
+                reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
+            _time(reference_row, eager, test_images, config)
+            reference_row.size_bytes = eager.size_bytes
+        except ToolkitError as exc:
+            reference_row.fail(str(exc))
     _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
-    for cand in candidates:
-        if isinstance(cand, Row):
-            rows.append(cand)
-            continue
-        row = Row(cand.name, cand.runtime, cand.precision, cand.file)
-        log(f"verifying {row.name} on {row.runtime}")
-        logits = cand.logits(test_images)
-        _fill_accuracy(row, labels, logits.astype(np.float64), ref_logits)
-        _time(row, cand, test_images, config)
-        row.size_bytes = sizes.get(cand.file)
-        row.placement = cand.placement()
-        row.batch_consistent = cand.consistency(test_images, logits.argmax(1))
+    for row, build in plan:
         rows.append(row)
+        if row.status != "ok":
+            continue
+        if row.file in bad_files:
+            row.fail(f"SHA-256 {bad_files[row.file]} since export: the file is not the one exported"
+                     if bad_files[row.file] != "missing" else "file missing")
+            continue
+        log(f"verifying {row.name} on {row.runtime}")
+        try:
+            cand = build()
+            logits = cand.logits(test_images).astype(np.float64)
+            if not np.isfinite(logits).all():
+                row.fail(f"{int((~np.isfinite(logits)).any(1).sum())} test images give NaN or infinite logits")
+            _fill_accuracy(row, labels, logits, ref_logits)
+            _time(row, cand, test_images, config)
+            row.size_bytes = sizes.get(cand.file)
+            row.placement = cand.placement()
+            row.batch_consistent = cand.consistency(test_images, logits.argmax(1))
+        except RuntimeUnavailable as exc:
+            row.reasons.append(str(exc))
+            row.status = "FAIL" if config.require_cuda or row.runtime != "ORT CUDA" else "skipped"
+        except ToolkitError as exc:
+            row.fail(first_line(exc, 300))
 
     ref_p50 = (reference_row.latency_us or {}).get("p50")
     for row in rows:
-        if row.file in bad_files and row.status != "skipped":
-            row.reasons.insert(0, f"SHA-256 {bad_files[row.file]} since export: the file is not the one exported")
-            row.status = "FAIL"
         if row.latency_us and ref_p50:
             row.latency_ratio = row.latency_us["p50"] / ref_p50
         judge(row, config.gates)
 
     failed = [f"{r.name} on {r.runtime}" for r in rows if r.status == "FAIL"]
+    measured = sorted({target_of(a) for a in artifacts
+                       if any(r.file == a["file"] and r.status != "skipped" and not r.is_reference for r in rows)})
     return {
+        "schema_version": 1,
         "passed": not failed,
         "failed_rows": failed,
-        "rows": [asdict(r) for r in rows],
+        "rows": [{"id": r.id, **asdict(r), "status": r.status.lower()} for r in rows],
         "integrity": integrity,
+        "targets": targets,
+        "targets_checked": measured,
+        "artifacts_listed": len(artifacts),
         "gates": asdict(config.gates),
         "threads": config.threads,
         "throughput_batch": config.throughput_batch,
@@ -263,6 +321,13 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         "machine": _machine(),
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def _torchscript(folder: Path, artifact: dict, threads: int):
+    from toolkit.torch_eval import torchscript_candidate
+
+    return torchscript_candidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
+                                 artifact["sha256"])
 
 
 def _time(row: Row, cand: Candidate, images_u8: np.ndarray, config: VerifyConfig) -> None:

@@ -1,0 +1,162 @@
+"""All-or-nothing publishing of an export into its folder.
+
+The new files are staged in a hidden `.export-*` folder inside the destination. Publishing
+first hard-links every file it will replace into the stage (`old/`), writes a journal, then
+renames the new files into place, the manifest last. A failure or Ctrl-C rolls every rename
+back; a process killed outright leaves the journal, and the next mnisttk command that opens
+the folder rolls it back (a stage is stale when no live process holds its lock). A reader
+(verify) therefore sees the previous export or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+STAGE_PREFIX = ".export-"
+LOCK_NAME = ".lock"
+JOURNAL_NAME = "JOURNAL.json"
+
+
+def _try_lock(path: Path, block: bool = False):
+    """An exclusive lock on `path` held by this process (released when it dies, even by SIGKILL),
+    or None if another live process holds it."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+class Stage:
+    """A locked staging folder inside `out`; `stage.new` receives the files to publish."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.dir = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.out))
+        self._lock = _try_lock(self.dir / LOCK_NAME)
+        (self.dir / "pid").write_text(str(os.getpid()))
+        self.new = self.dir / "new"
+        self.new.mkdir()
+        self.old = self.dir / "old"
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock:
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """SIGINT/SIGTERM wait until the block is done (the main thread only)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
+    """Move `stage.new/<name>` for each name in `order` into `stage.out` (the last one, the manifest,
+    is the switch), then delete `remove`. Raises OSError after rolling back, leaving `out` as it was."""
+    out = stage.out
+    stage.old.mkdir(exist_ok=True)
+    touched = list(order) + [n for n in remove if n not in order]
+    existed = []
+    for name in touched:  # keep a link to every file that will change: the rollback's copy
+        if os.path.lexists(out / name):
+            os.link(out / name, stage.old / name, follow_symlinks=False)
+            existed.append(name)
+    journal = {"pid": os.getpid(), "replace": list(order), "existed": existed, "committed": False}
+    (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
+    with _signals_deferred():
+        done = []
+        try:
+            for name in order:
+                os.replace(stage.new / name, out / name)
+                done.append(name)
+        except BaseException:
+            _rollback(out, stage.old, done, existed)
+            raise
+        journal["committed"] = True
+        (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
+    for name in remove:  # not listed by the new manifest: garbage now, gone
+        if name not in order:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out / name)
+
+
+def _rollback(out: Path, old: Path, names, existed) -> None:
+    for name in reversed(list(names)):
+        if name in existed and os.path.lexists(old / name):
+            os.replace(old / name, out / name)
+        elif name not in existed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out / name)
+
+
+def _age_s(path: Path) -> float:
+    import time
+
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]:
+    """Roll back exports into `out` that died while publishing, and remove stale staging
+    folders (ones no live process holds). Returns what was done, one line each (also logged)."""
+    out = Path(out)
+    done = []
+    try:
+        stages = [p for p in out.iterdir() if p.name.startswith(STAGE_PREFIX) and p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return done
+    for stage in stages:
+        if not (stage / "pid").exists() and _age_s(stage) < 3600:
+            continue  # being set up by a live export this very moment
+        try:
+            lock = _try_lock(stage / LOCK_NAME)
+        except OSError:
+            continue
+        if lock is None:
+            continue  # a live export owns it
+        try:
+            what = f"removed stale staging folder {stage.name} (its export was interrupted)"
+            journal_path = stage / JOURNAL_NAME
+            if journal_path.is_file():
+                journal = json.loads(journal_path.read_text())
+                if not journal.get("committed"):
+                    _rollback(out, stage / "old", journal["replace"], journal["existed"])
+                    what = (f"an export into {out} was killed while publishing (pid {journal.get('pid')}): "
+                            "previous artifacts restored")
+            shutil.rmtree(stage, ignore_errors=True)
+            done.append(what)
+            log(what)
+        except (OSError, ValueError, KeyError) as exc:
+            log(f"cannot clean up {stage}: {exc}")
+        finally:
+            lock.close()
+    return done
