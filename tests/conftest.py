@@ -69,3 +69,19 @@ def tiny_export(tmp_path_factory):
                              "--calibration-size", "100", "--data-dir", str(data)])
     assert r.exit_code == 0, r.output
     return {"data": data, "out": out, "root": root}
+
+
+@pytest.fixture(scope="session")
+def real_export(real_mnist, tmp_path_factory):
+    """One short real-MNIST training (1 epoch, CPU) and export --quantize, shared by the e2e tests."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    out = tmp_path_factory.mktemp("real") / "exported"
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--epochs", "1", "--device", "cpu", "--out", str(out / "cnn.pt"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize"])
+    assert r.exit_code == 0, r.output
+    return out

@@ -104,3 +104,23 @@ def test_data_grid_png(tiny_dir, tmp_path):
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "grid.png") as img:
         assert img.format == "PNG" and img.size[0] > 280
+
+
+def test_progress_bars_only_on_a_terminal(tiny_dir, tmp_path):
+    out = tmp_path / "m.pt"
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.stderr and "epoch  1/1" in r.stderr  # stderr is not a terminal here
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--out", out, "--device", "cpu",
+            "--progress")
+    assert r.exit_code == 0 and "\r" in r.stderr  # asked for: drawn anyway
+
+
+@pytest.mark.parametrize("lr", ["inf", "1e30"])
+def test_diverged_training_fails_and_writes_nothing(tiny_dir, tmp_path, lr):
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"previous")
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--out", out, "--device", "cpu",
+            "--lr", lr)
+    assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and "training diverged" in r.stderr, r.output
+    assert out.read_bytes() == b"previous"

@@ -12,17 +12,6 @@ from toolkit.cli import main
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def real_export(real_mnist, tmp_path_factory):
-    out = tmp_path_factory.mktemp("real") / "exported"
-    runner = CliRunner()
-    r = runner.invoke(main, ["train", "--epochs", "1", "--device", "cpu", "--out", str(out / "cnn.pt"), "--quiet"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize"])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 def test_int8_within_gate_for_both_formats(real_export):
     manifest = json.loads((real_export / "manifest.json").read_text())
     ref = manifest["reference"]["pytorch_fp32_test_accuracy"]
@@ -44,3 +33,25 @@ def test_verify_report_matches_independent_onnxruntime(real_export, real_mnist):
         assert row["accuracy"] == float((preds == labels).mean())
         ref = np.load(real_export / "reference.npz")["logits"].argmax(1)
         assert row["flipped"] == int((preds != ref).sum())
+
+
+def test_frame_filling_digits_are_normalised_and_mnist_passes_unchanged(real_export, real_mnist):
+    """Real digits that fill their 28×28 frame (no margin, not centred by mass) go through MNIST's
+    crop/scale/centre; MNIST's own images are already MNIST-like and are used exactly as they are."""
+    from toolkit.predict import is_mnist_like, resize, to_mnist
+    from toolkit.runtime import Model
+
+    assert all(is_mnist_like(im.astype(np.float64)) for im in real_mnist.test_images)
+    images, labels = real_mnist.test_images[:500], real_mnist.test_labels[:500]
+    assert np.array_equal(np.stack([to_mnist(im) for im in images]), images)
+
+    def fill(im):
+        rows, cols = np.flatnonzero(im.any(1)), np.flatnonzero(im.any(0))
+        crop = im[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float64)
+        return np.clip(np.rint(resize(crop, 28, 28)), 0, 255).astype(np.uint8)
+
+    filled = [fill(im) for im in images]
+    model = Model(real_export / "cnn_int8.onnx")
+    acc = {as_is: float((model.logits(np.stack([to_mnist(f, as_is=as_is) for f in filled])).argmax(1) == labels).mean())
+           for as_is in (True, False)}
+    assert acc[False] >= 0.85 and acc[False] > acc[True] + 0.2, acc

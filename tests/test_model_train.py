@@ -65,3 +65,39 @@ def test_short_last_batch_is_trained():
     model, result = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False)
     assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_undoing_warm_up_steps_gives_the_fresh_optimisation():
+    """What CudaGraphStep does after capture (or a failed capture): weights and Adam state back
+    in place, so the next step equals a fresh model's first step."""
+    import torch
+    from torch import nn
+
+    from toolkit.model import build_model
+    from toolkit.train import restore_initial_state
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_model("cnn")
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    loss_sum = torch.zeros(())
+
+    def step(model, opt):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    model, opt = fresh()
+    params = list(model.parameters())
+    saved = [p.detach().clone() for p in params]
+    for _ in range(3):
+        step(model, opt)
+    restore_initial_state(params, saved, opt, loss_sum)
+    assert all(torch.equal(p, s) for p, s in zip(params, saved))
+    step(model, opt)
+    ref, ref_opt = fresh()
+    step(ref, ref_opt)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)

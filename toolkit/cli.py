@@ -324,11 +324,16 @@ def _check_output_path(path: Path) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("exported/cnn_int8.onnx"), show_default=True, help="ONNX model (int8 or fp32).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider; cuda fails (never silently runs on the CPU) if it cannot start.")
+@click.option("--as-is", is_flag=True,
+              help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Mark predictions whose probability is below this (text and JSON); default off.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @toolkit_errors
-def predict(images, model_path, provider, as_json):
-    """Predict the digit in each image (PNG, JPEG, PGM of any size and mode, or .npy).
+def predict(images, model_path, provider, as_json, as_is=False, min_confidence=None):
+    """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy).
     Torch-free. A bad file gets a one-line error and exit 1; the others are still predicted.
 
     \b
@@ -339,14 +344,15 @@ def predict(images, model_path, provider, as_json):
     from toolkit.runtime import Model
 
     model = Model(model_path, provider)
-    results = predict_files([str(p) for p in images], model)
+    results = predict_files([str(p) for p in images], model, as_is=as_is, min_confidence=min_confidence)
     if as_json:
         echo_json(results)
     for r in results:
         if "error" in r:
             click.echo(f"Error: {r['error']}", err=True)
         elif not as_json:
-            click.echo(f"{r['file']}: {r['digit']} (p={r['probability']:.3f})")
+            low = ", low confidence" if r.get("low_confidence") else ""
+            click.echo(f"{r['file']}: {r['digit']} (p={r['probability']:.3f}{low})")
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 

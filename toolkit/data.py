@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -128,14 +129,39 @@ def decode_idx(data: bytes, name: str, kind: str) -> np.ndarray:
     return array
 
 
+MAX_IDX_ITEMS = 1_000_000  # MNIST has 70,000; a header declaring more is not MNIST (and no bomb gets through)
+
+
 def read_idx(path: Path, kind: str) -> np.ndarray:
+    """Stream exactly the bytes the header declares (plus one, to detect trailing data): a gzip
+    bomb or a sparse giant stops after the header's size, never decompressed or read whole."""
+    ndim = 3 if kind == "images" else 1
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
     try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    return decode_idx(raw, str(path), kind)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            header = f.read(4 + 4 * ndim)
+            if len(header) == 4 + 4 * ndim:
+                dims = struct.unpack(f">{ndim}I", header[4:])
+                if dims[0] > MAX_IDX_ITEMS:
+                    raise DataError(f"{path}: header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
+                                    "an MNIST file can hold")
+                expected = int(np.prod(dims, dtype=np.int64))
+                if expected > MAX_IDX_ITEMS * 28 * 28:
+                    raise DataError(f"{path}: header declares {dims} ({expected:,} bytes); not MNIST")
+                if opener is open and path.stat().st_size != len(header) + expected:
+                    size = path.stat().st_size - len(header)
+                    what = "truncated" if size < expected else "has trailing bytes"
+                    raise DataError(f"{path}: {what}: {size} data bytes for dimensions {dims} ({expected} expected)")
+                body = f.read(expected + 1)
+            else:
+                body = b""
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; zlib.error: corrupt deflate
+        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    return decode_idx(header + body, str(path), kind)
 
 
 def write_idx_dir(directory: Path, splits: dict[str, np.ndarray]) -> None:
@@ -147,15 +173,18 @@ def write_idx_dir(directory: Path, splits: dict[str, np.ndarray]) -> None:
 
 def _find_idx_files(directory: Path) -> dict[str, Path]:
     found = {}
-    for key, stem in IDX_FILES.items():
-        for folder in (directory, directory / "MNIST" / "raw"):
-            for name in (stem, stem + ".gz"):
-                candidate = folder / name
-                if candidate.is_file():
-                    found[key] = candidate
+    try:
+        for key, stem in IDX_FILES.items():
+            for folder in (directory, directory / "MNIST" / "raw"):
+                for name in (stem, stem + ".gz"):
+                    candidate = folder / name
+                    if candidate.exists():  # a FIFO or a device is found here, and refused by read_idx
+                        found[key] = candidate
+                        break
+                if key in found:
                     break
-            if key in found:
-                break
+    except OSError as exc:  # an unreadable data folder
+        raise DataError(f"{directory}: cannot read the data folder ({exc.strerror or exc})") from None
     return found
 
 

@@ -4,9 +4,14 @@ Preprocessing, the way MNIST digits were made:
   1. decode to 8-bit grayscale (alpha composited on white); .npy arrays and PGM need no Pillow;
   2. polarity: MNIST is light ink on a dark background. If the image's border is mostly
      light (mean border > 127), it is dark-on-light (pen on paper) and is inverted;
-  3. a 28×28 input is taken as it is (it is already MNIST-shaped); anything else is cropped
-     to the ink's bounding box, scaled so its longer side is 20 px (aspect kept), and placed
-     in a 28×28 frame with its centre of mass at the centre, as in the original MNIST.
+  3. the background (the border's median) is subtracted; an image with no ink at all (blank or
+     uniform) is refused as "no digit found";
+  4. an input that is already MNIST-like is used as it is: 28×28, the ink's longer side 16-22 px
+     (MNIST's digits fill a 20×20 box) and its centre of mass within 1.5 px of the frame's centre
+     (true of every one of MNIST's 70,000 images). Anything else — any other size, or a 28×28 digit
+     that fills its frame or sits off-centre — is cropped to the ink's bounding box, scaled so its
+     longer side is 20 px (aspect kept), and placed in a 28×28 frame with its centre of mass at the
+     centre, as MNIST was made. `as_is=True` skips step 4's normalisation for 28×28 inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from toolkit.errors import ImageError
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
 MAX_FILE_BYTES = 100 * 1024 * 1024
+# Pillow opens only these (never its EPS plugin, which runs Ghostscript on the file); PGM and .npy
+# are read by our own code.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+MIN_CONTRAST = 24  # grey levels between background and ink below which an image is blank
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def read_pgm(data: bytes, name: str) -> np.ndarray:
@@ -62,7 +72,12 @@ def read_pgm(data: bytes, name: str) -> np.ndarray:
         values = data[pos:].split()
         if len(values) < count:
             raise ImageError(f"{name}: truncated PGM data")
-        pixels = np.array([int(v) for v in values[:count]], dtype=np.float64)
+        try:
+            pixels = np.array([int(v) for v in values[:count]], dtype=np.float64)
+        except ValueError:
+            raise ImageError(f"{name}: PGM pixel that is not an integer") from None
+        if pixels.min() < 0 or pixels.max() > maxval:
+            raise ImageError(f"{name}: PGM pixel outside 0-{maxval}")
     return np.clip(np.rint(pixels.reshape(height, width) * 255.0 / maxval), 0, 255).astype(np.uint8)
 
 
@@ -75,7 +90,7 @@ def read_with_pillow(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=PIL_FORMATS) as img:
                 img.load()
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     rgba = img.convert("RGBA")
@@ -85,12 +100,16 @@ def read_with_pillow(path: Path) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: image too large (over {MAX_PIXELS:,} pixels; refused as a decompression bomb)") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
+        raise ImageError(f"{path}: not a PNG, JPEG, BMP, GIF, TIFF, WebP or PGM image, nor a .npy array") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode ({str(exc).splitlines()[0][:100]})") from None
 
 
 def read_npy(path: Path) -> np.ndarray:
+    """A numeric 2-D array: uint8/int 0-255, float 0-1 (or 0-255), or bool (a mask: True is ink, 255)."""
+    with open(path, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ImageError(f"{path}: not a .npy array (an .npz archive or another kind of file)")
     try:
         arr = np.load(path, allow_pickle=False)
         shape, kind = arr.shape, arr.dtype.kind
@@ -103,6 +122,8 @@ def read_npy(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: array of shape {shape} is not one 2-D image (H×W, 1×H×W or 1×1×H×W)")
     if arr.size > MAX_PIXELS:
         raise ImageError(f"{path}: array too large ({arr.size:,} values)")
+    if kind == "b":
+        return np.where(arr, 255, 0).astype(np.uint8)
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ImageError(f"{path}: array holds NaN or infinite values")
@@ -147,29 +168,50 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return weights(h, height) @ img @ weights(w, width).T
 
 
-def to_mnist(gray: np.ndarray) -> np.ndarray:
+def _ink_box(img: np.ndarray, ink: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    cy, cx = (np.indices(img.shape) * img).reshape(2, -1).sum(1) / img.sum()
+    return float(cy), float(cx)
+
+
+def is_mnist_like(img: np.ndarray) -> bool:
+    """28×28, light ink on a zero background, the ink's longer side 16-22 px and its centre of mass
+    within 1.5 px of (14, 14): how MNIST made its digits (all 70,000 pass)."""
+    if img.shape != (28, 28) or img.max() <= 0:
+        return False
+    r0, r1, c0, c1 = _ink_box(img, img > 0.2 * img.max())
+    cy, cx = _centre_of_mass(img)
+    return 16 <= max(r1 - r0, c1 - c0) <= 22 and abs(cy - 14) <= 1.5 and abs(cx - 14) <= 1.5
+
+
+def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     """Grayscale uint8 H×W -> uint8 28×28, light digit on dark, centred like MNIST."""
     img = gray.astype(np.float64)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if border.mean() > 127:  # dark-on-light (paper): invert to MNIST's light-on-dark
-        img = 255.0 - img
-    if img.shape == (28, 28):
+        img, border = 255.0 - img, 255.0 - border
+    if as_is:
+        if img.shape != (28, 28):
+            raise ImageError(f"a {img.shape[1]}×{img.shape[0]} image cannot be used as it is (--as-is needs 28×28)")
         return np.rint(img).astype(np.uint8)
-    img = img - np.median(border if border.mean() <= 127 else 255.0 - border)  # background to ~0
-    img = np.clip(img, 0, 255)
-    ink = img > 0.2 * img.max() if img.max() > 0 else np.zeros_like(img, bool)
-    if not ink.any():
-        return np.zeros((28, 28), np.uint8)
-    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-    crop = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    img = np.clip(img - np.median(border), 0, 255)  # background to ~0
+    if img.max() < MIN_CONTRAST:
+        raise ImageError("no digit found (the image is blank or uniform)")
+    if is_mnist_like(img):
+        return np.rint(img).astype(np.uint8)
+    r0, r1, c0, c1 = _ink_box(img, img > 0.2 * img.max())
+    crop = img[r0:r1, c0:c1]
     h, w = crop.shape
     scale = 20.0 / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     small = resize(crop, nh, nw)
     small = small * (255.0 / small.max()) if small.max() > 0 else small
     canvas = np.zeros((28, 28))
-    total = small.sum()
-    cy, cx = (np.indices(small.shape) * small).reshape(2, -1).sum(1) / total
+    cy, cx = _centre_of_mass(small)
     top = int(np.clip(round(14 - cy), 0, 28 - nh))
     left = int(np.clip(round(14 - cx), 0, 28 - nw))
     canvas[top : top + nh, left : left + nw] = small
@@ -182,12 +224,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_files(paths: list[str], model) -> list[dict]:
-    """One result per file: {'file', 'digit', 'probability', 'probabilities'} or {'file', 'error'}."""
+def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None) -> list[dict]:
+    """One result per file: {'file', 'digit', 'probability', 'probabilities'[, 'low_confidence']}
+    or {'file', 'error'}. Bad files do not stop the others."""
     results, images, slots = [], [], []
     for p in paths:
         try:
-            images.append(to_mnist(load_gray(p)))
+            try:
+                images.append(to_mnist(load_gray(p), as_is=as_is))
+            except ImageError as exc:
+                msg = str(exc)
+                raise ImageError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
             slots.append(len(results))
             results.append({"file": str(p)})
         except ImageError as exc:
@@ -197,4 +244,6 @@ def predict_files(paths: list[str], model) -> list[dict]:
         for slot, pr in zip(slots, probs):
             digit = int(pr.argmax())
             results[slot].update(digit=digit, probability=float(pr[digit]), probabilities=[round(float(v), 6) for v in pr])
+            if min_confidence is not None:
+                results[slot]["low_confidence"] = bool(pr[digit] < min_confidence)
     return results

@@ -41,14 +41,16 @@ def read_reference(path: Path, n_test: int) -> dict:
         unknown = set(infos) - MEMBERS
         if unknown:
             raise bad(f"unexpected member {sorted(unknown)[0]!r}")
+        for name, info in infos.items():
+            limit = _member_limit(name, n_test)
+            if info.file_size > limit:
+                raise bad(f"{name} declares {info.file_size:,} bytes, more than {limit:,} for {n_test:,} test images")
         missing = REQUIRED - set(infos)
         if missing:
             raise bad(f"no {sorted(missing)[0][:-4]!r} array")
         arrays = {}
         for name, info in infos.items():
             limit = _member_limit(name, n_test)
-            if info.file_size > limit:
-                raise bad(f"{name} declares {info.file_size:,} bytes, more than {limit:,} for {n_test:,} test images")
             try:
                 with zf.open(info) as f:
                     raw = f.read(limit + 1)  # the directory may lie: never read past the bound

@@ -47,7 +47,7 @@ def _notes(result: dict) -> list[str]:
         if r.get("placement"):
             notes.append(f"{label}: {_placement(r['placement'])}")
         if r.get("batch_consistent") is not None:
-            notes.append(f"{label}: batch sizes 1/2/7/64/all {'agree' if r['batch_consistent'] else 'DISAGREE'}")
+            notes.append(f"{label}: batch sizes 1/2/7/64/1000 {'agree' if r['batch_consistent'] else 'DISAGREE'}")
         for reason in r.get("reasons", []):
             notes.append(f"{label}: {'FAIL' if r['status'] == 'fail' else r['status']}: {reason}")
     return notes

@@ -98,6 +98,17 @@ class EagerStep:
         self.loss_sum += loss.detach()
 
 
+def restore_initial_state(params, saved, optimizer, loss_sum) -> None:
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+        for state in optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v):
+                    v.zero_()  # exp_avg, exp_avg_sq and the step counter
+        loss_sum.zero_()
+
+
 class CudaGraphStep(EagerStep):
     """The whole training step captured once as a CUDA graph and replayed: one small index copy
     and one graph launch per step, no host sync. Warm-up steps needed before capture are undone,
@@ -110,27 +121,24 @@ class CudaGraphStep(EagerStep):
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=x.device)
         params = [p for p in model.parameters()]
         saved = [p.detach().clone() for p in params]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # cuBLAS/cuDNN workspaces and optimizer state, before capture
-                optimizer.zero_grad(set_to_none=True)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuBLAS/cuDNN workspaces and optimizer state, before capture
+                    optimizer.zero_grad(set_to_none=True)
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            # No grads at capture: backward then allocates them in the graph's pool and every
+            # replay overwrites them (with grads present it would accumulate across replays).
+            optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        # No grads at capture: backward then allocates them in the graph's pool and every
-        # replay overwrites them (with grads present it would accumulate across replays).
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._body()
-        with torch.no_grad():  # undo the warm-up: weights as initialised, Adam state fresh
-            for p, s in zip(params, saved):
-                p.copy_(s)
-            for state in optimizer.state.values():
-                for v in state.values():
-                    if torch.is_tensor(v):
-                        v.zero_()
-            self.loss_sum.zero_()
+        finally:
+            # Undo the warm-up whether or not capture worked: weights as initialised, Adam state
+            # fresh — in place, so the graph (or the eager fallback) sees these very tensors.
+            restore_initial_state(params, saved, optimizer, self.loss_sum)
 
     def _body(self):
         xb = self.x.index_select(0, self.idx).contiguous(memory_format=torch.channels_last)
