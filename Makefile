@@ -1,18 +1,23 @@
 # Two commands do everything from nothing: `make demo` and `make test`.
-PYTHON ?= python3.11
+# Any Python >= 3.10 on PATH works; 3.11 is preferred (the tested one, and torch's files lie on disk for it).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
-# On x86_64 these torch/torchvision builds lie on disk here; a range admits them.
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+PIP := $(PY) -m pip --disable-pip-version-check
+# A range that admits the torch 2.14.1 / torchvision 0.29.1 builds on this disk (the tested ones).
+TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
+# gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
+# may have no network, so no install step): the venv's if there is one, else python3.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench gpu gpu-check
 
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
+	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "Error: $(PYTHON) is older than 3.10"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check $(TORCH_PINS) 2>/dev/null || $(PIP) install -q --disable-pip-version-check "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
-	$(PIP) install -q --disable-pip-version-check -e ".[test,plot]"
+	$(PIP) install -q $(TORCH_RANGE)
+	$(PIP) install -q -e ".[test,plot]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -26,6 +31,16 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/run.py
+
+# ONNX Runtime's CUDA build replaces the CPU one (both write the same `onnxruntime` package:
+# never install them side by side). CUDA/cuDNN come from torch's CUDA wheels (preload_dlls).
+gpu: venv
+	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu
+	$(PIP) install -q onnxruntime-gpu
+	$(PY) -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

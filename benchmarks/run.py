@@ -259,16 +259,33 @@ def bench_calibration(data, fp32_path):
 # ------------------------------------------------------------------ verify
 
 
+PEAK_RSS = """
+import atexit, sys
+def peak():  # VmHWM: this process image's own peak resident memory
+    hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    sys.stderr.write("PEAK_RSS_KB %s\\n" % hwm.split()[1])
+atexit.register(peak)
+from toolkit.cli import main
+main(sys.argv[1:], prog_name="mnisttk")
+"""
+
+
 def bench_verify(folder: Path, reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(folder)], capture_output=True,
-                           text=True, cwd=ROOT)
-        times.append(time.perf_counter() - t0)
-        if p.returncode not in (0, 1):
-            raise SystemExit(f"verify failed: {p.stderr.strip().splitlines()[-1:]}")
-    return {"seconds": times, "median_s": median(times), "passed": p.returncode == 0}
+    """Seconds end to end, and peak resident memory with and without the torch rows."""
+    times, peaks = [], {}
+    for i in range(reps):
+        for extra in ([], ["--no-torch"]):
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, "-c", PEAK_RSS, "verify", "--dir", str(folder), *extra],
+                               capture_output=True, text=True, cwd=ROOT)
+            if not extra:
+                times.append(time.perf_counter() - t0)
+            if p.returncode not in (0, 1):
+                raise SystemExit(f"verify failed: {p.stderr.strip().splitlines()[-1:]}")
+            kb = next(int(line.split()[1]) for line in p.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
+            key = "no_torch" if extra else "with_torch"
+            peaks[key] = max(peaks.get(key, 0), kb / 1024)
+    return {"seconds": times, "median_s": median(times), "passed": p.returncode == 0, "peak_rss_mb": peaks}
 
 
 # ------------------------------------------------------------------ report
@@ -342,6 +359,10 @@ def markdown(res) -> str:
         v = res["verify"]
         out.append(f"**`mnisttk verify` end to end** (no training): median {v['median_s']:.1f} s over "
                    f"{len(v['seconds'])} runs ({', '.join(f'{s:.1f}' for s in v['seconds'])}).")
+        if v.get("peak_rss_mb"):
+            m = v["peak_rss_mb"]
+            out.append(f"Peak resident memory of `mnisttk verify` (10,000 test images): {m['no_torch']:.0f} MB "
+                       f"with `--no-torch`, {m['with_torch']:.0f} MB with the PyTorch rows.")
     return "\n".join(out) + "\n"
 
 

@@ -66,7 +66,7 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
+def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> torch.nn.Module:
     """The model with the checkpoint's weights; every tensor must fit by name and shape, and be finite."""
     model = build_model(ckpt["arch"])
     expected = model.state_dict()
@@ -75,13 +75,13 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {what}")
+        raise CheckpointError(f"{source}: weights do not fit arch {ckpt['arch']!r}: {what}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"checkpoint weights do not fit arch {ckpt['arch']!r}: {name} is "
+            raise CheckpointError(f"{source}: weights do not fit arch {ckpt['arch']!r}: {name} is "
                                   f"{list(tensor.shape)} in the checkpoint, {list(expected[name].shape)} in the model")
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise CheckpointError(f"checkpoint tensor {name} holds NaN or infinite values (or is not float): "
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values (or is not float): "
                                   "the training diverged; retrain (e.g. with a smaller --lr)")
     model.load_state_dict(state)
     return model.eval()

@@ -382,5 +382,24 @@ def pipeline(ctx, epochs, device, data_dir, out, calibration_size):
     ctx.invoke(verify, folder=out, data_dir=data_dir, json_path=out / "report.json", md_path=out / "report.md",
                plot_path=plot)
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def env(as_json):
+    """Show what this machine offers: mnisttk, Python, torch, onnxruntime (and which build, or a mixed
+    install), execution providers, executorch, CPU flags (AVX2/AVX-512/VNNI), GPUs. Torch-free.
+
+    \b
+    Example:
+        mnisttk env --json
+    """
+    from toolkit.env import environment, format_environment
+
+    info = environment()
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(format_environment(info))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -125,7 +125,7 @@ def _onnx_logits(path: Path, images_u8: np.ndarray) -> np.ndarray:
 
 def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = lambda s: None) -> dict:
     ckpt = load_checkpoint(config.checkpoint)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, str(config.checkpoint))
     arch = ckpt["arch"]
     if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]) and not config.allow_other_test_set:
         raise ExportError("the checkpoint was trained and scored on another MNIST test set than the one loaded "

@@ -61,7 +61,7 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
                             "or --no-torch uses reference.npz)")
     if sha256_file(path) != info["sha256"]:
         raise ManifestError(f"{path}: SHA-256 differs from the one the artifacts were exported from")
-    model = model_from_checkpoint(load_checkpoint(path))
+    model = model_from_checkpoint(load_checkpoint(path), str(path))
     return TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
 
 

@@ -19,7 +19,15 @@ from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
-from toolkit.runtime import Model, SessionOptions, available_providers, first_line, latency_us, throughput
+from toolkit.runtime import (
+    Model,
+    SessionOptions,
+    available_providers,
+    check_install,
+    first_line,
+    latency_us,
+    throughput,
+)
 
 CONSISTENCY_BATCHES = (1, 2, 7, 64)
 
@@ -196,6 +204,7 @@ def torch_available() -> bool:
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
                log: Callable[[str], None] = lambda s: None) -> dict:
     t_start = time.perf_counter()
+    check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
     folder = Path(config.folder)
     manifest = load_manifest(folder)
     targets = list(manifest["targets"])

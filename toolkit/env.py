@@ -1,0 +1,77 @@
+"""`mnisttk env`: what this machine offers mnisttk (as `optimum-cli env`). Torch-free: versions
+come from package metadata, the GPU's name from nvidia-smi."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from toolkit import __version__
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _gpus() -> list[str]:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def environment() -> dict:
+    from toolkit.manifest import cpu_flags
+    from toolkit.runtime import available_providers, onnxruntime_distributions
+
+    dists = onnxruntime_distributions()
+    return {
+        "schema_version": 1,
+        "mnisttk": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": dists,
+        "onnxruntime_mixed_install": len(dists) > 1,
+        "execution_providers": available_providers(),
+        "executorch": _version("executorch"),
+        "numpy": _version("numpy"),
+        "cpu": cpu_flags(),
+        "gpus": _gpus(),
+        "executable": sys.executable,
+    }
+
+
+def format_environment(env: dict) -> str:
+    cpu = env["cpu"]
+    flags = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if cpu.get(name)]
+    ort = ", ".join(env["onnxruntime"]) or "not installed"
+    if env["onnxruntime_mixed_install"]:
+        ort += "  <- MIXED INSTALL: keep one (`make gpu` for the CUDA build)"
+    rows = [
+        ("mnisttk", env["mnisttk"]),
+        ("python", f"{env['python']} ({env['executable']})"),
+        ("platform", env["platform"]),
+        ("torch", env["torch"] or "not installed (train/export need it: pip install torch torchvision)"),
+        ("onnx", env["onnx"] or "not installed"),
+        ("onnxruntime", ort),
+        ("execution providers", ", ".join(env["execution_providers"])),
+        ("executorch", env["executorch"] or "not installed"),
+        ("cpu", f"{cpu['model']}, {cpu['cores']} cores; {', '.join(flags) or 'no AVX2'}"),
+        ("gpu", ", ".join(env["gpus"]) or "none found (nvidia-smi)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
