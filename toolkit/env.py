@@ -31,6 +31,19 @@ def _gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+def library_versions() -> dict:
+    """The versions that made an artifact (checkpoint and manifest record them), from package metadata."""
+    names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click")
+    return {"python": platform.python_version(), **{n: _version(n) for n in names},
+            "onnxruntime_distributions": _ort_dists(), "mnisttk": __version__}
+
+
+def _ort_dists() -> list[str]:
+    from toolkit.runtime import onnxruntime_distributions
+
+    return onnxruntime_distributions()
+
+
 def environment() -> dict:
     from toolkit.manifest import cpu_flags
     from toolkit.runtime import available_providers, onnxruntime_distributions

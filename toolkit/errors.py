@@ -27,3 +27,9 @@ class RuntimeUnavailable(ToolkitError):
 
 class ImageError(ToolkitError):
     """An input image for `predict` cannot be read or is not usable."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

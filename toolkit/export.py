@@ -11,7 +11,6 @@ import contextlib
 import io
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +19,11 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.config import ExportConfig  # noqa: F401  (part of this module's API)
+from toolkit.contract import EVAL_BATCH, FP32_MAX_ABS_LOGIT_DIFF, batched
 from toolkit.data import MNIST, to_model_input
-from toolkit.errors import ExportError
+from toolkit.env import library_versions
+from toolkit.errors import ExportError, first_line
 from toolkit.fsutil import check_writable_dir, sha256_file
 from toolkit.manifest import (
     FP32_TARGETS,
@@ -36,7 +38,6 @@ from toolkit.manifest import (
 from toolkit.publish import Stage, publish, recover
 from toolkit.metrics import classification_metrics
 from toolkit.quantize import (
-    QuantConfig,
     calibration_indices,
     indices_sha256,
     onnx_quant_params,
@@ -46,16 +47,6 @@ from toolkit.quantize import (
 )
 
 OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
-FP32_ATOL = 1e-4  # max |Δlogit| allowed between fp32 artifacts and PyTorch eager
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    checkpoint: Path = Path("exported/cnn.pt")
-    out: Path = Path("exported")
-    quantize: bool = False
-    quant: QuantConfig = QuantConfig()
-    allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
 
 
 @contextlib.contextmanager
@@ -90,7 +81,7 @@ def _onnx_fp32(model: torch.nn.Module, path: Path, metadata: dict) -> None:
 
 def _eager_logits(model: torch.nn.Module, x: np.ndarray, name: str = "PyTorch eager") -> np.ndarray:
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(x[i : i + 2000])) for i in range(0, len(x), 2000)]).numpy()
+        logits = batched(lambda b: model(torch.from_numpy(b)).numpy(), x, EVAL_BATCH)
     _check_finite(name, logits)
     return logits
 
@@ -168,10 +159,10 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         artifacts.append(("onnx", "fp32", onnx_path, None))
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
-            if c["max_abs_logit_diff"] > FP32_ATOL or c["flipped"]:
+            if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
                 raise ExportError(
                     f"{c['artifact']}: differs from PyTorch eager (max |Δlogit| {c['max_abs_logit_diff']:.2e}, "
-                    f"{c['flipped']} flipped predictions; limit {FP32_ATOL:g}, 0)"
+                    f"{c['flipped']} flipped predictions; limit {FP32_MAX_ABS_LOGIT_DIFF:g}, 0)"
                 )
 
         quant_info = None
@@ -220,7 +211,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             "targets": targets,  # what this export was asked for: verify fails if any is missing
             "fp32_parity": checks,
             "calibration": quant_info,
-            "versions": _versions(),
+            "versions": library_versions(),
             "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
         }
         write_manifest(stage / MANIFEST_NAME, manifest)
@@ -239,8 +230,8 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     except OSError as exc:  # a full disk, a read-only folder: one line
         raise ExportError(f"export failed, previous artifacts left as they were: {exc.strerror or exc}") from None
     except Exception as exc:  # exporter/quantizer internals: one line, nothing half-written
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"export failed, previous artifacts left as they were: {type(exc).__name__}: {first}") from None
+        raise ExportError(f"export failed, previous artifacts left as they were: {type(exc).__name__}: "
+                          f"{first_line(exc, 200)}") from None
     finally:
         stage_obj.close()
 
@@ -254,13 +245,3 @@ def _stamp_metadata(path: Path, metadata: dict) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.save(model, str(path))
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    import onnx
-    import onnxruntime
-
-    return {"torch": str(torch.__version__), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": np.__version__, "onnxscript": version("onnxscript"), "mnisttk": __version__}

@@ -13,7 +13,7 @@ import platform
 import re
 from pathlib import Path
 
-from toolkit.errors import ManifestError
+from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -184,7 +184,7 @@ def load_manifest(folder: Path) -> dict:
     except RecursionError:
         raise ManifestError(f"{path}: not a readable mnisttk manifest (JSON nested too deeply)") from None
     except (ValueError, OSError) as exc:
-        raise ManifestError(f"{path}: not a readable mnisttk manifest ({str(exc).splitlines()[0][:120]})") from None
+        raise ManifestError(f"{path}: not a readable mnisttk manifest ({first_line(exc, 120)})") from None
     return validate_manifest(manifest, folder, path)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import ImageError
+from toolkit.errors import ImageError, first_line
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -102,7 +102,7 @@ def read_with_pillow(path: Path) -> np.ndarray:
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not a PNG, JPEG, BMP, GIF, TIFF, WebP or PGM image, nor a .npy array") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode ({str(exc).splitlines()[0][:100]})") from None
+        raise ImageError(f"{path}: cannot decode ({first_line(exc, 100)})") from None
 
 
 def read_npy(path: Path) -> np.ndarray:
@@ -114,7 +114,7 @@ def read_npy(path: Path) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
         shape, kind = arr.shape, arr.dtype.kind
     except (ValueError, OSError, EOFError) as exc:  # includes object arrays (pickles refused)
-        raise ImageError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0][:100]})") from None
+        raise ImageError(f"{path}: not a readable .npy array ({first_line(exc, 100)})") from None
     if kind not in "uifb":
         raise ImageError(f"{path}: array dtype {arr.dtype} is not numeric")
     arr = np.squeeze(arr) if arr.ndim > 2 else arr

@@ -14,60 +14,13 @@ import contextlib
 import copy
 import io
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from toolkit.config import METHODS, QuantConfig  # noqa: F401  (QuantConfig is part of this module's API)
 from toolkit.errors import ExportError
 from toolkit.fsutil import sha256_bytes
-
-METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    calibration_size: int = 1000  # training images; accuracy is flat from ~500 up (see README)
-    method: str = "minmax"  # minmax | entropy | percentile
-    per_channel: bool = True  # per-output-channel weight scales: cheaper in accuracy, same speed
-    quant_format: str = "qdq"  # qdq (portable, ORT fuses it to int8 kernels) | qoperator
-    activation_type: str = "uint8"  # uint8 activations: U8S8 kernels, fastest on x86 (VNNI and AVX2)
-    weight_type: str = "int8"  # int8 weights (symmetric)
-    # 7-bit weights: needed on AVX2-only CPUs, whose U8S8 kernel (vpmaddubsw) can saturate;
-    # VNNI (vpdpbusd) cannot, so None means "only where this CPU lacks VNNI".
-    reduce_range: bool | None = None
-    uint8_input: bool = True  # the ONNX int8 model takes raw uint8 pixels: /255 folded into its input scale
-    # The 1-channel first conv is ORT's slow int8 case (5× the fp32 conv). Left in fp32 (with its
-    # ReLU and max-pool; 19% of the multiply-adds) and fenced (see fence_first_block), the int8
-    # model beats fp32 at batch 1 and 256 (benchmarks/). im2col: 9 shifted slices + a 1×1 int8
-    # conv, bit-identical to plain int8 and 2.5× faster than it, but still slower than fp32.
-    first_conv: str = "fp32"  # fp32 (left unquantized) | im2col | int8 (as quantized)
-    seed: int = 0  # which training images calibrate
-
-    def __post_init__(self):
-        if self.calibration_size < 1:
-            raise ExportError("--calibration-size must be at least 1")
-        if self.method not in METHODS:
-            raise ExportError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.quant_format not in ("qdq", "qoperator"):
-            raise ExportError("quantization format must be qdq or qoperator")
-        if self.activation_type not in ("uint8", "int8") or self.weight_type not in ("uint8", "int8"):
-            raise ExportError("activation and weight types must be int8 or uint8")
-        if self.first_conv not in ("int8", "im2col", "fp32"):
-            raise ExportError("first conv must be int8, im2col or fp32")
-        if self.first_conv == "im2col" and self.quant_format != "qdq":
-            raise ExportError("--first-conv im2col needs --format qdq (use --first-conv int8 with qoperator)")
-
-    def resolved_reduce_range(self) -> bool:
-        if self.reduce_range is not None:
-            return self.reduce_range
-        from toolkit.manifest import cpu_flags
-
-        flags = cpu_flags()
-        return not (flags["avx512_vnni"] or flags["avx_vnni"])
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "reduce_range": self.resolved_reduce_range()}
 
 
 def calibration_indices(n_train: int, config: QuantConfig) -> np.ndarray:

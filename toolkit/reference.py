@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import ManifestError
+from toolkit.errors import ManifestError, first_line
 
 MEMBERS = {"logits.npy", "labels.npy", "test_sha256.npy", "arch.npy"}
 REQUIRED = {"logits.npy", "labels.npy", "test_sha256.npy"}
@@ -35,7 +35,7 @@ def read_reference(path: Path, n_test: int) -> dict:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise bad(f"not an .npz archive: {str(exc).splitlines()[0][:80]}") from None
+        raise bad(f"not an .npz archive: {first_line(exc, 80)}") from None
     with zf:
         infos = {i.filename: i for i in zf.infolist()}
         unknown = set(infos) - MEMBERS
@@ -60,7 +60,7 @@ def read_reference(path: Path, n_test: int) -> dict:
             except ManifestError:
                 raise
             except Exception as exc:  # zlib.error, BadZipFile, ValueError from np.load (pickles refused)
-                raise bad(f"{name}: {str(exc).splitlines()[0][:80] or type(exc).__name__}") from None
+                raise bad(f"{name}: {first_line(exc, 80)}") from None
     logits, labels, sha = arrays["logits"], arrays["labels"], arrays["test_sha256"]
     if logits.dtype.kind != "f" or logits.shape != (n_test, 10):
         raise bad(f"logits are {logits.dtype} {list(logits.shape)}, expected float [{n_test}, 10]")

@@ -71,7 +71,7 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append(
         f"gates: fp32 identical predictions and max|Δlogit| ≤ {g['fp32_max_abs_logit_diff']:g}; int8 drop ≤ "
-        f"{g['int8_max_accuracy_drop'] * 100:.1f} points and agreement ≥ {g['int8_min_agreement']:.1%}"
+        f"{g['int8_max_drop_points']:g} points and agreement ≥ {g['int8_min_agreement_pct']:g}%"
         + (f"; latency ratio ≤ {g['max_latency_ratio']:g}" if g.get("max_latency_ratio") else "")
     )
     lines.append(_coverage(result))

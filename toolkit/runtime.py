@@ -20,19 +20,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
+from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
 INT8_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "QLinearMatMul"}
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "AveragePool", "Integer", "FusedConv",
                "FusedGemm", "FusedMatMul", "NhwcMaxPool")
-
-
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (or its type), for one-line errors."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 def max_threads() -> int:
@@ -103,6 +98,7 @@ class SessionOptions:
     threads: int = 0  # intra-op threads; 0 lets ONNX Runtime use all cores
     optimization: str = "all"  # basic | extended | all: graph optimizations applied at load
     profile: bool = False  # record which provider ran each node
+    deterministic: bool = False  # CUDA: cuDNN's fixed default algorithm, not the per-shape fastest
 
     def __post_init__(self):
         if not isinstance(self.threads, int) or not 0 <= self.threads <= max_threads():
@@ -162,9 +158,11 @@ class Model:
         self.provider = provider
         ep = select_provider(provider)
         data = read_model_bytes(self.path, expected_sha256)
+        self.loaded_sha256 = hashlib.sha256(data).hexdigest()
         # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
-        attempts = [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
-                    ["CUDAExecutionProvider", "CPUExecutionProvider"]] if provider == "cuda" else [[ep]]
+        cuda_opts = {"cudnn_conv_algo_search": "DEFAULT"} if options.deterministic else {}
+        attempts = [[("CUDAExecutionProvider", {"use_tf32": "0", **cuda_opts}), "CPUExecutionProvider"],
+                    [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]] if provider == "cuda" else [[ep]]
         error: ToolkitError | None = None
         self.session = None
         for providers in attempts:
@@ -219,10 +217,7 @@ class Model:
 
     def prepare(self, images_u8: np.ndarray) -> np.ndarray:
         """uint8 N×28×28 -> this model's input (uint8 N×1×28×28, or float32 in [0, 1])."""
-        x = images_u8[:, None, :, :]
-        if self.takes_uint8:
-            return np.ascontiguousarray(x, dtype=np.uint8)
-        return x.astype(np.float32) / np.float32(255.0)
+        return to_uint8_input(images_u8) if self.takes_uint8 else to_float_input(images_u8)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits for a prepared batch. ORT failures (cuDNN, out of memory) become one-line errors, and
@@ -239,7 +234,7 @@ class Model:
         if self.provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             raise RuntimeUnavailable(f"{self.path.name}: ONNX Runtime left the CUDA provider while running")
 
-    def logits(self, images_u8: np.ndarray, batch: int = 1000) -> np.ndarray:
+    def logits(self, images_u8: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
         """Logits for uint8 images, `batch` at a time (the model's own batch if it fixes one)."""
         x = self.prepare(images_u8)
         if self.fixed_batch:
@@ -250,9 +245,9 @@ class Model:
             out = np.concatenate([self.run(x[i : i + b]) for i in range(0, len(x), b)])[: len(images_u8)]
         else:
             out = np.concatenate([self.run(x[i : i + batch]) for i in range(0, len(x), batch)])
-        if out.shape != (len(images_u8), 10):
+        if out.shape != (len(images_u8), NUM_CLASSES):
             raise ToolkitError(f"{self.path.name}: output shape {list(out.shape)} for {len(images_u8)} images, "
-                               f"expected [{len(images_u8)}, 10]")
+                               f"expected [{len(images_u8)}, {NUM_CLASSES}]")
         return out
 
     def node_placement(self) -> dict:

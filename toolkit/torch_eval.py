@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolkit.errors import ManifestError, ToolkitError
+from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.fsutil import sha256_file
-from toolkit.verify import Candidate
+from toolkit.candidate import Candidate
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES, batched, to_float_input
 
 
 class TorchCandidate(Candidate):
@@ -23,25 +24,18 @@ class TorchCandidate(Candidate):
         if threads > 0:
             torch.set_num_threads(threads)
 
-    @staticmethod
-    def _to_input(images_u8: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(images_u8[:, None].astype(np.float32) / np.float32(255.0))
-
     def logits(self, images_u8: np.ndarray) -> np.ndarray:
-        x = self._to_input(images_u8)
         try:
             with torch.inference_mode():
-                out = torch.cat([self.module(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+                out = batched(lambda x: self.module(torch.from_numpy(x)).numpy(), to_float_input(images_u8), EVAL_BATCH)
         except Exception as exc:  # a TorchScript file with other inputs or outputs
-            from toolkit.runtime import first_line
-
             raise ToolkitError(f"{self.file}: PyTorch failed while running ({first_line(exc, 120)})") from None
-        if out.shape != (len(images_u8), 10):
-            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(images_u8)}, 10]")
+        if out.shape != (len(images_u8), NUM_CLASSES):
+            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(images_u8)}, {NUM_CLASSES}]")
         return out
 
     def bench_input(self, images_u8):
-        return self._to_input(images_u8)
+        return torch.from_numpy(to_float_input(images_u8))
 
     def run(self, x):
         with torch.inference_mode():
@@ -67,7 +61,9 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
 
 def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str | None = None) -> TorchCandidate:
     """Loaded from the very bytes that were hashed."""
-    from toolkit.runtime import first_line, read_model_bytes
+    import hashlib
+
+    from toolkit.runtime import read_model_bytes
 
     data = read_model_bytes(path, sha256)
     try:
@@ -78,5 +74,7 @@ def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str 
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:
         raise ToolkitError(f"{path}: not a loadable TorchScript model ({first_line(exc, 120)})") from None
-    return TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
+    cand = TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
                           path.stat().st_size, threads)
+    cand.loaded_sha256 = hashlib.sha256(data).hexdigest()
+    return cand

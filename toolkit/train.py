@@ -9,35 +9,20 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from toolkit import __version__
+from toolkit.config import TrainConfig  # noqa: F401  (part of this module's API)
+from toolkit.contract import to_float_input
 from toolkit.data import MNIST
-from toolkit.errors import RuntimeUnavailable, ToolkitError
+from toolkit.env import library_versions
+from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.metrics import classification_metrics
-from toolkit.model import ARCHS, build_model, count_parameters
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    arch: str = "cnn"
-    epochs: int = 10  # the seed's recipe
-    batch_size: int = 60  # the seed's recipe: 1,000 steps per epoch
-    lr: float = 1e-3  # Adam's default, the seed's
-    seed: int = 0  # weights init and shuffling; same seed on the CPU -> identical weights
-
-    def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ToolkitError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ToolkitError("epochs and batch size must be at least 1")
-        if not self.lr > 0:
-            raise ToolkitError("learning rate must be positive")
+from toolkit.model import build_model, count_parameters
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -52,8 +37,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device)  # a writable copy
-    x = x.unsqueeze(1).float().div_(255.0)  # N×1×28×28 in [0, 1], as the seed's ToTensor()
+    x = torch.from_numpy(to_float_input(images)).to(device)  # N×1×28×28 in [0, 1], as the seed's ToTensor()
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     return x, y
@@ -69,13 +53,6 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     preds = predict_logits(model, x).argmax(1).cpu().numpy()
     return classification_metrics(y.cpu().numpy(), preds)
-
-
-def library_versions() -> dict:
-    from importlib.metadata import version
-
-    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "click": version("click"), "mnisttk": __version__}
 
 
 class EagerStep:
@@ -160,7 +137,7 @@ def make_step(model, optimizer, criterion, x, y, batch_size, cuda_graph: bool, l
         try:
             return CudaGraphStep(model, optimizer, criterion, x, y, batch_size)
         except RuntimeError as exc:  # capture unsupported here: same math, eagerly
-            log(f"CUDA graph capture failed ({str(exc).splitlines()[0][:120]}); training eagerly")
+            log(f"CUDA graph capture failed ({first_line(exc, 120)}); training eagerly")
     return EagerStep(model, optimizer, criterion, x, y, batch_size)
 
 
