@@ -134,7 +134,12 @@ def bench_training(data, device_name, steps, reps):
         model = CNN().to(device, memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=device.type == "cuda")
         step = make_step(model, opt, crit, x, y, 60, graph, lambda s: None)
-        variants["mnisttk CUDA graph" if graph else "mnisttk eager"] = lambda o, i, step=step: step(o, i % 1000)
+        from toolkit.train import CudaGraphStep
+
+        # label what actually ran: a failed capture falls back to eager training
+        label = "mnisttk CUDA graph" if isinstance(step, CudaGraphStep) else (
+            "mnisttk eager (CUDA graph capture failed)" if graph else "mnisttk eager")
+        variants[label] = lambda o, i, step=step: step(o, i % 1000)
 
     def sync():
         if device.type == "cuda":

@@ -4,13 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
+from tests.helpers import run
 from toolkit.cli import main
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_every_command_has_help_and_is_in_readme():

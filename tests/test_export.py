@@ -6,17 +6,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
 
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.cli import main
+from tests.helpers import run
 from toolkit.data import load_mnist
 from toolkit.fsutil import sha256_file
 from toolkit.quantize import QuantConfig, calibration_indices, indices_sha256
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def test_fp32_onnx_is_one_file_with_symbolic_batch(tiny_export):
@@ -78,26 +75,33 @@ def test_int8_kernels_run_and_first_block_stays_fp32(tiny_export):
     assert placement["ops"].get("QLinearConv") == 1 and placement["ops"].get("Conv") == 1
 
 
+def _quantize(tiny_export, out_path, **options):
+    """The quantizer alone, on the session's fp32 ONNX (the option under test touches only this step)."""
+    from toolkit.data import to_model_input
+    from toolkit.quantize import onnx_static_int8
+
+    data = load_mnist(tiny_export["data"], download=False)
+    cfg = QuantConfig(calibration_size=100, **options)
+    calib = to_model_input(data.train_images[calibration_indices(len(data.train_images), cfg)])
+    onnx_static_int8(tiny_export["out"] / "cnn_fp32.onnx", out_path, calib, cfg)
+    return out_path
+
+
 def test_im2col_is_bit_identical_to_plain_int8(tiny_export, tmp_path):
     import onnxruntime as ort
 
     outs = {}
+    x = np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)
     for mode in ("im2col", "int8"):
-        r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", tmp_path / mode, "--quantize",
-                "--first-conv", mode, "--calibration-size", 100, "--data-dir", tiny_export["data"])
-        assert r.exit_code == 0, r.output
-        sess = ort.InferenceSession(str(tmp_path / mode / "cnn_int8.onnx"), providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)
+        path = _quantize(tiny_export, tmp_path / f"{mode}.onnx", first_conv=mode)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         outs[mode] = sess.run(None, {"image": x})[0]
     np.testing.assert_array_equal(outs["im2col"], outs["int8"])
 
 
 def test_int8_float_input_and_qoperator(tiny_export, tmp_path):
-    out = tmp_path / "q"
-    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--out", out, "--quantize", "--format", "qoperator",
-            "--float-input", "--per-tensor", "--calibration-size", 50, "--data-dir", tiny_export["data"])
-    assert r.exit_code == 0, r.output
-    model = onnx.load(str(out / "cnn_int8.onnx"))
+    path = _quantize(tiny_export, tmp_path / "q.onnx", quant_format="qoperator", uint8_input=False, per_channel=False)
+    model = onnx.load(str(path))
     assert any(n.op_type == "QLinearConv" for n in model.graph.node)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 

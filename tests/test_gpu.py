@@ -8,17 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import toolkit.runtime as rt
-from toolkit.cli import main
+from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
-LOOSE = ["--int8-min-agreement", "0", "--int8-max-drop", "100"]
+from tests.helpers import LOOSE
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def torch_cuda() -> bool:

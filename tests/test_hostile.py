@@ -18,14 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from tests.conftest import synthetic_arrays, write_idx
-from toolkit.cli import main
+from tests.helpers import run
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def snapshot(folder: Path) -> dict:

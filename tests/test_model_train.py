@@ -59,12 +59,24 @@ def test_config_validation():
         TrainConfig(epochs=0)
 
 
-def test_short_last_batch_is_trained():
-    """120 images at batch 50: steps of 50, 50 and 20, every image seen once per epoch."""
-    cfg = TrainConfig(epochs=1, batch_size=50, seed=1)
+def test_short_last_batch_is_trained(monkeypatch):
+    """120 images at batch 50: steps of 50, 50 and 20, every image seen exactly once per epoch."""
+    import toolkit.train as tr
+
+    seen = []
+    real = tr.EagerStep.__call__
+
+    def counting(self, order, i):
+        seen.append(order[i * self.batch_size : (i + 1) * self.batch_size].clone())
+        return real(self, order, i)
+
+    monkeypatch.setattr(tr.EagerStep, "__call__", counting)
+    cfg = TrainConfig(epochs=2, batch_size=50, seed=1)
     model, result = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False)
-    assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [len(b) for b in seen] == [50, 50, 20] * 2
+    for epoch in (seen[:3], seen[3:]):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(120))
+    assert len(result["history"]) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_undoing_warm_up_steps_gives_the_fresh_optimisation():

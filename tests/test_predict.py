@@ -5,18 +5,12 @@ import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from tests.test_verify import BLOCK_TORCH
-from toolkit.cli import main
+from tests.helpers import BLOCK_TORCH, run, third_party_check
 from toolkit.data import load_mnist
 from toolkit.errors import ImageError
 from toolkit.predict import load_gray, read_pgm, to_mnist
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -97,6 +91,7 @@ def test_predict_never_imports_torch(digits, tiny_export):
         r = CliRunner().invoke(main, ["predict", r"{files['png']}", r"{files['npy']}", "--model", r"{tiny_export['out'] / 'cnn_int8.onnx'}"])
         assert r.exit_code == 0, r.output
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+    """) + third_party_check({"click", "numpy", "onnxruntime", "PIL"}) + textwrap.dedent("""
         print("TORCH-FREE OK")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

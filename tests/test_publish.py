@@ -8,16 +8,13 @@ import sys
 import textwrap
 
 import pytest
-from click.testing import CliRunner
 
 import toolkit.publish as publish
-from toolkit.cli import main
+from tests.helpers import run
 
-LOOSE = ["--int8-min-agreement", "0", "--int8-max-drop", "100"]
+from tests.helpers import LOOSE
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def snapshot(folder):

@@ -7,18 +7,12 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import numpy_helper
 
-from toolkit.cli import main
 from toolkit.fsutil import sha256_file
 from toolkit.verify import Gates, Row, judge
 
-LOOSE = ["--int8-min-agreement", "0", "--int8-max-drop", "100"]  # 40 synthetic test images: gate only fp32 here
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from tests.helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 
 
 @pytest.fixture
@@ -52,6 +46,23 @@ def test_verify_passes_and_reports_every_row(exported, tiny_export):
         assert "CUDAExecutionProvider" in rows[("ONNX fp32", "ORT CUDA")]["reasons"][0]
     assert "| ONNX int8 | ORT CPU |" in (exported / "r.md").read_text()
     assert "PASS" in r.stdout
+
+
+def test_every_row_ran_the_file_it_names(exported, tiny_export):
+    """On 40 synthetic images fp32 and int8 can look alike; the bytes each runtime loaded cannot.
+    (Catches e.g. a TorchScript int8 row that silently loads the fp32 file.)"""
+    assert verify(exported, tiny_export["data"]).exit_code == 0
+    report = json.loads((exported / "r.json").read_text())
+    manifest = json.loads((exported / "manifest.json").read_text())
+    sha = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    measured = [r for r in report["rows"] if r["status"] == "ok" and not r["is_reference"]]
+    assert {r["id"] for r in measured} == {"torchscript-fp32@torchscript", "torchscript-int8@torchscript",
+                                           "onnx-fp32@ort-cpu", "onnx-int8@ort-cpu"}
+    for r in measured:
+        assert r["loaded_sha256"] == sha[r["file"]], r["id"]
+        assert (r["precision"] == "int8") == ("int8" in r["file"])
+    int8 = next(r for r in measured if r["id"] == "onnx-int8@ort-cpu")
+    assert int8["placement"]["int8_kernels"]  # and its kernels were int8 ones
 
 
 def test_accuracies_match_independent_onnxruntime(exported, tiny_export):
@@ -169,16 +180,6 @@ def test_int8_row_without_int8_kernels_and_cuda_row_on_cpu_fail():
     assert on_cpu.status == "FAIL" and "compute nodes ran on the CPU: Conv" in on_cpu.reasons[0]
 
 
-BLOCK_TORCH = textwrap.dedent("""
-    import sys
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError("torch is blocked in this test")
-    sys.meta_path.insert(0, BlockTorch())
-""")
-
-
 def test_runtime_and_verify_never_import_torch(exported, tiny_export):
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib.util
@@ -192,6 +193,7 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
         assert r.exit_code == 0, r.output
         assert "torch not installed" in r.output and "reference.npz" in r.output
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+    """) + third_party_check({"click", "numpy", "onnxruntime"}) + textwrap.dedent("""
         print("TORCH-FREE OK")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
