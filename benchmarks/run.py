@@ -30,7 +30,9 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 from toolkit.data import load_mnist, to_model_input  # noqa: E402
 from toolkit.manifest import cpu_flags  # noqa: E402
 from toolkit.metrics import classification_metrics  # noqa: E402
-from toolkit.runtime import Model, SessionOptions, latency_us, throughput  # noqa: E402
+from toolkit.candidate import Candidate  # noqa: E402
+from toolkit.runtime import Model, latency_us, throughput  # noqa: E402
+from toolkit.verify import OnnxCandidate  # noqa: E402
 
 MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840
 FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes, as the issue states
@@ -40,40 +42,26 @@ def median(xs):
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
-class Runner:
-    """Uniform run(x) over ORT models and TorchScript modules."""
-
-    def __init__(self, name, run, prepare):
-        self.name, self.run, self.prepare = name, run, prepare
-
-
-def ort_runner(name, path, threads):
-    m = Model(path, "cpu", SessionOptions(threads=threads))
-    return Runner(name, m.run, m.prepare)
+def ort_runner(name, path, threads, precision="fp32", optimization="all"):
+    """verify's own ONNX Runtime candidate (toolkit.candidate.Candidate), renamed for the table."""
+    cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization)
+    cand.name = name
+    return cand
 
 
 def ts_runner(name, path, threads):
-    import warnings
+    """verify's own TorchScript candidate, renamed for the table."""
+    from toolkit.torch_eval import torchscript_candidate
 
-    import torch
-
-    torch.set_num_threads(threads)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.backends.quantized.engine = "x86"
-        mod = torch.jit.load(str(path))
-
-    def run(x):
-        with torch.inference_mode():
-            return mod(x)
-
-    return Runner(name, run, lambda u8: torch.from_numpy(u8[:, None].astype(np.float32) / 255))
+    cand = torchscript_candidate(Path(path), name if name in ("fp32", "int8") else "int8", threads)
+    cand.name = name
+    return cand
 
 
-def compare(runners: list[Runner], images, rounds, lat_iters, batches, baseline: str):
+def compare(runners: list[Candidate], images, rounds, lat_iters, batches, baseline: str):
     """Interleaved rounds; each figure a median over rounds, each ratio a median of per-round ratios."""
-    x1 = {r.name: r.prepare(images[:1]) for r in runners}
-    xb = {(r.name, b): r.prepare(images[:b]) for r in runners for b in batches}
+    x1 = {r.name: r.bench_input(images[:1]) for r in runners}
+    xb = {(r.name, b): r.bench_input(images[:b]) for r in runners for b in batches}
     for r in runners:  # warm-up
         for _ in range(50):
             r.run(x1[r.name])
@@ -220,14 +208,13 @@ def bench_levers(data, fp32_path, rounds, lat_iters):
         finally:
             quantize.fence_first_block = fence
         acc[name] = classification_metrics(data.test_labels, Model(path).logits(data.test_images).argmax(1))["accuracy"]
-        runners.append(ort_runner(name, path, 1))
+        runners.append(ort_runner(name, path, 1, "int8"))
         info[name] = {"config": overrides}
     # ORT's optimizer and session levers on the default int8 model
     default = tmp / "lever_default.onnx"
     onnx_static_int8(fp32_path, default, calib, QuantConfig())
     for level in ("disable", "basic", "extended"):
-        m = Model(default, "cpu", SessionOptions(threads=1, optimization=level))
-        runners.append(Runner(f"default int8, optimization {level}", m.run, m.prepare))
+        runners.append(ort_runner(f"default int8, optimization {level}", default, 1, "int8", optimization=level))
         acc[runners[-1].name] = acc.get("QDQ U8S8, uint8 input, conv1 fp32 + fence (default)")
     import gc
 
@@ -416,7 +403,7 @@ def main():
         log(f"ONNX Runtime CPU, {threads} thread(s)")
         runners = [ort_runner("fp32", files[("onnx", "fp32")], threads)]
         if ("onnx", "int8") in files:
-            runners.append(ort_runner("int8", files[("onnx", "int8")], threads))
+            runners.append(ort_runner("int8", files[("onnx", "int8")], threads, "int8"))
         res["onnx"][threads] = compare(runners, data.test_images, rounds, lat_iters, (64, 256, 1000), "fp32")
         log(f"TorchScript CPU, {threads} thread(s)")
         runners = [ts_runner("fp32", files[("torchscript", "fp32")], threads)]

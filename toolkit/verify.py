@@ -96,13 +96,15 @@ class Row:
 
 
 class OnnxCandidate(Candidate):
-    def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None):
+    def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
+                 optimization: str = "all"):
         self.path, self.precision, self.file = path, precision, path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
         self.name = f"ONNX {precision}"
         self.sha256 = sha256
-        self.model = Model(path, provider, SessionOptions(threads=threads), expected_sha256=sha256)
+        self.model = Model(path, provider, SessionOptions(threads=threads, optimization=optimization),
+                           expected_sha256=sha256)
         self.loaded_sha256 = self.model.loaded_sha256
         self.threads = threads
 
