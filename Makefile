@@ -1,5 +1,5 @@
 # Two commands do everything from nothing: `make demo` and `make test`.
-# Any Python >= 3.10 on PATH works; 3.11 is preferred (the tested one, and torch's files lie on disk for it).
+# Any Python >= 3.11 on PATH works; 3.11 is preferred (the tested one, and torch's files lie on disk for it).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,10 +14,10 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "Error: $(PYTHON) is older than 3.10"; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Error: $(PYTHON) is older than 3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_RANGE)
-	$(PIP) install -q -e ".[test,plot]"
+	$(PIP) install -q -e ".[train,test,plot]"
 	touch $@
 
 venv: $(VENV)/.installed

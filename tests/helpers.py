@@ -20,7 +20,7 @@ BLOCK_TORCH = textwrap.dedent("""
     class BlockTorch:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in ("torch", "torchvision"):
-                raise ImportError("torch is blocked in this test")
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked in this test)", name=name)
     sys.meta_path.insert(0, BlockTorch())
 """)
 

@@ -127,3 +127,26 @@ def test_diverged_training_fails_and_writes_nothing(tiny_dir, tmp_path, lr, need
             "--lr", lr)
     assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and needle in r.stderr, r.output
     assert out.read_bytes() == b"previous"
+
+
+def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
+    """Without the [train] extra (torch blocked), train and export are one line naming the extra."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.helpers import BLOCK_TORCH
+
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        from click.testing import CliRunner
+        from toolkit.cli import main
+        for args in (["train", "--data-dir", r"{tiny_dir}", "--out", r"{tmp_path / 'm.pt'}"],
+                     ["export", "--checkpoint", r"{tmp_path / 'm.pt'}", "--out", r"{tmp_path}"]):
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+            assert r.stderr.count("Error:") == 1, r.stderr
+            assert "needs the training stack" in r.stderr and "mnisttk[train]" in r.stderr, r.stderr
+        print("EDGE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "EDGE OK" in r.stdout, r.stdout + r.stderr

@@ -250,3 +250,34 @@ def test_mlp_exports_quantizes_and_verifies(tiny_export, tmp_path):
     r = run("export", "--checkpoint", out / "mlp.pt", "--out", out, "--quantize", "--first-conv", "im2col",
             "--calibration-size", 50, "--data-dir", data)
     assert r.exit_code == 1 and "needs a model with a convolution" in r.stderr
+
+
+def test_same_checkpoint_same_bytes_anywhere_and_no_build_paths(tiny_export, tmp_path):
+    """Two exports of one checkpoint, each a fresh `mnisttk export` process (as users run it) in another
+    working directory and folder: identical model bytes, and no artifact holds a path, a stack
+    trace, or unused opset domains. (Within one process TorchScript mangles a class traced twice.)"""
+    from pathlib import Path
+
+    outs = []
+    for where in ("a", "some/other/place"):
+        cwd = tmp_path / where
+        cwd.mkdir(parents=True)
+        r = subprocess.run([sys.executable, "-m", "toolkit", "export", "--checkpoint", str(tiny_export["out"] / "cnn.pt"),
+                            "--out", "out", "--quantize", "--calibration-size", "100", "--data-dir", str(tiny_export["data"])],
+                           cwd=cwd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs.append(cwd / "out")
+    repo = str(Path(__file__).resolve().parent.parent).encode()
+    for name in ("cnn_fp32.onnx", "cnn_int8.onnx", "cnn_fp32.torchscript.pt", "cnn_int8.torchscript.pt", "reference.npz"):
+        first, second = ((o / name).read_bytes() for o in outs)
+        assert first == second, name
+        for needle in (repo, str(tmp_path).encode(), str(tiny_export["root"]).encode(), b"stack_trace", b".debug_pkl"):
+            assert needle not in first, (name, needle)
+    for name in ("cnn_fp32.onnx", "cnn_int8.onnx"):
+        model = onnx.load(str(outs[0] / name))
+        assert model.producer_name == "mnisttk" and {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["class_labels"] == "0,1,2,3,4,5,6,7,8,9" and "softmax not applied" in meta["output"]
+        assert ("uint8" in meta["input"]) == (name == "cnn_int8.onnx") and "softmax not applied" in model.doc_string
+        names = {n.name for n in model.graph.node}
+        assert {"conv2", "fc1"} <= names and not any(n.metadata_props for n in model.graph.node)

@@ -34,6 +34,9 @@ def _verify_defaults():
 GATES, VERIFY = _verify_defaults()
 
 
+TRAIN_STACK = {"torch", "torchvision", "onnx", "onnxscript", "tqdm"}  # the [train] extra
+
+
 def log(message: str) -> None:
     """Logs and progress go to stderr; results go to stdout."""
     click.echo(message, err=True)
@@ -48,6 +51,12 @@ def toolkit_errors(func):
             return func(*args, **kwargs)
         except ToolkitError as exc:
             raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:  # an edge install (no [train] extra) asked to train or export
+            if (exc.name or "").split(".")[0] not in TRAIN_STACK:
+                raise
+            raise click.ClickException(
+                f"`mnisttk {click.get_current_context().info_name}` needs the training stack ({exc.name} is not "
+                "installed): pip install 'mnisttk[train]' (`mnisttk env` shows what is here)") from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; existing files were left as they were") from None
 

@@ -19,6 +19,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.artifact_meta import finalize_onnx, strip_torchscript
 from toolkit.config import ExportConfig  # noqa: F401  (part of this module's API)
 from toolkit.contract import EVAL_BATCH, FP32_MAX_ABS_LOGIT_DIFF, batched
 from toolkit.data import MNIST, to_model_input
@@ -70,11 +71,7 @@ def _onnx_fp32(model: torch.nn.Module, path: Path, metadata: dict) -> None:
             external_data=False,  # one self-contained file: no side .onnx.data for the edge
         )
     proto = program.model_proto
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    proto.doc_string = "input 'image': float32 N×1×28×28 in [0, 1] (pixel/255); output 'logits': N×10"
+    finalize_onnx(proto, {**metadata, "precision": "fp32"}, uint8_input=False)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
 
@@ -97,7 +94,7 @@ def _save_torchscript(module, path: Path) -> None:
     buf = io.BytesIO()
     with quiet_warnings():
         torch.jit.save(module, buf)
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(strip_torchscript(buf.getvalue()))  # no build paths; same bytes every export
 
 
 def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
@@ -134,7 +131,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     ckpt_sha = sha256_file(config.checkpoint)
     test_acc = ckpt.get("metrics", {}).get("test", {}).get("accuracy")
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
-                "checkpoint_sha256": ckpt_sha, "input": "float32 N×1×28×28, pixel/255"}
+                "checkpoint_sha256": ckpt_sha}
 
     stage_obj = Stage(out)
     stage = stage_obj.new
@@ -171,8 +168,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             calib = to_model_input(data.train_images[indices])
             onnx_int8 = stage / f"{arch}_int8.onnx"
             onnx_static_int8(onnx_path, onnx_int8, calib, config.quant)
-            _stamp_metadata(onnx_int8, {**metadata, "precision": "int8",
-                                        "input": "uint8 N×1×28×28 raw pixels" if config.quant.uint8_input else metadata["input"]})
+            _stamp_metadata(onnx_int8, {**metadata, "precision": "int8"}, config.quant.uint8_input)
             artifacts.append(("onnx", "int8", onnx_int8, onnx_quant_params(onnx_int8)))
             traced_q, quantized = torch_static_int8(model, calib, config.quant)
             ts_int8 = stage / f"{arch}_int8.torchscript.pt"
@@ -236,12 +232,9 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         stage_obj.close()
 
 
-def _stamp_metadata(path: Path, metadata: dict) -> None:
+def _stamp_metadata(path: Path, metadata: dict, uint8_input: bool) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
+    finalize_onnx(model, metadata, uint8_input)
     onnx.save(model, str(path))

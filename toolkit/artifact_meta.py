@@ -1,0 +1,103 @@
+"""What an exported artifact says about itself, and nothing more: no build paths, no stack traces,
+the same bytes for the same checkpoint wherever mnisttk is checked out.
+
+ONNX: torch's exporter writes per-node metadata (`pkg.torch.onnx.stack_trace` …) holding absolute
+source paths; the quantizer declares nine opset domains and calls itself the producer. We strip the
+node metadata, keep only the domains the nodes use, name the nodes after the model's layers (so
+Netron reads like the model), and stamp the metadata an integrator needs.
+TorchScript: `torch.jit.save` adds `*.debug_pkl` source maps (absolute paths) and a random
+serialization id; we drop the maps and derive the id from the content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+from toolkit import __version__
+
+CLASS_LABELS = ",".join(str(d) for d in range(10))
+PREPROCESSING = ("MNIST convention: one light digit on a dark background, size-normalised to a 20×20 box "
+                 "and centred by its centre of mass in a 28×28 frame")
+
+
+def describe_io(uint8_input: bool) -> tuple[str, str]:
+    """(input contract, doc_string) for a model taking uint8 pixels or float pixel/255."""
+    inp = ("uint8 N×1×28×28, raw pixels 0-255" if uint8_input
+           else "float32 N×1×28×28, pixel/255 in [0, 1]")
+    doc = (f"mnisttk {__version__}: input 'image' {inp} ({PREPROCESSING}); output 'logits' float32 N×10, "
+           "one per digit 0-9 (logits: softmax not applied)")
+    return inp, doc
+
+
+def finalize_onnx(model, metadata: dict, uint8_input: bool) -> None:
+    """In place: strip node metadata and doc strings, name nodes after layers, prune unused opset
+    domains, set producer/version/doc and the metadata_props."""
+    initializers = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    _name_nodes(model.graph, initializers)
+    used = {n.domain for n in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if o.domain in used or (o.domain == "ai.onnx" and "" in used)]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    model.producer_name, model.producer_version = "mnisttk", __version__
+    model.model_version = 1
+    model.graph.name = f"mnisttk_{metadata.get('arch', 'model')}"
+    model.graph.doc_string = ""
+    inp, doc = describe_io(uint8_input)
+    model.doc_string = doc
+    del model.metadata_props[:]
+    for key, value in {**metadata, "input": inp, "preprocessing": PREPROCESSING, "class_labels": CLASS_LABELS,
+                       "output": "logits N×10 (softmax not applied)"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+
+
+def _layer_of(name: str, initializers: set) -> str | None:
+    """'conv2' for 'conv2.weight', 'conv2.weight_quantized', 'conv2.weight_DequantizeLinear_Output' …"""
+    base = name.split(".weight")[0] if ".weight" in name else None
+    return base if base and (name in initializers or "_" in name.split(".weight", 1)[1]) else None
+
+
+def _name_nodes(graph, initializers: set) -> None:
+    taken = {n.name for n in graph.node}
+    layer = None
+    counts: dict[str, int] = {}
+
+    def rename(node, new):
+        if new in taken and new != node.name:
+            counts[new] = counts.get(new, 0) + 1
+            new = f"{new}_{counts[new]}"
+        taken.discard(node.name)
+        taken.add(new)
+        node.name = new
+
+    for node in graph.node:
+        weights = [_layer_of(i, initializers) for i in node.input]
+        weights = [w for w in weights if w]
+        if node.op_type in ("Conv", "Gemm", "MatMul", "QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger",
+                            "MatMulInteger") and weights:
+            layer = weights[0]
+            rename(node, layer)
+        elif node.op_type in ("Relu", "MaxPool") and layer and node.name.startswith("node_"):
+            rename(node, f"{layer}_{node.op_type.lower()}")
+        elif node.name.startswith("node_"):
+            rename(node, node.op_type.lower())
+
+
+def strip_torchscript(data: bytes) -> bytes:
+    """A TorchScript archive without its debug source maps, with a content-derived serialization id."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    entries = [(i.filename, src.read(i)) for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha256(b"".join(name.encode() + body for name, body in entries
+                                     if not name.endswith(".data/serialization_id"))).hexdigest()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name, body in entries:
+            if name.endswith(".data/serialization_id"):
+                body = str(int(digest[:32], 16)).zfill(40)[:40].encode()
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), body)
+    return out.getvalue()
