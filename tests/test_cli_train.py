@@ -150,3 +150,17 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "EDGE OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_readme_report_is_the_committed_one():
+    """The README's report and its prose figures are generated from docs/verify-report.{txt,json}."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("readme_report", root / "scripts" / "readme_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = json.loads((root / "docs" / "verify-report.json").read_text())
+    expected = mod.block((root / "docs" / "verify-report.txt").read_text(), report)
+    assert expected in (root / "README.md").read_text(), "run scripts/readme_report.py"
+    assert report["passed"] and "PASS" in (root / "docs" / "verify-report.txt").read_text()

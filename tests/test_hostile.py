@@ -94,7 +94,7 @@ MANIFEST_CASES = {
     "dropped int8 entry": (_drop_int8_entry, "target onnx-int8 has 0 artifacts"),
     "no targets": (lambda m: m.pop("targets"), "'targets' is not a list"),
     "targets emptied": (lambda m: (m.update(targets=[]), m["artifacts"].clear()), "lists no artifacts"),
-    "old manifest": (lambda m: m.pop("manifest_version"), "manifest version None"),
+    "old manifest": (lambda m: m.pop("schema_version"), "manifest version None"),
 }
 
 
@@ -358,7 +358,7 @@ def test_bool_npy_is_a_mask_and_min_confidence_marks(tiny_export, tmp_path):
     r = run("predict", tmp_path / "mask.npy", "--model", tiny_export["out"] / "cnn_int8.onnx", "--json",
             "--min-confidence", "1.0")
     assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)[0]
+    res = json.loads(r.stdout)["results"][0]
     assert res["low_confidence"] is True and 0 <= res["digit"] <= 9
 
 

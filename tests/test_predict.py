@@ -33,7 +33,9 @@ def test_predict_all_formats(digits, tiny_export):
     files, label, _ = digits
     r = run("predict", *files.values(), "--model", tiny_export["out"] / "cnn_int8.onnx", "--json")
     assert r.exit_code == 0, r.output
-    results = json.loads(r.stdout)
+    out = json.loads(r.stdout)
+    assert out["schema_version"] == 1 and out["model"].endswith("cnn_int8.onnx") and len(out["model_sha256"]) == 64
+    results = out["results"]
     assert len(results) == 5 and all(0 <= x["digit"] <= 9 and 0 < x["probability"] <= 1 for x in results)
     # the exact 28×28 inputs (npy, float npy, pgm) are the test image itself: same answer
     same = {x["digit"] for x in results if x["file"].endswith((".npy", ".pgm"))}

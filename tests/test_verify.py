@@ -234,3 +234,25 @@ def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_
     cuda = [x for x in rows if x["runtime"] == "ORT CUDA"]
     assert cuda and all(x["status"] == "skipped" and "fell back to the CPU" in x["reasons"][0] for x in cuda)
     assert verify(exported, tiny_export["data"], "--require-cuda").exit_code == 1
+
+
+def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_path):
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--json", *LOOSE)
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)  # bare --json: JSON alone on stdout, the table on stderr
+    assert report["schema_version"] == 1 and "PASS" in r.stderr
+    ids = [x["id"] for x in report["rows"]]
+    assert len(set(ids)) == len(ids) and "onnx-int8@ort-cpu" in ids
+    assert {x["status"] for x in report["rows"]} <= {"ok", "fail", "skipped"}
+    assert all(isinstance(x["flipped_indices"], list) and len(x["flipped_indices"]) == x["flipped"]
+               for x in report["rows"] if x["flipped"] is not None)
+    assert json.loads(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--json", "-", *LOOSE).stdout)
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], *LOOSE)
+    assert max(len(line) for line in r.stdout.splitlines()) <= 120, r.stdout
+    wide = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--wide", *LOOSE)
+    assert "p99 µs" in wide.stdout and "p99 µs" not in r.stdout
+    for verb in (["data", "--data-dir", tiny_export["data"]], ["env"],
+                 ["predict", tiny_export["data"] / "none.npy", "--model", exported / "cnn_int8.onnx"]):
+        out = run(*verb, "--json", tmp_path / "o.json")
+        assert json.loads((tmp_path / "o.json").read_text())["schema_version"] == 1, verb
+        assert not out.stdout.lstrip().startswith("{")

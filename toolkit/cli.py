@@ -72,8 +72,30 @@ def data_dir_option(func):
     )(func)
 
 
-def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+def json_option(what: str):
+    """One convention for every verb: `--json` (or `--json -`) prints JSON to stdout, `--json FILE`
+    writes it (atomically); with JSON on stdout the text report goes to stderr."""
+    return click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="[FILE|-]",
+                        help=f"{what} as JSON: to stdout (bare --json, or -) or into FILE.")
+
+
+def emit_json(obj, dest) -> None:
+    text = json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n"
+    if dest is None:
+        return
+    if str(dest) == "-":
+        click.echo(text, nl=False)
+        return
+    from toolkit.fsutil import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(Path(dest), text.encode())
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+def json_to_stdout(dest) -> bool:
+    return dest is not None and str(dest) == "-"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,9 +113,9 @@ def main():
 @main.command()
 @data_dir_option
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help="Write a labelled grid of sample images (PNG).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("The summary")
 @toolkit_errors
-def data(data_dir, grid, as_json):
+def data(data_dir, grid, json_out):
     """Find or fetch MNIST and describe it: source, split sizes, class counts, SHA-256.
 
     \b
@@ -108,9 +130,8 @@ def data(data_dir, grid, as_json):
     if grid:
         write_grid(mnist, grid)
         info["grid"] = str(grid)
-    if as_json:
-        echo_json(info)
-    else:
+    emit_json({"schema_version": 1, **info}, json_out)
+    if not json_to_stdout(json_out):
         click.echo(format_description(info))
 
 
@@ -129,14 +150,14 @@ def data(data_dir, grid, as_json):
 @data_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint path (default: exported/<arch>.pt).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("The result")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: only when stderr is a terminal; the per-epoch lines always).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On a GPU, capture the training step as a CUDA graph (same math, fewer launches).")
 @toolkit_errors
-def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, quiet, cuda_graph, progress=None):
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, quiet, cuda_graph, progress=None):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -165,9 +186,8 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, as_json, qu
     model, result = run_training(config, mnist, dev, log=log, progress=progress and not quiet, cuda_graph=cuda_graph)
     save_checkpoint(out, checkpoint_payload(model, result))
     result["checkpoint"] = str(out)
-    if as_json:
-        echo_json(result)
-    else:
+    emit_json({"schema_version": 1, **result}, json_out)
+    if not json_to_stdout(json_out):
         click.echo(format_train_result(result))
 
 
@@ -212,10 +232,10 @@ def format_train_result(result: dict) -> str:
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@json_option("The manifest")
 @toolkit_errors
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, reduce_range, seed, data_dir, as_json, allow_other_test_set=False):
+           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -238,9 +258,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
     mnist = load_mnist(data_dir, log=log)
     manifest = run_export(config, mnist, log=log)
-    if as_json:
-        echo_json(manifest)
-    else:
+    emit_json(manifest, json_out)  # the manifest carries its own schema_version
+    if not json_to_stdout(json_out):
         click.echo(format_export(manifest, out))
 
 
@@ -279,14 +298,15 @@ def format_export(manifest: dict, out: Path) -> str:
               help="int8 accuracy loss allowed, in points.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
               show_default=True, help="int8 top-1 agreement with the reference required, in %.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the full report as JSON.")
+@json_option("The full report")
+@click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
 @click.pass_context
 @toolkit_errors
 def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
-           int8_max_drop, int8_min_agreement, json_path, md_path, plot_path, expect=()):
+           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -319,17 +339,16 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
 
         if importlib.util.find_spec("matplotlib") is None:
             raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
-    for out_path in (json_path, md_path, plot_path):  # an unwritable report path fails before, not after, the run
+    for out_path in (None if json_to_stdout(json_out) else json_out, md_path, plot_path):  # an unwritable report path fails before, not after, the run
         if out_path:
             _check_output_path(out_path)
     mnist = load_mnist(data_dir, log=log)
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
-    click.echo(format_table(result))
+    click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out))
     from toolkit.fsutil import atomic_write_bytes
 
     try:
-        if json_path:
-            atomic_write_bytes(json_path, (json.dumps(result, indent=2) + "\n").encode())
+        emit_json(result, json_out)
         if md_path:
             atomic_write_bytes(md_path, format_markdown(result).encode())
     except OSError as exc:
@@ -342,7 +361,8 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
     ctx.exit(0 if result["passed"] else 1)
 
 
-def _check_output_path(path: Path) -> None:
+def _check_output_path(path) -> None:
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ToolkitError(f"{path}: is a folder, not a file to write")
@@ -362,9 +382,9 @@ def _check_output_path(path: Path) -> None:
               help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Mark predictions whose probability is below this (text and JSON); default off.")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@json_option("The results")
 @toolkit_errors
-def predict(images, model_path, provider, as_json, as_is=False, min_confidence=None):
+def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None):
     """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy).
     Torch-free. A bad file gets a one-line error and exit 1; the others are still predicted.
 
@@ -377,12 +397,12 @@ def predict(images, model_path, provider, as_json, as_is=False, min_confidence=N
 
     model = Model(model_path, provider)
     results = predict_files([str(p) for p in images], model, as_is=as_is, min_confidence=min_confidence)
-    if as_json:
-        echo_json(results)
+    emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": model.loaded_sha256,
+               "provider": provider, "results": results}, json_out)
     for r in results:
         if "error" in r:
             click.echo(f"Error: {r['error']}", err=True)
-        elif not as_json:
+        elif not json_to_stdout(json_out):
             low = ", low confidence" if r.get("low_confidence") else ""
             click.echo(f"{r['file']}: {r['digit']} (p={r['probability']:.3f}{low})")
     sys.exit(1 if any("error" in r for r in results) else 0)
@@ -425,13 +445,14 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
                calibration_size=calibration_size)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
-    ctx.invoke(verify, folder=out, data_dir=data_dir, json_path=out / "report.json", md_path=out / "report.md",
+    ctx.invoke(verify, folder=out, data_dir=data_dir, json_out=out / "report.json", md_path=out / "report.md",
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
-def env(as_json):
+@json_option("The environment")
+@toolkit_errors
+def env(json_out):
     """Show what this machine offers: mnisttk, Python, torch, onnxruntime (and which build, or a mixed
     install), execution providers, executorch, CPU flags (AVX2/AVX-512/VNNI), GPUs. Torch-free.
 
@@ -442,9 +463,8 @@ def env(as_json):
     from toolkit.env import environment, format_environment
 
     info = environment()
-    if as_json:
-        echo_json(info)
-    else:
+    emit_json(info, json_out)
+    if not json_to_stdout(json_out):
         click.echo(format_environment(info))
 
 

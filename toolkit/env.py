@@ -78,7 +78,7 @@ def format_environment(env: dict) -> str:
         ("mnisttk", env["mnisttk"]),
         ("python", f"{env['python']} ({env['executable']})"),
         ("platform", env["platform"]),
-        ("torch", env["torch"] or "not installed (train/export need it: pip install torch torchvision)"),
+        ("torch", env["torch"] or "not installed (train/export need it: pip install 'mnisttk[train]')"),
         ("onnx", env["onnx"] or "not installed"),
         ("onnxruntime", ort),
         ("execution providers", ", ".join(env["execution_providers"])),

@@ -193,7 +193,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                             test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
         targets = list(FP32_TARGETS) + (list(INT8_TARGETS) if config.quantize else [])
         manifest = {
-            "manifest_version": MANIFEST_VERSION,
+            "schema_version": MANIFEST_VERSION,
             "mnisttk_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "arch": arch,

@@ -125,7 +125,7 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
     path = path or Path(folder) / MANIFEST_NAME
     if not isinstance(manifest, dict):
         _fail(path, "the top level is not an object")
-    version = manifest.get("manifest_version")
+    version = manifest.get("schema_version")
     if version != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {version!r}, this mnisttk reads {MANIFEST_VERSION} "
                             f"(re-run `mnisttk export` with this version)")

@@ -21,13 +21,17 @@ def _placement(p: dict | None) -> str:
 
 COLUMNS = ["row", "runtime", "status", "acc %", "prec %", "rec %", "agree %", "flips", "max|Δlogit|",
            "Δacc pts [95% CI]", "p50 µs", "p95 µs", "p99 µs", "img/s", "KiB", "lat×"]
+# What decides pass/fail and speed: fits a 120-column terminal (`--wide` shows every column).
+NARROW = ["row", "runtime", "status", "acc %", "agree %", "flips", "max|Δlogit|", "Δacc pts [95% CI]", "p50 µs",
+          "img/s", "KiB"]
+WIDTH = 120
 
 
 def row_cells(r: dict) -> list[str]:
     lat = r.get("latency_us") or {}
     ci = r.get("acc_diff_ci95")
     delta = "—" if r.get("acc_diff") is None or r.get("is_reference") else (
-        f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}]")
+        f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f},{ci[1] * 100:+.2f}]")
     status = "FAIL" if r["status"] == "fail" else "ref" if r.get("is_reference") else r["status"]
     return [
         r["name"], r["runtime"], status, _pct(r.get("accuracy")), _pct(r.get("macro_precision")),
@@ -60,25 +64,33 @@ def _coverage(result: dict) -> str:
             + (f"; not run here: {', '.join(unchecked)}" if unchecked else ""))
 
 
-def format_table(result: dict) -> str:
-    cells = [COLUMNS] + [row_cells(r) for r in result["rows"]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+def format_table(result: dict, wide: bool = False) -> str:
+    """The terminal report. By default every line fits 120 columns: the columns that decide pass/fail
+    and speed (lat× instead of KiB when a latency gate is set), notes wrapped; `wide` shows all."""
+    columns = list(COLUMNS)
+    if not wide:
+        columns = NARROW if not result["gates"].get("max_latency_ratio") else NARROW[:-1] + ["lat×"]
+    keep = [COLUMNS.index(c) for c in columns]
+    cells = [columns] + [[row_cells(r)[i] for i in keep] for r in result["rows"]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     g = result["gates"]
-    lines.append("")
-    lines += _notes(result)
-    lines.append("")
-    lines.append(
+    text = [""] + _notes(result) + [""]
+    text.append(
         f"gates: fp32 identical predictions and max|Δlogit| ≤ {g['fp32_max_abs_logit_diff']:g}; int8 drop ≤ "
         f"{g['int8_max_drop_points']:g} points and agreement ≥ {g['int8_min_agreement_pct']:g}%"
         + (f"; latency ratio ≤ {g['max_latency_ratio']:g}" if g.get("max_latency_ratio") else "")
     )
-    lines.append(_coverage(result))
-    lines.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
-                 f"{result['threads']} thread(s); {result['seconds']:.1f} s")
-    lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failed_rows"]))
-    return "\n".join(lines)
+    text.append(_coverage(result))
+    text.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
+                f"{result['threads']} thread(s); {result['seconds']:.1f} s")
+    text.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failed_rows"]))
+    if not wide:
+        import textwrap
+
+        text = [part for line in text for part in (textwrap.wrap(line, WIDTH, subsequent_indent="    ") or [""])]
+    return "\n".join(lines + text)
 
 
 def format_markdown(result: dict) -> str:
