@@ -98,3 +98,49 @@ def test_predict_never_imports_torch(digits, tiny_export):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_folders_recursive_and_the_preprocessed_images(digits, tiny_export, tmp_path):
+    files, _, _ = digits
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    import shutil
+
+    shutil.copy(files["png"], folder / "a.png")
+    shutil.copy(files["npy"], folder / "sub" / "b.npy")
+    (folder / "notes.txt").write_text("not an image: skipped by suffix")
+    model = tiny_export["out"] / "cnn_int8.onnx"
+    r = run("predict", folder, "--model", model, "--json")
+    assert r.exit_code == 0, r.output
+    assert [x["file"] for x in json.loads(r.stdout)["results"]] == [str(folder / "a.png")]
+    seen = tmp_path / "seen"
+    r = run("predict", folder, "--recursive", "--model", model, "--json", "--save-preprocessed", seen)
+    results = json.loads(r.stdout)["results"]
+    assert r.exit_code == 0 and [x["file"] for x in results] == [str(folder / "a.png"), str(folder / "sub" / "b.npy")]
+    for x in results:
+        fed = np.asarray(Image.open(x["preprocessed"]))
+        assert fed.shape == (28, 28) and fed.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(Image.open(results[1]["preprocessed"])), to_mnist(load_gray(files["npy"])))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("predict", empty, "--model", model)
+    assert r.exit_code == 1 and "not a file" in r.stderr
+
+
+def test_uneven_lighting_is_taken_out(real_mnist, real_export):
+    """Dark ink on paper lit from 35% to 100% across the page: a global threshold takes the shadow
+    for ink; the local background estimate does not."""
+    from toolkit.predict import resize
+    from toolkit.runtime import Model
+
+    rng = np.random.default_rng(0)
+    images, labels = real_mnist.test_images[:100], real_mnist.test_labels[:100]
+
+    def scan(im):
+        ink = resize(im.astype(np.float64), 180, 150) / 255
+        light = np.linspace(0.35, 1.0, 150)[None, :].repeat(180, 0)
+        return np.clip(np.rint(255 * light * (1 - 0.85 * ink) + rng.normal(0, 3, ink.shape)), 0, 255).astype(np.uint8)
+
+    x = np.stack([to_mnist(scan(im)) for im in images])
+    acc = float((Model(real_export / "cnn_int8.onnx").logits(x).argmax(1) == labels).mean())
+    assert acc >= 0.85, acc  # 40% with the border's median as the background

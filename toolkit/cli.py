@@ -382,21 +382,35 @@ def _check_output_path(path) -> None:
               help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Mark predictions whose probability is below this (text and JSON); default off.")
+@click.option("--recursive", "-r", is_flag=True, help="Folders: take the images in sub-folders too.")
+@click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the 28×28 images the model was fed (PNG) into this folder.")
 @json_option("The results")
 @toolkit_errors
-def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None):
-    """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy).
-    Torch-free. A bad file gets a one-line error and exit 1; the others are still predicted.
+def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False,
+            save_preprocessed=None):
+    """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy;
+    a folder means its images). Torch-free. A bad file gets a one-line error and exit 1; the others
+    are still predicted.
 
     \b
     Example:
         mnisttk predict digit.png scan.jpg sample.npy --json
+        mnisttk predict scans/ --recursive --save-preprocessed seen/
     """
-    from toolkit.predict import predict_files
+    from toolkit.predict import expand_inputs, predict_files
     from toolkit.runtime import Model
 
     model = Model(model_path, provider)
-    results = predict_files([str(p) for p in images], model, as_is=as_is, min_confidence=min_confidence)
+    if save_preprocessed is not None:
+        from toolkit.fsutil import check_writable_dir
+
+        try:
+            check_writable_dir(save_preprocessed)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write to {save_preprocessed}: {exc.strerror or exc}") from None
+    files = expand_inputs([str(p) for p in images], recursive)
+    results = predict_files(files, model, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed)
     emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": model.loaded_sha256,
                "provider": provider, "results": results}, json_out)
     for r in results:

@@ -30,6 +30,8 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 MIN_CONTRAST = 24  # grey levels between background and ink below which an image is blank
 NPY_MAGIC = b"\x93NUMPY"
+LOCAL_BACKGROUND_MIN = 32  # images at least this large (photos, scans) get a local background estimate
+BACKGROUND_PX = 64  # the background is estimated on a copy this large (its long side)
 
 
 def read_pgm(data: bytes, name: str) -> np.ndarray:
@@ -168,6 +170,29 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return weights(h, height) @ img @ weights(w, width).T
 
 
+def _running(img: np.ndarray, k: int, reduce) -> np.ndarray:
+    """A k×k running min or max (edges replicated), separable."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    pad = k // 2
+    out = np.pad(img, pad, mode="edge")
+    out = reduce(sliding_window_view(out, k, axis=0), axis=-1)
+    return reduce(sliding_window_view(out, k, axis=1), axis=-1)
+
+
+def local_background(img: np.ndarray) -> np.ndarray:
+    """The background of a light-on-dark image under uneven lighting: a grey opening (running min, then
+    max) wide enough to remove pen strokes, on a ≤64 px copy, scaled back up. What stays is the
+    slowly varying light; subtracting it leaves the ink."""
+    h, w = img.shape
+    f = BACKGROUND_PX / max(h, w)
+    sh, sw = max(8, round(h * f)), max(8, round(w * f))
+    small = resize(img, sh, sw)
+    k = max(3, round(max(sh, sw) / 4)) | 1  # wider than a stroke (~1/10 of a digit's height)
+    opened = _running(_running(small, k, np.min), k, np.max)
+    return resize(opened, h, w)
+
+
 def _ink_box(img: np.ndarray, ink: np.ndarray) -> tuple[int, int, int, int]:
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
     return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
@@ -198,7 +223,10 @@ def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
         if img.shape != (28, 28):
             raise ImageError(f"a {img.shape[1]}×{img.shape[0]} image cannot be used as it is (--as-is needs 28×28)")
         return np.rint(img).astype(np.uint8)
-    img = np.clip(img - np.median(border), 0, 255)  # background to ~0
+    # background to ~0: a local estimate on photos and scans (uneven lighting), the border's median
+    # on small images
+    background = local_background(img) if min(img.shape) >= LOCAL_BACKGROUND_MIN else np.median(border)
+    img = np.clip(img - background, 0, 255)
     if img.max() < MIN_CONTRAST:
         raise ImageError("no digit found (the image is blank or uniform)")
     if is_mnist_like(img):
@@ -224,9 +252,41 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None) -> list[dict]:
-    """One result per file: {'file', 'digit', 'probability', 'probabilities'[, 'low_confidence']}
-    or {'file', 'error'}. Bad files do not stop the others."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy")
+
+
+def expand_inputs(paths: list[str], recursive: bool = False) -> list[str]:
+    """Files as given; a folder becomes its image files (by suffix, sorted; `recursive` descends).
+    A folder without any is kept as is, so it gets its own error line."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in (path.rglob("*") if recursive else path.iterdir())
+                           if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            out.extend(str(f) for f in found) if found else out.append(str(path))
+        else:
+            out.append(str(p))
+    return out
+
+
+def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> list[str]:
+    """Write the 28×28 images the model saw (PNG), one per input, numbered to keep names unique."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (img, name) in enumerate(zip(images, names)):
+        target = folder / f"{i:04d}_{Path(name).stem}.png"
+        Image.fromarray(img).save(target)
+        paths.append(str(target))
+    return paths
+
+
+def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
+                  save_dir: Path | None = None) -> list[dict]:
+    """One result per file: {'file', 'digit', 'probability', 'probabilities'[, 'low_confidence',
+    'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference is one batch."""
     results, images, slots = [], [], []
     for p in paths:
         try:
@@ -240,7 +300,11 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
         except ImageError as exc:
             results.append({"file": str(p), "error": str(exc)})
     if images:
-        probs = softmax(model.logits(np.stack(images)).astype(np.float64))
+        batch = np.stack(images)
+        if save_dir is not None:
+            for slot, saved in zip(slots, save_preprocessed(batch, [results[i]["file"] for i in slots], save_dir)):
+                results[slot]["preprocessed"] = saved
+        probs = softmax(model.logits(batch).astype(np.float64))
         for slot, pr in zip(slots, probs):
             digit = int(pr.argmax())
             results[slot].update(digit=digit, probability=float(pr[digit]), probabilities=[round(float(v), 6) for v in pr])
