@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     def train(name: str, graph: bool):
         ckpt = out / f"{name}.pt"
         code, secs, so, se = sh(["train", "--device", device, "--epochs", str(args.epochs), "--seed", "0",
-                                 "--out", str(ckpt), "--json", "--no-progress",
+                                 "--checkpoint", str(ckpt), "--json", "--no-progress",
                                  "--cuda-graph" if graph else "--no-cuda-graph", *data], log)
         if code != 0:
             rows.append((f"train {name}", False, secs, last_error(so, se)))
@@ -118,11 +118,11 @@ def main(argv=None) -> int:
         rows.append(("same seed, same result", abs(acc_eager - acc_graph) <= 0.002, 0.0,
                      f"|Δ accuracy| {abs(acc_eager - acc_graph) * 100:.2f} points (cuDNN picks algorithms: not bitwise)"))
     if acc_graph is not None:
-        code, secs, so, se = sh(["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize",
+        code, secs, so, se = sh(["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
                                  "--calibration-size", str(args.calibration_size), *data], log)
         rows.append(("export --quantize", code == 0, secs, "ok" if code == 0 else last_error(so, se)))
         if code == 0:
-            cuda_flag = ["--require-cuda"] if device == "cuda" else ["--runtime", "torch", "--runtime", "cpu"]
+            cuda_flag = ["--require-cuda"] if device == "cuda" else ["--device", "cpu"]
             for label, extra in (("verify (torch rows first)", []), ("verify --no-torch", ["--no-torch"])):
                 code, secs, so, se = sh(["verify", "--dir", str(out), *extra, *cuda_flag,
                                          "--json", str(out / f"verify{'-no-torch' if extra else ''}.json"), *data], log)

@@ -164,3 +164,28 @@ def test_readme_report_is_the_committed_one():
     expected = mod.block((root / "docs" / "verify-report.txt").read_text(), report)
     assert expected in (root / "README.md").read_text(), "run scripts/readme_report.py"
     assert report["passed"] and "PASS" in (root / "docs" / "verify-report.txt").read_text()
+
+
+def test_one_vocabulary_old_spellings_hidden_and_quiet(tiny_dir, tmp_path):
+    helps = {name: run(name, "--help").stdout for name in ("train", "export", "verify", "predict", "pipeline")}
+    assert "--checkpoint" in helps["train"] and "--out" not in helps["train"]
+    assert "--dir" in helps["export"] and "--calibration-seed" in helps["export"] and "--out" not in helps["export"]
+    assert "--device" in helps["verify"] and "--runtime" not in helps["verify"]
+    assert "--throughput-batch" in helps["verify"] and "--batch-size" not in helps["verify"]
+    assert "--device" in helps["predict"] and "--provider" not in helps["predict"]
+    for name, text in helps.items():
+        assert "-q, --quiet" in text, name
+    import click
+
+    for name, cmd in main.commands.items():  # every visible option has help text
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help, (name, param.name)
+    summaries = run("--help").stdout
+    assert "..." not in summaries.split("Commands:")[1]  # short help is written, not cut off
+    # the new name and the old one do the same; -q silences the logs
+    ckpt = tmp_path / "m.pt"
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--checkpoint", ckpt, "-q", "--device", "cpu")
+    assert r.exit_code == 0 and ckpt.is_file() and r.stderr == ""
+    r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--out", tmp_path / "old.pt", "--device", "cpu")
+    assert r.exit_code == 0 and (tmp_path / "old.pt").is_file() and "epoch" in r.stderr

@@ -37,9 +37,40 @@ GATES, VERIFY = _verify_defaults()
 TRAIN_STACK = {"torch", "torchvision", "onnx", "onnxscript", "tqdm"}  # the [train] extra
 
 
+_QUIET = False  # -q/--quiet on any verb: no logs (errors and results still shown)
+
+
 def log(message: str) -> None:
     """Logs and progress go to stderr; results go to stdout."""
-    click.echo(message, err=True)
+    if not _QUIET:
+        click.echo(message, err=True)
+
+
+def quiet_option(func):
+    def set_quiet(ctx, param, value):
+        global _QUIET
+        _QUIET = bool(value)
+        return value
+
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True, callback=set_quiet,
+                        help="No logs or progress bars on stderr (errors and results still shown).")(func)
+
+
+def old_spelling(old: str, dest: str, **kwargs):
+    """An option's previous name, kept hidden for one release: it sets `dest` like the new one."""
+    return click.option(old, f"{dest}__old", hidden=True, default=None, **kwargs)
+
+
+def merge_old_spellings(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        for key in [k for k in kwargs if k.endswith("__old")]:
+            value = kwargs.pop(key)
+            if value not in (None, ()):
+                kwargs[key[: -len("__old")]] = value
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 def toolkit_errors(func):
@@ -110,10 +141,11 @@ def main():
     """
 
 
-@main.command()
+@main.command(short_help="Find or fetch MNIST; sizes, class counts, SHA-256.")
 @data_dir_option
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), help="Write a labelled grid of sample images (PNG).")
 @json_option("The summary")
+@quiet_option
 @toolkit_errors
 def data(data_dir, grid, json_out):
     """Find or fetch MNIST and describe it: source, split sizes, class counts, SHA-256.
@@ -135,7 +167,7 @@ def data(data_dir, grid, json_out):
         click.echo(format_description(info))
 
 
-@main.command()
+@main.command(short_help="Train the CNN (or MLP) with the seed's recipe; test-set metrics.")
 @click.option("--arch", type=click.Choice(ARCH_NAMES), default=TRAIN.arch, show_default=True,
               help="cnn: the seed's CNN; mlp: its feed-forward contrast.")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
@@ -148,16 +180,18 @@ def data(data_dir, grid, json_out):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; auto takes the GPU when torch sees one.")
 @data_dir_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--checkpoint", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Checkpoint path (default: exported/<arch>.pt).")
 @json_option("The result")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
+@old_spelling("--out", "out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars (default: only when stderr is a terminal; the per-epoch lines always).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On a GPU, capture the training step as a CUDA graph (same math, fewer launches).")
 @toolkit_errors
-def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, quiet, cuda_graph, progress=None):
+@merge_old_spellings
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -183,7 +217,7 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, q
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
     if progress is None:
         progress = sys.stderr.isatty()  # carriage-return frames have no place in a log file
-    model, result = run_training(config, mnist, dev, log=log, progress=progress and not quiet, cuda_graph=cuda_graph)
+    model, result = run_training(config, mnist, dev, log=log, progress=progress and not _QUIET, cuda_graph=cuda_graph)
     save_checkpoint(out, checkpoint_payload(model, result))
     result["checkpoint"] = str(out)
     emit_json({"schema_version": 1, **result}, json_out)
@@ -207,10 +241,10 @@ def format_train_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+@main.command(short_help='TorchScript + ONNX (fp32; int8 with --quantize), reference, manifest.')
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=EXPORT.checkpoint,
               show_default=True, help="Checkpoint from `mnisttk train`.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
+@click.option("--dir", "out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
               help="Folder the artifacts, reference and manifest are published into.")
 @click.option("--quantize", is_flag=True, help="Also write static int8 ONNX and TorchScript models.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
@@ -228,12 +262,17 @@ def format_train_result(result: dict) -> str:
               help="How the int8 ONNX runs the 1-channel first conv: left in fp32 (fastest), im2col (qdq only), int8.")
 @click.option("--reduce-range/--full-range", default=None,
               help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
-@click.option("--seed", type=int, default=QUANT.seed, show_default=True, help="Which training images calibrate.")
+@click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
+              help="Which training images calibrate.")
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
 @json_option("The manifest")
+@quiet_option
+@old_spelling("--out", "out", type=click.Path(file_okay=False, path_type=Path))
+@old_spelling("--seed", "seed", type=int)
 @toolkit_errors
+@merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
            activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
@@ -275,12 +314,12 @@ def format_export(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+@main.command(short_help='Prove every artifact matches the float model: gates, evidence, exit code.')
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"),
               show_default=True, help="Folder with manifest.json and the artifacts.")
 @data_dir_option
-@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]),
-              help="Rows to run (repeatable; default all: torch, cpu, cuda).")
+@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
+              help="ONNX Runtime rows to run (repeatable; default both: cpu, cuda — cuda rows skip without a GPU).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
@@ -288,8 +327,8 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--expect", "expect", multiple=True,
               type=click.Choice(["onnx-fp32", "onnx-int8", "torchscript-fp32", "torchscript-int8"]),
               help="A target the export must hold (repeatable), e.g. --expect onnx-int8: fail if it is missing.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch, show_default=True,
-              help="Batch for the throughput measurement.")
+@click.option("--throughput-batch", "batch_size", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
+              show_default=True, help="Batch for the throughput measurement.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
 @click.option("--fp32-atol", type=click.FloatRange(min=0), default=GATES.fp32_max_abs_logit_diff, show_default=True,
@@ -303,10 +342,14 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
+@quiet_option
+@old_spelling("--batch-size", "batch_size", type=click.IntRange(1, 10_000))
+@old_spelling("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]))
 @click.pass_context
 @toolkit_errors
-def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
-           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False):
+@merge_old_spellings
+def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
+           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=()):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -319,7 +362,7 @@ def verify(ctx, folder, data_dir, runtimes, no_torch, require_cuda, threads, bat
     from toolkit.report import format_markdown, format_table, write_plot
     from toolkit.verify import Gates, VerifyConfig, run_verify
 
-    runtimes = tuple(runtimes) or ("torch", "cpu", "cuda")
+    runtimes = tuple(runtimes) or ("torch", *(devices or ("cpu", "cuda")))
     if no_torch:
         runtimes = tuple(r for r in runtimes if r != "torch")
     if require_cuda and "cuda" not in runtimes:
@@ -372,11 +415,11 @@ def _check_output_path(path) -> None:
         raise ToolkitError(f"{path}: not writable; nothing was run")
 
 
-@main.command()
+@main.command(short_help='Digits from image files or folders (torch-free).')
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("exported/cnn_int8.onnx"), show_default=True, help="ONNX model (int8 or fp32).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+@click.option("--device", "provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider; cuda fails (never silently runs on the CPU) if it cannot start.")
 @click.option("--as-is", is_flag=True,
               help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
@@ -386,7 +429,10 @@ def _check_output_path(path) -> None:
 @click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the 28×28 images the model was fed (PNG) into this folder.")
 @json_option("The results")
+@quiet_option
+@old_spelling("--provider", "provider", type=click.Choice(["cpu", "cuda"]))
 @toolkit_errors
+@merge_old_spellings
 def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False,
             save_preprocessed=None):
     """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy;
@@ -422,14 +468,14 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 
-@main.command()
+@main.command(short_help='train -> export --quantize -> verify, report beside the artifacts.')
 @click.option("--arch", type=click.Choice(ARCH_NAMES), default=TRAIN.arch, show_default=True, help="Model to train.")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Training epochs.")
 @click.option("--seed", type=int, default=TRAIN.seed, show_default=True, help="Training seed (weights, shuffling).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train.")
 @data_dir_option
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
+@click.option("--dir", "out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
               help="Folder for the checkpoint, the artifacts and the report.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
               help="Training images that calibrate int8.")
@@ -439,11 +485,13 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
               help="verify's int8 accuracy loss allowed, in points.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
               show_default=True, help="verify's int8 top-1 agreement required, in %.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
+@old_spelling("--out", "out", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_context
 @toolkit_errors
+@merge_old_spellings
 def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, threads, int8_max_drop,
-             int8_min_agreement, quiet):
+             int8_min_agreement):
     """Train -> export --quantize -> verify; writes the report beside the artifacts (report.md,
     report.json, and report.png when matplotlib is installed). Exit 1 if any step or gate fails.
 
@@ -455,7 +503,7 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
 
     # ctx.invoke fills every option not given here with that command's own default.
     ctx.invoke(train, arch=arch, epochs=epochs, seed=seed, device=device, data_dir=data_dir,
-               out=out / f"{arch}.pt", quiet=quiet)
+               out=out / f"{arch}.pt")
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
                calibration_size=calibration_size)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
@@ -463,8 +511,9 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
 
 
-@main.command()
+@main.command(short_help='What this machine offers: versions, providers, CPU flags, GPUs.')
 @json_option("The environment")
+@quiet_option
 @toolkit_errors
 def env(json_out):
     """Show what this machine offers: mnisttk, Python, torch, onnxruntime (and which build, or a mixed
