@@ -371,8 +371,10 @@ def main():
     folder = args.dir
     if not (folder / "manifest.json").is_file():
         raise SystemExit(f"no manifest in {folder}: run `make demo` (or mnisttk pipeline) first")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    files = {(a["format"], a["precision"]): folder / a["file"] for a in manifest["artifacts"]}
+    from toolkit.manifest import confined_path, load_manifest
+
+    manifest = load_manifest(folder)  # validated, names confined to the folder
+    files = {(a["format"], a["precision"]): confined_path(folder, a["file"]) for a in manifest["artifacts"]}
     data = load_mnist()
     res = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -369,3 +369,29 @@ def test_threads_are_bounded_and_unwritable_report_fails_first(exported, tiny_ex
             "/nonexistent-dir/p.png")
     assert_one_error(r, needle="does not exist; nothing was run")
     assert "PASS" not in r.stdout
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+def test_disk_full_during_export_and_train_is_one_line_and_keeps_the_old_files(exported, tiny_export, tmp_path,
+                                                                               monkeypatch):
+    import errno
+
+    import toolkit.checkpoint as checkpoint
+    import toolkit.export as export
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = snapshot(exported)
+    monkeypatch.setattr(export, "strip_torchscript", full)  # the TorchScript write, from Python
+    r = run("export", "--checkpoint", exported / "cnn.pt", "--dir", exported, "--quantize", "--data-dir",
+            tiny_export["data"], "--calibration-size", 100)
+    assert_one_error(r, needle="No space left on device")
+    assert snapshot(exported) == before
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    r = run("train", "--data-dir", tiny_export["data"], "--epochs", 1, "--checkpoint", exported / "cnn.pt",
+            "--device", "cpu")
+    assert_one_error(r, needle="cannot write checkpoint")
+    assert snapshot(exported) == before
