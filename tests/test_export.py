@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.helpers import run
+from tests.helpers import LOOSE, run
 from toolkit.data import load_mnist
 from toolkit.fsutil import sha256_file
 from toolkit.quantize import QuantConfig, calibration_indices, indices_sha256
@@ -281,3 +281,73 @@ def test_same_checkpoint_same_bytes_anywhere_and_no_build_paths(tiny_export, tmp
         assert ("uint8" in meta["input"]) == (name == "cnn_int8.onnx") and "softmax not applied" in model.doc_string
         names = {n.name for n in model.graph.node}
         assert {"conv2", "fc1"} <= names and not any(n.metadata_props for n in model.graph.node)
+
+
+@pytest.fixture(scope="module")
+def all_targets(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("all") / "exported"
+    out.mkdir()
+    import shutil
+
+    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
+    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--targets", "all",
+            "--calibration-size", 100, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_all_targets_are_written_listed_and_verified(all_targets, tiny_export):
+    manifest = json.loads((all_targets / "manifest.json").read_text())
+    assert sorted(manifest["targets"]) == sorted(f"{f}-{p}" for f in ("torchscript", "onnx", "ort", "triton")
+                                                 for p in ("fp32", "int8"))
+    files = {a["file"] for a in manifest["artifacts"]}
+    assert {"cnn_fp32.ort", "cnn_int8.ort", "triton/cnn_int8/1/model.onnx", "triton/cnn_fp32/1/model.onnx"} <= files
+    assert {f["file"] for f in manifest["support_files"]} == {
+        "required_operators.config", "triton/cnn_fp32/config.pbtxt", "triton/cnn_int8/config.pbtxt"}
+    config = (all_targets / "required_operators.config").read_text()
+    assert "QLinearConv" in config and ".export-" not in config and str(all_targets) not in config  # no paths
+    r = run("verify", "--dir", all_targets, "--data-dir", tiny_export["data"], "--json", "-", "--no-torch", *LOOSE)
+    assert r.exit_code == 0, r.output
+    rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+    for rid in ("ort-fp32@ort-cpu", "ort-int8@ort-cpu", "triton-fp32@ort-cpu", "triton-int8@ort-cpu"):
+        assert rows[rid]["status"] == "ok", rid
+    # the int8 .ort keeps int8 kernels and the fenced fp32 first block (a float conv)
+    ops = rows["ort-int8@ort-cpu"]["placement"]["ops"]
+    assert {"QLinearConv", "QGemm"} <= set(ops) and ({"Conv", "FusedConv"} & set(ops))
+
+
+def test_triton_configs_parse_as_triton_model_configs_and_match_the_onnx(all_targets):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import text_format
+
+    for precision, dtype in (("fp32", "TYPE_FP32"), ("int8", "TYPE_UINT8")):
+        folder = all_targets / "triton" / f"cnn_{precision}"
+        cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        model = onnx.load(str(folder / "1" / "model.onnx"))
+        assert (folder / "1" / "model.onnx").read_bytes() == (all_targets / f"cnn_{precision}.onnx").read_bytes()
+        assert cfg.name == f"cnn_{precision}" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 256
+        assert [i.name for i in cfg.input] == [i.name for i in model.graph.input] == ["image"]
+        assert model_config_pb2.DataType.Name(cfg.input[0].data_type) == dtype and list(cfg.input[0].dims) == [1, 28, 28]
+        assert [o.name for o in cfg.output] == ["logits"] and list(cfg.output[0].dims) == [10]
+        assert cfg.HasField("dynamic_batching")
+        assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == "KIND_CPU"
+
+
+def test_bad_targets_and_tampered_ort(all_targets, tiny_export, tmp_path):
+    import shutil
+
+    for bad in ("", "tflite", "onnx,nope"):
+        r = run("export", "--dir", tmp_path, "--targets", bad)
+        assert r.exit_code == 2 and "choose from torchscript, onnx, ort, triton or all" in r.output, r.output
+    out = tmp_path / "copy"
+    shutil.copytree(all_targets, out)
+    path = out / "cnn_int8.ort"
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    r = run("verify", "--dir", out, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE)
+    assert r.exit_code == 1 and "FAIL: ORT format int8 on ORT CPU" in r.stdout
+    # a narrower export removes what it no longer lists (ORT files, the Triton repository)
+    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--calibration-size", 100, "--data-dir",
+            tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    assert not (out / "triton").exists() and not (out / "cnn_fp32.ort").exists() and not (out / "cnn_int8.onnx").exists()
+    assert run("verify", "--dir", out, "--data-dir", tiny_export["data"], "--no-torch").exit_code == 0

@@ -395,3 +395,11 @@ def test_disk_full_during_export_and_train_is_one_line_and_keeps_the_old_files(e
             "--device", "cpu")
     assert_one_error(r, needle="cannot write checkpoint")
     assert snapshot(exported) == before
+
+
+def test_a_subpath_that_climbs_out_of_the_model_repository_is_refused(exported, tiny_export):
+    def escape(m):
+        m["support_files"] = [{"file": "triton/../../outside.txt", "sha256": "0" * 64}]
+    edit_manifest(exported, escape)
+    assert_one_error(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch"),
+                     needle="not a plain relative path")

@@ -103,6 +103,20 @@ def data_dir_option(func):
     )(func)
 
 
+def _parse_targets(ctx, param, value):
+    """--targets: a comma list of formats, or all; anything else is a usage error naming the valid ones."""
+    from toolkit.config import FORMATS
+
+    items = [t.strip() for t in (value or "").split(",") if t.strip()]
+    if items == ["all"]:
+        return FORMATS
+    bad = [t for t in items if t not in FORMATS]
+    if not items or bad:
+        what = f"{bad[0]!r} is not a target" if bad else "no target given"
+        raise click.BadParameter(f"{what}; choose from {', '.join(FORMATS)} or all")
+    return tuple(f for f in FORMATS if f in items)
+
+
 def json_option(what: str):
     """One convention for every verb: `--json` (or `--json -`) prints JSON to stdout, `--json FILE`
     writes it (atomically); with JSON on stdout the text report goes to stderr."""
@@ -264,6 +278,9 @@ def format_train_result(result: dict) -> str:
               help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
 @click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
               help="Which training images calibrate.")
+@click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
+              help="Comma list of formats: torchscript, onnx, ort (ONNX Runtime's mobile format), triton (a Triton "
+                   "model repository), or all. onnx is always written.")
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
@@ -274,7 +291,7 @@ def format_train_result(result: dict) -> str:
 @toolkit_errors
 @merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False):
+           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False, targets=None):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -291,7 +308,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                         first_conv=first_conv,
                         reduce_range=reduce_range, seed=seed)
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
-                          allow_other_test_set=allow_other_test_set)
+                          allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -504,8 +521,10 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
     # ctx.invoke fills every option not given here with that command's own default.
     ctx.invoke(train, arch=arch, epochs=epochs, seed=seed, device=device, data_dir=data_dir,
                out=out / f"{arch}.pt")
+    from toolkit.config import FORMATS
+
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
-               calibration_size=calibration_size)
+               calibration_size=calibration_size, targets=FORMATS)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
     ctx.invoke(verify, folder=out, data_dir=data_dir, json_out=out / "report.json", md_path=out / "report.md",
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)

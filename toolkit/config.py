@@ -10,6 +10,8 @@ from pathlib import Path
 from toolkit.errors import ExportError, ToolkitError
 
 ARCH_NAMES = ("cnn", "mlp")  # toolkit.model.ARCHS builds them
+FORMATS = ("torchscript", "onnx", "ort", "triton")  # what `export --targets` writes (see manifest.py)
+DEFAULT_FORMATS = ("torchscript", "onnx")  # the mission's
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,11 @@ class ExportConfig:
     quantize: bool = False
     quant: QuantConfig = QuantConfig()
     allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
+    formats: tuple = DEFAULT_FORMATS  # --targets: which formats to write (onnx always)
+
+    def __post_init__(self):
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown:
+            raise ExportError(f"unknown target {unknown[0]!r}; choose from {', '.join(FORMATS)} or all")
+        if "onnx" not in self.formats:
+            object.__setattr__(self, "formats", ("onnx", *self.formats))

@@ -26,14 +26,14 @@ from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, first_line
 from toolkit.fsutil import check_writable_dir, sha256_file
+from toolkit.exporters import exporter
 from toolkit.manifest import (
-    FP32_TARGETS,
-    INT8_TARGETS,
     MANIFEST_NAME,
     MANIFEST_VERSION,
     REFERENCE_NAME,
     artifact_entry,
     machine_info,
+    targets_for,
     write_manifest,
 )
 from toolkit.publish import Stage, publish, recover
@@ -135,25 +135,28 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
 
     stage_obj = Stage(out)
     stage = stage_obj.new
+    formats = config.formats
     try:
-        artifacts, checks = [], []
+        artifacts, checks = [], []  # artifacts: (format, precision, path relative to the stage, quant params)
+        test_logits = {}  # per artifact, computed once
         t0 = time.perf_counter()
-        # fp32 TorchScript: traced, so it needs no toolkit code to load.
-        ts_path = stage / f"{arch}_fp32.torchscript.pt"
-        with torch.no_grad(), quiet_warnings():
-            traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
-        _save_torchscript(traced, ts_path)
-        with quiet_warnings():
-            ts = torch.jit.load(str(ts_path))
-        test_logits = {ts_path.name: _eager_logits(ts, test_x, ts_path.name)}  # per artifact, computed once
-        checks.append(_compare(ts_path.name, test_logits[ts_path.name], ref_logits))
-        artifacts.append(("torchscript", "fp32", ts_path, None))
+        if "torchscript" in formats:
+            # fp32 TorchScript: traced, so it needs no toolkit code to load.
+            ts_path = stage / f"{arch}_fp32.torchscript.pt"
+            with torch.no_grad(), quiet_warnings():
+                traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
+            _save_torchscript(traced, ts_path)
+            with quiet_warnings():
+                ts = torch.jit.load(str(ts_path))
+            test_logits[ts_path.name] = _eager_logits(ts, test_x, ts_path.name)
+            checks.append(_compare(ts_path.name, test_logits[ts_path.name], ref_logits))
+            artifacts.append(("torchscript", "fp32", ts_path.name, None))
 
-        onnx_path = stage / f"{arch}_fp32.onnx"
+        onnx_path = stage / f"{arch}_fp32.onnx"  # always: the source of the int8, ORT and Triton models
         _onnx_fp32(model, onnx_path, metadata)
         test_logits[onnx_path.name] = _onnx_logits(onnx_path, data.test_images)
         checks.append(_compare(onnx_path.name, test_logits[onnx_path.name], ref_logits))
-        artifacts.append(("onnx", "fp32", onnx_path, None))
+        artifacts.append(("onnx", "fp32", onnx_path.name, None))
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
             if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
@@ -163,35 +166,51 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                 )
 
         quant_info = None
+        onnx_files = {"fp32": onnx_path}
         if config.quantize:
             t0 = time.perf_counter()
             calib = to_model_input(data.train_images[indices])
             onnx_int8 = stage / f"{arch}_int8.onnx"
             onnx_static_int8(onnx_path, onnx_int8, calib, config.quant)
             _stamp_metadata(onnx_int8, {**metadata, "precision": "int8"}, config.quant.uint8_input)
-            artifacts.append(("onnx", "int8", onnx_int8, onnx_quant_params(onnx_int8)))
-            traced_q, quantized = torch_static_int8(model, calib, config.quant)
-            ts_int8 = stage / f"{arch}_int8.torchscript.pt"
-            _save_torchscript(traced_q, ts_int8)
-            artifacts.append(("torchscript", "int8", ts_int8, torch_quant_params(quantized)))
+            artifacts.append(("onnx", "int8", onnx_int8.name, onnx_quant_params(onnx_int8)))
+            onnx_files["int8"] = onnx_int8
+            if "torchscript" in formats:
+                traced_q, quantized = torch_static_int8(model, calib, config.quant)
+                ts_int8 = stage / f"{arch}_int8.torchscript.pt"
+                _save_torchscript(traced_q, ts_int8)
+                artifacts.append(("torchscript", "int8", ts_int8.name, torch_quant_params(quantized)))
             quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
-            log(f"int8 quantized (ONNX Runtime and PyTorch x86), calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
+            log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
+
+        # Targets derived from the ONNX models (ORT format, Triton), one exporter each.
+        support = []
+        for fmt in (f for f in ("ort", "triton") if f in formats):
+            written = exporter(fmt)(stage, onnx_files)
+            for wfmt, precision, rel, source in written.models:
+                qparams = next((q for f, p, r, q in artifacts if r == source), None)
+                artifacts.append((wfmt, precision, rel, qparams))
+                if wfmt == "triton":  # the very bytes of the ONNX model: the same logits
+                    test_logits[rel] = test_logits.get(source) if source in test_logits else None
+            support += written.support
+            log(f"{fmt}: {', '.join(m[2] for m in written.models)}")
 
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
-        for fmt, _, path, _ in artifacts:
-            if path.name in test_logits:
-                logits = test_logits[path.name]
-            elif fmt == "onnx":
-                logits = _onnx_logits(path, data.test_images)
+        for fmt, _, rel, _ in artifacts:
+            path = stage / rel
+            if test_logits.get(rel) is not None:
+                logits = test_logits[rel]
+            elif fmt in ("onnx", "ort", "triton"):
+                logits = test_logits[rel] = _onnx_logits(path, data.test_images)
             else:
                 with quiet_warnings():
-                    logits = _eager_logits(torch.jit.load(str(path)), test_x, path.name)
-            accuracy[path.name] = classification_metrics(labels, logits.argmax(1))["accuracy"]
+                    logits = _eager_logits(torch.jit.load(str(path)), test_x, rel)
+            accuracy[rel] = classification_metrics(labels, logits.argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
                             test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
-        targets = list(FP32_TARGETS) + (list(INT8_TARGETS) if config.quantize else [])
+        targets = targets_for(formats, config.quantize)
         manifest = {
             "schema_version": MANIFEST_VERSION,
             "mnisttk_version": __version__,
@@ -201,9 +220,12 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
                           "pytorch_fp32_test_accuracy": classification_metrics(labels, ref_logits.argmax(1))["accuracy"],
                           "test_sha256": data.sha256["test"]},
-            "artifacts": [artifact_entry(path, fmt, precision, qparams, OPSET if fmt == "onnx" else None,
-                                         accuracy[path.name], config.quant.uint8_input and fmt == "onnx" and precision == "int8")
-                          for fmt, precision, path, qparams in artifacts],
+            "artifacts": [artifact_entry(stage / rel, fmt, precision, qparams, OPSET if fmt != "torchscript" else None,
+                                         accuracy[rel], config.quant.uint8_input and fmt != "torchscript" and precision == "int8",
+                                         file=rel)
+                          for fmt, precision, rel, qparams in artifacts],
+            "support_files": [{"file": rel, "sha256": sha256_file(stage / rel), "size_bytes": (stage / rel).stat().st_size,
+                               "role": role} for rel, role in support],
             "targets": targets,  # what this export was asked for: verify fails if any is missing
             "fp32_parity": checks,
             "calibration": quant_info,
@@ -212,8 +234,8 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         }
         write_manifest(stage / MANIFEST_NAME, manifest)
         names = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
-        # int8 files from an earlier export would no longer match this manifest
-        stale = [] if config.quantize else [f"{arch}_int8.onnx", f"{arch}_int8.torchscript.pt"]
+        # what an earlier export may have left that this manifest does not list
+        stale = [n for n in _possible_names(arch) if n not in names]
         try:
             publish(stage_obj, names, stale)
         except OSError as exc:
@@ -230,6 +252,15 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                           f"{first_line(exc, 200)}") from None
     finally:
         stage_obj.close()
+
+
+def _possible_names(arch: str) -> list[str]:
+    """Every top-level name an export of `arch` can write (for removing what a new export does not)."""
+    from toolkit.exporters.ort import CONFIG_NAME
+    from toolkit.exporters.triton import REPOSITORY
+
+    return [f"{arch}_{p}{suffix}" for p in ("fp32", "int8") for suffix in (".onnx", ".torchscript.pt", ".ort")] + [
+        CONFIG_NAME, REPOSITORY]
 
 
 def _stamp_metadata(path: Path, metadata: dict, uint8_input: bool) -> None:

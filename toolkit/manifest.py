@@ -13,6 +13,7 @@ import platform
 import re
 from pathlib import Path
 
+from toolkit.config import DEFAULT_FORMATS, FORMATS
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 
@@ -21,13 +22,18 @@ REFERENCE_NAME = "reference.npz"
 MANIFEST_VERSION = 2  # 2: `targets` recorded; names confined to the folder
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ours are a few KB; a larger one is not ours
 
-FORMATS = ("onnx", "torchscript")
+# Formats `export --targets` writes (onnx always: it is the source of the others); each in fp32, and
+# int8 with --quantize. A target is "<format>-<precision>".
 PRECISIONS = ("fp32", "int8")
-# What `export` writes: the fp32 targets always, the int8 ones with --quantize.
-FP32_TARGETS = ("torchscript-fp32", "onnx-fp32")
-INT8_TARGETS = ("onnx-int8", "torchscript-int8")
-KNOWN_TARGETS = FP32_TARGETS + INT8_TARGETS
+KNOWN_TARGETS = tuple(f"{f}-{p}" for p in PRECISIONS for f in FORMATS)
+FP32_TARGETS = tuple(f"{f}-fp32" for f in DEFAULT_FORMATS)
+INT8_TARGETS = tuple(f"{f}-int8" for f in DEFAULT_FORMATS)
 REQUIRED_TARGETS = ("onnx-fp32",)  # every export writes it; a manifest without it is not one of ours
+SUBPATH_FORMATS = ("triton",)  # a model repository: its files sit in a folder inside the export
+
+
+def targets_for(formats, quantize: bool) -> list[str]:
+    return [f"{f}-{p}" for p in (("fp32", "int8") if quantize else ("fp32",)) for f in FORMATS if f in formats]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -38,15 +44,15 @@ def target_of(artifact: dict) -> str:
 def io_spec(fmt: str, precision: str, uint8_input: bool) -> dict:
     dtype = "uint8" if uint8_input else "float32"
     value = "raw pixels 0-255" if uint8_input else "pixel/255 in [0, 1]"
-    name = "image" if fmt == "onnx" else "input"
+    name = "input" if fmt == "torchscript" else "image"
     return {"inputs": [{"name": name, "dtype": dtype, "shape": ["batch", 1, 28, 28], "values": value}],
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]}
 
 
 def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | None, opset: int | None,
-                   test_accuracy: float, uint8_input: bool = False) -> dict:
+                   test_accuracy: float, uint8_input: bool = False, file: str | None = None) -> dict:
     entry = {
-        "file": path.name,
+        "file": file or path.name,
         "format": fmt,
         "precision": precision,
         "sha256": sha256_file(path),
@@ -83,18 +89,21 @@ def write_manifest(path: Path, manifest: dict) -> None:
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
 
 
-def confined_path(folder: Path, name, what: str = "file") -> Path:
-    """`folder/name` for a plain file name that stays inside `folder` (symlinks resolved);
-    ManifestError naming it otherwise. Nothing is opened."""
+def confined_path(folder: Path, name, what: str = "file", subpath: bool = False) -> Path:
+    """`folder/name` for a plain file name (or, with `subpath`, plain names joined by '/') that stays
+    inside `folder` with symlinks resolved; ManifestError naming it otherwise. Nothing is opened."""
     if not isinstance(name, str) or not name:
         raise ManifestError(f"manifest: {what} name {name!r} is not a file name")
-    if (name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name)
-            or any(ord(c) < 32 for c in name)):
-        raise ManifestError(f"manifest: {what} {name!r} is not a plain file name inside the folder; refused")
+    parts = name.split("/") if subpath else [name]
+    if (os.path.isabs(name) or "\\" in name or "\0" in name or any(ord(c) < 32 for c in name)
+            or any(p in ("", ".", "..") or "/" in p for p in parts)):
+        kind = "a plain relative path" if subpath else "a plain file name"
+        raise ManifestError(f"manifest: {what} {name!r} is not {kind} inside the folder; refused")
     folder = Path(folder)
-    path = folder / name
+    path = folder.joinpath(*parts)
     try:
-        inside = path.resolve().parent == folder.resolve()
+        resolved, root = path.resolve(), folder.resolve()
+        inside = resolved.parent == root if not subpath else root in resolved.parents
     except (OSError, RuntimeError):  # a symlink loop
         inside = False
     if not inside:
@@ -141,11 +150,17 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
             _fail(path, f"artifacts[{i}] has unknown format {a['format']!r} (known: {', '.join(FORMATS)})")
         if a["precision"] not in PRECISIONS:
             _fail(path, f"artifacts[{i}] has unknown precision {a['precision']!r} (known: {', '.join(PRECISIONS)})")
-        confined_path(folder, a["file"], f"artifacts[{i}].file")
+        confined_path(folder, a["file"], f"artifacts[{i}].file", subpath=a["format"] in SUBPATH_FORMATS)
     _check_entry(path, manifest.get("reference"), "reference", {"file": str, "sha256": str})
     confined_path(folder, manifest["reference"]["file"], "reference.file")
     _check_entry(path, manifest.get("checkpoint"), "checkpoint", {"path": str, "sha256": str})
-    files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]]
+    support = manifest.get("support_files", [])
+    if not isinstance(support, list):
+        _fail(path, "'support_files' is not a list")
+    for i, f in enumerate(support):
+        _check_entry(path, f, f"support_files[{i}]", {"file": str, "sha256": str})
+        confined_path(folder, f["file"], f"support_files[{i}].file", subpath=True)
+    files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]] + [f["file"] for f in support]
     if len(set(files)) != len(files):
         _fail(path, "a file is listed twice")
     targets = manifest.get("targets")
@@ -164,7 +179,7 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
     extra = [t for t in listed if t not in targets]
     if extra:
         _fail(path, f"artifact of target {extra[0]} was not asked for in 'targets'")
-    if manifest.get("calibration") is not None and not set(INT8_TARGETS) & set(targets):
+    if manifest.get("calibration") is not None and not any(t.endswith("-int8") for t in targets):
         _fail(path, "it records a calibration but no int8 target")
     return manifest
 
@@ -194,10 +209,11 @@ def _no_constant(name: str):
 
 def check_hashes(folder: Path, manifest: dict) -> list[dict]:
     """One record per listed file (artifacts and the reference): ok, missing or changed."""
-    entries = [*manifest["artifacts"], {"file": manifest["reference"]["file"], "sha256": manifest["reference"]["sha256"]}]
+    entries = [*manifest["artifacts"], {"file": manifest["reference"]["file"], "sha256": manifest["reference"]["sha256"]},
+               *manifest.get("support_files", [])]
     results = []
     for entry in entries:
-        path = confined_path(folder, entry["file"])
+        path = confined_path(folder, entry["file"], subpath="/" in entry["file"])
         if not path.is_file():
             status = "not a regular file" if path.exists() else "missing"
         else:

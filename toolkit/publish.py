@@ -78,16 +78,22 @@ def _signals_deferred():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
 def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
     """Move `stage.new/<name>` for each name in `order` into `stage.out` (the last one, the manifest,
-    is the switch), then delete `remove`. Raises OSError after rolling back, leaving `out` as it was."""
+    is the switch), then delete `remove`. A name may be a folder (a model repository): the old one is
+    moved aside into the stage, the new one moved in. Raises OSError after rolling back, leaving
+    `out` as it was."""
     out = stage.out
     stage.old.mkdir(exist_ok=True)
-    touched = list(order) + [n for n in remove if n not in order]
     existed = []
-    for name in touched:  # keep a link to every file that will change: the rollback's copy
+    for name in order:  # keep a link to every file that will change: the rollback's copy
         if os.path.lexists(out / name):
-            os.link(out / name, stage.old / name, follow_symlinks=False)
+            if not _is_dir(out / name):
+                os.link(out / name, stage.old / name, follow_symlinks=False)
             existed.append(name)
     journal = {"pid": os.getpid(), "replace": list(order), "existed": existed, "committed": False}
     (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
@@ -95,26 +101,30 @@ def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
         done = []
         try:
             for name in order:
-                _rename(stage.new / name, out / name)
                 done.append(name)
+                if name in existed and _is_dir(out / name):
+                    _rename(out / name, stage.old / name)  # a folder cannot be replaced in one rename
+                _rename(stage.new / name, out / name)
         except BaseException:
             _rollback(out, stage.old, done, existed)
             raise
         journal["committed"] = True
         (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
     for name in remove:  # not listed by the new manifest: garbage now, gone
-        if name not in order:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(out / name)
+        if name not in order and os.path.lexists(out / name):
+            shutil.rmtree(out / name) if _is_dir(out / name) else os.unlink(out / name)
 
 
 def _rollback(out: Path, old: Path, names, existed) -> None:
     for name in reversed(list(names)):
-        if name in existed and os.path.lexists(old / name):
+        if name in existed:
+            if not os.path.lexists(old / name):
+                continue  # a folder never moved aside: the original is still in place
+            if _is_dir(old / name) and os.path.lexists(out / name):
+                shutil.rmtree(out / name) if _is_dir(out / name) else os.unlink(out / name)
             _rename(old / name, out / name)
-        elif name not in existed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(out / name)
+        elif os.path.lexists(out / name):
+            shutil.rmtree(out / name) if _is_dir(out / name) else os.unlink(out / name)
 
 
 def _age_s(path: Path) -> float:

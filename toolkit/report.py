@@ -89,7 +89,8 @@ def format_table(result: dict, wide: bool = False) -> str:
     if not wide:
         import textwrap
 
-        text = [part for line in text for part in (textwrap.wrap(line, WIDTH, subsequent_indent="    ") or [""])]
+        text = [part for line in text
+                for part in (textwrap.wrap(line, WIDTH, subsequent_indent="    ", break_on_hyphens=False) or [""])]
     return "\n".join(lines + text)
 
 
@@ -119,9 +120,12 @@ def write_plot(result: dict, path: Path) -> None:
         raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]')") from None
     from toolkit.fsutil import atomic_path
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    import math
+
+    fig, ax = plt.subplots(figsize=(10, 5))
     ref_acc = next((r["accuracy"] for r in result["rows"] if r.get("is_reference")), None)
-    for i, r in enumerate(result["rows"]):
+    points = []
+    for r in result["rows"]:
         if not r.get("latency_us") or r.get("accuracy") is None:
             continue
         x, y = r["latency_us"]["p50"], r["accuracy"] * 100
@@ -130,14 +134,32 @@ def write_plot(result: dict, path: Path) -> None:
         err = [[max(0.0, y - (ref_acc + lo) * 100)], [max(0.0, (ref_acc + hi) * 100 - y)]]
         color = "tab:red" if r["status"] == "fail" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
         ax.errorbar(x, y, yerr=err, fmt="s" if r["precision"] == "int8" else "o", capsize=4, color=color)
-        ax.annotate(f"{r['name']}\n{r['runtime']}", (x, y), textcoords="offset points",
-                    xytext=(6, 4 if i % 2 else -22), fontsize=8)  # alternate sides: neighbours do not overlap
+        points.append((x, y, f"{r['name']} ({r['runtime']})"))
+    # Rows that land on one spot (same accuracy, latency within 8%) share one label.
+    clusters: list[list] = []
+    for x, y, label in sorted(points):
+        last = clusters[-1] if clusters else None
+        if last and abs(math.log(x / last[0][0])) < 0.08 and abs(y - last[0][1]) < 0.005:
+            last.append((x, y, label))
+        else:
+            clusters.append([(x, y, label)])
+    legend = []
+    for i, group in enumerate(clusters, 1):  # a number beside each spot, the rows it stands for on the right
+        ax.annotate(str(i), (group[0][0], group[0][1]), textcoords="offset points", xytext=(5, 5), fontsize=9,
+                    weight="bold")
+        legend.append(f"{i}: " + "\n    ".join(g[2] for g in group))
+    fig.text(0.72, 0.88, "\n".join(legend), fontsize=7.5, va="top", family="monospace")
+    fig.subplots_adjust(right=0.70)
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("batch-1 latency p50 (µs, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("mnisttk verify: accuracy vs latency (bars: 95% CI of Δ to reference)")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

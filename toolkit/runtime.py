@@ -24,6 +24,7 @@ from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_i
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
 MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
 INT8_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "QLinearMatMul"}
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "AveragePool", "Integer", "FusedConv",
@@ -159,6 +160,7 @@ class Model:
         ep = select_provider(provider)
         data = read_model_bytes(self.path, expected_sha256)
         self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        self.is_ort_format = data[4:8] == ORT_FORMAT_ID  # ONNX Runtime's own (flatbuffer) format
         # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
         cuda_opts = {"cudnn_conv_algo_search": "DEFAULT"} if options.deterministic else {}
         attempts = [[("CUDAExecutionProvider", {"use_tf32": "0", **cuda_opts}), "CPUExecutionProvider"],
@@ -169,9 +171,11 @@ class Model:
             try:
                 # ORT print()s an "EP Error ... Falling back" banner to stdout and falls back to the
                 # CPU on its own: keep stdout for results, and decide on fallbacks here.
+                so = options.to_ort()
+                if self.is_ort_format:
+                    so.add_session_config_entry("session.load_model_format", "ORT")
                 with contextlib.redirect_stdout(io.StringIO()):
-                    session = ort.InferenceSession(data, sess_options=options.to_ort(), providers=providers,
-                                                   enable_fallback=0)
+                    session = ort.InferenceSession(data, sess_options=so, providers=providers, enable_fallback=0)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
                 msg = first_line(exc)
                 if "external" in msg.lower() or "model_path must not be empty" in msg:

@@ -97,11 +97,11 @@ class Row:
 
 class OnnxCandidate(Candidate):
     def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
-                 optimization: str = "all"):
-        self.path, self.precision, self.file = path, precision, path.name
+                 optimization: str = "all", name: str | None = None, file: str | None = None):
+        self.path, self.precision, self.file = path, precision, file or path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
-        self.name = f"ONNX {precision}"
+        self.name = name or f"ONNX {precision}"
         self.sha256 = sha256
         self.model = Model(path, provider, SessionOptions(threads=threads, optimization=optimization),
                            expected_sha256=sha256)
@@ -243,16 +243,21 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
                                else "not asked for (--no-torch or --runtime)")
         plan.append((row, lambda a=a: _torchscript(folder, a, config.threads)))
-    for provider in ("cpu", "cuda"):
-        for a in (a for a in artifacts if a["format"] == "onnx"):
-            row = Row(f"ONNX {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
+    # ONNX on every provider; the ORT-format model (mobile builds) and Triton's model.onnx (the bytes
+    # Triton's ONNX Runtime backend serves; no server runs here) on the CPU.
+    onnx_like = [("onnx", p) for p in ("cpu", "cuda")] + [("ort", "cpu"), ("triton", "cpu")]
+    names = {"onnx": "ONNX", "ort": "ORT format", "triton": "Triton"}
+    for fmt, provider in onnx_like:
+        for a in (a for a in artifacts if a["format"] == fmt):
+            row = Row(f"{names[fmt]} {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
             if provider not in config.runtimes:
                 row.status, row.reasons = "skipped", ["not asked for (--runtime)"]
             elif provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
                 why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
                 row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
-            plan.append((row, lambda a=a, p=provider: OnnxCandidate(
-                confined_path(folder, a["file"]), a["precision"], p, config.threads, a["sha256"])))
+            plan.append((row, lambda a=a, p=provider, f=fmt: OnnxCandidate(
+                confined_path(folder, a["file"], subpath=f == "triton"), a["precision"], p, config.threads,
+                a["sha256"], name=f"{names[f]} {a['precision']}", file=a["file"])))
 
     sizes = {a["file"]: a["size_bytes"] for a in artifacts}
     rows = [reference_row]
