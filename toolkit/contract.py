@@ -19,7 +19,8 @@ FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 
 def to_float_input(images_u8: np.ndarray) -> np.ndarray:
     """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1]: the seed's ToTensor() scaling, pixel/255."""
-    return (np.asarray(images_u8, dtype=np.uint8).astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    x = np.asarray(images_u8, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    return x.reshape(len(x), 1, *x.shape[1:])  # contiguous (a [:, None] view has a 0 stride)
 
 
 def to_uint8_input(images_u8: np.ndarray) -> np.ndarray:
