@@ -42,9 +42,9 @@ def median(xs):
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
-def ort_runner(name, path, threads, precision="fp32", optimization="all"):
+def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None):
     """verify's own ONNX Runtime candidate (toolkit.candidate.Candidate), renamed for the table."""
-    cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization)
+    cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization, nchwc=nchwc)
     cand.name = name
     return cand
 
@@ -216,6 +216,8 @@ def bench_levers(data, fp32_path, rounds, lat_iters):
     for level in ("disable", "basic", "extended"):
         runners.append(ort_runner(f"default int8, optimization {level}", default, 1, "int8", optimization=level))
         acc[runners[-1].name] = acc.get("QDQ U8S8, uint8 input, conv1 fp32 + fence (default)")
+    runners.append(ort_runner("default int8, NCHWc layout kept", default, 1, "int8", nchwc=True))
+    acc[runners[-1].name] = acc.get("QDQ U8S8, uint8 input, conv1 fp32 + fence (default)")
     import gc
 
     gc.collect()  # calibration sessions built above must not linger while timing
@@ -374,7 +376,7 @@ def main():
     from toolkit.manifest import confined_path, load_manifest
 
     manifest = load_manifest(folder)  # validated, names confined to the folder
-    files = {(a["format"], a["precision"]): confined_path(folder, a["file"]) for a in manifest["artifacts"]}
+    files = {(a["format"], a["precision"]): confined_path(folder, a["file"], subpath=True) for a in manifest["artifacts"]}
     data = load_mnist()
     res = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -63,6 +63,7 @@ def test_every_row_ran_the_file_it_names(exported, tiny_export):
         assert (r["precision"] == "int8") == ("int8" in r["file"])
     int8 = next(r for r in measured if r["id"] == "onnx-int8@ort-cpu")
     assert int8["placement"]["int8_kernels"]  # and its kernels were int8 ones
+    assert not {"ReorderInput", "ReorderOutput"} & set(int8["placement"]["ops"])  # no NCHWc reorders around conv1
 
 
 def test_accuracies_match_independent_onnxruntime(exported, tiny_export):

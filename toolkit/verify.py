@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -97,14 +97,16 @@ class Row:
 
 class OnnxCandidate(Candidate):
     def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
-                 optimization: str = "all", name: str | None = None, file: str | None = None):
+                 optimization: str = "all", name: str | None = None, file: str | None = None,
+                 nchwc: bool | None = None):
         self.path, self.precision, self.file = path, precision, file or path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
         self.name = name or f"ONNX {precision}"
         self.sha256 = sha256
-        self.model = Model(path, provider, SessionOptions(threads=threads, optimization=optimization),
-                           expected_sha256=sha256)
+        nchwc = precision != "int8" if nchwc is None else nchwc  # see SessionOptions.nchwc
+        self.options = SessionOptions(threads=threads, optimization=optimization, nchwc=nchwc)
+        self.model = Model(path, provider, self.options, expected_sha256=sha256)
         self.loaded_sha256 = self.model.loaded_sha256
         self.threads = threads
 
@@ -119,8 +121,7 @@ class OnnxCandidate(Candidate):
         return self.model.run(x)
 
     def placement(self):
-        profiled = Model(self.path, self.provider, SessionOptions(threads=self.threads, profile=True),
-                         expected_sha256=self.sha256)
+        profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256)
         profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
         self.model.check_provider()  # still on the provider asked for, after all the measuring
         return profiled.node_placement()
@@ -129,8 +130,7 @@ class OnnxCandidate(Candidate):
         # On CUDA, cuDNN's exhaustive search may pick another algorithm per batch size, and a QDQ
         # model rounds after float convolutions: the check runs with cuDNN's fixed default algorithm.
         model = self.model if self.provider == "cpu" else Model(
-            self.path, self.provider, SessionOptions(threads=self.threads, deterministic=True),
-            expected_sha256=self.sha256)
+            self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256)
         return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
