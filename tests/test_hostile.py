@@ -231,8 +231,31 @@ def test_verify_with_a_nan_checkpoint_in_the_folder_fails(exported, tiny_export)
                exported / "cnn.pt")
     edit_manifest(exported, lambda m: m["checkpoint"].update(sha256=hashlib.sha256((exported / "cnn.pt").read_bytes()).hexdigest()))
     r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--int8-min-agreement", "0",
-            "--int8-max-drop", "100")
+            "--int8-max-drop", "100", "--json", exported / "r.json")
     assert r.exit_code == 1 and "NaN or infinite" in r.stdout and "FAIL: PyTorch fp32 on PyTorch eager" in r.stdout
+    assert json.loads((exported / "r.json").read_text())["passed"] is False  # strict JSON, no NaN
+
+
+def test_a_model_that_answers_nan_fails_its_row_and_the_json_stays_valid(exported, tiny_export):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Div", ["m", "zero"], ["q"]),  # 0/0 and x/0: NaN and inf
+         helper.make_node("Unsqueeze", ["q", "axes"], ["u"]),
+         helper.make_node("Mul", ["u", "ones"], ["logits"])], "nan",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]), helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("ones", TensorProto.FLOAT, [1, 10], [1.0] * 10)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(exported / "cnn_fp32.onnx"))
+    rehash(exported, "cnn_fp32.onnx")
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch", "--json", "-", "-q")
+    assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    report = json.loads(r.stdout)
+    row = next(x for x in report["rows"] if x["id"] == "onnx-fp32@ort-cpu")
+    assert row["status"] == "fail" and any("NaN or infinite logits" in reason for reason in row["reasons"])
 
 
 # ------------------------------------------------------------------ data files

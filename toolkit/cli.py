@@ -124,8 +124,19 @@ def json_option(what: str):
                         help=f"{what} as JSON: to stdout (bare --json, or -) or into FILE.")
 
 
+def _finite(obj):
+    """JSON has no NaN/Infinity: a non-finite measurement is written as null (its row says why)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def emit_json(obj, dest) -> None:
-    text = json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n"
+    text = json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n"
     if dest is None:
         return
     if str(dest) == "-":
