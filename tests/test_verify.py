@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -250,6 +251,8 @@ def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_p
     assert json.loads(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--json", "-", *LOOSE).stdout)
     r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], *LOOSE)
     assert max(len(line) for line in r.stdout.splitlines()) <= 120, r.stdout
+    md = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--markdown", "-", *LOOSE)
+    assert md.stdout.startswith("| row |") and "PASS" in md.stderr and not Path("-").exists()
     wide = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--wide", *LOOSE)
     assert "p99 µs" in wide.stdout and "p99 µs" not in r.stdout
     for verb in (["data", "--data-dir", tiny_export["data"]], ["env"],

@@ -367,7 +367,8 @@ def format_export(manifest: dict, out: Path) -> str:
               show_default=True, help="int8 top-1 agreement with the reference required, in %.")
 @json_option("The full report")
 @click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the table as Markdown.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
 @quiet_option
@@ -410,17 +411,22 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
 
         if importlib.util.find_spec("matplotlib") is None:
             raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
-    for out_path in (None if json_to_stdout(json_out) else json_out, md_path, plot_path):  # an unwritable report path fails before, not after, the run
-        if out_path:
+    md_to_stdout = md_path is not None and str(md_path) == "-"
+    if md_to_stdout and json_to_stdout(json_out):
+        raise click.UsageError("--json and --markdown cannot both go to stdout")
+    for out_path in (None if json_to_stdout(json_out) else json_out, None if md_to_stdout else md_path, plot_path):
+        if out_path:  # an unwritable report path fails before, not after, the run
             _check_output_path(out_path)
     mnist = load_mnist(data_dir, log=log)
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
-    click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out))
+    click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
 
     try:
         emit_json(result, json_out)
-        if md_path:
+        if md_to_stdout:
+            click.echo(format_markdown(result), nl=False)
+        elif md_path:
             atomic_write_bytes(md_path, format_markdown(result).encode())
     except OSError as exc:
         raise ToolkitError(f"cannot write report: {exc}") from None
