@@ -28,9 +28,11 @@ _rename = os.replace  # publishing's own renames (tests fail or kill the Nth one
 
 def _try_lock(path: Path, block: bool = False):
     """An exclusive lock on `path` held by this process (released when it dies, even by SIGKILL),
-    or None if another live process holds it."""
-    import fcntl
-
+    or None if another live process holds it. Without fcntl (not POSIX), the recorded pid decides."""
+    try:
+        import fcntl
+    except ImportError:
+        return _pid_lock(path)
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
@@ -38,6 +40,40 @@ def _try_lock(path: Path, block: bool = False):
         f.close()
         return None
     return f
+
+
+class _PidLock:
+    def close(self):
+        pass
+
+
+def _pid_lock(path: Path):
+    pid_file = path.parent / "pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return _PidLock()  # being set up, or no owner recorded
+    if pid == os.getpid():
+        return _PidLock()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return _PidLock()  # its writer is gone
+    except OSError:
+        pass
+    return None
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """A hard link to the file about to be replaced (free), or a copy where links are unsupported."""
+    import errno
+
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise  # EPERM (an immutable file) and the like: stop before anything changes
+        shutil.copy2(src, dst, follow_symlinks=False)
 
 
 class Stage:
@@ -93,7 +129,7 @@ def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
     for name in order:  # keep a link to every file that will change: the rollback's copy
         if os.path.lexists(out / name):
             if not _is_dir(out / name):
-                os.link(out / name, stage.old / name, follow_symlinks=False)
+                _keep_copy(out / name, stage.old / name)
             existed.append(name)
     journal = {"pid": os.getpid(), "replace": list(order), "existed": existed, "committed": False}
     (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
