@@ -32,7 +32,7 @@ from toolkit.manifest import cpu_flags  # noqa: E402
 from toolkit.metrics import classification_metrics  # noqa: E402
 from toolkit.candidate import Candidate  # noqa: E402
 from toolkit.runtime import Model, latency_us, throughput  # noqa: E402
-from toolkit.verify import OnnxCandidate  # noqa: E402
+from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 
 MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840
 FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes, as the issue states
@@ -51,7 +51,7 @@ def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=
 
 def ts_runner(name, path, threads):
     """verify's own TorchScript candidate, renamed for the table."""
-    from toolkit.torch_eval import torchscript_candidate
+    from toolkit.runtimes.pytorch import torchscript_candidate
 
     cand = torchscript_candidate(Path(path), name if name in ("fp32", "int8") else "int8", threads)
     cand.name = name

@@ -264,10 +264,11 @@ def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_p
 
 def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypatch):
     """ORT at optimization level 'basic' runs the QDQ model in float: the int8 row must fail."""
-    import toolkit.verify as vf
     from toolkit.runtime import SessionOptions
 
-    monkeypatch.setattr(vf, "SessionOptions", lambda **kw: SessionOptions(**{**kw, "optimization": "basic"}))
+    import toolkit.runtimes.onnxruntime as ortrows
+
+    monkeypatch.setattr(ortrows, "SessionOptions", lambda **kw: SessionOptions(**{**kw, "optimization": "basic"}))
     r = verify(exported, tiny_export["data"], "--no-torch")
     assert r.exit_code == 1 and "FAIL: ONNX int8 on ORT CPU" in r.stdout
     assert "no int8 kernel ran" in r.stdout

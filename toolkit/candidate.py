@@ -1,6 +1,6 @@
 """One protocol for everything that turns test images into logits and can be timed: verify's
 rows, the benchmark's runners. ONNX Runtime models (runtime.py) and the PyTorch rows
-(torch_eval.py) implement it. No imports beyond numpy: both sides use it."""
+(runtimes/) implement it. No imports beyond numpy: both sides use it."""
 
 from __future__ import annotations
 

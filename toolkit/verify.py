@@ -2,35 +2,35 @@
 
 One row per artifact × runtime, all on the full MNIST test set, each judged by gates.
 Edge side: numpy and onnxruntime only at import; the PyTorch rows come from
-`toolkit.torch_eval`, imported only when torch is installed.
+`toolkit.runtimes.pytorch`, imported only when torch is installed. The runtimes and the formats
+each runs come from the registry in `toolkit.runtimes`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from toolkit.candidate import Candidate
+from toolkit.runtimes import ROW_NAMES, RUNTIMES
+from toolkit.runtimes import build as build_candidate
 from toolkit.contract import FP32_MAX_ABS_LOGIT_DIFF
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
 from toolkit.runtime import (
-    Model,
-    SessionOptions,
     available_providers,
     check_install,
     latency_us,
     throughput,
 )
 
-CONSISTENCY_BATCHES = (1, 2, 7, 64)
 
 
 @dataclass(frozen=True)
@@ -93,45 +93,6 @@ class Row:
     def fail(self, reason: str) -> None:
         self.status = "FAIL"
         self.reasons.append(reason)
-
-
-class OnnxCandidate(Candidate):
-    def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
-                 optimization: str = "all", name: str | None = None, file: str | None = None,
-                 nchwc: bool | None = None):
-        self.path, self.precision, self.file = path, precision, file or path.name
-        self.provider = provider
-        self.runtime = f"ORT {provider.upper()}"
-        self.name = name or f"ONNX {precision}"
-        self.sha256 = sha256
-        nchwc = precision != "int8" if nchwc is None else nchwc  # see SessionOptions.nchwc
-        self.options = SessionOptions(threads=threads, optimization=optimization, nchwc=nchwc)
-        self.model = Model(path, provider, self.options, expected_sha256=sha256)
-        self.loaded_sha256 = self.model.loaded_sha256
-        self.threads = threads
-
-    def logits(self, images_u8):
-        # In batches of EVAL_BATCH (1,000), one of the batch-consistency sizes.
-        return self.model.logits(images_u8)
-
-    def bench_input(self, images_u8):
-        return self.model.prepare(images_u8)
-
-    def run(self, x):
-        return self.model.run(x)
-
-    def placement(self):
-        profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256)
-        profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
-        self.model.check_provider()  # still on the provider asked for, after all the measuring
-        return profiled.node_placement()
-
-    def consistency(self, images_u8, preds):
-        # On CUDA, cuDNN's exhaustive search may pick another algorithm per batch size, and a QDQ
-        # model rounds after float convolutions: the check runs with cuDNN's fixed default algorithm.
-        model = self.model if self.provider == "cpu" else Model(
-            self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256)
-        return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
 def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits: np.ndarray) -> None:
@@ -226,7 +187,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                         ref_info["file"], is_reference=True)
     eager = None
     if have_torch:
-        from toolkit.torch_eval import eager_candidate
+        from toolkit.runtimes.pytorch import eager_candidate
 
         try:
             eager = eager_candidate(manifest, folder, config.threads)
@@ -234,30 +195,20 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         except ToolkitError as exc:
             reference_row.fail(str(exc))
     plan: list[tuple[Row, Callable[[], Candidate]]] = []  # each row and how to build its candidate
-    for a in artifacts:
-        if a["format"] != "torchscript":
-            continue
-        row = Row(f"TorchScript {a['precision']}", "TorchScript", a["precision"], a["file"])
-        if not have_torch:
-            row.status = "skipped"
-            row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
-                               else "not asked for (--no-torch or --runtime)")
-        plan.append((row, lambda a=a: _torchscript(folder, a, config.threads)))
-    # ONNX on every provider; the ORT-format model (mobile builds) and Triton's model.onnx (the bytes
-    # Triton's ONNX Runtime backend serves; no server runs here) on the CPU.
-    onnx_like = [("onnx", p) for p in ("cpu", "cuda")] + [("ort", "cpu"), ("triton", "cpu")]
-    names = {"onnx": "ONNX", "ort": "ORT format", "triton": "Triton"}
-    for fmt, provider in onnx_like:
-        for a in (a for a in artifacts if a["format"] == fmt):
-            row = Row(f"{names[fmt]} {a['precision']}", f"ORT {provider.upper()}", a["precision"], a["file"])
-            if provider not in config.runtimes:
-                row.status, row.reasons = "skipped", ["not asked for (--runtime)"]
-            elif provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
-                why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
-                row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
-            plan.append((row, lambda a=a, p=provider, f=fmt: OnnxCandidate(
-                confined_path(folder, a["file"], subpath=f == "triton"), a["precision"], p, config.threads,
-                a["sha256"], name=f"{names[f]} {a['precision']}", file=a["file"])))
+    for spec in RUNTIMES:
+        for fmt in spec.formats:
+            for a in (a for a in artifacts if a["format"] == fmt):
+                row = Row(f"{ROW_NAMES[fmt]} {a['precision']}", spec.label, a["precision"], a["file"])
+                if spec.needs_torch and not have_torch:
+                    row.status = "skipped"
+                    row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
+                                       else "not asked for (--no-torch)")
+                elif spec.device and spec.device not in config.runtimes:
+                    row.status, row.reasons = "skipped", ["not asked for (--device)"]
+                elif spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
+                    why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
+                    row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
+                plan.append((row, lambda spec=spec, a=a: build_candidate(spec, folder, a, config.threads)))
 
     sizes = {a["file"]: a["size_bytes"] for a in artifacts}
     rows = [reference_row]
@@ -326,13 +277,6 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         "machine": _machine(),
         "seconds": time.perf_counter() - t_start,
     }
-
-
-def _torchscript(folder: Path, artifact: dict, threads: int):
-    from toolkit.torch_eval import torchscript_candidate
-
-    return torchscript_candidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
-                                 artifact["sha256"])
 
 
 def _time(row: Row, cand: Candidate, images_u8: np.ndarray, config: VerifyConfig) -> None:

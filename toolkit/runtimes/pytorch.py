@@ -1,5 +1,5 @@
-"""The PyTorch rows of `mnisttk verify`: eager fp32 (the reference) and TorchScript.
-Imported only when torch is installed; the edge side never needs it."""
+"""The PyTorch runtime's rows: eager fp32 (the reference) and TorchScript. Imported only when a row
+needs it and torch is installed; the edge side never needs it."""
 
 from __future__ import annotations
 
@@ -78,3 +78,10 @@ def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str 
                           path.stat().st_size, threads)
     cand.loaded_sha256 = hashlib.sha256(data).hexdigest()
     return cand
+
+
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> TorchCandidate:
+    from toolkit.manifest import confined_path
+
+    return torchscript_candidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
+                                 artifact["sha256"])

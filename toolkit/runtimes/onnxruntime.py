@@ -1,0 +1,60 @@
+"""The ONNX Runtime rows: .onnx on the CPU and CUDA providers, ONNX Runtime's .ort format and
+Triton's model.onnx on the CPU. Edge side: numpy and onnxruntime only."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.candidate import Candidate
+from toolkit.manifest import SUBPATH_FORMATS, confined_path
+from toolkit.runtime import Model, SessionOptions
+
+CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes whose predictions must agree
+
+
+class OnnxCandidate(Candidate):
+    def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
+                 optimization: str = "all", name: str | None = None, file: str | None = None,
+                 nchwc: bool | None = None):
+        self.path, self.precision, self.file = path, precision, file or path.name
+        self.provider = provider
+        self.runtime = f"ORT {provider.upper()}"
+        self.name = name or f"ONNX {precision}"
+        self.sha256 = sha256
+        nchwc = precision != "int8" if nchwc is None else nchwc  # see SessionOptions.nchwc
+        self.options = SessionOptions(threads=threads, optimization=optimization, nchwc=nchwc)
+        self.model = Model(path, provider, self.options, expected_sha256=sha256)
+        self.loaded_sha256 = self.model.loaded_sha256
+        self.threads = threads
+
+    def logits(self, images_u8):
+        # In batches of EVAL_BATCH (1,000), one of the batch-consistency sizes.
+        return self.model.logits(images_u8)
+
+    def bench_input(self, images_u8):
+        return self.model.prepare(images_u8)
+
+    def run(self, x):
+        return self.model.run(x)
+
+    def placement(self):
+        profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256)
+        profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
+        self.model.check_provider()  # still on the provider asked for, after all the measuring
+        return profiled.node_placement()
+
+    def consistency(self, images_u8, preds):
+        # On CUDA, cuDNN's exhaustive search may pick another algorithm per batch size, and a QDQ
+        # model rounds after float convolutions: the check runs with cuDNN's fixed default algorithm.
+        model = self.model if self.provider == "cpu" else Model(
+            self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256)
+        return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
+
+
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> OnnxCandidate:
+    path = confined_path(folder, artifact["file"], subpath=artifact["format"] in SUBPATH_FORMATS)
+    return OnnxCandidate(path, artifact["precision"], provider, threads, artifact["sha256"], name=name,
+                         file=artifact["file"])
