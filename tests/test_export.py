@@ -149,15 +149,16 @@ def test_manifest_hashes_and_calibration(tiny_export):
 def test_calibration_never_uses_test_images(tiny_export, monkeypatch):
     """Whatever the seed, the calibration images are rows of the training split."""
     import toolkit.export as export_mod
+    import toolkit.quantize as quantize_mod
 
     seen = {}
-    real = export_mod.onnx_static_int8
+    real = quantize_mod.onnx_static_int8
 
     def spy(fp32, out, calib, config):
         seen["calib"] = calib
         return real(fp32, out, calib, config)
 
-    monkeypatch.setattr(export_mod, "onnx_static_int8", spy)
+    monkeypatch.setattr(quantize_mod, "onnx_static_int8", spy)
     data = load_mnist(tiny_export["data"], download=False)
     cfg = export_mod.ExportConfig(checkpoint=tiny_export["out"] / "cnn.pt", out=tiny_export["root"] / "spy", quantize=True,
                                   quant=QuantConfig(calibration_size=120))
@@ -171,7 +172,7 @@ def test_calibration_never_uses_test_images(tiny_export, monkeypatch):
 def test_failed_export_keeps_previous_artifacts(tiny_export, tmp_path, monkeypatch):
     import shutil
 
-    import toolkit.export as export_mod
+    import toolkit.quantize as quantize_mod
 
     out = tmp_path / "exp"
     shutil.copytree(tiny_export["out"], out)
@@ -180,7 +181,7 @@ def test_failed_export_keeps_previous_artifacts(tiny_export, tmp_path, monkeypat
     def boom(*a, **k):
         raise RuntimeError("simulated crash during quantization")
 
-    monkeypatch.setattr(export_mod, "torch_static_int8", boom)
+    monkeypatch.setattr(quantize_mod, "torch_static_int8", boom)
     r = run("export", "--checkpoint", out / "cnn.pt", "--out", out, "--quantize", "--calibration-size", 50,
             "--data-dir", tiny_export["data"])
     assert r.exit_code == 1 and "simulated crash during quantization" in r.stderr

@@ -402,13 +402,13 @@ def test_disk_full_during_export_and_train_is_one_line_and_keeps_the_old_files(e
     import errno
 
     import toolkit.checkpoint as checkpoint
-    import toolkit.export as export
+    import toolkit.exporters.torchscript as ts_exporter
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = snapshot(exported)
-    monkeypatch.setattr(export, "strip_torchscript", full)  # the TorchScript write, from Python
+    monkeypatch.setattr(ts_exporter, "strip_torchscript", full)  # the TorchScript write, from Python
     r = run("export", "--checkpoint", exported / "cnn.pt", "--dir", exported, "--quantize", "--data-dir",
             tiny_export["data"], "--calibration-size", 100)
     assert_one_error(r, needle="No space left on device")

@@ -7,10 +7,7 @@ they were.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -19,14 +16,15 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.artifact_meta import finalize_onnx, strip_torchscript
 from toolkit.config import ExportConfig  # noqa: F401  (part of this module's API)
 from toolkit.contract import EVAL_BATCH, FP32_MAX_ABS_LOGIT_DIFF, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, first_line
-from toolkit.fsutil import check_writable_dir, sha256_file
 from toolkit.exporters import exporter
+from toolkit.exporters import onnx as onnx_exporter
+from toolkit.exporters import torchscript as ts_exporter
+from toolkit.fsutil import check_writable_dir, sha256_file
 from toolkit.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -36,44 +34,11 @@ from toolkit.manifest import (
     targets_for,
     write_manifest,
 )
-from toolkit.publish import Stage, publish, recover
 from toolkit.metrics import classification_metrics
-from toolkit.quantize import (
-    calibration_indices,
-    indices_sha256,
-    onnx_quant_params,
-    onnx_static_int8,
-    torch_quant_params,
-    torch_static_int8,
-)
+from toolkit.publish import Stage, publish, recover
+from toolkit.quantize import calibration_indices, indices_sha256
 
-OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
-
-
-@contextlib.contextmanager
-def quiet_warnings():
-    """torch.jit and torch.ao.quantization are deprecated in torch 2.14 and say so on every
-    call; the user can do nothing about it, so it stays off their terminal."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _onnx_fp32(model: torch.nn.Module, path: Path, metadata: dict) -> None:
-    import onnx
-
-    example = torch.rand(2, 1, 28, 28)
-    # The exporter narrates to stdout; results belong there, so swallow it.
-    with contextlib.redirect_stdout(io.StringIO()), quiet_warnings():
-        program = torch.onnx.export(
-            model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
-            external_data=False,  # one self-contained file: no side .onnx.data for the edge
-        )
-    proto = program.model_proto
-    finalize_onnx(proto, {**metadata, "precision": "fp32"}, uint8_input=False)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
+OPSET = onnx_exporter.OPSET
 
 
 def _eager_logits(model: torch.nn.Module, x: np.ndarray, name: str = "PyTorch eager") -> np.ndarray:
@@ -89,21 +54,16 @@ def _check_finite(name: str, logits: np.ndarray) -> None:
         raise ExportError(f"{name}: NaN or infinite logits on {bad} test images; nothing was written")
 
 
-def _save_torchscript(module, path: Path) -> None:
-    """Serialized in memory, written from Python: a full disk is an OSError, not a C++ abort."""
-    buf = io.BytesIO()
-    with quiet_warnings():
-        torch.jit.save(module, buf)
-    path.write_bytes(strip_torchscript(buf.getvalue()))  # no build paths; same bytes every export
-
-
 def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     diff = float(np.abs(logits - ref).max())
     flips = int((logits.argmax(1) != ref.argmax(1)).sum())
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _onnx_logits(path: Path, images_u8: np.ndarray) -> np.ndarray:
+def _artifact_logits(fmt: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+    """An artifact's test logits, from the runtime it ships to (ONNX Runtime for .onnx/.ort)."""
+    if fmt == "torchscript":
+        return _eager_logits(ts_exporter.load(path), test_x, path.name)
     from toolkit.runtime import Model
 
     logits = Model(path, "cpu").logits(images_u8)
@@ -137,26 +97,12 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     stage = stage_obj.new
     formats = config.formats
     try:
-        artifacts, checks = [], []  # artifacts: (format, precision, path relative to the stage, quant params)
-        test_logits = {}  # per artifact, computed once
         t0 = time.perf_counter()
-        if "torchscript" in formats:
-            # fp32 TorchScript: traced, so it needs no toolkit code to load.
-            ts_path = stage / f"{arch}_fp32.torchscript.pt"
-            with torch.no_grad(), quiet_warnings():
-                traced = torch.jit.trace(model, torch.from_numpy(test_x[:2]))
-            _save_torchscript(traced, ts_path)
-            with quiet_warnings():
-                ts = torch.jit.load(str(ts_path))
-            test_logits[ts_path.name] = _eager_logits(ts, test_x, ts_path.name)
-            checks.append(_compare(ts_path.name, test_logits[ts_path.name], ref_logits))
-            artifacts.append(("torchscript", "fp32", ts_path.name, None))
-
-        onnx_path = stage / f"{arch}_fp32.onnx"  # always: the source of the int8, ORT and Triton models
-        _onnx_fp32(model, onnx_path, metadata)
-        test_logits[onnx_path.name] = _onnx_logits(onnx_path, data.test_images)
-        checks.append(_compare(onnx_path.name, test_logits[onnx_path.name], ref_logits))
-        artifacts.append(("onnx", "fp32", onnx_path.name, None))
+        # fp32 first: (format, precision, path relative to the stage, quant params) each
+        artifacts = ts_exporter.export_fp32(model, stage, arch, torch.from_numpy(test_x[:2])) if "torchscript" in formats else []
+        artifacts += onnx_exporter.export_fp32(model, stage, arch, metadata)  # always: the source of the rest
+        test_logits = {rel: _artifact_logits(fmt, stage / rel, data.test_images, test_x) for fmt, _, rel, _ in artifacts}
+        checks = [_compare(rel, test_logits[rel], ref_logits) for _, _, rel, _ in artifacts]
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
             if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
@@ -166,20 +112,14 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                 )
 
         quant_info = None
-        onnx_files = {"fp32": onnx_path}
+        onnx_files = {"fp32": stage / f"{arch}_fp32.onnx"}
         if config.quantize:
             t0 = time.perf_counter()
             calib = to_model_input(data.train_images[indices])
-            onnx_int8 = stage / f"{arch}_int8.onnx"
-            onnx_static_int8(onnx_path, onnx_int8, calib, config.quant)
-            _stamp_metadata(onnx_int8, {**metadata, "precision": "int8"}, config.quant.uint8_input)
-            artifacts.append(("onnx", "int8", onnx_int8.name, onnx_quant_params(onnx_int8)))
-            onnx_files["int8"] = onnx_int8
+            artifacts += onnx_exporter.export_int8(stage, arch, calib, config.quant, metadata)
+            onnx_files["int8"] = stage / f"{arch}_int8.onnx"
             if "torchscript" in formats:
-                traced_q, quantized = torch_static_int8(model, calib, config.quant)
-                ts_int8 = stage / f"{arch}_int8.torchscript.pt"
-                _save_torchscript(traced_q, ts_int8)
-                artifacts.append(("torchscript", "int8", ts_int8.name, torch_quant_params(quantized)))
+                artifacts += ts_exporter.export_int8(model, stage, arch, calib, config.quant)
             quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
             log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
 
@@ -188,25 +128,18 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         for fmt in (f for f in ("ort", "triton") if f in formats):
             written = exporter(fmt)(stage, onnx_files)
             for wfmt, precision, rel, source in written.models:
-                qparams = next((q for f, p, r, q in artifacts if r == source), None)
-                artifacts.append((wfmt, precision, rel, qparams))
-                if wfmt == "triton":  # the very bytes of the ONNX model: the same logits
-                    test_logits[rel] = test_logits.get(source) if source in test_logits else None
+                artifacts.append((wfmt, precision, rel, next((q for _, _, r, q in artifacts if r == source), None)))
+                if wfmt == "triton" and source in test_logits:  # the very bytes of the ONNX model
+                    test_logits[rel] = test_logits[source]
             support += written.support
             log(f"{fmt}: {', '.join(m[2] for m in written.models)}")
 
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
         for fmt, _, rel, _ in artifacts:
-            path = stage / rel
-            if test_logits.get(rel) is not None:
-                logits = test_logits[rel]
-            elif fmt in ("onnx", "ort", "triton"):
-                logits = test_logits[rel] = _onnx_logits(path, data.test_images)
-            else:
-                with quiet_warnings():
-                    logits = _eager_logits(torch.jit.load(str(path)), test_x, rel)
-            accuracy[rel] = classification_metrics(labels, logits.argmax(1))["accuracy"]
+            if rel not in test_logits:
+                test_logits[rel] = _artifact_logits(fmt, stage / rel, data.test_images, test_x)
+            accuracy[rel] = classification_metrics(labels, test_logits[rel].argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
                             test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
@@ -261,11 +194,3 @@ def _possible_names(arch: str) -> list[str]:
 
     return [f"{arch}_{p}{suffix}" for p in ("fp32", "int8") for suffix in (".onnx", ".torchscript.pt", ".ort")] + [
         CONFIG_NAME, REPOSITORY]
-
-
-def _stamp_metadata(path: Path, metadata: dict, uint8_input: bool) -> None:
-    import onnx
-
-    model = onnx.load(str(path))
-    finalize_onnx(model, metadata, uint8_input)
-    onnx.save(model, str(path))

@@ -1,0 +1,48 @@
+"""ONNX: the fp32 model through torch's exporter (one self-contained file, dynamic batch, opset 20)
+and, with --quantize, the static int8 model from ONNX Runtime's quantizer (toolkit.quantize).
+Both stamped by toolkit.artifact_meta (no build paths, layer-named nodes, integrator metadata)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+
+from toolkit.artifact_meta import finalize_onnx
+from toolkit.exporters.torchscript import quiet_warnings
+
+OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
+
+
+def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) -> list[tuple]:
+    import onnx
+
+    path = stage / f"{arch}_fp32.onnx"
+    example = torch.rand(2, 1, 28, 28)
+    # The exporter narrates to stdout; results belong there, so swallow it.
+    with contextlib.redirect_stdout(io.StringIO()), quiet_warnings():
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
+            external_data=False,  # one self-contained file: no side .onnx.data for the edge
+        )
+    proto = program.model_proto
+    finalize_onnx(proto, {**metadata, "precision": "fp32"}, uint8_input=False)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    return [("onnx", "fp32", path.name, None)]
+
+
+def export_int8(stage: Path, arch: str, calib, quant, metadata: dict) -> list[tuple]:
+    import onnx
+
+    from toolkit import quantize
+
+    fp32, path = stage / f"{arch}_fp32.onnx", stage / f"{arch}_int8.onnx"
+    quantize.onnx_static_int8(fp32, path, calib, quant)
+    model = onnx.load(str(path))
+    finalize_onnx(model, {**metadata, "precision": "int8"}, quant.uint8_input)
+    onnx.save(model, str(path))
+    return [("onnx", "int8", path.name, quantize.onnx_quant_params(path))]
