@@ -144,3 +144,11 @@ def test_uneven_lighting_is_taken_out(real_mnist, real_export):
     x = np.stack([to_mnist(scan(im)) for im in images])
     acc = float((Model(real_export / "cnn_int8.onnx").logits(x).argmax(1) == labels).mean())
     assert acc >= 0.85, acc  # 40% with the border's median as the background
+
+
+def test_colour_arrays_are_turned_grey(digits):
+    files, _, data = digits
+    img = data.test_images[0]
+    rgb = np.stack([img, img, img], -1)
+    np.save(files["npy"].parent / "rgb.npy", rgb)
+    np.testing.assert_array_equal(load_gray(files["npy"].parent / "rgb.npy"), img)

@@ -119,6 +119,8 @@ def read_npy(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable .npy array ({first_line(exc, 100)})") from None
     if kind not in "uifb":
         raise ImageError(f"{path}: array dtype {arr.dtype} is not numeric")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and kind in "uif":  # H×W×RGB(A): to grey (ITU-R 601 luma)
+        arr = np.tensordot(arr[..., :3].astype(np.float64), [0.299, 0.587, 0.114], axes=([-1], [0]))
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{path}: array of shape {shape} is not one 2-D image (H×W, 1×H×W or 1×1×H×W)")
