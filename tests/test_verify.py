@@ -272,3 +272,21 @@ def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypa
     r = verify(exported, tiny_export["data"], "--no-torch")
     assert r.exit_code == 1 and "FAIL: ONNX int8 on ORT CPU" in r.stdout
     assert "no int8 kernel ran" in r.stdout
+
+
+def test_inspect_profiles_every_onnx_model_node_by_node(exported, tiny_export):
+    r = run("inspect", "--dir", exported, "--data-dir", tiny_export["data"], "--repeats", 3, "--json", "-",
+            "--throughput-batch", 32)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["schema_version"] == 1 and set(result["models"]) == {"fp32", "int8"}
+    for precision, m in result["models"].items():
+        assert m["batch"] == 32 and m["nodes"] and all(n["us_per_image"] >= 0 for n in m["nodes"])
+        assert abs(sum(n["share"] for n in m["nodes"]) - 1) < 1e-6
+        assert abs(sum(n["us_per_image"] for n in m["nodes"]) - m["total_us_per_image"]) < 1e-9
+    int8_ops = {n["op"] for n in result["models"]["int8"]["nodes"]}
+    assert "QLinearConv" in int8_ops and not {"ReorderInput", "ReorderOutput"} & int8_ops
+    assert "µs/img" in r.stderr  # the table, on stderr when JSON takes stdout
+    (exported / "cnn_int8.onnx").write_bytes(b"tampered")
+    r = run("inspect", "--dir", exported, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and "changed since export" in r.stderr

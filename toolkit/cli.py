@@ -547,6 +547,40 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
 
 
+@main.command(short_help="Where each ONNX model's time goes, node by node (ORT's profiler).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out,
+              show_default=True, help="Folder with manifest.json and the artifacts.")
+@data_dir_option
+@click.option("--throughput-batch", "batch", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
+              show_default=True, help="Batch each profiled run takes (verify's throughput batch).")
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
+              help="Intra-op threads (0: all cores).")
+@click.option("--repeats", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="Profiled runs per model; each node's time is their median.")
+@click.option("--top", type=click.IntRange(1, 1000), default=12, show_default=True, help="Nodes shown per model.")
+@json_option("Every node of every model")
+@quiet_option
+@toolkit_errors
+def inspect(folder, data_dir, batch, threads, repeats, top, json_out):
+    """Profile the exported ONNX models on ONNX Runtime's CPU provider: every kernel it ran (the
+    model's layers and the layout, reorder and (de)quantize nodes it inserted), its median time per
+    image and its share. Torch-free.
+
+    \b
+    Example:
+        mnisttk inspect --json inspect.json
+    """
+    from toolkit.data import load_mnist
+    from toolkit.inspect import format_inspect, run_inspect
+    from toolkit.manifest import load_manifest
+
+    load_manifest(folder)  # no or bad manifest: say so before loading any data
+    mnist = load_mnist(data_dir, log=log)
+    result = run_inspect(folder, mnist.test_images, batch=batch, threads=threads, repeats=repeats)
+    emit_json(result, json_out)
+    click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out))
+
+
 @main.command(short_help='What this machine offers: versions, providers, CPU flags, GPUs.')
 @json_option("The environment")
 @quiet_option

@@ -259,21 +259,28 @@ class Model:
                                f"expected [{len(images_u8)}, {NUM_CLASSES}]")
         return out
 
-    def node_placement(self) -> dict:
-        """Which provider ran how many nodes, read from ORT's profile (session must be profiling)."""
+    def node_events(self) -> list[dict]:
+        """ORT's per-node kernel events, in run order: {'node', 'op', 'provider', 'us'} (session must be
+        profiling; this ends the profile)."""
         prof = self.session.end_profiling()
         if not prof:
-            return {}
+            return []
         try:
             events = json.loads(Path(prof).read_text())
         finally:
             Path(prof).unlink(missing_ok=True)
             Path(prof).parent.rmdir()  # the per-session folder made in SessionOptions.to_ort
-        nodes: dict[str, tuple[str, str]] = {}
-        for ev in events:
-            args = ev.get("args", {})
-            if ev.get("cat") == "Node" and "provider" in args and ev.get("name", "").endswith("_kernel_time"):
-                nodes[ev["name"][: -len("_kernel_time")]] = (args["provider"], args.get("op_name", ""))
+        return [{"node": ev["name"][: -len("_kernel_time")], "op": ev["args"].get("op_name", ""),
+                 "provider": ev["args"]["provider"], "us": float(ev.get("dur", 0))}
+                for ev in events if ev.get("cat") == "Node" and "provider" in ev.get("args", {})
+                and ev.get("name", "").endswith("_kernel_time")]
+
+    def node_placement(self) -> dict:
+        """Which provider ran how many nodes, read from ORT's profile (session must be profiling)."""
+        events = self.node_events()
+        if not events:
+            return {}
+        nodes = {ev["node"]: (ev["provider"], ev["op"]) for ev in events}
         by_provider = Counter(p.replace("ExecutionProvider", "") for p, _ in nodes.values())
         ops = Counter(op for _, op in nodes.values())
         int8_ops = sorted(op for op in ops if op.startswith(("QLinear", "NhwcQLinear")) or op in INT8_OPS)
