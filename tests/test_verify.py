@@ -194,6 +194,10 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
         print(r.output)
         assert r.exit_code == 0, r.output
         assert "torch not installed" in r.output and "reference.npz" in r.output
+        for verb in (["inspect", "--repeats", "2"], ["env"]):
+            r = CliRunner().invoke(main, [*verb, *(["--dir", r"{exported}", "--data-dir", r"{tiny_export['data']}"]
+                                                   if verb[0] == "inspect" else [])])
+            assert r.exit_code == 0, r.output
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
     """) + third_party_check({"click", "numpy", "onnxruntime"}) + textwrap.dedent("""
         print("TORCH-FREE OK")
