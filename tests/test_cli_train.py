@@ -189,3 +189,10 @@ def test_one_vocabulary_old_spellings_hidden_and_quiet(tiny_dir, tmp_path):
     assert r.exit_code == 0 and ckpt.is_file() and r.stderr == ""
     r = run("train", "--data-dir", tiny_dir, "--epochs", 1, "--batch-size", 20, "--out", tmp_path / "old.pt", "--device", "cpu")
     assert r.exit_code == 0 and (tmp_path / "old.pt").is_file() and "epoch" in r.stderr
+
+
+def test_readme_performance_tables_are_the_committed_benchmark():
+    """The Performance section embeds benchmarks/results/latest.md as `make bench` wrote it."""
+    root = Path(__file__).resolve().parent.parent
+    latest = (root / "benchmarks" / "results" / "latest.md").read_text().strip()
+    assert latest in (root / "README.md").read_text(), "paste benchmarks/results/latest.md into the README"
