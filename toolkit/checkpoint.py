@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from toolkit.errors import CheckpointError
-from toolkit.fsutil import atomic_write_bytes
+from toolkit.fsutil import atomic_write_bytes, regular_file
 from toolkit.model import ARCHS, build_model
 
 FORMAT = "mnisttk-checkpoint"
@@ -34,13 +34,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, validated; CheckpointError with a one-line reason otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint (run `mnisttk train` first)")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    if path.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes is too large for an mnisttk checkpoint; refused")
+    path = regular_file(path, CheckpointError, "an mnisttk checkpoint", MAX_CHECKPOINT_BYTES,
+                        missing="no such checkpoint (run `mnisttk train` first)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's multi-line pickle-protocol warning: our line says it all

@@ -19,19 +19,13 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 import click
 
 from toolkit import __version__
-from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, QuantConfig, TrainConfig
+from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
 
 
-def _verify_defaults():
-    from toolkit.verify import Gates, VerifyConfig  # numpy + onnxruntime: the edge side, no torch
-
-    return Gates(), VerifyConfig()
-
-
-GATES, VERIFY = _verify_defaults()
+GATES, VERIFY = Gates(), VerifyConfig()
 
 
 TRAIN_STACK = {"torch", "torchvision", "onnx", "onnxscript", "tqdm"}  # the [train] extra
@@ -389,7 +383,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     """
     from toolkit.data import load_mnist
     from toolkit.report import format_markdown, format_table, write_plot
-    from toolkit.verify import Gates, VerifyConfig, run_verify
+    from toolkit.verify import run_verify
 
     runtimes = tuple(runtimes) or ("torch", *(devices or ("cpu", "cuda")))
     if no_torch:

@@ -1,14 +1,17 @@
-"""The settings of train, quantize and export: frozen dataclasses with commented defaults.
+"""The settings of train, quantize, export and verify: frozen dataclasses with commented defaults.
 The CLI takes its option defaults from here (one source, one unit per quantity), and the config
 that produced an artifact is saved beside it. Torch-free, so the CLI can read it at import."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toolkit.errors import ExportError, ToolkitError
 
+# max |Δlogit| allowed between an fp32 artifact and PyTorch eager: float32 reorderings give ~1e-5
+# on these logits; 10× headroom. Export and verify share it.
+FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 ARCH_NAMES = ("cnn", "mlp")  # toolkit.model.ARCHS builds them
 FORMATS = ("torchscript", "onnx", "ort", "triton")  # what `export --targets` writes (see manifest.py)
 DEFAULT_FORMATS = ("torchscript", "onnx")  # the mission's
@@ -95,3 +98,23 @@ class ExportConfig:
             raise ExportError(f"unknown target {unknown[0]!r}; choose from {', '.join(FORMATS)} or all")
         if "onnx" not in self.formats:
             object.__setattr__(self, "formats", ("onnx", *self.formats))
+
+
+@dataclass(frozen=True)
+class Gates:
+    fp32_max_abs_logit_diff: float = FP32_MAX_ABS_LOGIT_DIFF  # shared with export
+    int8_max_drop_points: float = 0.3  # accuracy points (0.3 = 30 of 10,000 images)
+    int8_min_agreement_pct: float = 99.5  # top-1 agreement in % (at most 50 of 10,000 may change)
+    max_latency_ratio: float | None = None  # batch-1 p50 over the reference row's, when set
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    folder: Path = Path("exported")
+    runtimes: tuple = ("torch", "cpu", "cuda")  # which rows to try; cuda rows skip (with a reason) if absent
+    require_cuda: bool = False
+    threads: int = 1  # intra-op threads for every runtime: one core, the edge case, and stable timings
+    throughput_batch: int = 256
+    latency_iters: int = 500
+    gates: Gates = field(default_factory=Gates)
+    expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists

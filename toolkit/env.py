@@ -33,15 +33,11 @@ def _gpus() -> list[str]:
 
 def library_versions() -> dict:
     """The versions that made an artifact (checkpoint and manifest record them), from package metadata."""
-    names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click")
-    return {"python": platform.python_version(), **{n: _version(n) for n in names},
-            "onnxruntime_distributions": _ort_dists(), "mnisttk": __version__}
-
-
-def _ort_dists() -> list[str]:
     from toolkit.runtime import onnxruntime_distributions
 
-    return onnxruntime_distributions()
+    names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click")
+    return {"python": platform.python_version(), **{n: _version(n) for n in names},
+            "onnxruntime_distributions": onnxruntime_distributions(), "mnisttk": __version__}
 
 
 def environment() -> dict:

@@ -16,8 +16,8 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.config import ExportConfig  # noqa: F401  (part of this module's API)
-from toolkit.contract import EVAL_BATCH, FP32_MAX_ABS_LOGIT_DIFF, batched
+from toolkit.config import FP32_MAX_ABS_LOGIT_DIFF, ExportConfig  # noqa: F401  (ExportConfig: this module's API)
+from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, first_line

@@ -56,3 +56,18 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     with tempfile.NamedTemporaryFile(dir=path, prefix=".probe."):
         pass
     return path
+
+
+def regular_file(path: str | os.PathLike, error: type[Exception], what: str, max_bytes: int,
+                 missing: str = "no such file", not_regular: str = "not a regular file") -> Path:
+    """`path` if it is a regular file of at most `max_bytes`, else `error` with one line naming the fault
+    (every reader of untrusted files starts here: no FIFOs, devices, folders or giants)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: {missing}")
+    if not path.is_file():
+        raise error(f"{path}: {not_regular}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise error(f"{path}: {size:,} bytes is too large for {what}; refused")
+    return path

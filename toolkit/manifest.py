@@ -13,7 +13,7 @@ import platform
 import re
 from pathlib import Path
 
-from toolkit.config import DEFAULT_FORMATS, FORMATS
+from toolkit.config import FORMATS
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 
@@ -26,8 +26,6 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ours are a few KB; a larger one is not o
 # int8 with --quantize. A target is "<format>-<precision>".
 PRECISIONS = ("fp32", "int8")
 KNOWN_TARGETS = tuple(f"{f}-{p}" for p in PRECISIONS for f in FORMATS)
-FP32_TARGETS = tuple(f"{f}-fp32" for f in DEFAULT_FORMATS)
-INT8_TARGETS = tuple(f"{f}-int8" for f in DEFAULT_FORMATS)
 REQUIRED_TARGETS = ("onnx-fp32",)  # every export writes it; a manifest without it is not one of ours
 SUBPATH_FORMATS = ("triton",)  # a model repository: its files sit in a folder inside the export
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ImageError, first_line
+from toolkit.fsutil import regular_file
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -140,13 +141,7 @@ def read_npy(path: Path) -> np.ndarray:
 
 def load_gray(path: str | Path) -> np.ndarray:
     """Any supported file as a uint8 2-D grayscale array."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if not path.is_file():
-        raise ImageError(f"{path}: not a file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: file too large ({path.stat().st_size:,} bytes)")
+    path = regular_file(path, ImageError, "an image", MAX_FILE_BYTES, not_regular="not a file")
     if path.suffix.lower() == ".npy":
         return read_npy(path)
     head = path.read_bytes()[:2]

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.fsutil import regular_file
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
@@ -131,13 +132,7 @@ class SessionOptions:
 
 def read_model_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
     """The model's bytes, read once: what is hashed is exactly what is loaded."""
-    path = Path(path)
-    if not path.exists():
-        raise ToolkitError(f"{path}: no such model file")
-    if not path.is_file():
-        raise ToolkitError(f"{path}: not a regular file")
-    if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ToolkitError(f"{path}: {path.stat().st_size:,} bytes is too large for an mnisttk model; refused")
+    path = regular_file(path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -19,7 +19,7 @@ import numpy as np
 from toolkit.candidate import Candidate
 from toolkit.runtimes import ROW_NAMES, RUNTIMES
 from toolkit.runtimes import build as build_candidate
-from toolkit.contract import FP32_MAX_ABS_LOGIT_DIFF
+from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
@@ -31,26 +31,6 @@ from toolkit.runtime import (
     throughput,
 )
 
-
-
-@dataclass(frozen=True)
-class Gates:
-    fp32_max_abs_logit_diff: float = FP32_MAX_ABS_LOGIT_DIFF  # shared with export (contract.py)
-    int8_max_drop_points: float = 0.3  # accuracy points (0.3 = 30 of 10,000 images)
-    int8_min_agreement_pct: float = 99.5  # top-1 agreement in % (at most 50 of 10,000 may change)
-    max_latency_ratio: float | None = None  # batch-1 p50 over the reference row's, when set
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    folder: Path = Path("exported")
-    runtimes: tuple = ("torch", "cpu", "cuda")  # which rows to try; cuda rows skip (with a reason) if absent
-    require_cuda: bool = False
-    threads: int = 1  # intra-op threads for every runtime: one core, the edge case, and stable timings
-    throughput_batch: int = 256
-    latency_iters: int = 500
-    gates: Gates = field(default_factory=Gates)
-    expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists
 
 
 RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", "TorchScript": "torchscript", "ORT CPU": "ort-cpu",

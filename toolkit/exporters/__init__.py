@@ -6,7 +6,6 @@ TorchScript and ONNX themselves are written by `toolkit.export` (they need the P
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 
 @dataclass
@@ -31,5 +30,3 @@ def exporter(fmt: str):
         return export_triton
     raise KeyError(fmt)
 
-
-__all__ = ["Written", "exporter", "Path"]
