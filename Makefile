@@ -8,6 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
 # may have no network, so no install step): the venv's if there is one, else python3.
+# Everything the demo shows: training, tests, plots, and the LiteRT and ExecuTorch targets.
+EXTRAS ?= train,test,plot,tflite,executorch
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: demo test venv clean bench gpu gpu-check
@@ -17,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Error: $(PYTHON) is older than 3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_RANGE)
-	$(PIP) install -q -e ".[train,test,plot]"
+	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -83,7 +83,7 @@ def test_pipeline_runs_all_three_steps(tiny_dir, tmp_path):
     for name in ("cnn.pt", "cnn_fp32.onnx", "cnn_int8.onnx", "manifest.json", "report.md", "report.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["passed"] and sorted(report["targets_checked"]) == sorted(report["targets"]) and len(report["targets"]) == 8
+    assert report["passed"] and sorted(report["targets_checked"]) == sorted(report["targets"]) and len(report["targets"]) == 12
     assert torch.load(out / "cnn.pt", weights_only=True)["seed"] == 1
     # a strict gate on the same artifacts fails, and says which row
     r = run("verify", "--dir", out, "--data-dir", tiny_dir, "--fp32-atol", 0)

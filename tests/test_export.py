@@ -297,24 +297,87 @@ def all_targets(tiny_export, tmp_path_factory):
     return out
 
 
+ALL_FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton")
+
+
 def test_all_targets_are_written_listed_and_verified(all_targets, tiny_export):
     manifest = json.loads((all_targets / "manifest.json").read_text())
-    assert sorted(manifest["targets"]) == sorted(f"{f}-{p}" for f in ("torchscript", "onnx", "ort", "triton")
-                                                 for p in ("fp32", "int8"))
+    assert sorted(manifest["targets"]) == sorted(f"{f}-{p}" for f in ALL_FORMATS for p in ("fp32", "int8"))
     files = {a["file"] for a in manifest["artifacts"]}
-    assert {"cnn_fp32.ort", "cnn_int8.ort", "triton/cnn_int8/1/model.onnx", "triton/cnn_fp32/1/model.onnx"} <= files
+    assert {"cnn_fp32.ort", "cnn_int8.ort", "triton/cnn_int8/1/model.onnx", "triton/cnn_fp32/1/model.onnx",
+            "cnn_fp32.tflite", "cnn_int8.tflite", "cnn_fp32.pte", "cnn_int8.pte"} <= files
     assert {f["file"] for f in manifest["support_files"]} == {
-        "required_operators.config", "triton/cnn_fp32/config.pbtxt", "triton/cnn_int8/config.pbtxt"}
+        "required_operators.config", "triton/cnn_fp32/config.pbtxt", "triton/cnn_int8/config.pbtxt",
+        "cnn_fp32.b256.tflite", "cnn_int8.b256.tflite"}
     config = (all_targets / "required_operators.config").read_text()
     assert "QLinearConv" in config and ".export-" not in config and str(all_targets) not in config  # no paths
     r = run("verify", "--dir", all_targets, "--data-dir", tiny_export["data"], "--json", "-", "--no-torch", *LOOSE)
     assert r.exit_code == 0, r.output
     rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
-    for rid in ("ort-fp32@ort-cpu", "ort-int8@ort-cpu", "triton-fp32@ort-cpu", "triton-int8@ort-cpu"):
+    for rid in ("ort-fp32@ort-cpu", "ort-int8@ort-cpu", "triton-fp32@ort-cpu", "triton-int8@ort-cpu",
+                "litert-fp32@litert", "litert-int8@litert"):
         assert rows[rid]["status"] == "ok", rid
     # the int8 .ort keeps int8 kernels and the fenced fp32 first block (a float conv)
     ops = rows["ort-int8@ort-cpu"]["placement"]["ops"]
     assert {"QLinearConv", "QGemm"} <= set(ops) and ({"Conv", "FusedConv"} & set(ops))
+    # LiteRT: every compute op inside the XNNPACK delegate; a batch-1 and a batch-256 file that agree
+    for p in ("fp32", "int8"):
+        row = rows[f"litert-{p}@litert"]
+        assert row["placement"]["not_delegated"] == [] and "CONV_2D" in row["placement"]["delegated"], row
+        assert row["consistency_batches"] == [1, 256] and row["batch_consistent"] is True
+    # ExecuTorch needs torch: skipped under --no-torch, with the reason
+    assert rows["executorch-int8@executorch"]["status"] == "skipped"
+    assert "--no-torch" in rows["executorch-int8@executorch"]["reasons"][0]
+
+
+def test_executorch_and_litert_artifacts(all_targets, tiny_export):
+    """Dynamic-batch .pte programs fully delegated to XNNPACK; int8 .tflite with int8 I/O."""
+    manifest = json.loads((all_targets / "manifest.json").read_text())
+    art = {a["file"]: a for a in manifest["artifacts"]}
+    for p in ("fp32", "int8"):
+        pte = art[f"cnn_{p}.pte"]
+        assert pte["delegation"]["delegates"] and pte["delegation"]["not_delegated"] == [] and pte["max_batch"] == 1000
+        lite = art[f"cnn_{p}.tflite"]
+        assert lite["static_batch"] == 1 and [v["batch"] for v in lite["batch_files"]] == [256]
+    assert art["cnn_int8.tflite"]["inputs"][0]["dtype"] == "int8"
+    assert art["cnn_int8.tflite"]["size_bytes"] < art["cnn_fp32.tflite"]["size_bytes"] / 2
+    parity = {c["artifact"]: c for c in manifest["fp32_parity"]}
+    assert parity["cnn_fp32.pte"]["flipped"] == 0 and parity["cnn_fp32.tflite"]["max_abs_logit_diff"] < 1e-4
+    r = run("verify", "--dir", all_targets, "--data-dir", tiny_export["data"], "--json", "-", *LOOSE)
+    assert r.exit_code == 0, r.output
+    rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+    for p in ("fp32", "int8"):
+        row = rows[f"executorch-{p}@executorch"]
+        assert row["status"] == "ok" and row["batch_consistent"] and row["consistency_batches"] == [1, 2, 7, 64, 1000]
+        assert row["placement"]["delegates"] == ["XnnpackBackend"] * len(row["placement"]["delegates"])
+    assert rows["executorch-fp32@executorch"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_litert_rows_run_without_torch(all_targets, tiny_export):
+    """The LiteRT interpreter is edge side: numpy and ai_edge_litert, never torch; ExecuTorch rows skip."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.helpers import BLOCK_TORCH
+
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        import importlib.util, json
+        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch" else orig(name, *a))(importlib.util.find_spec)
+        from click.testing import CliRunner
+        from toolkit.cli import main
+        r = CliRunner().invoke(main, ["verify", "--dir", r"{all_targets}", "--data-dir", r"{tiny_export['data']}",
+                                      "--json", "-", *{LOOSE!r}])
+        assert r.exit_code == 0, r.output
+        rows = {{x["id"]: x for x in json.loads(r.stdout)["rows"]}}
+        assert rows["litert-int8@litert"]["status"] == "ok", rows["litert-int8@litert"]
+        assert rows["executorch-int8@executorch"]["status"] == "skipped"
+        assert "torch not installed" in rows["executorch-int8@executorch"]["reasons"][0]
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print("EDGE OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "EDGE OK" in r.stdout, r.stdout + r.stderr
 
 
 def test_triton_configs_parse_as_triton_model_configs_and_match_the_onnx(all_targets):
@@ -337,18 +400,97 @@ def test_triton_configs_parse_as_triton_model_configs_and_match_the_onnx(all_tar
 def test_bad_targets_and_tampered_ort(all_targets, tiny_export, tmp_path):
     import shutil
 
-    for bad in ("", "tflite", "onnx,nope"):
+    for bad in ("", "tflite,nope", "onnx,nope"):
         r = run("export", "--dir", tmp_path, "--targets", bad)
-        assert r.exit_code == 2 and "choose from torchscript, onnx, ort, triton or all" in r.output, r.output
+        assert r.exit_code == 2 and "choose from torchscript, onnx, ort, tflite, executorch, triton or all" in r.output, r.output
     out = tmp_path / "copy"
     shutil.copytree(all_targets, out)
-    path = out / "cnn_int8.ort"
-    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
-    r = run("verify", "--dir", out, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE)
-    assert r.exit_code == 1 and "FAIL: ORT format int8 on ORT CPU" in r.stdout
+    for name, row in (("cnn_int8.ort", "ORT format int8 on ORT CPU"), ("cnn_int8.tflite", "LiteRT int8 on LiteRT XNNPACK"),
+                      ("cnn_int8.b256.tflite", "LiteRT int8 on LiteRT XNNPACK"),
+                      ("cnn_fp32.pte", "ExecuTorch fp32 on ExecuTorch XNNPACK")):
+        path = out / name
+        original = path.read_bytes()
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        r = run("verify", "--dir", out, "--data-dir", tiny_export["data"], *LOOSE)
+        assert r.exit_code == 1 and f"FAIL: {row}" in r.stdout and name in r.stdout, (name, r.output)
+        path.write_bytes(original)
     # a narrower export removes what it no longer lists (ORT files, the Triton repository)
     r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--calibration-size", 100, "--data-dir",
             tiny_export["data"])
     assert r.exit_code == 0, r.output
     assert not (out / "triton").exists() and not (out / "cnn_fp32.ort").exists() and not (out / "cnn_int8.onnx").exists()
     assert run("verify", "--dir", out, "--data-dir", tiny_export["data"], "--no-torch").exit_code == 0
+
+
+def test_truncated_pte_and_tflite_fail_in_one_line(all_targets, tiny_export, tmp_path):
+    """A truncated program whose manifest hash was updated to match: the row fails, one line."""
+    import hashlib
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(all_targets, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("cnn_int8.pte", "cnn_int8.tflite"):
+        data = (out / name).read_bytes()[:3000]
+        (out / name).write_bytes(data)
+        entry = next(a for a in manifest["artifacts"] if a["file"] == name)
+        entry["sha256"], entry["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = run("verify", "--dir", out, "--data-dir", tiny_export["data"], "--json", "-", *LOOSE)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+    assert "cnn_int8.pte: not a" in rows["executorch-int8@executorch"]["reasons"][0]
+    assert "cnn_int8.tflite: not a loadable LiteRT model" in rows["litert-int8@litert"]["reasons"][0]
+    assert all("\n" not in reason for x in rows.values() for reason in x["reasons"])
+    # a batch file that is not a listed support file with that hash is not a valid manifest
+    next(a for a in manifest["artifacts"] if a["file"] == "cnn_fp32.tflite")["batch_files"][0]["sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = run("verify", "--dir", out, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and "batch_files[0] is not a listed support file" in r.stderr, r.output
+
+
+def test_target_without_its_extra_is_one_line_and_touches_nothing(all_targets, tiny_export, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(all_targets, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("executorch", "litert_torch"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+import importlib.util
+importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] in ("executorch", "litert_torch")
+                            else orig(name, *a))(importlib.util.find_spec)
+from toolkit.cli import main
+sys.argv = ["mnisttk", "export", "--checkpoint", r"{out / 'cnn.pt'}", "--dir", r"{out}", "--quantize",
+            "--targets", sys.argv[1], "--calibration-size", "100", "--data-dir", r"{tiny_export['data']}"]
+main()
+"""
+    for target, extra in (("executorch", "executorch"), ("onnx,tflite", "tflite")):
+        r = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+        assert r.returncode == 1 and len(errors) == 1 and f"pip install 'mnisttk[{extra}]'" in errors[0], r.stderr
+        assert "Traceback" not in r.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_predict_with_a_tflite_model_agrees_with_onnx(all_targets, tiny_export, tmp_path):
+    from toolkit.data import load_idx_dir
+
+    images = load_idx_dir(tiny_export["data"])["test_images"][:6]
+    files = []
+    for i, img in enumerate(images):
+        np.save(tmp_path / f"d{i}.npy", img)
+        files.append(tmp_path / f"d{i}.npy")
+    digits = {}
+    for model in ("cnn_fp32.onnx", "cnn_fp32.tflite"):
+        r = run("predict", "--model", all_targets / model, "--as-is", "--json", "-", *files)
+        assert r.exit_code == 0, r.output
+        digits[model] = [x["digit"] for x in json.loads(r.stdout)["results"]]
+    assert digits["cnn_fp32.onnx"] == digits["cnn_fp32.tflite"]
+    r = run("predict", "--model", all_targets / "cnn_fp32.b256.tflite", *files)
+    assert r.exit_code == 1 and "a batch-256 LiteRT model where a batch-1 one was expected" in r.stderr, r.output

@@ -446,7 +446,8 @@ def _check_output_path(path) -> None:
 @main.command(short_help='Digits from image files or folders (torch-free).')
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("exported/cnn_int8.onnx"), show_default=True, help="ONNX model (int8 or fp32).")
+              default=Path("exported/cnn_int8.onnx"), show_default=True,
+              help="ONNX or ORT-format model (int8 or fp32), or a batch-1 LiteRT .tflite (needs mnisttk[litert]).")
 @click.option("--device", "provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider; cuda fails (never silently runs on the CPU) if it cannot start.")
 @click.option("--as-is", is_flag=True,
@@ -473,9 +474,18 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         mnisttk predict scans/ --recursive --save-preprocessed seen/
     """
     from toolkit.predict import expand_inputs, predict_files
-    from toolkit.runtime import Model
+    from toolkit.runtimes.litert import is_tflite
 
-    model = Model(model_path, provider)
+    if is_tflite(model_path):  # LiteRT's interpreter (XNNPACK), CPU only
+        if provider != "cpu":
+            raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {provider}")
+        from toolkit.runtimes.litert import LiteRTCandidate
+
+        model = LiteRTCandidate({1: (model_path, None)}, "", 0, "LiteRT", model_path.name)
+    else:
+        from toolkit.runtime import Model
+
+        model = Model(model_path, provider)
     if save_preprocessed is not None:
         from toolkit.fsutil import check_writable_dir
 

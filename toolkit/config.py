@@ -13,7 +13,7 @@ from toolkit.errors import ExportError, ToolkitError
 # on these logits; 10× headroom. Export and verify share it.
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 ARCH_NAMES = ("cnn", "mlp")  # toolkit.model.ARCHS builds them
-FORMATS = ("torchscript", "onnx", "ort", "triton")  # what `export --targets` writes (see manifest.py)
+FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton")  # what `export --targets` writes (see manifest.py)
 DEFAULT_FORMATS = ("torchscript", "onnx")  # the mission's
 
 

@@ -35,7 +35,8 @@ def library_versions() -> dict:
     """The versions that made an artifact (checkpoint and manifest record them), from package metadata."""
     from toolkit.runtime import onnxruntime_distributions
 
-    names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click")
+    names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click", "ai-edge-litert",
+             "litert-torch", "ai-edge-quantizer", "executorch", "torchao")
     return {"python": platform.python_version(), **{n: _version(n) for n in names},
             "onnxruntime_distributions": onnxruntime_distributions(), "mnisttk": __version__}
 

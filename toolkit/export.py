@@ -16,12 +16,12 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.config import FP32_MAX_ABS_LOGIT_DIFF, ExportConfig  # noqa: F401  (ExportConfig: this module's API)
+from toolkit.config import FORMATS, FP32_MAX_ABS_LOGIT_DIFF, ExportConfig  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, first_line
-from toolkit.exporters import exporter
+from toolkit.exporters import Sources, exporter, missing_dependency
 from toolkit.exporters import onnx as onnx_exporter
 from toolkit.exporters import torchscript as ts_exporter
 from toolkit.fsutil import check_writable_dir, sha256_file
@@ -54,16 +54,33 @@ def _check_finite(name: str, logits: np.ndarray) -> None:
         raise ExportError(f"{name}: NaN or infinite logits on {bad} test images; nothing was written")
 
 
+def _check_parity(c: dict) -> None:
+    if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
+        raise ExportError(
+            f"{c['artifact']}: differs from PyTorch eager (max |Δlogit| {c['max_abs_logit_diff']:.2e}, "
+            f"{c['flipped']} flipped predictions; limit {FP32_MAX_ABS_LOGIT_DIFF:g}, 0)"
+        )
+
+
 def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     diff = float(np.abs(logits - ref).max())
     flips = int((logits.argmax(1) != ref.argmax(1)).sum())
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(fmt: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+def _artifact_logits(fmt: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray, extra: dict | None = None) -> np.ndarray:
     """An artifact's test logits, from the runtime it ships to (ONNX Runtime for .onnx/.ort)."""
     if fmt == "torchscript":
         return _eager_logits(ts_exporter.load(path), test_x, path.name)
+    if fmt in ("tflite", "executorch"):
+        from toolkit.runtimes import RUNTIMES, build
+
+        spec = next(s for s in RUNTIMES if fmt in s.formats)
+        artifact = {"file": path.name, "format": fmt, "precision": "int8" if "_int8" in path.name else "fp32",
+                    "sha256": None, **(extra or {})}
+        logits = build(spec, path.parent, artifact, 0).logits(images_u8)
+        _check_finite(path.name, logits)
+        return logits
     from toolkit.runtime import Model
 
     logits = Model(path, "cpu").logits(images_u8)
@@ -79,6 +96,10 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         raise ExportError("the checkpoint was trained and scored on another MNIST test set than the one loaded "
                           "(SHA-256 differs); pass --allow-other-test-set to export against this one anyway")
     indices = calibration_indices(len(data.train_images), config.quant) if config.quantize else None
+    for fmt in config.formats:  # before anything is written: a missing extra is one line
+        reason = missing_dependency(fmt)
+        if reason:
+            raise ExportError(reason)
     try:
         out = check_writable_dir(config.out)
     except OSError as exc:
@@ -105,13 +126,9 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         checks = [_compare(rel, test_logits[rel], ref_logits) for _, _, rel, _ in artifacts]
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
-            if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
-                raise ExportError(
-                    f"{c['artifact']}: differs from PyTorch eager (max |Δlogit| {c['max_abs_logit_diff']:.2e}, "
-                    f"{c['flipped']} flipped predictions; limit {FP32_MAX_ABS_LOGIT_DIFF:g}, 0)"
-                )
+            _check_parity(c)
 
-        quant_info = None
+        quant_info, calib = None, None
         onnx_files = {"fp32": stage / f"{arch}_fp32.onnx"}
         if config.quantize:
             t0 = time.perf_counter()
@@ -123,22 +140,29 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
             log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
 
-        # Targets derived from the ONNX models (ORT format, Triton), one exporter each.
-        support = []
-        for fmt in (f for f in ("ort", "triton") if f in formats):
-            written = exporter(fmt)(stage, onnx_files)
+        # The other targets, one exporter each (from the staged ONNX models or the PyTorch model).
+        support, extras = [], {}
+        sources = Sources(stage, arch, onnx_files, model, calib if config.quantize else None)
+        for fmt in (f for f in FORMATS if f in formats and f not in ("torchscript", "onnx")):
+            t0 = time.perf_counter()
+            written = exporter(fmt)(sources)
+            extras.update(written.extra)
             for wfmt, precision, rel, source in written.models:
                 artifacts.append((wfmt, precision, rel, next((q for _, _, r, q in artifacts if r == source), None)))
                 if wfmt == "triton" and source in test_logits:  # the very bytes of the ONNX model
                     test_logits[rel] = test_logits[source]
+                if precision == "fp32" and wfmt in ("tflite", "executorch"):  # converted from PyTorch: same parity bar
+                    test_logits[rel] = _artifact_logits(wfmt, stage / rel, data.test_images, test_x, written.extra.get(rel))
+                    checks.append(_compare(rel, test_logits[rel], ref_logits))
+                    _check_parity(checks[-1])
             support += written.support
-            log(f"{fmt}: {', '.join(m[2] for m in written.models)}")
+            log(f"{fmt}: {', '.join(m[2] for m in written.models)} ({time.perf_counter() - t0:.1f} s)")
 
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
         for fmt, _, rel, _ in artifacts:
             if rel not in test_logits:
-                test_logits[rel] = _artifact_logits(fmt, stage / rel, data.test_images, test_x)
+                test_logits[rel] = _artifact_logits(fmt, stage / rel, data.test_images, test_x, extras.get(rel))
             accuracy[rel] = classification_metrics(labels, test_logits[rel].argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
@@ -155,7 +179,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                           "test_sha256": data.sha256["test"]},
             "artifacts": [artifact_entry(stage / rel, fmt, precision, qparams, OPSET if fmt != "torchscript" else None,
                                          accuracy[rel], config.quant.uint8_input and fmt != "torchscript" and precision == "int8",
-                                         file=rel)
+                                         file=rel, extra=extras.get(rel))
                           for fmt, precision, rel, qparams in artifacts],
             "support_files": [{"file": rel, "sha256": sha256_file(stage / rel), "size_bytes": (stage / rel).stat().st_size,
                                "role": role} for rel, role in support],
@@ -190,7 +214,8 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
 def _possible_names(arch: str) -> list[str]:
     """Every top-level name an export of `arch` can write (for removing what a new export does not)."""
     from toolkit.exporters.ort import CONFIG_NAME
+    from toolkit.exporters.tflite import BATCHES, file_name
     from toolkit.exporters.triton import REPOSITORY
 
-    return [f"{arch}_{p}{suffix}" for p in ("fp32", "int8") for suffix in (".onnx", ".torchscript.pt", ".ort")] + [
-        CONFIG_NAME, REPOSITORY]
+    return [f"{arch}_{p}{suffix}" for p in ("fp32", "int8") for suffix in (".onnx", ".torchscript.pt", ".ort", ".pte")] + [
+        file_name(arch, p, b) for p in ("fp32", "int8") for b in BATCHES] + [CONFIG_NAME, REPOSITORY]

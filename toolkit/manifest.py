@@ -48,7 +48,8 @@ def io_spec(fmt: str, precision: str, uint8_input: bool) -> dict:
 
 
 def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | None, opset: int | None,
-                   test_accuracy: float, uint8_input: bool = False, file: str | None = None) -> dict:
+                   test_accuracy: float, uint8_input: bool = False, file: str | None = None,
+                   extra: dict | None = None) -> dict:
     entry = {
         "file": file or path.name,
         "format": fmt,
@@ -61,6 +62,7 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
     }
     if quant_params is not None:
         entry["quant_params"] = quant_params
+    entry.update(extra or {})  # a target's own fields: its I/O, delegation, batch files
     return entry
 
 
@@ -158,6 +160,15 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
     for i, f in enumerate(support):
         _check_entry(path, f, f"support_files[{i}]", {"file": str, "sha256": str})
         confined_path(folder, f["file"], f"support_files[{i}].file", subpath=True)
+    support_sha = {f["file"]: f["sha256"] for f in support}
+    for i, a in enumerate(artifacts):
+        variants = a.get("batch_files", [])
+        if not isinstance(variants, list):
+            _fail(path, f"artifacts[{i}].batch_files is not a list")
+        for j, v in enumerate(variants):
+            _check_entry(path, v, f"artifacts[{i}].batch_files[{j}]", {"file": str, "sha256": str, "batch": int})
+            if support_sha.get(v["file"]) != v["sha256"]:
+                _fail(path, f"artifacts[{i}].batch_files[{j}] is not a listed support file with that SHA-256")
     files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]] + [f["file"] for f in support]
     if len(set(files)) != len(files):
         _fail(path, "a file is listed twice")

@@ -14,6 +14,11 @@ def _pct(v):
 def _placement(p: dict | None) -> str:
     if not p:
         return "—"
+    if p.get("backend") == "XNNPACK":  # LiteRT and ExecuTorch: what the delegate took
+        took = (f"{len(p['delegated'])} ops delegated to XNNPACK" if "delegated" in p
+                else f"{len(p.get('delegates', []))} XNNPACK delegate(s)")
+        outside = p.get("not_delegated") or []
+        return took + ("; outside it (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
     nodes = ", ".join(f"{k} {v}" for k, v in sorted(p.get("providers", {}).items(), key=lambda kv: -kv[1]))
     int8 = "int8 kernels: " + "/".join(p["int8_kernels"]) if p.get("int8_kernels") else "no int8 kernels"
     return f"{nodes} nodes; {int8}"
@@ -51,7 +56,8 @@ def _notes(result: dict) -> list[str]:
         if r.get("placement"):
             notes.append(f"{label}: {_placement(r['placement'])}")
         if r.get("batch_consistent") is not None:
-            notes.append(f"{label}: batch sizes 1/2/7/64/1000 {'agree' if r['batch_consistent'] else 'DISAGREE'}")
+            sizes = "/".join(str(b) for b in r.get("consistency_batches") or (1, 2, 7, 64, 1000))
+            notes.append(f"{label}: batch sizes {sizes} {'agree' if r['batch_consistent'] else 'DISAGREE'}")
         for reason in r.get("reasons", []):
             notes.append(f"{label}: {'FAIL' if r['status'] == 'fail' else r['status']}: {reason}")
     return notes

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from toolkit.candidate import Candidate
-from toolkit.runtimes import ROW_NAMES, RUNTIMES
+from toolkit.runtimes import ROW_NAMES, RUNTIMES, missing
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
@@ -34,7 +34,7 @@ from toolkit.runtime import (
 
 
 RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", "TorchScript": "torchscript", "ORT CPU": "ort-cpu",
-               "ORT CUDA": "ort-cuda"}
+               "ORT CUDA": "ort-cuda", "LiteRT XNNPACK": "litert", "ExecuTorch XNNPACK": "executorch"}
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Row:
     loaded_sha256: str | None = None  # of the bytes the runtime actually loaded
     placement: dict | None = None
     batch_consistent: bool | None = None
+    consistency_batches: list | None = None  # the batch sizes compared
     is_reference: bool = False
 
     @property
@@ -116,6 +117,8 @@ def judge(row: Row, gates: Gates) -> None:
     placement = row.placement or {}
     if row.precision == "int8" and row.runtime == "ORT CPU" and placement and not placement.get("int8_kernels"):
         row.fail("no int8 kernel ran (the graph optimizer or the runtime turned the int8 model back into float)")
+    if row.precision == "int8" and placement.get("backend") == "XNNPACK" and placement.get("not_delegated"):
+        row.fail(f"not delegated to XNNPACK: {', '.join(placement['not_delegated'])} ran on the runtime's own kernels")
     if row.runtime == "ORT CUDA" and placement.get("cpu_compute_ops"):
         row.fail(f"compute nodes ran on the CPU: {', '.join(placement['cpu_compute_ops'])}")
     if gates.max_latency_ratio is not None and not _within(row.latency_ratio, gates.max_latency_ratio):
@@ -183,6 +186,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                     row.status = "skipped"
                     row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
                                        else "not asked for (--no-torch)")
+                elif missing(spec):
+                    row.status, row.reasons = "skipped", [missing(spec)]
                 elif spec.device and spec.device not in config.runtimes:
                     row.status, row.reasons = "skipped", ["not asked for (--device)"]
                 elif spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
@@ -209,8 +214,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         if row.status != "ok":
             continue
         if row.file in bad_files:
-            row.fail(f"SHA-256 {bad_files[row.file]} since export: the file is not the one exported"
-                     if bad_files[row.file] != "missing" else "file missing")
+            row.fail(f"{row.file}: SHA-256 {bad_files[row.file]} since export: the file is not the one exported"
+                     if bad_files[row.file] != "missing" else f"{row.file}: file missing")
             continue
         log(f"verifying {row.name} on {row.runtime}")
         try:
@@ -224,6 +229,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             row.loaded_sha256 = cand.loaded_sha256
             row.placement = cand.placement()
             row.batch_consistent = cand.consistency(test_images, logits.argmax(1))
+            row.consistency_batches = list(getattr(cand, "consistency_batches", ()) or ()) or None
         except RuntimeUnavailable as exc:
             row.reasons.append(str(exc))
             row.status = "FAIL" if config.require_cuda or row.runtime != "ORT CUDA" else "skipped"

@@ -1,32 +1,61 @@
-"""Exporters that derive a deployment target from the staged ONNX models (torch-side: they use the
-`onnx` package or ONNX Runtime's converter). Each takes the staging folder and the staged ONNX
-files, writes its files there, and returns what it wrote; `export` loops over the targets asked for.
-TorchScript and ONNX themselves are written by `toolkit.export` (they need the PyTorch model)."""
+"""One exporter per deployment target, each writing into the staging folder of `mnisttk export`.
+Torch side: they use the PyTorch model, the `onnx` package or a target's own converter. Each takes
+the `Sources` of an export and returns what it `Written`; `export` loops over the targets asked for.
+TorchScript and ONNX themselves are written by `toolkit.export` (the others derive from them or
+from the same PyTorch model and calibration images)."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Sources:
+    """What an exporter may build from: the staged ONNX models, the fp32 PyTorch model, and the
+    calibration images (float, N×1×28×28, the training-split indices of every int8 artifact)."""
+
+    stage: Path
+    arch: str
+    onnx_files: dict  # precision -> staged .onnx path
+    model: object = None  # torch.nn.Module, eval mode
+    calib: object = None  # np.ndarray, or None without --quantize
 
 
 @dataclass
 class Written:
-    """What an exporter wrote: models (format, precision, path relative to the stage) and files
-    that support them (configs), all hashed into the manifest."""
+    """What an exporter wrote: models (format, precision, path relative to the stage, source onnx
+    name or None) and files that support them (configs, batch variants), all hashed into the
+    manifest; `extra` adds fields to a model's manifest entry (by relative path)."""
 
-    models: list = field(default_factory=list)  # (format, precision, relative path, source onnx name)
+    models: list = field(default_factory=list)
     support: list = field(default_factory=list)  # (relative path, role)
     top_level: list = field(default_factory=list)  # the names it created directly in the stage
+    extra: dict = field(default_factory=dict)  # relative path -> manifest fields
+
+
+# target -> (module, function, the modules it needs, the extra that installs them)
+EXPORTERS = {
+    "ort": ("ort", "export_ort", (), None),
+    "tflite": ("tflite", "export_tflite", ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), "tflite"),
+    "executorch": ("executorch", "export_executorch", ("executorch",), "executorch"),
+    "triton": ("triton", "export_triton", (), None),
+}
+
+
+def missing_dependency(fmt: str) -> str | None:
+    """The one-line reason target `fmt` cannot be written here, or None."""
+    _, _, needs, extra = EXPORTERS.get(fmt, (None, None, (), None))
+    absent = [m for m in needs if importlib.util.find_spec(m) is None]
+    if absent:
+        return (f"target {fmt} needs {', '.join(absent)}, which is not installed: "
+                f"pip install 'mnisttk[{extra}]' (or leave {fmt} out of --targets)")
+    return None
 
 
 def exporter(fmt: str):
-    """The function that writes format `fmt` from staged ONNX models."""
-    if fmt == "ort":
-        from toolkit.exporters.ort import export_ort
-
-        return export_ort
-    if fmt == "triton":
-        from toolkit.exporters.triton import export_triton
-
-        return export_triton
-    raise KeyError(fmt)
-
+    """The function that writes target `fmt` from the `Sources` of an export."""
+    module, function, _, _ = EXPORTERS[fmt]
+    return getattr(importlib.import_module(f"toolkit.exporters.{module}"), function)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import ExportError, first_line
-from toolkit.exporters import Written
+from toolkit.exporters import Sources, Written
 
 CONFIG_NAME = "required_operators.config"
 
@@ -29,8 +29,9 @@ def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
         raise ExportError(f"{onnx_path.name}: ONNX Runtime could not convert it to ORT format ({first_line(exc)})") from None
 
 
-def export_ort(stage: Path, onnx_files: dict) -> Written:
-    """onnx_files: precision -> staged .onnx path. Writes <stem>.ort for each and the operator config."""
+def export_ort(src: Sources) -> Written:
+    """Writes <stem>.ort for each staged ONNX model and the operator config."""
+    stage, onnx_files = src.stage, src.onnx_files
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
     written = Written()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from toolkit.exporters import Written
+from toolkit.exporters import Sources, Written
 
 REPOSITORY = "triton"
 MAX_BATCH = 256  # verify's throughput batch; Triton's dynamic batcher gathers requests up to it
@@ -36,7 +36,8 @@ def model_config(name: str, onnx_path: Path) -> str:
             "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
 
 
-def export_triton(stage: Path, onnx_files: dict) -> Written:
+def export_triton(src: Sources) -> Written:
+    stage, onnx_files = src.stage, src.onnx_files
     written = Written(top_level=[REPOSITORY])
     for precision, onnx_path in onnx_files.items():
         name = onnx_path.stem  # e.g. cnn_int8

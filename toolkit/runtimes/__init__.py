@@ -7,7 +7,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-ROW_NAMES = {"torchscript": "TorchScript", "onnx": "ONNX", "ort": "ORT format", "triton": "Triton"}
+ROW_NAMES = {"torchscript": "TorchScript", "onnx": "ONNX", "ort": "ORT format", "tflite": "LiteRT",
+             "executorch": "ExecuTorch", "triton": "Triton"}
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class RuntimeSpec:
     module: str  # toolkit.runtimes.<module>.candidate(folder, artifact, threads, provider, name) builds a row
     device: str | None = None  # ONNX Runtime provider ("cpu", "cuda"), chosen with --device; None: PyTorch
     needs_torch: bool = False
+    requires: tuple = ()  # modules it imports (an optional extra): without them its rows are skipped
+    extra: str | None = None  # the pip extra that installs them
 
 
 RUNTIMES = (
@@ -24,7 +27,19 @@ RUNTIMES = (
     RuntimeSpec("ORT CPU", ("onnx", "ort", "triton"), "onnxruntime", device="cpu"),
     # The .ort format is for mobile/minimal CPU builds; Triton's model.onnx is the .onnx itself.
     RuntimeSpec("ORT CUDA", ("onnx",), "onnxruntime", device="cuda"),
+    RuntimeSpec("LiteRT XNNPACK", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert"),
+    # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
+    RuntimeSpec("ExecuTorch XNNPACK", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
+                extra="executorch"),
 )
+
+
+def missing(spec: RuntimeSpec) -> str | None:
+    """Why this runtime cannot run here (a module of its extra is absent), or None."""
+    import importlib.util
+
+    absent = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    return f"{', '.join(absent)} not installed (pip install 'mnisttk[{spec.extra}]')" if absent else None
 
 
 def build(spec: RuntimeSpec, folder, artifact: dict, threads: int):

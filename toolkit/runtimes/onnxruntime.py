@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.candidate import Candidate
+from toolkit.contract import EVAL_BATCH
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
 from toolkit.runtime import Model, SessionOptions
 
@@ -29,6 +30,7 @@ class OnnxCandidate(Candidate):
         self.model = Model(path, provider, self.options, expected_sha256=sha256)
         self.loaded_sha256 = self.model.loaded_sha256
         self.threads = threads
+        self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)
 
     def logits(self, images_u8):
         # In batches of EVAL_BATCH (1,000), one of the batch-consistency sizes.

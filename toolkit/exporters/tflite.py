@@ -1,0 +1,82 @@
+"""LiteRT (`.tflite`) models: the PyTorch model converted by litert-torch; with --quantize, static
+int8 by ai-edge-quantizer's `static_wi8_ai8` recipe (int8 per-channel weights, int8 activations,
+int8 input and output), calibrated on the same training images as every other int8 artifact.
+
+litert-torch bakes the batch into the graph's reshapes (a dynamic-batch file converts but fails
+to run, on XNNPACK and on the builtin kernels alike), so each precision gets one file per batch
+size: `<arch>_<p>.tflite` at batch 1 (the artifact: latency, predict) and `<arch>_<p>.b256.tflite`
+at batch 256 (throughput and bulk runs). Both int8 files share one calibration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from toolkit.exporters import Sources, Written
+from toolkit.quietfd import native_output_captured
+
+BATCHES = (1, 256)  # verify's latency batch and its throughput batch
+
+
+def file_name(arch: str, precision: str, batch: int) -> str:
+    return f"{arch}_{precision}.tflite" if batch == 1 else f"{arch}_{precision}.b{batch}.tflite"
+
+
+def convert(model, batch: int, path: Path) -> None:
+    import litert_torch
+    import torch
+
+    litert_torch.convert(model, (torch.zeros(batch, 1, 28, 28),)).export(str(path))
+
+
+def quantize(float_paths: dict, out_paths: dict, calib) -> None:
+    """float_paths/out_paths: batch -> path. Calibrated once, on the batch-1 model, one image a step."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    signatures = Interpreter(model_path=str(float_paths[1])).get_signature_list()
+    (signature, spec), = signatures.items()
+    (input_name,) = spec["inputs"]
+    calibration = None
+    for batch, path in float_paths.items():
+        q = quantizer.Quantizer(str(path))
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        if calibration is None:
+            calibration = q.calibrate({signature: [{input_name: calib[i:i + 1]} for i in range(len(calib))]},
+                                      num_threads=1)
+        q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False).export_model(
+            str(out_paths[batch]), overwrite=True)
+
+
+def export_tflite(src: Sources) -> Written:
+    from toolkit.fsutil import sha256_file
+    from toolkit.runtimes.litert import Program, delegation
+
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    written = Written()
+    paths = {p: {b: src.stage / file_name(src.arch, p, b) for b in BATCHES} for p in ("fp32", "int8")}
+    with native_output_captured():
+        for batch, path in paths["fp32"].items():
+            convert(src.model, batch, path)
+        if src.calib is not None:
+            quantize(paths["fp32"], paths["int8"], src.calib)
+    for precision in ("fp32", "int8") if src.calib is not None else ("fp32",):
+        files = paths[precision]
+        rel = files[1].name
+        variants = []
+        for batch in BATCHES[1:]:
+            variants.append({"batch": batch, "file": files[batch].name, "sha256": sha256_file(files[batch])})
+            written.support.append((files[batch].name, f"{rel} at batch {batch} (LiteRT files have a static batch)"))
+        program = Program(files[1].read_bytes(), 1, rel)
+        inp = program.inp
+        dtype = str(program.dtype)
+        scale, zero = inp["quantization"]
+        values = ("pixel/255 in [0, 1]" if dtype == "float32"
+                  else f"round(pixel/255/{scale:.9g}) + {zero} (the model's input quantization)")
+        written.models.append(("tflite", precision, rel, None))
+        written.top_level += [files[b].name for b in BATCHES]
+        written.extra[rel] = {
+            "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [1, 1, 28, 28], "values": values}],
+            "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__), "shape": [1, 10]}],
+            "static_batch": 1, "batch_files": variants, "delegation": delegation(program.it)}
+    return written

@@ -1,0 +1,123 @@
+"""The ExecuTorch rows: `.pte` programs on ExecuTorch's runtime with the XNNPACK delegate.
+ExecuTorch's Python runtime imports torch, so these rows need torch and `mnisttk[executorch]`;
+without them verify skips the rows and says why. (`executorch-numpy-runtime`, a torch-free
+runtime, needs Python >= 3.12 and ExecuTorch 1.3 programs: see the README.)"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.candidate import Candidate
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input
+from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
+from toolkit.manifest import confined_path
+from toolkit.runtime import read_model_bytes
+
+INSTALL_HINT = "pip install 'mnisttk[executorch]'"
+# Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
+SHAPE_OPS = {"aten::sym_size", "executorch_prim::et_view", "aten::view_copy", "aten::_assert_async",
+             "executorch_prim::add", "executorch_prim::mul", "executorch_prim::floordiv", "aten::sym_numel"}
+MAX_BATCH = EVAL_BATCH  # the largest batch a program is memory-planned for (export's dynamic batch bound)
+CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
+
+
+def audit(data: bytes, name: str) -> dict:
+    """What the program delegates (backend ids) and which operators run on portable kernels."""
+    try:
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        program = deserialize_pte_binary(data)
+        program = getattr(program, "program", program)
+        plan = program.execution_plan[0]
+    except ImportError:
+        raise RuntimeUnavailable(f"executorch is not installed ({INSTALL_HINT})") from None
+    except Exception as exc:
+        raise ToolkitError(f"{name}: not a readable ExecuTorch program ({first_line(exc, 160)})") from None
+    ops = [op.name for op in plan.operators]
+    return {"backend": "XNNPACK", "delegates": [d.id for d in plan.delegates],
+            "not_delegated": [op for op in ops if op not in SHAPE_OPS], "shape_ops": [op for op in ops if op in SHAPE_OPS]}
+
+
+def load_method(data: bytes, name: str, threads: int):
+    try:
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+    except ImportError:
+        raise RuntimeUnavailable(f"executorch is not installed ({INSTALL_HINT})") from None
+    from toolkit.quietfd import native_output_captured
+
+    try:
+        with native_output_captured():  # cpuinfo's probe of /sys prints to stderr
+            if threads > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "experimental API"
+                    portable_lib._unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(data)
+            method = program.load_method("forward")
+    except Exception as exc:
+        raise ToolkitError(f"{name}: not a loadable ExecuTorch program ({first_line(exc, 160)})") from None
+    return program, method
+
+
+class ExecuTorchCandidate(Candidate):
+    runtime = "ExecuTorch XNNPACK"
+
+    def __init__(self, path: Path, precision: str, threads: int, sha256: str | None, name: str, file: str):
+        import torch
+
+        self.torch = torch
+        self.name, self.precision, self.file = name, precision, file
+        data = read_model_bytes(path, sha256)
+        self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        self._audit = audit(data, path.name)
+        # the runtime reads the program from these bytes without copying them: keep them alive
+        self._data = data
+        self._program, self.method = load_method(data, path.name, threads)
+        meta = self.method.metadata
+        if meta.num_inputs() != 1 or meta.num_outputs() != 1:
+            raise ToolkitError(f"{path.name}: {meta.num_inputs()} inputs and {meta.num_outputs()} outputs; "
+                               "an mnisttk model has 1 and 1")
+        sizes = list(meta.input_tensor_meta(0).sizes())
+        if sizes[1:] != [1, 28, 28]:
+            raise ToolkitError(f"{path.name}: input {sizes}, expected [batch, 1, 28, 28]")
+        self.max_batch = int(sizes[0])  # memory-planned upper bound
+        self.consistency_batches = tuple(b for b in CONSISTENCY_BATCHES if b <= self.max_batch)
+
+    def _execute(self, x):
+        try:
+            (out,) = self.method.execute([x])
+        except Exception as exc:
+            raise ToolkitError(f"{self.file}: ExecuTorch failed while running ({first_line(exc, 160)})") from None
+        return out
+
+    def _forward(self, x: np.ndarray, batch: int) -> np.ndarray:
+        outs = [self._execute(self.torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)]
+        out = np.concatenate(outs)
+        if out.shape != (len(x), NUM_CLASSES):
+            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(x)}, {NUM_CLASSES}]")
+        return out
+
+    def logits(self, images_u8):
+        return self._forward(to_float_input(images_u8), self.max_batch)
+
+    def bench_input(self, images_u8):
+        return self.torch.from_numpy(to_float_input(images_u8[: self.max_batch]))
+
+    def run(self, x):
+        return self._execute(x)
+
+    def placement(self):
+        return dict(self._audit)
+
+    def consistency(self, images_u8, preds):
+        x = to_float_input(images_u8)
+        return all(np.array_equal(self._forward(x, b).argmax(1), preds) for b in self.consistency_batches)
+
+
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> ExecuTorchCandidate:
+    return ExecuTorchCandidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
+                               artifact["sha256"], name, artifact["file"])

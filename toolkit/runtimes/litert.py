@@ -1,0 +1,172 @@
+"""The LiteRT rows: `.tflite` files on LiteRT's interpreter (`ai-edge-litert`) with its default
+XNNPACK delegate. Edge side: numpy and ai_edge_litert only, never torch.
+
+A `.tflite` from litert-torch has a static batch (its converter bakes the batch into the reshapes:
+a dynamic-batch file converts but cannot run), so export writes one file per batch size it needs:
+the artifact at batch 1, and `batch_files` (e.g. batch 256, for throughput and bulk runs), each
+hashed in the manifest. Bulk inputs run in chunks of the largest batch, the last chunk padded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.candidate import Candidate
+from toolkit.contract import NUM_CLASSES, to_float_input
+from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.manifest import confined_path
+from toolkit.runtime import read_model_bytes
+
+INSTALL_HINT = "pip install 'mnisttk[litert]'"
+SHAPE_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # layout only: no arithmetic worth a delegate
+
+
+def is_tflite(path: Path) -> bool:
+    """Whether the file is a LiteRT flatbuffer (identifier "TFL3" at bytes 4-8), by content."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"TFL3"
+    except OSError:
+        return False
+
+
+def interpreter(data: bytes, threads: int, name: str):
+    """A LiteRT interpreter over these bytes, tensors allocated (XNNPACK applied by default)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise RuntimeUnavailable(f"ai-edge-litert is not installed ({INSTALL_HINT})") from None
+    from toolkit.quietfd import native_output_captured
+
+    try:
+        with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            it = Interpreter(model_content=data, num_threads=max(threads, 1))
+            it.allocate_tensors()
+    except Exception as exc:
+        raise ToolkitError(f"{name}: not a loadable LiteRT model ({first_line(exc, 160)})") from None
+    return it
+
+
+def delegation(it) -> dict:
+    """Which of the model's operators the XNNPACK delegate took, and which run on LiteRT's builtin
+    kernels. A delegate node replaces a connected part of the graph whose boundary is its own inputs
+    and outputs: walking back from its outputs to its inputs finds the operators it replaced."""
+    ops = it._get_ops_details()
+    producer = {int(t): op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    taken: set[int] = set()
+    for d in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            op = producer.get(stack.pop())
+            if op is None or op["index"] in taken:
+                continue
+            taken.add(op["index"])
+            stack += [int(t) for t in op["inputs"] if int(t) >= 0 and int(t) not in boundary]
+    originals = [op for op in ops if op["op_name"] != "DELEGATE"]
+    outside = [op["op_name"] for op in originals if op["index"] not in taken]
+    return {"backend": "XNNPACK", "delegated": [op["op_name"] for op in originals if op["index"] in taken],
+            "not_delegated": [op for op in outside if op not in SHAPE_OPS], "shape_ops": [op for op in outside if op in SHAPE_OPS]}
+
+
+class Program:
+    """One static-batch .tflite file: set the input, invoke, read the output."""
+
+    def __init__(self, data: bytes, threads: int, name: str):
+        self.it = interpreter(data, threads, name)
+        inputs, outputs = self.it.get_input_details(), self.it.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ToolkitError(f"{name}: {len(inputs)} inputs and {len(outputs)} outputs; an mnisttk model has 1 and 1")
+        self.inp, self.out = inputs[0], outputs[0]
+        shape = [int(d) for d in self.inp["shape"]]
+        if shape[1:] != [1, 28, 28] or [int(d) for d in self.out["shape"]][1:] != [NUM_CLASSES]:
+            raise ToolkitError(f"{name}: input {shape} / output {list(self.out['shape'])}, expected "
+                               f"[batch, 1, 28, 28] / [batch, {NUM_CLASSES}]")
+        self.batch = shape[0]
+        self.dtype = np.dtype(self.inp["dtype"])
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float [0, 1] images in the model's input type (int8 models take int8: scale, zero point)."""
+        if self.dtype == np.float32:
+            return np.ascontiguousarray(x, np.float32)
+        scale, zero = self.inp["quantization"]
+        info = np.iinfo(self.dtype)
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.dtype)
+
+    def run(self, xq: np.ndarray) -> np.ndarray:
+        self.it.set_tensor(self.inp["index"], xq)
+        self.it.invoke()
+        y = self.it.get_tensor(self.out["index"])
+        if np.dtype(self.out["dtype"]) != np.float32:
+            scale, zero = self.out["quantization"]
+            return (y.astype(np.float32) - zero) * scale
+        return y.copy()
+
+
+class _Batch:
+    """A prepared batch: the program of its size (None: chunks of the bulk one) and its input."""
+
+    def __init__(self, program, data):
+        self.program, self.data = program, data
+
+    def __len__(self):
+        return len(self.data)
+
+
+class LiteRTCandidate(Candidate):
+    runtime = "LiteRT XNNPACK"
+
+    def __init__(self, files: dict, precision: str, threads: int, name: str, file: str):
+        """files: batch size -> (path, expected SHA-256); the batch-1 file is the artifact."""
+        import hashlib
+
+        self.name, self.precision, self.file = name, precision, file
+        self.programs = {}
+        for batch, (path, sha) in sorted(files.items()):
+            data = read_model_bytes(path, sha)
+            program = Program(data, threads, path.name)
+            if program.batch != batch:
+                raise ToolkitError(f"{path.name}: a batch-{program.batch} LiteRT model where a batch-{batch} one was expected")
+            self.programs[batch] = program
+            if batch == 1:
+                self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        if 1 not in self.programs:
+            raise ManifestError(f"{file}: no batch-1 LiteRT file")
+        self.bulk = self.programs[max(self.programs)]
+        self.consistency_batches = tuple(sorted(self.programs))
+
+    def _forward(self, program: Program, x: np.ndarray) -> np.ndarray:
+        """Float images through one static-batch program, in chunks, the last one padded."""
+        b, out = program.batch, []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(program.run(program.quantize(chunk)))
+        return np.concatenate(out)[: len(x)]
+
+    def logits(self, images_u8):
+        return self._forward(self.bulk, to_float_input(images_u8))
+
+    def bench_input(self, images_u8):
+        x = to_float_input(images_u8)
+        program = self.programs.get(len(x))
+        return _Batch(program, program.quantize(x) if program else x)
+
+    def run(self, x):
+        return x.program.run(x.data) if x.program else self._forward(self.bulk, x.data)
+
+    def placement(self):
+        return delegation(self.programs[1].it)
+
+    def consistency(self, images_u8, preds):
+        x = to_float_input(images_u8)
+        return all(np.array_equal(self._forward(p, x).argmax(1), preds) for p in self.programs.values())
+
+
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> LiteRTCandidate:
+    files = {int(artifact.get("static_batch", 1)): (confined_path(folder, artifact["file"]), artifact["sha256"])}
+    for variant in artifact.get("batch_files", []):
+        files[int(variant["batch"])] = (confined_path(folder, variant["file"]), variant["sha256"])
+    return LiteRTCandidate(files, artifact["precision"], threads, name, artifact["file"])
