@@ -3,6 +3,7 @@ the int8 levers and `mnisttk verify` end to end, and writes JSON and a Markdown 
 
     python benchmarks/run.py                 # everything (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick         # fewer repetitions, no full training run
+    python benchmarks/run.py --targets-only  # ONNX Runtime, LiteRT, ExecuTorch side by side (a minute)
 
 This machine is shared and noisy: every comparison is a ratio measured inside the same run,
 with the models interleaved round by round, and every figure is a median of >= 5 repetitions
@@ -84,6 +85,29 @@ def compare(runners: list[Candidate], images, rounds, lat_iters, batches, baseli
             row[f"tp{b}_ratio"] = median(np.array(v[f"tp{b}"]) / np.array(base[f"tp{b}"]))
         out[name] = row
     return out
+
+
+def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: int, lat_iters: int):
+    """Every deployment target's runtime on its own artifacts, interleaved in the same rounds: ONNX
+    Runtime (.onnx), LiteRT + XNNPACK (.tflite), ExecuTorch + XNNPACK (.pte); ratios to ONNX fp32.
+    Built by verify's own registry, so each runs as verify runs it."""
+    from toolkit.runtimes import RUNTIMES, ROW_NAMES, build, missing
+
+    runners, skipped = [], {}
+    for spec in RUNTIMES:
+        if spec.device == "cuda" or spec.label == "TorchScript":
+            continue
+        for a in manifest["artifacts"]:
+            if a["format"] not in spec.formats or a["format"] in ("ort", "triton"):
+                continue
+            name = f"{ROW_NAMES[a['format']]} {a['precision']} ({spec.label})"
+            if missing(spec):
+                skipped[name] = missing(spec)
+                continue
+            runners.append(build(spec, folder, a, threads))
+            runners[-1].name = name
+    table = compare(runners, images, rounds, lat_iters, (256,), "ONNX fp32 (ORT CPU)")
+    return {"rows": table, "skipped": skipped}
 
 
 # ------------------------------------------------------------------ training
@@ -334,8 +358,20 @@ def markdown(res) -> str:
                 out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p50_ratio']:.2f} | "
                            f"{r['tp64']:,.0f} | {r['tp256']:,.0f} | {r['tp1000']:,.0f} | {r['tp256_ratio']:.2f} | {peak:.0f}% |")
         out.append("")
-    out.append(f"fp32 peak: {MACS_PER_IMAGE:,} multiply-adds per image; one AVX-512 core peaks near "
-               f"{FP32_PEAK_PER_CORE:,} images/s in fp32.\n")
+    if res.get("targets"):
+        out += ["**Deployment targets side by side** (each runtime on its own artifact, interleaved in the same "
+                "rounds; batch-1 p50 and batch-256 throughput; ratios to ONNX fp32 on ORT CPU in the same rounds)", "",
+                "| artifact (runtime) | threads | p50 µs | p50 / ORT fp32 | img/s b256 | b256 / ORT fp32 |",
+                "|---|---|---|---|---|---|"]
+        for threads, t in res["targets"].items():
+            for name, r in t["rows"].items():
+                out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p50_ratio']:.2f} | {r['tp256']:,.0f} | "
+                           f"{r['tp256_ratio']:.2f} |")
+        skipped = {k: v for t in res["targets"].values() for k, v in t["skipped"].items()}
+        out += [f"Not run: {k} — {v}." for k, v in skipped.items()] + [""]
+    if res.get("onnx"):
+        out.append(f"fp32 peak: {MACS_PER_IMAGE:,} multiply-adds per image; one AVX-512 core peaks near "
+                   f"{FP32_PEAK_PER_CORE:,} images/s in fp32.\n")
     if res.get("levers"):
         out += ["**int8 levers** (ONNX Runtime CPU, 1 thread; ratios to fp32 in the same rounds)", "",
                 "| variant | test acc | p50 µs | p50 / fp32 | img/s b256 | b256 / fp32 |", "|---|---|---|---|---|---|"]
@@ -367,6 +403,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer latency iterations and verify runs, no full training run")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-levers", action="store_true")
+    ap.add_argument("--targets-only", action="store_true",
+                    help="only the deployment targets side by side, into targets.json / targets.md")
     args = ap.parse_args()
 
     rounds, lat_iters = 5, (200 if args.quick else 500)
@@ -382,6 +420,14 @@ def main():
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     args.out.mkdir(parents=True, exist_ok=True)
+    all_threads = os.cpu_count() or 1
+    thread_counts = sorted({1, all_threads})
+    if args.targets_only:
+        res["targets"] = {t: bench_targets(folder, manifest, data.test_images, t, rounds, lat_iters) for t in thread_counts}
+        (args.out / "targets.json").write_text(json.dumps(res, indent=2) + "\n")
+        (args.out / "targets.md").write_text(markdown(res))
+        print(markdown(res))
+        return
 
     def save():  # after every section, so a long run that is cut short keeps what it measured
         (args.out / "latest.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -400,8 +446,6 @@ def main():
             res["train"][dev] = t
             save()
 
-    all_threads = os.cpu_count() or 1
-    thread_counts = sorted({1, all_threads})
     res["onnx"], res["torchscript"] = {}, {}
     for threads in thread_counts:
         log(f"ONNX Runtime CPU, {threads} thread(s)")
@@ -415,6 +459,11 @@ def main():
             runners.append(ts_runner("int8", files[("torchscript", "int8")], threads))
         res["torchscript"][threads] = compare(runners, data.test_images, rounds, max(100, lat_iters // 5),
                                               (64, 256, 1000), "fp32")
+        save()
+    res["targets"] = {}
+    for threads in thread_counts:
+        log(f"deployment targets side by side, {threads} thread(s)")
+        res["targets"][threads] = bench_targets(folder, manifest, data.test_images, threads, rounds, lat_iters)
         save()
     if not args.no_levers:
         log("int8 levers")

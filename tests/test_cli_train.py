@@ -196,3 +196,5 @@ def test_readme_performance_tables_are_the_committed_benchmark():
     root = Path(__file__).resolve().parent.parent
     latest = (root / "benchmarks" / "results" / "latest.md").read_text().strip()
     assert latest in (root / "README.md").read_text(), "paste benchmarks/results/latest.md into the README"
+    targets = (root / "benchmarks" / "results" / "targets.md").read_text().strip()
+    assert targets in (root / "README.md").read_text(), "paste benchmarks/results/targets.md into the README"
