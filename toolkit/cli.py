@@ -551,10 +551,12 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
 
 
-@main.command(short_help="Where each ONNX model's time goes, node by node (ORT's profiler).")
+@main.command(short_help="Why the int8 model is what it is: per-layer error and per-node time.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out,
-              show_default=True, help="Folder with manifest.json and the artifacts.")
+              show_default=True, help="Folder with manifest.json and the artifacts (an int8 ONNX model among them).")
 @data_dir_option
+@click.option("--images", "n_images", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="Test images the per-layer error is measured on.")
 @click.option("--throughput-batch", "batch", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
               show_default=True, help="Batch each profiled run takes (verify's throughput batch).")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
@@ -562,27 +564,51 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
 @click.option("--repeats", type=click.IntRange(1, 1000), default=20, show_default=True,
               help="Profiled runs per model; each node's time is their median.")
 @click.option("--top", type=click.IntRange(1, 1000), default=12, show_default=True, help="Nodes shown per model.")
-@json_option("Every node of every model")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the tables as Markdown into this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw per-layer SQNR, per-node time, the flipped images and the confusion matrix (PNG).")
+@json_option("Every layer and node of both models, the flips and the confusion matrix")
 @quiet_option
 @toolkit_errors
-def inspect(folder, data_dir, batch, threads, repeats, top, json_out):
-    """Profile the exported ONNX models on ONNX Runtime's CPU provider: every kernel it ran (the
-    model's layers and the layout, reorder and (de)quantize nodes it inserted), its median time per
-    image and its share. Torch-free.
+def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, md_path=None, plot_path=None):
+    """Explain the int8 ONNX model against the fp32 one, torch-free: per layer (conv1, conv2, fc1 …)
+    its output error — SQNR, cosine, max |Δ| — in the int8 graph and with only that layer quantized,
+    its weight error, scales and zero points, whether an int8 kernel ran it; per node, the time ONNX
+    Runtime's profiler measured (layers, layout reorders, (de)quantize nodes); the test images whose
+    prediction int8 changed, and its confusion matrix.
 
     \b
     Example:
-        mnisttk inspect --json inspect.json
+        mnisttk inspect --json inspect.json --markdown inspect.md --plot inspect.png
     """
     from toolkit.data import load_mnist
     from toolkit.inspect import format_inspect, run_inspect
     from toolkit.manifest import load_manifest
 
     load_manifest(folder)  # no or bad manifest: say so before loading any data
+    import importlib.util
+
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
+    for out_path in (None if json_to_stdout(json_out) else json_out, md_path, plot_path):
+        if out_path:
+            _check_output_path(out_path)
     mnist = load_mnist(data_dir, log=log)
-    result = run_inspect(folder, mnist.test_images, batch=batch, threads=threads, repeats=repeats)
+    result = run_inspect(folder, mnist.test_images, mnist.test_labels, batch=batch, threads=threads, repeats=repeats,
+                         n_images=n_images)
     emit_json(result, json_out)
     click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out))
+    from toolkit.fsutil import atomic_write_bytes
+    from toolkit.inspect_report import format_markdown, write_plot
+
+    try:
+        if md_path:
+            atomic_write_bytes(md_path, format_markdown(result).encode())
+        if plot_path:
+            write_plot(result, mnist.test_images, plot_path)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
 
 
 @main.command(short_help='What this machine offers: versions, providers, CPU flags, GPUs.')

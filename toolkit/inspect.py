@@ -1,14 +1,19 @@
-"""`mnisttk inspect`: where an ONNX model's time goes, node by node, measured on ONNX Runtime's CPU
-provider with its own profiler at verify's batch and thread count (torch-free: numpy + onnxruntime).
+"""`mnisttk inspect`: why an int8 model is what it is — per layer, its error and its time — measured
+on ONNX Runtime's CPU provider (torch-free: numpy + onnxruntime).
 
-For each ONNX artifact of an export (fp32, int8): every kernel ONNX Runtime ran after its graph
-optimizations — the model's layers (named conv1, conv2, fc1 … by export) and what the runtime
-inserted (layout reorders, (de)quantize nodes) — with its median time per image over repeated
-runs, its share of the total, and the provider that ran it.
+- **Time**: for each ONNX artifact (fp32, int8), every kernel ONNX Runtime ran after its graph
+  optimizations — the model's layers (named conv1, conv2, fc1 … by export) and what the runtime
+  inserted (layout reorders, (de)quantize nodes) — with its median time per image over repeated
+  profiled runs at verify's batch and thread count, its share, and the provider that ran it.
+- **Error** (`toolkit.layer_error`): per layer of the int8 model, SQNR, cosine and max |Δ| of its
+  output against the fp32 model's, accumulated and isolated; weight SQNR; scales; whether an int8
+  kernel ran for it.
+- **Flips**: the test images whose top-1 the int8 model changed, and its confusion matrix.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -48,28 +53,120 @@ def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, r
     return {"batch": n, "threads": threads, "repeats": repeats, "total_us_per_image": total, "nodes": nodes}
 
 
-def run_inspect(folder: Path, images_u8: np.ndarray, batch: int = 256, threads: int = 1, repeats: int = 20) -> dict:
+INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd"}
+_SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
+
+
+def _layer_time(layer: dict, model: dict) -> tuple[float, list]:
+    """µs per image of the kernels that ran this layer (by name: the layer's, or its output's, as
+    ONNX Runtime names fused nodes), and their ops."""
+    names = {layer["layer"], layer["tensor"]}
+    hits = [nd for nd in model["nodes"] if _SUFFIX.sub("", nd["node"]) in names]
+    return sum(nd["us_per_image"] for nd in hits), sorted({nd["op"] for nd in hits})
+
+
+def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None = None, batch: int = 256,
+                threads: int = 1, repeats: int = 20, n_images: int = 1000) -> dict:
+    from toolkit.layer_error import layer_errors
+    from toolkit.runtime import read_model_bytes
+
     manifest = load_manifest(folder)
     bad = {r["file"]: r["status"] for r in check_hashes(folder, manifest) if r["status"] != "ok"}
-    models = {}
-    for a in manifest["artifacts"]:
-        if a["format"] != "onnx":
-            continue
+    onnx = {a["precision"]: a for a in manifest["artifacts"] if a["format"] == "onnx"}
+    if "int8" not in onnx:
+        raise ManifestError(f"{folder / 'manifest.json'}: no int8 ONNX model to inspect (run `mnisttk export --quantize`)")
+    models, data = {}, {}
+    for precision, a in onnx.items():
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
+        path = confined_path(folder, a["file"])
+        data[precision] = read_model_bytes(path, a["sha256"])
         # the session verify uses: int8 without ORT's NCHWc layout (see SessionOptions.nchwc)
-        options = SessionOptions(nchwc=a["precision"] != "int8")
-        models[a["precision"]] = {"file": a["file"], **profile_model(
-            confined_path(folder, a["file"]), images_u8, batch, threads, repeats, options, a["sha256"])}
-    if "fp32" in models and "int8" in models:
-        ratio = models["int8"]["total_us_per_image"] / models["fp32"]["total_us_per_image"]
-    else:
-        ratio = None
-    return {"schema_version": 1, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio}
+        options = SessionOptions(nchwc=precision != "int8")
+        models[precision] = {"file": a["file"], **profile_model(path, images_u8, batch, threads, repeats, options,
+                                                                a["sha256"])}
+    ratio = models["int8"]["total_us_per_image"] / models["fp32"]["total_us_per_image"]
+    # per-layer error on the first n_images test images, each model fed its own input type
+    sample = images_u8[:n_images]
+    fp32_model = Model(confined_path(folder, onnx["fp32"]["file"]), "cpu", expected_sha256=onnx["fp32"]["sha256"])
+    int8_model = Model(confined_path(folder, onnx["int8"]["file"]), "cpu", expected_sha256=onnx["int8"]["sha256"])
+    errors = layer_errors(data["fp32"], data["int8"], fp32_model.prepare(sample), int8_model.prepare(sample), threads)
+    for layer in errors["layers"]:
+        layer["fp32_us_per_image"], layer["fp32_ops"] = _layer_time(layer, models["fp32"])
+        layer["int8_us_per_image"], layer["int8_ops"] = _layer_time(layer, models["int8"])
+        layer["int8_kernel"] = bool(set(layer["int8_ops"]) & INT8_KERNELS)
+    # flips and confusion on the whole test set, the deployed sessions as verify runs them
+    fp32_pred = fp32_model.logits(images_u8).argmax(1)
+    int8_logits = int8_model.logits(images_u8)
+    int8_pred = int8_logits.argmax(1)
+    flips = np.flatnonzero(fp32_pred != int8_pred)
+    probs = _softmax(int8_logits[flips])
+    fp32_probs = _softmax(fp32_model.logits(images_u8[flips])) if len(flips) else np.zeros((0, 10))
+    flip_rows = [{"index": int(i), "label": None if labels is None else int(labels[i]), "fp32": int(fp32_pred[i]),
+                  "int8": int(int8_pred[i]), "fp32_p": float(fp32_probs[k, fp32_pred[i]]),
+                  "int8_p": float(probs[k, int8_pred[i]])} for k, i in enumerate(flips)]
+    confusion = None
+    if labels is not None:
+        confusion = np.zeros((10, 10), np.int64)
+        np.add.at(confusion, (labels.astype(np.int64), int8_pred), 1)
+        confusion = confusion.tolist()
+    return {"schema_version": 2, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio,
+            "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64) - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _fmt_scale(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, dict):
+        return f"{v['min']:.2g}..{v['max']:.2g}×{v['per_channel']}"
+    return f"{v:.3g}"
+
+
+LAYER_COLUMNS = ["layer", "op", "int8 model ran", "SQNR acc", "SQNR iso", "cos acc", "max|Δ| acc",
+                 "W SQNR", "in / out scale", "µs fp32", "µs int8"]
+WIDE_COLUMNS = LAYER_COLUMNS[:-2] + ["W scales"] + LAYER_COLUMNS[-2:]  # Markdown and JSON have the weight scales
+
+
+def layer_cells(layer: dict, wide: bool = False) -> list[str]:
+    acc, iso, w = layer["accumulated"], layer.get("isolated"), layer.get("weight")
+    sc = layer.get("scales", {})
+    ran = "/".join(layer["int8_ops"]) or "—"
+    cells = [layer["layer"], layer["op"], ran if layer["quantized"] else f"{ran} (fp32)", f"{acc['sqnr_db']:.1f}",
+             "—" if not iso else f"{iso['sqnr_db']:.1f}", f"{acc['cosine']:.5f}", f"{acc['max_abs_diff']:.3g}",
+             "—" if not w else f"{w['sqnr_db']:.1f}", f"{_fmt_scale(sc.get('input'))} / {_fmt_scale(sc.get('output'))}"]
+    if wide:
+        cells.append(_fmt_scale(sc.get("weight")))
+    return cells + [f"{layer['fp32_us_per_image']:.2f}", f"{layer['int8_us_per_image']:.2f}"]
 
 
 def format_inspect(result: dict, top: int = 12) -> str:
     lines = []
+    err = result.get("error")
+    if err:
+        rows = [LAYER_COLUMNS] + [layer_cells(layer) for layer in err["layers"]]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(LAYER_COLUMNS))]
+        lines.append(f"per layer, int8 vs fp32 on {err['images']:,} test images (SQNR in dB; acc: in the int8 graph, "
+                     "iso: only that layer int8)")
+        for k, r in enumerate(rows):
+            lines.append("  " + "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            if k == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+        worst = min((layer for layer in err["layers"] if layer.get("isolated")), key=lambda x: x["isolated"]["sqnr_db"])
+        lines.append(f"  logits SQNR {err['logits']['sqnr_db']:.1f} dB, top-1 agreement {err['int8_agreement']:.2%}; "
+                     f"most error on its own: {worst['layer']} ({worst['isolated']['sqnr_db']:.1f} dB isolated, "
+                     f"{worst['isolated_agreement']:.2%} agreement)")
+        flips = result.get("flips", [])
+        shown = ", ".join(f"#{f['index']} {f['fp32']}→{f['int8']}" + ("" if f["label"] is None else f" (true {f['label']})")
+                          for f in flips[:4])
+        lines.append(f"  int8 changed {len(flips)} of {result['n_test']:,} test predictions" + (f": {shown}" if flips else "")
+                     + (" …" if len(flips) > 4 else ""))
+        lines.append("")
     for precision, m in result["models"].items():
         lines.append(f"{m['file']} ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels, batch "
                      f"{m['batch']}, {m['threads']} thread(s), median of {m['repeats']} runs")

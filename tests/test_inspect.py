@@ -1,0 +1,90 @@
+"""`mnisttk inspect`: per-layer error (accumulated and isolated), flips, confusion, Markdown, plot."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tests.helpers import run
+
+
+@pytest.fixture
+def exported(tiny_export, tmp_path):
+    out = tmp_path / "exported"
+    shutil.copytree(tiny_export["out"], out)
+    return out
+
+
+def inspect(exported, data, *extra):
+    return run("inspect", "--dir", exported, "--data-dir", data, "--repeats", 2, "--throughput-batch", 16,
+               "--json", "-", *extra)
+
+
+def test_per_layer_error_names_the_layers_and_their_kernels(exported, tiny_export):
+    r = inspect(exported, tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    layers = {layer["layer"]: layer for layer in result["error"]["layers"]}
+    assert list(layers) == ["conv1", "conv2", "fc1"]
+    assert not layers["conv1"]["quantized"] and "isolated" not in layers["conv1"]  # the fenced fp32 first block
+    assert layers["conv1"]["accumulated"]["max_abs_diff"] < 1e-4
+    for name, kernel in (("conv2", "QLinearConv"), ("fc1", "QGemm")):
+        layer = layers[name]
+        assert layer["quantized"] and layer["int8_kernel"] and kernel in layer["int8_ops"]
+        assert 10 < layer["accumulated"]["sqnr_db"] < 100 and 10 < layer["isolated"]["sqnr_db"] < 100
+        assert 0.99 < layer["accumulated"]["cosine"] <= 1 and layer["weight"]["sqnr_db"] > 20
+        assert layer["scales"]["weight"]["per_channel"] == (16 if name == "conv2" else 10)
+        assert layer["int8_us_per_image"] > 0 and layer["fp32_us_per_image"] > 0
+    # conv1 stays fp32, so conv2 sees the fp32 input: its isolated and accumulated errors are the same
+    assert layers["conv2"]["isolated"]["sqnr_db"] == pytest.approx(layers["conv2"]["accumulated"]["sqnr_db"], abs=1e-6)
+    assert result["n_test"] == 40 and np.asarray(result["confusion_int8"]).sum() == 40
+    assert result["error"]["images"] == 40  # --images defaults to 1,000: capped by the test set
+    assert "SQNR acc" in r.stderr and "int8 changed" in r.stderr
+
+
+def test_isolation_finds_the_damaged_layer(exported, tiny_export):
+    """conv2's weight scales inflated 1.5×: only conv2 is at fault on its own; fc1 inherits the error."""
+    path = exported / "cnn_int8.onnx"
+    model = onnx.load(str(path))
+    for init in model.graph.initializer:
+        if init.name == "conv2.weight_scale":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    onnx.save(model, str(path))
+    manifest = json.loads((exported / "manifest.json").read_text())
+    for a in manifest["artifacts"]:
+        if a["file"] == "cnn_int8.onnx":
+            a["sha256"], a["size_bytes"] = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    r = inspect(exported, tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    layers = {layer["layer"]: layer for layer in json.loads(r.stdout)["error"]["layers"]}
+    assert layers["conv2"]["isolated"]["sqnr_db"] < 15 and layers["conv2"]["weight"]["sqnr_db"] < 15
+    assert layers["fc1"]["isolated"]["sqnr_db"] > layers["conv2"]["isolated"]["sqnr_db"] + 15
+    assert layers["fc1"]["accumulated"]["sqnr_db"] < layers["fc1"]["isolated"]["sqnr_db"] - 10
+    assert "most error on its own: conv2" in r.stderr
+
+
+def test_markdown_and_plot(exported, tiny_export):
+    pytest.importorskip("matplotlib")
+    r = inspect(exported, tiny_export["data"], "--markdown", exported / "i.md", "--plot", exported / "i.png",
+                "--images", 10)
+    assert r.exit_code == 0, r.output
+    md = (exported / "i.md").read_text()
+    assert "| conv2 | Conv | QLinearConv |" in md and "max\\|Δ\\| acc" in md and "on 10 test images" in md
+    assert (exported / "i.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs(exported, tiny_export, tmp_path):
+    r = run("inspect", "--dir", exported, "--data-dir", tiny_export["data"], "--images", 0)
+    assert r.exit_code == 2 and "--images" in r.output
+    fp32_only = tmp_path / "fp32"
+    r = run("export", "--checkpoint", exported / "cnn.pt", "--dir", fp32_only, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    r = run("inspect", "--dir", fp32_only, "--data-dir", tiny_export["data"])
+    assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and "no int8 ONNX model" in r.stderr, r.output
+    r = run("inspect", "--dir", exported, "--data-dir", tiny_export["data"], "--plot", tmp_path / "nope" / "x.png")
+    assert r.exit_code == 1 and "Traceback" not in r.output
