@@ -55,3 +55,39 @@ def test_frame_filling_digits_are_normalised_and_mnist_passes_unchanged(real_exp
     acc = {as_is: float((model.logits(np.stack([to_mnist(f, as_is=as_is) for f in filled])).argmax(1) == labels).mean())
            for as_is in (True, False)}
     assert acc[False] >= 0.85 and acc[False] > acc[True] + 0.2, acc
+
+
+@pytest.mark.e2e
+def test_search_keeps_a_damaged_layer_in_fp32(real_export, tmp_path):
+    """An outlier channel (conv1's channel 0 ×300, conv2's matching input weights ÷300: the same
+    function in fp32) crushes conv2's input quantizer: the default int8 model fails verify's gates,
+    inspect blames conv2 on its own, and --search keeps conv2 in fp32 and passes."""
+    import torch
+
+    ckpt = torch.load(real_export / "cnn.pt", weights_only=True)
+    sd = ckpt["state_dict"]
+    sd["conv1.weight"][0] *= 300
+    sd["conv1.bias"][0] *= 300
+    sd["conv2.weight"][:, 0] /= 300
+    out = tmp_path / "damaged"
+    out.mkdir()
+    torch.save(ckpt, out / "cnn.pt")
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize", "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["verify", "--dir", str(out), "--no-torch"])
+    assert r.exit_code == 1 and "FAIL: ONNX int8 on ORT CPU" in r.stdout
+    r = CliRunner().invoke(main, ["inspect", "--dir", str(out), "--repeats", "2", "--json", "-"])
+    layers = {x["layer"]: x for x in json.loads(r.stdout)["error"]["layers"]}
+    assert layers["conv2"]["isolated"]["sqnr_db"] + 15 < layers["fc1"]["isolated"]["sqnr_db"]
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
+                                  "--search", "-q"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    table = manifest["search"]["table"]
+    chosen = [row for row in table if row.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["precision"]["conv2"] == "fp32" and chosen[0]["passed"]
+    default = next(row for row in table if row["precision"] == {"first conv": "fp32", "conv2": "int8", "fc1": "int8"})
+    assert not default["passed"]
+    assert manifest["calibration"]["keep_fp32"] == ["conv2"] or "conv2" in manifest["calibration"]["keep_fp32"]
+    r = CliRunner().invoke(main, ["verify", "--dir", str(out), "--no-torch"])
+    assert r.exit_code == 0, r.output

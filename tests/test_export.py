@@ -494,3 +494,24 @@ def test_predict_with_a_tflite_model_agrees_with_onnx(all_targets, tiny_export, 
     assert digits["cnn_fp32.onnx"] == digits["cnn_fp32.tflite"]
     r = run("predict", "--model", all_targets / "cnn_fp32.b256.tflite", *files)
     assert r.exit_code == 1 and "a batch-256 LiteRT model where a batch-1 one was expected" in r.stderr, r.output
+
+
+def test_keep_fp32_and_search_arguments(tiny_export, tmp_path):
+    import shutil
+
+    out = tmp_path / "e"
+    out.mkdir()
+    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
+    common = ["--checkpoint", out / "cnn.pt", "--dir", out, "--calibration-size", 100, "--data-dir", tiny_export["data"]]
+    r = run("export", *common, "--search")
+    assert r.exit_code == 1 and "--search" in r.stderr and "--quantize" in r.stderr, r.output
+    r = run("export", *common, "--quantize", "--keep-fp32", "conv9")
+    assert r.exit_code == 1 and "no layer named 'conv9'" in r.stderr and "conv2" in r.stderr, r.output
+    assert not (out / "manifest.json").exists()
+    r = run("export", *common, "--quantize", "--keep-fp32", "fc1")
+    assert r.exit_code == 0, r.output
+    ops = {n.name: n.op_type for n in onnx.load(str(out / "cnn_int8.onnx")).graph.node}
+    assert ops["fc1"] == "Gemm" and "fc1.weight_DequantizeLinear" not in ops  # fc1 stays float
+    assert "conv2.weight_DequantizeLinear" in ops  # conv2 still int8
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["keep_fp32"] == ["fc1"] and manifest["search"] is None

@@ -270,6 +270,9 @@ def format_train_result(result: dict) -> str:
               help="Training images used to calibrate (never test images).")
 @click.option("--calibration-method", type=click.Choice(METHODS), default=QUANT.method, show_default=True,
               help="How activation ranges are set from the calibration images.")
+@click.option("--calibration-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True),
+              default=QUANT.percentile, show_default=True,
+              help="With --calibration-method percentile: the percentile of |activation| each range keeps.")
 @click.option("--per-channel/--per-tensor", default=QUANT.per_channel, show_default=True,
               help="Weight scales per output channel or per tensor.")
 @click.option("--format", "quant_format", type=click.Choice(["qdq", "qoperator"]), default=QUANT.quant_format,
@@ -286,6 +289,11 @@ def format_train_result(result: dict) -> str:
 @click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
               help="Comma list of formats: torchscript, onnx, ort (ONNX Runtime's mobile format), triton (a Triton "
                    "model repository), or all. onnx is always written.")
+@click.option("--search", is_flag=True,
+              help="With --quantize: try every per-layer precision (first conv fp32/im2col/int8, each later layer "
+                   "int8/fp32), score each on the test set under verify's gates, time it, keep the fastest that passes.")
+@click.option("--keep-fp32", "keep_fp32", default="", metavar="LAYERS",
+              help="Comma list of later layers (e.g. conv2,fc1) the int8 ONNX model leaves in fp32.")
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
@@ -296,13 +304,15 @@ def format_train_result(result: dict) -> str:
 @toolkit_errors
 @merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False, targets=None):
+           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
+           targets=None, search=False, keep_fp32="", percentile=QUANT.percentile):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
     \b
     Example:
         mnisttk export --quantize
+        mnisttk export --quantize --search --targets all
     """
     from toolkit.data import load_mnist
     from toolkit.export import ExportConfig, run_export
@@ -310,10 +320,10 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
 
     quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
-                        first_conv=first_conv,
-                        reduce_range=reduce_range, seed=seed)
+                        first_conv=first_conv, reduce_range=reduce_range, seed=seed, percentile=percentile,
+                        keep_fp32=tuple(n.strip() for n in keep_fp32.split(",") if n.strip()))
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
-                          allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats)
+                          allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded

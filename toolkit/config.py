@@ -56,6 +56,10 @@ class QuantConfig:
     # conv, bit-identical to plain int8 and 2.5× faster than it, but still slower than fp32.
     first_conv: str = "fp32"  # fp32 (left unquantized) | im2col | int8 (as quantized)
     seed: int = 0  # which training images calibrate
+    # Later layers (ONNX node names: conv2, fc1 …) left in fp32 with their ReLU/max-pool; what
+    # `export --quantize --search` chooses per layer. Default: none.
+    keep_fp32: tuple = ()
+    percentile: float = 99.999  # --calibration-method percentile: the |activation| percentile kept (ORT's default)
 
     def __post_init__(self):
         if self.calibration_size < 1:
@@ -68,6 +72,10 @@ class QuantConfig:
             raise ExportError("activation and weight types must be int8 or uint8")
         if self.first_conv not in ("int8", "im2col", "fp32"):
             raise ExportError("first conv must be int8, im2col or fp32")
+        if not 0 < self.percentile <= 100:
+            raise ExportError("--calibration-percentile must be in (0, 100]")
+        if not all(isinstance(n, str) and n for n in self.keep_fp32):
+            raise ExportError("keep_fp32 holds layer names")
         if self.first_conv == "im2col" and self.quant_format != "qdq":
             raise ExportError("--first-conv im2col needs --format qdq (use --first-conv int8 with qoperator)")
 
@@ -80,7 +88,7 @@ class QuantConfig:
         return not (flags["avx512_vnni"] or flags["avx_vnni"])
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "reduce_range": self.resolved_reduce_range()}
+        return {**asdict(self), "reduce_range": self.resolved_reduce_range(), "keep_fp32": list(self.keep_fp32)}
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,14 @@ class ExportConfig:
     quant: QuantConfig = QuantConfig()
     allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
     formats: tuple = DEFAULT_FORMATS  # --targets: which formats to write (onnx always)
+    search: bool = False  # --search: measure per-layer precision choices, keep the fastest that passes
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ExportError(f"unknown target {unknown[0]!r}; choose from {', '.join(FORMATS)} or all")
+        if self.search and not self.quantize:
+            raise ExportError("--search chooses the int8 model's per-layer precision: it needs --quantize")
         if "onnx" not in self.formats:
             object.__setattr__(self, "formats", ("onnx", *self.formats))
 

@@ -128,16 +128,23 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         for c in checks:
             _check_parity(c)
 
-        quant_info, calib = None, None
+        quant_info, calib, quant, search = None, None, config.quant, None
         onnx_files = {"fp32": stage / f"{arch}_fp32.onnx"}
         if config.quantize:
             t0 = time.perf_counter()
             calib = to_model_input(data.train_images[indices])
-            artifacts += onnx_exporter.export_int8(stage, arch, calib, config.quant, metadata)
+            if config.search:
+                from toolkit.search import format_search, run_search
+
+                search = run_search(stage / f"{arch}_fp32.onnx", calib, quant, data.test_images, labels, ref_logits,
+                                    log=log)
+                quant = search.pop("chosen")
+                log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(search))
+            artifacts += onnx_exporter.export_int8(stage, arch, calib, quant, metadata)
             onnx_files["int8"] = stage / f"{arch}_int8.onnx"
             if "torchscript" in formats:
                 artifacts += ts_exporter.export_int8(model, stage, arch, calib, config.quant)
-            quant_info = {**config.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
+            quant_info = {**quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
             log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
 
         # The other targets, one exporter each (from the staged ONNX models or the PyTorch model).
@@ -186,6 +193,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
             "targets": targets,  # what this export was asked for: verify fails if any is missing
             "fp32_parity": checks,
             "calibration": quant_info,
+            "search": search,  # export --search: every candidate measured, the chosen one marked
             "versions": library_versions(),
             "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
         }

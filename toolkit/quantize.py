@@ -68,7 +68,9 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-            exclude = _first_block_nodes(onnx.load(str(pre))) if config.first_conv == "fp32" else []
+            pre_model = onnx.load(str(pre))
+            first_block = _first_block_nodes(pre_model) if config.first_conv == "fp32" else []
+            exclude = first_block + [n for name in config.keep_fp32 for n in block_nodes(pre_model, name)]
             quantize_static(
                 str(pre), str(out_path), Reader(calib_images),
                 quant_format=QuantFormat.QDQ if config.quant_format == "qdq" else QuantFormat.QOperator,
@@ -80,11 +82,12 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                 calibration_providers=["CPUExecutionProvider"],
                 nodes_to_exclude=exclude,
                 # Symmetric int8 weights; the histogram methods' own defaults otherwise.
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                               **({"CalibPercentile": config.percentile} if config.method == "percentile" else {})},
             )
     model = onnx.load(str(out_path))
-    if exclude:
-        fence_first_block(model, exclude)
+    if first_block and _quantizer_after(model, first_block):
+        fence_first_block(model, first_block)
     if config.uint8_input:
         fold_uint8_input(model)
     if config.first_conv == "im2col":
@@ -119,6 +122,27 @@ def fence_first_block(model, block: list[str]) -> None:
         if attr.name == "axis":
             q.attribute.remove(attr)
     q.attribute.append(helper.make_attribute("axis", 1))
+
+
+def block_nodes(model, name: str) -> list[str]:
+    """The node `name` (a Conv/Gemm/MatMul) and the Relu/MaxPool chain right after it."""
+    nodes = list(model.graph.node)
+    at = next((i for i, n in enumerate(nodes) if n.name == name), None)
+    if at is None:
+        known = [n.name for n in nodes if n.op_type in ("Conv", "Gemm", "MatMul")]
+        raise ExportError(f"no layer named {name!r} to keep in fp32 (layers: {', '.join(known)})")
+    names, out = [name], nodes[at].output[0]
+    for n in nodes[at + 1:]:
+        if out in n.input and n.op_type in ("Relu", "MaxPool"):
+            names.append(n.name)
+            out = n.output[0]
+    return names
+
+
+def _quantizer_after(model, block: list[str]) -> bool:
+    nodes = {n.name: n for n in model.graph.node}
+    last_out = nodes[block[-1]].output[0]
+    return any(n.op_type == "QuantizeLinear" and n.input[0] == last_out for n in model.graph.node)
 
 
 def _first_block_nodes(model) -> list[str]:

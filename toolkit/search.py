@@ -1,0 +1,159 @@
+"""`mnisttk export --quantize --search`: a measured search over the int8 ONNX model's per-layer
+precision. Every candidate — the first conv as fp32, im2col or int8, and each later Conv/Gemm/MatMul
+block int8 or fp32 — is quantized with the export's calibration, scored on the full test set under
+verify's gates, and timed on ONNX Runtime CPU (1 thread; batch-1 p50 and batch-256 throughput;
+the candidates and fp32 interleaved round by round, medians). The fastest candidate that passes
+the gates is the export's int8 model; the whole table goes into the manifest under `search`.
+
+"Fastest" is one number: the geometric mean of the candidate's batch-1 p50 and batch-256 time per
+image, each relative to fp32's in the same rounds (below 1: faster than fp32). Candidates within
+3% of the fastest count as tied (this is the noise of one run here); among them the one with the
+most int8 layers wins."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from toolkit.config import Gates, QuantConfig
+from toolkit.errors import ExportError
+
+ROUNDS = 3
+LATENCY_ITERS = 200
+BATCH = 256
+TIE = 1.03  # speeds within 3% count as equal
+INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
+
+
+def later_layers(fp32_onnx: Path) -> tuple[list[str], bool]:
+    """The Conv/Gemm/MatMul node names after the first conv (all of them without a conv), and
+    whether the model has a conv (then the first conv's variants are searched too)."""
+    import onnx
+
+    nodes = [n for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node
+             if n.op_type in ("Conv", "Gemm", "MatMul")]
+    has_conv = bool(nodes) and nodes[0].op_type == "Conv"
+    return [n.name for n in (nodes[1:] if has_conv else nodes)], has_conv
+
+
+def candidates(base: QuantConfig, layers: list[str], has_conv: bool) -> list[QuantConfig]:
+    firsts = ("fp32", "im2col", "int8") if has_conv else (base.first_conv,)
+    if base.quant_format != "qdq":
+        firsts = tuple(f for f in firsts if f != "im2col")
+    out = []
+    for first in firsts:
+        for keep in itertools.product((False, True), repeat=len(layers)):
+            kept = tuple(name for name, k in zip(layers, keep) if k)
+            if len(kept) == len(layers) and (first == "fp32" or not has_conv):
+                continue  # nothing left in int8
+            out.append(replace(base, first_conv=first, keep_fp32=kept))
+    return out
+
+
+def describe(q: QuantConfig, layers: list[str], has_conv: bool) -> dict:
+    precisions = {}
+    if has_conv:
+        precisions["first conv"] = q.first_conv
+    for name in layers:
+        precisions[name] = "fp32" if name in q.keep_fp32 else "int8"
+    return precisions
+
+
+def _time(runners: list, images_u8: np.ndarray) -> dict:
+    from toolkit.runtime import latency_us, throughput
+
+    x1 = [r.bench_input(images_u8[:1]) for r in runners]
+    xb = [r.bench_input(images_u8[:BATCH]) for r in runners]
+    p50 = [[] for _ in runners]
+    tp = [[] for _ in runners]
+    for _ in range(ROUNDS):
+        for i, r in enumerate(runners):
+            p50[i].append(latency_us(r, x1[i], warmup=20, iters=LATENCY_ITERS)["p50"])
+            tp[i].append(throughput(r, xb[i], repeats=3))
+    return {"p50": [float(np.median(v)) for v in p50], "tp": [float(np.median(v)) for v in tp],
+            "p50_ratio": [float(np.median(np.array(v) / np.array(p50[0]))) for v in p50],
+            "tp_ratio": [float(np.median(np.array(v) / np.array(tp[0]))) for v in tp]}
+
+
+def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8: np.ndarray, labels: np.ndarray,
+               ref_logits: np.ndarray, gates: Gates = Gates(), log: Callable[[str], None] = lambda s: None) -> dict:
+    """Quantize, score and time every candidate; returns {'chosen': QuantConfig, 'table': [...], ...}."""
+    from toolkit.quantize import onnx_static_int8
+    from toolkit.runtimes.onnxruntime import OnnxCandidate
+
+    layers, has_conv = later_layers(fp32_onnx)
+    configs = candidates(base, layers, has_conv)
+    ref_pred = ref_logits.argmax(1)
+    ref_acc = float((ref_pred == labels).mean())
+    rows, runners = [], [OnnxCandidate(fp32_onnx, "fp32", "cpu", 1)]
+    with tempfile.TemporaryDirectory(prefix="mnisttk-search-") as tmp:
+        for i, q in enumerate(configs):
+            path = Path(tmp) / f"candidate_{i}.onnx"
+            onnx_static_int8(fp32_onnx, path, calib, q)
+            cand = OnnxCandidate(path, "int8", "cpu", 1)
+            pred = cand.logits(images_u8).argmax(1)
+            acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
+            ops = set(cand.placement().get("ops", {}))
+            reasons = []
+            if not (acc - ref_acc) * -100 <= gates.int8_max_drop_points:
+                reasons.append(f"drop {(ref_acc - acc) * 100:.2f} points > {gates.int8_max_drop_points:g}")
+            if not agreement * 100 >= gates.int8_min_agreement_pct:
+                reasons.append(f"agreement {agreement:.2%} < {gates.int8_min_agreement_pct:g}%")
+            if not ops & INT8_KERNELS:
+                reasons.append("no int8 kernel ran")
+            rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,
+                         "flipped": int((pred != ref_pred).sum()), "passed": not reasons, "reasons": reasons,
+                         "_config": q})
+            runners.append(cand)
+            log(f"search: candidate {i + 1}/{len(configs)} {_label(rows[-1]['precision'])}: "
+                f"accuracy {acc:.2%}, agreement {agreement:.2%}{'' if not reasons else ' (fails: ' + '; '.join(reasons) + ')'}")
+        timing = _time(runners, images_u8)
+    fp32_row = {"precision": {k: "fp32" for k in describe(base, layers, has_conv)}, "accuracy": ref_acc,
+                "agreement": 1.0, "flipped": 0, "passed": None, "reasons": ["the fp32 baseline"]}
+    for k, row in enumerate([fp32_row] + rows):
+        row.update(p50_us=timing["p50"][k], throughput=timing["tp"][k], p50_ratio=timing["p50_ratio"][k],
+                   throughput_ratio=timing["tp_ratio"][k],
+                   speed=math.sqrt(timing["p50_ratio"][k] / timing["tp_ratio"][k]))
+    passing = [r for r in rows if r["passed"]]
+    if not passing:
+        raise ExportError(f"--search: none of the {len(rows)} candidates passes verify's gates "
+                          f"(best agreement {max(r['agreement'] for r in rows):.2%}); nothing was written")
+    # Within 3% of the fastest is a tie on this noisy machine: then the most int8 layers (the
+    # smallest model), then the faster.
+    fastest = min(r["speed"] for r in passing)
+    best = max((r for r in passing if r["speed"] <= fastest * TIE), key=lambda r: (
+        sum(v != "fp32" for v in r["precision"].values()), -r["speed"]))
+    for r in rows:
+        r["chosen"] = r is best
+    chosen = best["_config"]
+    table = [{k: v for k, v in r.items() if k != "_config"} for r in [fp32_row] + rows]
+    return {"chosen": chosen, "table": table, "criterion": "lowest sqrt(p50 ratio × batch-256 time ratio) to fp32 "
+            "among candidates passing verify's gates; within 3% of it, the most int8 layers", "gates": {"int8_max_drop_points": gates.int8_max_drop_points,
+                                                                 "int8_min_agreement_pct": gates.int8_min_agreement_pct},
+            "timing": {"threads": 1, "batch": BATCH, "rounds": ROUNDS, "latency_iters": LATENCY_ITERS}}
+
+
+def _label(precision: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in precision.items())
+
+
+def format_search(search: dict) -> str:
+    layers = list(search["table"][0]["precision"])
+    head = [*layers, "acc %", "agree %", "flips", "p50 µs", "p50×", "img/s b256", "b256×", "speed", "gates"]
+    rows = [head]
+    for r in search["table"]:
+        gate = "baseline" if r["passed"] is None else ("PASS" if r["passed"] else "fail") + (" ← chosen" if r.get("chosen") else "")
+        rows.append([*(r["precision"][k] for k in layers), f"{r['accuracy'] * 100:.2f}", f"{r['agreement'] * 100:.2f}",
+                     str(r["flipped"]), f"{r['p50_us']:.1f}", f"{r['p50_ratio']:.2f}", f"{r['throughput']:,.0f}",
+                     f"{r['throughput_ratio']:.2f}", f"{r['speed']:.2f}", gate])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < len(layers) or i == len(head) - 1 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
