@@ -154,6 +154,6 @@ def format_search(search: dict) -> str:
                      f"{r['throughput_ratio']:.2f}", f"{r['speed']:.2f}", gate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < len(layers) or i == len(head) - 1 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
