@@ -33,7 +33,9 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[bench]"
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --targets-only
 
 # ONNX Runtime's CUDA build replaces the CPU one (both write the same `onnxruntime` package:
 # never install them side by side). CUDA/cuDNN come from torch's CUDA wheels (preload_dlls).

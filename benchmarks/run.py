@@ -3,7 +3,9 @@ the int8 levers and `mnisttk verify` end to end, and writes JSON and a Markdown 
 
     python benchmarks/run.py                 # everything (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick         # fewer repetitions, no full training run
-    python benchmarks/run.py --targets-only  # ONNX Runtime, LiteRT, ExecuTorch side by side (a minute)
+    python benchmarks/run.py --targets-only  # ONNX Runtime, LiteRT, ExecuTorch, OpenVINO side by side (a minute)
+
+Every run also writes the per-node ONNX Runtime profiles of the fp32 and int8 models (profiles.json).
 
 This machine is shared and noisy: every comparison is a ratio measured inside the same run,
 with the models interleaved round by round, and every figure is a median of >= 5 repetitions
@@ -87,6 +89,35 @@ def compare(runners: list[Candidate], images, rounds, lat_iters, batches, baseli
     return out
 
 
+class OpenVinoCandidate(Candidate):
+    """A peer on the same ONNX file: OpenVINO's CPU plugin (benchmarks only: the `bench` extra),
+    latency hint, `threads` inference threads, its default precision (bf16 where the CPU has it)."""
+
+    runtime = "OpenVINO CPU"
+
+    def __init__(self, path: Path, precision: str, threads: int):
+        import openvino as ov
+
+        self.name, self.precision, self.file = f"ONNX {precision} (OpenVINO CPU)", precision, path.name
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_NUM_THREADS": max(threads, 1), "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.uint8 = self.compiled.inputs[0].get_element_type().get_type_name() == "u8"
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+
+    def bench_input(self, images_u8):
+        return np.ascontiguousarray(images_u8[:, None]) if self.uint8 else to_model_input(images_u8)
+
+    def run(self, x):
+        return self.request.infer({0: x})
+
+    def logits(self, images_u8):
+        return np.concatenate([np.asarray(self.run(self.bench_input(images_u8[i:i + 1000]))[0])
+                               for i in range(0, len(images_u8), 1000)])
+
+
 def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: int, lat_iters: int):
     """Every deployment target's runtime on its own artifacts, interleaved in the same rounds: ONNX
     Runtime (.onnx), LiteRT + XNNPACK (.tflite), ExecuTorch + XNNPACK (.pte); ratios to ONNX fp32.
@@ -106,8 +137,16 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
                 continue
             runners.append(build(spec, folder, a, threads))
             runners[-1].name = name
+    import importlib.util
+
+    for a in (a for a in manifest["artifacts"] if a["format"] == "onnx"):
+        if importlib.util.find_spec("openvino") is None:
+            skipped[f"ONNX {a['precision']} (OpenVINO CPU)"] = "openvino not installed (pip install 'mnisttk[bench]')"
+        else:
+            runners.append(OpenVinoCandidate(folder / a["file"], a["precision"], threads))
     table = compare(runners, images, rounds, lat_iters, (256,), "ONNX fp32 (ORT CPU)")
-    return {"rows": table, "skipped": skipped}
+    notes = {r.name: f"OpenVINO ran it in {r.hint}" for r in runners if isinstance(r, OpenVinoCandidate)}
+    return {"rows": table, "skipped": skipped, "notes": notes}
 
 
 # ------------------------------------------------------------------ training
@@ -368,7 +407,9 @@ def markdown(res) -> str:
                 out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p50_ratio']:.2f} | {r['tp256']:,.0f} | "
                            f"{r['tp256_ratio']:.2f} |")
         skipped = {k: v for t in res["targets"].values() for k, v in t["skipped"].items()}
-        out += [f"Not run: {k} — {v}." for k, v in skipped.items()] + [""]
+        notes = {k: v for t in res["targets"].values() for k, v in t.get("notes", {}).items()}
+        out += [f"Not run: {k} — {v}." for k, v in skipped.items()]
+        out += [f"{k}: {v}." for k, v in notes.items()] + [""]
     if res.get("onnx"):
         out.append(f"fp32 peak: {MACS_PER_IMAGE:,} multiply-adds per image; one AVX-512 core peaks near "
                    f"{FP32_PEAK_PER_CORE:,} images/s in fp32.\n")
@@ -422,6 +463,18 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     all_threads = os.cpu_count() or 1
     thread_counts = sorted({1, all_threads})
+    def save_profiles():  # per-node profiles of the default models, so a regression shows node by node
+        from toolkit.inspect import profile_model
+        from toolkit.runtime import SessionOptions
+
+        profiles = {"created": res["created"], "machine": res["machine"], "batch": 256, "threads": 1, "models": {}}
+        for precision in ("fp32", "int8"):
+            if ("onnx", precision) in files:
+                profiles["models"][precision] = profile_model(files[("onnx", precision)], data.test_images, 256, 1, 20,
+                                                              SessionOptions(nchwc=precision != "int8"))
+        (args.out / "profiles.json").write_text(json.dumps(profiles, indent=2) + "\n")
+
+    save_profiles()
     if args.targets_only:
         res["targets"] = {t: bench_targets(folder, manifest, data.test_images, t, rounds, lat_iters) for t in thread_counts}
         (args.out / "targets.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -459,11 +512,6 @@ def main():
             runners.append(ts_runner("int8", files[("torchscript", "int8")], threads))
         res["torchscript"][threads] = compare(runners, data.test_images, rounds, max(100, lat_iters // 5),
                                               (64, 256, 1000), "fp32")
-        save()
-    res["targets"] = {}
-    for threads in thread_counts:
-        log(f"deployment targets side by side, {threads} thread(s)")
-        res["targets"][threads] = bench_targets(folder, manifest, data.test_images, threads, rounds, lat_iters)
         save()
     if not args.no_levers:
         log("int8 levers")
