@@ -66,8 +66,9 @@ def quantize_pt2e(model, example, calib):
 def export_executorch(src: Sources) -> Written:
     import torch
 
-    from toolkit.runtimes.executorch import audit
+    from toolkit.runtimes.executorch import audit, quiet_torch_logs
 
+    quiet_torch_logs()
     example = torch.zeros(2, 1, 28, 28)
     written = Written()
     modules = {"fp32": src.model}

@@ -25,8 +25,19 @@ MAX_BATCH = EVAL_BATCH  # the largest batch a program is memory-planned for (exp
 CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
 
 
+def quiet_torch_logs() -> None:
+    """Importing ExecuTorch (torchao inside it) makes torch log a deprecation warning about its own
+    internals ("KernelPreference is an Enum subclass…") on the user's terminal; keep it off."""
+    import logging
+
+    import torch  # noqa: F401  (torch sets its loggers' levels when imported: after it, not before)
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def audit(data: bytes, name: str) -> dict:
     """What the program delegates (backend ids) and which operators run on portable kernels."""
+    quiet_torch_logs()
     try:
         from executorch.exir._serialize._program import deserialize_pte_binary
 
