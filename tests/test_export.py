@@ -515,3 +515,12 @@ def test_keep_fp32_and_search_arguments(tiny_export, tmp_path):
     assert "conv2.weight_DequantizeLinear" in ops  # conv2 still int8
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["calibration"]["keep_fp32"] == ["fc1"] and manifest["search"] is None
+
+
+def test_inspect_compares_the_executorch_programs_too(all_targets, tiny_export):
+    r = run("inspect", "--dir", all_targets, "--data-dir", tiny_export["data"], "--repeats", 2, "--json", "-")
+    assert r.exit_code == 0, r.output
+    et = json.loads(r.stdout)["executorch"]
+    assert et["files"] == {"fp32": "cnn_fp32.pte", "int8": "cnn_int8.pte"} and et["images"] == 40
+    assert et["logits"]["sqnr_db"] > 10 and 0.5 < et["agreement"] <= 1
+    assert "ExecuTorch cnn_int8.pte vs cnn_fp32.pte" in r.stderr

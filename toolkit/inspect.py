@@ -111,7 +111,32 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         np.add.at(confusion, (labels.astype(np.int64), int8_pred), 1)
         confusion = confusion.tolist()
     return {"schema_version": 2, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio,
-            "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion}
+            "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion,
+            "executorch": _executorch_error(folder, manifest, bad, sample, threads)}
+
+
+def _executorch_error(folder: Path, manifest: dict, bad: dict, sample: np.ndarray, threads: int) -> dict | None:
+    """The int8 .pte against the fp32 .pte, where both were exported and ExecuTorch (with torch) is
+    here: logits only — XNNPACK runs the layers as delegated subgraphs whose insides ExecuTorch does
+    not expose, so there is no per-layer tensor to compare."""
+    pte = {a["precision"]: a for a in manifest["artifacts"] if a["format"] == "executorch"}
+    if set(pte) != {"fp32", "int8"}:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("executorch") is None:
+        return {"skipped": "needs torch and executorch (pip install 'mnisttk[executorch]')"}
+    for a in pte.values():
+        if a["file"] in bad:
+            raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
+    from toolkit.layer_error import error_stats
+    from toolkit.runtimes.executorch import candidate
+
+    logits = {p: candidate(folder, a, threads, "cpu", f"ExecuTorch {p}").logits(sample) for p, a in pte.items()}
+    return {"files": {p: a["file"] for p, a in pte.items()}, "images": int(len(sample)),
+            "logits": error_stats(logits["fp32"], logits["int8"]),
+            "agreement": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
+            "per_layer": "not observable: XNNPACK runs the layers as delegated subgraphs"}
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -166,6 +191,12 @@ def format_inspect(result: dict, top: int = 12) -> str:
                           for f in flips[:4])
         lines.append(f"  int8 changed {len(flips)} of {result['n_test']:,} test predictions" + (f": {shown}" if flips else "")
                      + (" …" if len(flips) > 4 else ""))
+        et = result.get("executorch")
+        if et and "logits" in et:
+            lines.append(f"  ExecuTorch {et['files']['int8']} vs {et['files']['fp32']}: logits SQNR {et['logits']['sqnr_db']:.1f} dB, "
+                         f"agreement {et['agreement']:.2%} ({et['images']:,} images; per layer not observable)")
+        elif et:
+            lines.append(f"  ExecuTorch: skipped ({et['skipped']})")
         lines.append("")
     for precision, m in result["models"].items():
         lines.append(f"{m['file']} ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels, batch "
