@@ -426,3 +426,54 @@ def test_a_subpath_that_climbs_out_of_the_model_repository_is_refused(exported, 
     edit_manifest(exported, escape)
     assert_one_error(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch"),
                      needle="not a plain relative path")
+
+
+@pytest.fixture(scope="module")
+def good_tflite(tmp_path_factory):
+    """A valid batch-1 .tflite of an untrained CNN, converted once for the broken variants."""
+    pytest.importorskip("litert_torch")
+    from toolkit.exporters.tflite import convert
+    from toolkit.model import build_model
+
+    path = tmp_path_factory.mktemp("tflite") / "good.tflite"
+    convert(build_model("cnn").eval(), 1, path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def good_pte():
+    pytest.importorskip("executorch")
+    from toolkit.exporters.executorch import lower
+    from toolkit.model import build_model
+
+    return lower(build_model("cnn").eval(), torch.zeros(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("make", [
+    lambda good: b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8,  # the identifier, then garbage
+    lambda good: good[: len(good) // 2],  # truncated
+    lambda good: bytes(b ^ 0xFF if i % 97 == 3 else b for i, b in enumerate(good)),  # bits flipped throughout
+], ids=["identifier-then-garbage", "truncated", "flipped"])
+def test_broken_tflite_models_for_predict(tmp_path, make, good_tflite):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(make(good_tflite))
+    img = tmp_path / "d.npy"
+    np.save(img, np.zeros((28, 28), np.uint8))
+    r = run("predict", "--model", bad, img)
+    assert_one_error(r, 1, "bad.tflite: not a loadable LiteRT model")
+
+
+@pytest.mark.parametrize("make", [
+    lambda good: bytes(range(256)) * 20,
+    lambda good: good[:64] + bytes(range(256)) * 20,
+    lambda good: bytes(b ^ 0xFF if i % 101 == 50 else b for i, b in enumerate(good)),
+], ids=["garbage", "header-then-garbage", "flipped"])
+def test_broken_pte_programs_are_one_line(tmp_path, make, good_pte):
+    from toolkit.errors import ToolkitError
+    from toolkit.runtimes.executorch import ExecuTorchCandidate
+
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(make(good_pte))
+    with pytest.raises(ToolkitError) as info:
+        ExecuTorchCandidate(bad, "int8", 1, None, "ExecuTorch int8", bad.name).logits(np.zeros((2, 28, 28), np.uint8))
+    assert str(info.value).startswith("bad.pte: not a readable ExecuTorch program") and "\n" not in str(info.value)
