@@ -111,6 +111,10 @@ def fence_first_block(model, block: list[str]) -> None:
         raise ExportError("cannot fence the fp32 first block: no QuantizeLinear after it")
     inits = {i.name: i for i in graph.initializer}
     channels = numpy_helper.to_array(inits[nodes[block[0]].input[1]]).shape[0]  # first conv's float weight
+    for info in graph.value_info:  # the block's output, where shape inference recorded it (a Slice may narrow it)
+        dims = info.type.tensor_type.shape.dim
+        if info.name == last_out and len(dims) > 1 and dims[1].HasField("dim_value"):
+            channels = dims[1].dim_value
     scale = numpy_helper.to_array(inits[q.input[1]])
     zero_point = numpy_helper.to_array(inits[q.input[2]])
     graph.initializer.extend([
@@ -154,7 +158,7 @@ def _first_block_nodes(model) -> list[str]:
         return []
     names, out = [nodes[first].name], nodes[first].output[0]
     for n in nodes[first + 1 :]:
-        if out in n.input and n.op_type in ("Relu", "MaxPool"):
+        if out in n.input and n.op_type in ("Relu", "MaxPool", "Slice"):
             names.append(n.name)
             out = n.output[0]
     return names
