@@ -260,7 +260,7 @@ def format_train_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-@main.command(short_help='TorchScript + ONNX (fp32; int8 with --quantize), reference, manifest.')
+@main.command(short_help='TorchScript, ONNX and other targets (fp32; int8 with --quantize), reference, manifest.')
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=EXPORT.checkpoint,
               show_default=True, help="Checkpoint from `mnisttk train`.")
 @click.option("--dir", "out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
@@ -287,8 +287,9 @@ def format_train_result(result: dict) -> str:
 @click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
               help="Which training images calibrate.")
 @click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
-              help="Comma list of formats: torchscript, onnx, ort (ONNX Runtime's mobile format), triton (a Triton "
-                   "model repository), or all. onnx is always written.")
+              help="Comma list of formats: torchscript, onnx, ort (ONNX Runtime's mobile format), tflite (LiteRT; "
+                   "mnisttk[tflite]), executorch (.pte; mnisttk[executorch]), triton (a Triton model repository), "
+                   "or all. onnx is always written.")
 @click.option("--search", is_flag=True,
               help="With --quantize: try every per-layer precision (first conv fp32/im2col/int8, each later layer "
                    "int8/fp32), score each on the test set under verify's gates, time it, keep the fastest that passes.")
