@@ -58,6 +58,8 @@ def environment() -> dict:
         "onnxruntime_mixed_install": len(dists) > 1,
         "execution_providers": available_providers(),
         "executorch": _version("executorch"),
+        "ai_edge_litert": _version("ai-edge-litert"),  # LiteRT's interpreter: the .tflite rows
+        "litert_torch": _version("litert-torch"),  # the .tflite converter (export)
         "numpy": _version("numpy"),
         "cpu": cpu_flags(),
         "gpus": _gpus(),
@@ -79,7 +81,9 @@ def format_environment(env: dict) -> str:
         ("onnx", env["onnx"] or "not installed"),
         ("onnxruntime", ort),
         ("execution providers", ", ".join(env["execution_providers"])),
-        ("executorch", env["executorch"] or "not installed"),
+        ("executorch", env["executorch"] or "not installed (.pte export and rows: pip install 'mnisttk[executorch]')"),
+        ("ai-edge-litert", env["ai_edge_litert"] or "not installed (.tflite rows, predict: pip install 'mnisttk[litert]')"),
+        ("litert-torch", env["litert_torch"] or "not installed (.tflite export: pip install 'mnisttk[tflite]')"),
         ("cpu", f"{cpu['model']}, {cpu['cores']} cores; {', '.join(flags) or 'no AVX2'}"),
         ("gpu", ", ".join(env["gpus"]) or "none found (nvidia-smi)"),
     ]
