@@ -248,6 +248,15 @@ def test_mlp_exports_quantizes_and_verifies(tiny_export, tmp_path):
     assert (out / "mlp_int8.onnx").is_file()
     r = run("verify", "--dir", out, "--data-dir", data, "--int8-min-agreement", 0, "--int8-max-drop", 100)
     assert r.exit_code == 0, r.output
+    # inspect on a graph whose ReLUs ONNX Runtime's quantizer folded into the output quantizers: the
+    # isolation must keep them (as Relu), so a layer alone is never worse than the whole int8 graph
+    r = run("inspect", "--dir", out, "--data-dir", data, "--repeats", 2, "--json", "-")
+    assert r.exit_code == 0, r.output
+    layers = json.loads(r.stdout)["error"]["layers"]
+    assert [x["layer"] for x in layers] == ["fc1", "fc2", "fc3"] and all(x["quantized"] for x in layers)
+    for x in layers:
+        assert x["isolated"]["sqnr_db"] > x["accumulated"]["sqnr_db"] - 3, x
+        assert x["fp32_us_per_image"] > 0 and x["int8_us_per_image"] > 0, x  # "fused fc1" is fc1's time
     r = run("export", "--checkpoint", out / "mlp.pt", "--out", out, "--quantize", "--first-conv", "im2col",
             "--calibration-size", 50, "--data-dir", data)
     assert r.exit_code == 1 and "needs a model with a convolution" in r.stderr

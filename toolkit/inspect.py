@@ -61,7 +61,8 @@ def _layer_time(layer: dict, model: dict) -> tuple[float, list]:
     """µs per image of the kernels that ran this layer (by name: the layer's, or its output's, as
     ONNX Runtime names fused nodes), and their ops."""
     names = {layer["layer"], layer["tensor"]}
-    hits = [nd for nd in model["nodes"] if _SUFFIX.sub("", nd["node"]) in names]
+    # ORT renames what it fuses: "relu_1_nchwc", "conv2_token_1", "fused fc1"
+    hits = [nd for nd in model["nodes"] if _SUFFIX.sub("", nd["node"].removeprefix("fused ")) in names]
     return sum(nd["us_per_image"] for nd in hits), sorted({nd["op"] for nd in hits})
 
 

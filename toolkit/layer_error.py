@@ -116,11 +116,17 @@ def isolated_graph(int8_bytes: bytes, fp32_graph, layers: list[Layer], keep: Lay
     weights = {dq: w for layer in layers if layer is not keep for dq, w in layer.weights.items()}
     activation_dq = {n.name for n in graph.node if n.op_type == "DequantizeLinear"
                      and getattr(producer.get(n.input[0]), "op_type", None) == "QuantizeLinear"}
+    # ONNX Runtime's quantizer folds a ReLU into the output quantizer of a Conv/Gemm (uint8, zero
+    # point 0: negatives clamp to 0), so in the int8 graph that QuantizeLinear *is* the ReLU: where
+    # the fp32 graph has a Relu producing the same tensor, the bypass keeps a Relu, not an Identity.
+    fp32_relu_outputs = {n.output[0] for n in fp32_graph.node if n.op_type == "Relu"}
     for node in graph.node:
         if node.name in keep.own_nodes:
             continue
         if node.op_type == "QuantizeLinear":
-            onnx_proto.make_identity(node, node.input[0])
+            src = node.input[0]
+            folded = src in fp32_relu_outputs and getattr(producer.get(src), "op_type", None) != "Relu"
+            onnx_proto.make_identity(node, src, "Relu" if folded else "Identity")
         elif node.op_type == "DequantizeLinear" and node.output[0] in weights:
             source = weights[node.output[0]]
             copy = graph.initializer.add()

@@ -86,9 +86,9 @@ def add_float_outputs(graph, names) -> None:
     del graph.value_info[:]
 
 
-def make_identity(node, source: str) -> None:
-    """Turn `node` into Identity(source), keeping its name and output name."""
-    node.op_type, node.domain = "Identity", ""
+def make_identity(node, source: str, op: str = "Identity") -> None:
+    """Turn `node` into a one-input `op` (Identity, Relu) of `source`, keeping its name and output."""
+    node.op_type, node.domain = op, ""
     del node.input[:]
     node.input.append(source)
     del node.attribute[:]
