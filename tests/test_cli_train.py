@@ -90,6 +90,22 @@ def test_pipeline_runs_all_three_steps(tiny_dir, tmp_path):
     assert r.exit_code == 1 and "FAIL:" in r.stdout
 
 
+def test_pipeline_leaves_out_a_target_whose_extra_is_missing(tiny_dir, tmp_path, monkeypatch):
+    import toolkit.exporters as exporters
+
+    real = exporters.missing_dependency
+    monkeypatch.setattr(exporters, "missing_dependency",
+                        lambda fmt: "target executorch needs executorch, which is not installed" if fmt == "executorch"
+                        else real(fmt))
+    out = tmp_path / "exp"
+    r = run("pipeline", "--epochs", 1, "--device", "cpu", "--data-dir", tiny_dir, "--out", out,
+            "--calibration-size", 100, "--int8-max-drop", 100, "--int8-min-agreement", 0)
+    assert r.exit_code == 0, r.output
+    assert "pipeline: skipping target executorch needs executorch" in r.stderr
+    targets = json.loads((out / "manifest.json").read_text())["targets"]
+    assert "executorch-int8" not in targets and "tflite-int8" in targets and len(targets) == 10
+
+
 def test_version_and_module_entry_point():
     import subprocess
     import sys

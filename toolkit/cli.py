@@ -554,9 +554,15 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
     ctx.invoke(train, arch=arch, epochs=epochs, seed=seed, device=device, data_dir=data_dir,
                out=out / f"{arch}.pt")
     from toolkit.config import FORMATS
+    from toolkit.exporters import missing_dependency
 
+    # every target this install can write; one whose extra is missing is named, not an error
+    for fmt in FORMATS:
+        if missing_dependency(fmt):
+            log(f"pipeline: skipping {missing_dependency(fmt)}")
+    targets = tuple(f for f in FORMATS if missing_dependency(f) is None)
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
-               calibration_size=calibration_size, targets=FORMATS)
+               calibration_size=calibration_size, targets=targets)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
     ctx.invoke(verify, folder=out, data_dir=data_dir, json_out=out / "report.json", md_path=out / "report.md",
                plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
