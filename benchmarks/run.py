@@ -114,8 +114,9 @@ class OpenVinoCandidate(Candidate):
         return self.request.infer({0: x})
 
     def logits(self, images_u8):
-        return np.concatenate([np.asarray(self.run(self.bench_input(images_u8[i:i + 1000]))[0])
-                               for i in range(0, len(images_u8), 1000)])
+        from toolkit.contract import batched
+
+        return batched(lambda b: np.asarray(self.run(self.bench_input(b))[0]), images_u8)
 
 
 def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: int, lat_iters: int):

@@ -1,5 +1,6 @@
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,14 @@ def tiny_export(tmp_path_factory):
                              "--calibration-size", "100", "--data-dir", str(data)])
     assert r.exit_code == 0, r.output
     return {"data": data, "out": out, "root": root}
+
+
+@pytest.fixture
+def exported(tiny_export, tmp_path):
+    """A private copy of the tiny export, for a test that changes or breaks files in it."""
+    out = tmp_path / "exported"
+    shutil.copytree(tiny_export["out"], out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -40,13 +40,6 @@ def assert_one_error(r, code=1, needle=None):
     return errors[0]
 
 
-@pytest.fixture
-def exported(tiny_export, tmp_path):
-    out = tmp_path / "exported"
-    shutil.copytree(tiny_export["out"], out)
-    return out
-
-
 def rehash(folder: Path, name: str) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()

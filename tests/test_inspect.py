@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -10,13 +9,6 @@ import pytest
 from onnx import numpy_helper
 
 from tests.helpers import run
-
-
-@pytest.fixture
-def exported(tiny_export, tmp_path):
-    out = tmp_path / "exported"
-    shutil.copytree(tiny_export["out"], out)
-    return out
 
 
 def inspect(exported, data, *extra):

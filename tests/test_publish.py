@@ -2,7 +2,6 @@
 previous export byte-identical and verifiable."""
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,13 +18,6 @@ from tests.helpers import LOOSE
 
 def snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-@pytest.fixture
-def exported(tiny_export, tmp_path):
-    out = tmp_path / "exported"
-    shutil.copytree(tiny_export["out"], out)
-    return out
 
 
 def export_args(exported, tiny_export):

@@ -1,5 +1,4 @@
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,13 +13,6 @@ from toolkit.fsutil import sha256_file
 from toolkit.verify import Gates, Row, judge
 
 from tests.helpers import BLOCK_TORCH, LOOSE, run, third_party_check
-
-
-@pytest.fixture
-def exported(tiny_export, tmp_path):
-    out = tmp_path / "exported"
-    shutil.copytree(tiny_export["out"], out)
-    return out
 
 
 def verify(exported, data, *extra):

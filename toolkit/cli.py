@@ -557,10 +557,10 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
     from toolkit.exporters import missing_dependency
 
     # every target this install can write; one whose extra is missing is named, not an error
-    for fmt in FORMATS:
-        if missing_dependency(fmt):
-            log(f"pipeline: skipping {missing_dependency(fmt)}")
-    targets = tuple(f for f in FORMATS if missing_dependency(f) is None)
+    reasons = {fmt: missing_dependency(fmt) for fmt in FORMATS}
+    for reason in filter(None, reasons.values()):
+        log(f"pipeline: skipping {reason}")
+    targets = tuple(f for f in FORMATS if reasons[f] is None)
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
                calibration_size=calibration_size, targets=targets)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None

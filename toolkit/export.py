@@ -68,22 +68,22 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(fmt: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray, extra: dict | None = None) -> np.ndarray:
-    """An artifact's test logits, from the runtime it ships to (ONNX Runtime for .onnx/.ort)."""
+def _artifact_logits(fmt: str, precision: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray,
+                     extra: dict | None = None) -> np.ndarray:
+    """An artifact's test logits, from the runtime it ships to (ONNX Runtime for .onnx/.ort, LiteRT,
+    ExecuTorch; verify's own candidates)."""
     if fmt == "torchscript":
         return _eager_logits(ts_exporter.load(path), test_x, path.name)
     if fmt in ("tflite", "executorch"):
         from toolkit.runtimes import RUNTIMES, build
 
         spec = next(s for s in RUNTIMES if fmt in s.formats)
-        artifact = {"file": path.name, "format": fmt, "precision": "int8" if "_int8" in path.name else "fp32",
-                    "sha256": None, **(extra or {})}
+        artifact = {"file": path.name, "format": fmt, "precision": precision, "sha256": None, **(extra or {})}
         logits = build(spec, path.parent, artifact, 0).logits(images_u8)
-        _check_finite(path.name, logits)
-        return logits
-    from toolkit.runtime import Model
+    else:
+        from toolkit.runtime import Model
 
-    logits = Model(path, "cpu").logits(images_u8)
+        logits = Model(path, "cpu").logits(images_u8)
     _check_finite(path.name, logits)
     return logits
 
@@ -122,7 +122,7 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         # fp32 first: (format, precision, path relative to the stage, quant params) each
         artifacts = ts_exporter.export_fp32(model, stage, arch, torch.from_numpy(test_x[:2])) if "torchscript" in formats else []
         artifacts += onnx_exporter.export_fp32(model, stage, arch, metadata)  # always: the source of the rest
-        test_logits = {rel: _artifact_logits(fmt, stage / rel, data.test_images, test_x) for fmt, _, rel, _ in artifacts}
+        test_logits = {rel: _artifact_logits(fmt, p, stage / rel, data.test_images, test_x) for fmt, p, rel, _ in artifacts}
         checks = [_compare(rel, test_logits[rel], ref_logits) for _, _, rel, _ in artifacts]
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
@@ -159,7 +159,8 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
                 if wfmt == "triton" and source in test_logits:  # the very bytes of the ONNX model
                     test_logits[rel] = test_logits[source]
                 if precision == "fp32" and wfmt in ("tflite", "executorch"):  # converted from PyTorch: same parity bar
-                    test_logits[rel] = _artifact_logits(wfmt, stage / rel, data.test_images, test_x, written.extra.get(rel))
+                    test_logits[rel] = _artifact_logits(wfmt, precision, stage / rel, data.test_images, test_x,
+                                                       written.extra.get(rel))
                     checks.append(_compare(rel, test_logits[rel], ref_logits))
                     _check_parity(checks[-1])
             support += written.support
@@ -167,9 +168,10 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
 
         # Test-set accuracy of every artifact, recorded in the manifest.
         accuracy = {}
-        for fmt, _, rel, _ in artifacts:
+        for fmt, precision, rel, _ in artifacts:
             if rel not in test_logits:
-                test_logits[rel] = _artifact_logits(fmt, stage / rel, data.test_images, test_x, extras.get(rel))
+                test_logits[rel] = _artifact_logits(fmt, precision, stage / rel, data.test_images, test_x,
+                                                    extras.get(rel))
             accuracy[rel] = classification_metrics(labels, test_logits[rel].argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,

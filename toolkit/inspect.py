@@ -22,7 +22,8 @@ import numpy as np
 
 from toolkit.manifest import check_hashes, confined_path, load_manifest
 from toolkit.errors import ManifestError
-from toolkit.runtime import Model, SessionOptions
+from toolkit.predict import softmax
+from toolkit.runtime import Model, SessionOptions, is_int8_kernel
 
 WARMUP_RUNS = 5
 
@@ -53,7 +54,6 @@ def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, r
     return {"batch": n, "threads": threads, "repeats": repeats, "total_us_per_image": total, "nodes": nodes}
 
 
-INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd"}
 _SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
 
 
@@ -95,14 +95,13 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
     for layer in errors["layers"]:
         layer["fp32_us_per_image"], layer["fp32_ops"] = _layer_time(layer, models["fp32"])
         layer["int8_us_per_image"], layer["int8_ops"] = _layer_time(layer, models["int8"])
-        layer["int8_kernel"] = bool(set(layer["int8_ops"]) & INT8_KERNELS)
+        layer["int8_kernel"] = any(is_int8_kernel(op) for op in layer["int8_ops"])
     # flips and confusion on the whole test set, the deployed sessions as verify runs them
-    fp32_pred = fp32_model.logits(images_u8).argmax(1)
-    int8_logits = int8_model.logits(images_u8)
-    int8_pred = int8_logits.argmax(1)
+    fp32_logits, int8_logits = fp32_model.logits(images_u8), int8_model.logits(images_u8)
+    fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)
     flips = np.flatnonzero(fp32_pred != int8_pred)
-    probs = _softmax(int8_logits[flips])
-    fp32_probs = _softmax(fp32_model.logits(images_u8[flips])) if len(flips) else np.zeros((0, 10))
+    probs = softmax(int8_logits[flips].astype(np.float64))
+    fp32_probs = softmax(fp32_logits[flips].astype(np.float64))
     flip_rows = [{"index": int(i), "label": None if labels is None else int(labels[i]), "fp32": int(fp32_pred[i]),
                   "int8": int(int8_pred[i]), "fp32_p": float(fp32_probs[k, fp32_pred[i]]),
                   "int8_p": float(probs[k, int8_pred[i]])} for k, i in enumerate(flips)]
@@ -138,12 +137,6 @@ def _executorch_error(folder: Path, manifest: dict, bad: dict, sample: np.ndarra
             "logits": error_stats(logits["fp32"], logits["int8"]),
             "agreement": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
             "per_layer": "not observable: XNNPACK runs the layers as delegated subgraphs"}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64) - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _fmt_scale(v) -> str:

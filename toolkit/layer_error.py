@@ -201,9 +201,7 @@ def layer_errors(fp32_bytes: bytes, int8_bytes: bytes, x_fp32: np.ndarray, x_int
                "scales": layer.scales, "accumulated": error_stats(ref[layer.fp32_output], full[layer.output])}
         source = layer.weights.get(layer.weight_dq)
         if source in fp32_inits:
-            row["weight"] = error_stats(onnx_proto.tensor_to_array(fp32_inits[source]), dequantized[layer.weight_dq][0]
-                                        if dequantized[layer.weight_dq].ndim > onnx_proto.tensor_to_array(fp32_inits[source]).ndim
-                                        else dequantized[layer.weight_dq])
+            row["weight"] = error_stats(onnx_proto.tensor_to_array(fp32_inits[source]), dequantized[layer.weight_dq])
         if layer.quantized:
             iso = _run(_session(isolated_graph(int8_bytes, fp32_model.graph, layers, layer, [layer.output]), threads),
                        x_int8, [int8_out, layer.output])

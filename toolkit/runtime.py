@@ -32,6 +32,11 @@ COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "Average
                "FusedGemm", "FusedMatMul", "NhwcMaxPool")
 
 
+def is_int8_kernel(op: str) -> bool:
+    """Whether an ONNX Runtime kernel (as its profiler names it) computes in int8."""
+    return op.startswith(("QLinear", "NhwcQLinear")) or op in INT8_OPS
+
+
 def max_threads() -> int:
     return os.cpu_count() or 1
 
@@ -278,7 +283,7 @@ class Model:
         nodes = {ev["node"]: (ev["provider"], ev["op"]) for ev in events}
         by_provider = Counter(p.replace("ExecutionProvider", "") for p, _ in nodes.values())
         ops = Counter(op for _, op in nodes.values())
-        int8_ops = sorted(op for op in ops if op.startswith(("QLinear", "NhwcQLinear")) or op in INT8_OPS)
+        int8_ops = sorted(op for op in ops if is_int8_kernel(op))
         # Compute nodes (convolutions, matmuls, pooling) that ran on the CPU: a CUDA row's are a failure.
         # Shape-only nodes (Shape/Gather/Concat feeding Reshape) stay on the CPU by design.
         cpu_compute = sorted({op for p, op in nodes.values() if p == "CPUExecutionProvider"

@@ -28,7 +28,6 @@ ROUNDS = 3
 LATENCY_ITERS = 200
 BATCH = 256
 TIE = 1.03  # speeds within 3% count as equal
-INT8_KERNELS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 
 
 def later_layers(fp32_onnx: Path) -> tuple[list[str], bool]:
@@ -99,13 +98,12 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
             cand = OnnxCandidate(path, "int8", "cpu", 1)
             pred = cand.logits(images_u8).argmax(1)
             acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
-            ops = set(cand.placement().get("ops", {}))
             reasons = []
             if not (acc - ref_acc) * -100 <= gates.int8_max_drop_points:
                 reasons.append(f"drop {(ref_acc - acc) * 100:.2f} points > {gates.int8_max_drop_points:g}")
             if not agreement * 100 >= gates.int8_min_agreement_pct:
                 reasons.append(f"agreement {agreement:.2%} < {gates.int8_min_agreement_pct:g}%")
-            if not ops & INT8_KERNELS:
+            if not cand.placement().get("int8_kernels"):
                 reasons.append("no int8 kernel ran")
             rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,
                          "flipped": int((pred != ref_pred).sum()), "passed": not reasons, "reasons": reasons,

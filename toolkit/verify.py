@@ -186,8 +186,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                     row.status = "skipped"
                     row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
                                        else "not asked for (--no-torch)")
-                elif missing(spec):
-                    row.status, row.reasons = "skipped", [missing(spec)]
+                elif reason := missing(spec):
+                    row.status, row.reasons = "skipped", [reason]
                 elif spec.device and spec.device not in config.runtimes:
                     row.status, row.reasons = "skipped", ["not asked for (--device)"]
                 elif spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():

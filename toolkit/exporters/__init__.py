@@ -7,7 +7,6 @@ from the same PyTorch model and calibration images)."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +46,10 @@ EXPORTERS = {
 
 def missing_dependency(fmt: str) -> str | None:
     """The one-line reason target `fmt` cannot be written here, or None."""
+    from toolkit.runtimes import absent_modules
+
     _, _, needs, extra = EXPORTERS.get(fmt, (None, None, (), None))
-    absent = [m for m in needs if importlib.util.find_spec(m) is None]
+    absent = absent_modules(needs)
     if absent:
         return (f"target {fmt} needs {', '.join(absent)}, which is not installed: "
                 f"pip install 'mnisttk[{extra}]' (or leave {fmt} out of --targets)")

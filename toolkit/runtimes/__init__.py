@@ -34,11 +34,16 @@ RUNTIMES = (
 )
 
 
-def missing(spec: RuntimeSpec) -> str | None:
-    """Why this runtime cannot run here (a module of its extra is absent), or None."""
+def absent_modules(names) -> list[str]:
+    """The modules among `names` that are not installed here (nothing is imported)."""
     import importlib.util
 
-    absent = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+    return [m for m in names if importlib.util.find_spec(m) is None]
+
+
+def missing(spec: RuntimeSpec) -> str | None:
+    """Why this runtime cannot run here (a module of its extra is absent), or None."""
+    absent = absent_modules(spec.requires)
     return f"{', '.join(absent)} not installed (pip install 'mnisttk[{spec.extra}]')" if absent else None
 
 

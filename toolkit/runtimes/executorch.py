@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.candidate import Candidate
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES, batched, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
 from toolkit.runtime import read_model_bytes
@@ -106,8 +106,7 @@ class ExecuTorchCandidate(Candidate):
         return out
 
     def _forward(self, x: np.ndarray, batch: int) -> np.ndarray:
-        outs = [self._execute(self.torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)]
-        out = np.concatenate(outs)
+        out = batched(lambda b: self._execute(self.torch.from_numpy(b)).numpy(), x, batch)
         if out.shape != (len(x), NUM_CLASSES):
             raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(x)}, {NUM_CLASSES}]")
         return out
