@@ -45,9 +45,10 @@ def median(xs):
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
-def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None):
+def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None, parallel=None):
     """verify's own ONNX Runtime candidate (toolkit.candidate.Candidate), renamed for the table."""
-    cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization, nchwc=nchwc)
+    cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization, nchwc=nchwc,
+                         parallel=parallel)
     cand.name = name
     return cand
 
@@ -506,6 +507,10 @@ def main():
         runners = [ort_runner("fp32", files[("onnx", "fp32")], threads)]
         if ("onnx", "int8") in files:
             runners.append(ort_runner("int8", files[("onnx", "int8")], threads, "int8"))
+        if threads > 1:  # the other way to use the threads (SessionOptions.parallel), in the same rounds
+            runners.append(ort_runner("fp32, batch-parallel", files[("onnx", "fp32")], threads, parallel="batch"))
+            if ("onnx", "int8") in files:
+                runners.append(ort_runner("int8, intra-op", files[("onnx", "int8")], threads, "int8", parallel="intra"))
         res["onnx"][threads] = compare(runners, data.test_images, rounds, lat_iters, (64, 256, 1000), "fp32")
         log(f"TorchScript CPU, {threads} thread(s)")
         runners = [ts_runner("fp32", files[("torchscript", "fp32")], threads)]

@@ -356,7 +356,7 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
-              help="Intra-op threads for every runtime (0: all cores; at most this machine's cores).")
+              help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
 @click.option("--expect", "expect", multiple=True,
               type=click.Choice(["onnx-fp32", "onnx-int8", "torchscript-fp32", "torchscript-int8"]),
               help="A target the export must hold (repeatable), e.g. --expect onnx-int8: fail if it is missing.")
@@ -529,7 +529,7 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
 @click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
               help="Training images that calibrate int8.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
-              help="verify's intra-op threads (0: all cores).")
+              help="verify's CPU threads (0: all cores).")
 @click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points, show_default=True,
               help="verify's int8 accuracy loss allowed, in points.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
@@ -577,7 +577,7 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
 @click.option("--throughput-batch", "batch", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
               show_default=True, help="Batch each profiled run takes (verify's throughput batch).")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
-              help="Intra-op threads (0: all cores).")
+              help="Intra-op threads for the profiles (0: all cores).")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=20, show_default=True,
               help="Profiled runs per model; each node's time is their median.")
 @click.option("--top", type=click.IntRange(1, 1000), default=12, show_default=True, help="Nodes shown per model.")

@@ -124,7 +124,7 @@ class VerifyConfig:
     folder: Path = Path("exported")
     runtimes: tuple = ("torch", "cpu", "cuda")  # which rows to try; cuda rows skip (with a reason) if absent
     require_cuda: bool = False
-    threads: int = 1  # intra-op threads for every runtime: one core, the edge case, and stable timings
+    threads: int = 1  # CPU threads for every runtime: one core, the edge case, and stable timings
     throughput_batch: int = 256
     latency_iters: int = 500
     gates: Gates = field(default_factory=Gates)

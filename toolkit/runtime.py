@@ -14,7 +14,8 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def select_provider(name: str) -> str:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    threads: int = 0  # intra-op threads; 0 lets ONNX Runtime use all cores
+    threads: int = 0  # CPU threads (see parallel); 0: all cores
     optimization: str = "all"  # basic | extended | all: graph optimizations applied at load
     profile: bool = False  # record which provider ran each node
     deterministic: bool = False  # CUDA: cuDNN's fixed default algorithm, not the per-shape fastest
@@ -110,10 +111,27 @@ class SessionOptions:
     # only wraps the fp32 first conv in reorders: without it the int8 model gives the same logits and
     # 1.18× fp32's batch-256 throughput instead of 1.08× (benchmarks/, this machine).
     nchwc: bool = True
+    # How a CPU session uses more than one thread. "batch" (default): one single-threaded session per
+    # thread, each running a slice of the batch at the same time (ORT releases the GIL); batches of fewer
+    # than MIN_SHARD images a thread run on one session. "intra": ONNX Runtime's own intra-op pool splits
+    # every node. On 2 threads at batch 256 (benchmarks/, this machine, same rounds): fp32 1.97× its
+    # 1-thread throughput batch-parallel, 1.27-2.0× intra-op; int8 1.81× against 0.55-1.3× (its uint8
+    # Transposes, Quantize/DequantizeLinear and NHWC max-pools barely parallelize); and batch-1 latency
+    # is the 1-thread figure, where ORT's pool made it 1.2-1.6× slower.
+    parallel: str = "batch"
 
     def __post_init__(self):
         if not isinstance(self.threads, int) or not 0 <= self.threads <= max_threads():
             raise ToolkitError(f"threads must be 0 (all cores) to {max_threads()} (this machine's cores), not {self.threads}")
+        if self.parallel not in ("intra", "batch"):
+            raise ToolkitError(f"parallel must be 'intra' or 'batch', not {self.parallel!r}")
+
+    @property
+    def shards(self) -> int:
+        """How many single-threaded sessions run a batch side by side (1: plain intra-op threading)."""
+        if self.parallel != "batch" or self.profile:
+            return 1
+        return self.threads or max_threads()
 
     def to_ort(self) -> ort.SessionOptions:
         levels = {
@@ -129,6 +147,13 @@ class SessionOptions:
         so.log_severity_level = 3  # errors only: keep ORT's warnings off the user's terminal
         if self.threads == 1:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        else:
+            # ORT's pool threads otherwise spin for 20-200 ms after each run, taking a core from whatever
+            # runs next in this process (another row of verify, another runtime in the benchmarks):
+            # LiteRT's 2-thread throughput measured 1.0-1.3× its 1-thread figure right after a spinning
+            # ORT session and 1.97× after one that stops; ORT's own 2-thread throughput is the same
+            # either way (benchmarks/, this machine).
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         if self.profile:
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="mnisttk-prof-"), "ort")
@@ -145,6 +170,9 @@ def read_model_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise ManifestError(f"{path}: SHA-256 changed since export: the file is not the one exported")
     return data
+
+
+MIN_SHARD = 16  # images per session below which a batch-parallel model runs the batch on one session
 
 
 def _dims(arg) -> list:
@@ -164,6 +192,9 @@ class Model:
         ep = select_provider(provider)
         data = read_model_bytes(self.path, expected_sha256)
         self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        shards = options.shards if provider == "cpu" else 1
+        if shards > 1:
+            options = replace(options, threads=1)
         self.is_ort_format = data[4:8] == ORT_FORMAT_ID  # ONNX Runtime's own (flatbuffer) format
         # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
         cuda_opts = {"cudnn_conv_algo_search": "DEFAULT"} if options.deterministic else {}
@@ -175,12 +206,7 @@ class Model:
             try:
                 # ORT print()s an "EP Error ... Falling back" banner to stdout and falls back to the
                 # CPU on its own: keep stdout for results, and decide on fallbacks here.
-                so = options.to_ort()
-                if self.is_ort_format:
-                    so.add_session_config_entry("session.load_model_format", "ORT")
-                with contextlib.redirect_stdout(io.StringIO()):
-                    session = ort.InferenceSession(data, sess_options=so, providers=providers, enable_fallback=0,
-                                                   disabled_optimizers=[] if options.nchwc else ["NchwcTransformer"])
+                session = self._open(data, options, providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
                 msg = first_line(exc)
                 if "external" in msg.lower() or "model_path must not be empty" in msg:
@@ -199,6 +225,17 @@ class Model:
             self.session.disable_fallback()  # a failing CUDA run raises instead of moving to the CPU
         self._check_io()
         self.providers_used = self.session.get_providers()
+        # Batch-parallel: the same bytes in more single-threaded sessions, and threads to drive them.
+        self._shards = [self.session] + [self._open(data, options, providers) for _ in range(shards - 1)]
+        self._pool = ThreadPoolExecutor(shards - 1, thread_name_prefix="mnisttk-shard") if shards > 1 else None
+
+    def _open(self, data: bytes, options: SessionOptions, providers: list) -> ort.InferenceSession:
+        so = options.to_ort()
+        if self.is_ort_format:
+            so.add_session_config_entry("session.load_model_format", "ORT")
+        with contextlib.redirect_stdout(io.StringIO()):
+            return ort.InferenceSession(data, sess_options=so, providers=providers, enable_fallback=0,
+                                        disabled_optimizers=[] if options.nchwc else ["NchwcTransformer"])
 
     def _check_io(self) -> None:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -232,12 +269,25 @@ class Model:
         """Logits for a prepared batch. ORT failures (cuDNN, out of memory) become one-line errors, and
         a session that left its provider is an error, never a silent CPU run."""
         try:
-            out = self.session.run([self.output_name], {self.input_name: x})[0]
+            if self._pool is not None and len(x) >= MIN_SHARD * len(self._shards):
+                out = self._run_sharded(x)
+            else:
+                out = self.session.run([self.output_name], {self.input_name: x})[0]
         except Exception as exc:
             raise ToolkitError(f"{self.path.name}: ONNX Runtime failed while running ({first_line(exc)})") from None
         if self.provider == "cuda":
             self.check_provider()
         return out
+
+    def _run_sharded(self, x: np.ndarray) -> np.ndarray:
+        """Contiguous slices of the batch, one per session, run at the same time; logits in batch order."""
+        n, k = len(x), len(self._shards)
+        cuts = [n * i // k for i in range(k + 1)]
+        names, feed = [self.output_name], self.input_name
+        others = [self._pool.submit(s.run, names, {feed: x[a:b]})
+                  for s, a, b in zip(self._shards[1:], cuts[1:-1], cuts[2:])]
+        first = self.session.run(names, {feed: x[:cuts[1]]})[0]
+        return np.concatenate([first] + [f.result()[0] for f in others])
 
     def check_provider(self) -> None:
         if self.provider == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():

