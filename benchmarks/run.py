@@ -366,6 +366,18 @@ def machine():
     return info
 
 
+def scaling(by_threads: dict) -> list[str]:
+    """One line: each row's batch-256 throughput on the most threads over its own 1-thread figure (a
+    row named "int8, intra-op" is compared with "int8"). Different rounds: read as ±10%."""
+    counts = sorted(by_threads, key=int)
+    if len(counts) < 2 or int(counts[0]) != 1:
+        return []
+    one, many = by_threads[counts[0]], by_threads[counts[-1]]
+    parts = [f"{name} {r['tp256'] / one[name.split(', ')[0]]['tp256']:.2f}×" for name, r in many.items()
+             if one.get(name.split(", ")[0])]
+    return [f"Batch-256 throughput on {counts[-1]} threads over 1 thread (separate rounds): {'; '.join(parts)}."]
+
+
 def markdown(res) -> str:
     m = res["machine"]
     cpu = m["cpu"]
@@ -398,7 +410,7 @@ def markdown(res) -> str:
                 peak = max(r["tp64"], r["tp256"], r["tp1000"]) / (FP32_PEAK_PER_CORE * int(threads)) * 100
                 out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p99']:.1f} | {r['p50_ratio']:.2f} | "
                            f"{r['tp64']:,.0f} | {r['tp256']:,.0f} | {r['tp1000']:,.0f} | {r['tp256_ratio']:.2f} | {peak:.0f}% |")
-        out.append("")
+        out += scaling(res[section]) + [""]
     if res.get("targets"):
         out += ["**Deployment targets side by side** (each runtime on its own artifact, interleaved in the same "
                 "rounds; batch-1 p50 and batch-256 throughput; ratios to ONNX fp32 on ORT CPU in the same rounds)", "",
@@ -408,6 +420,7 @@ def markdown(res) -> str:
             for name, r in t["rows"].items():
                 out.append(f"| {name} | {threads} | {r['p50']:.1f} | {r['p50_ratio']:.2f} | {r['tp256']:,.0f} | "
                            f"{r['tp256_ratio']:.2f} |")
+        out += scaling({threads: t["rows"] for threads, t in res["targets"].items()})
         skipped = {k: v for t in res["targets"].values() for k, v in t["skipped"].items()}
         notes = {k: v for t in res["targets"].values() for k, v in t.get("notes", {}).items()}
         out += [f"Not run: {k} — {v}." for k, v in skipped.items()]
@@ -508,7 +521,7 @@ def main():
         if ("onnx", "int8") in files:
             runners.append(ort_runner("int8", files[("onnx", "int8")], threads, "int8"))
         if threads > 1:  # the other way to use the threads (SessionOptions.parallel), in the same rounds
-            runners.append(ort_runner("fp32, batch-parallel", files[("onnx", "fp32")], threads, parallel="batch"))
+            runners.append(ort_runner("fp32, intra-op", files[("onnx", "fp32")], threads, parallel="intra"))
             if ("onnx", "int8") in files:
                 runners.append(ort_runner("int8, intra-op", files[("onnx", "int8")], threads, "int8", parallel="intra"))
         res["onnx"][threads] = compare(runners, data.test_images, rounds, lat_iters, (64, 256, 1000), "fp32")
