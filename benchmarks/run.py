@@ -45,7 +45,7 @@ def median(xs):
     return float(np.median(np.asarray(xs, dtype=np.float64)))
 
 
-def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None, parallel=None):
+def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None, parallel="batch"):
     """verify's own ONNX Runtime candidate (toolkit.candidate.Candidate), renamed for the table."""
     cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization, nchwc=nchwc,
                          parallel=parallel)

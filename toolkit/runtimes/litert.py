@@ -8,7 +8,6 @@ hashed in the manifest. Bulk inputs run in chunks of the largest batch, the last
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from toolkit.candidate import Candidate
 from toolkit.contract import NUM_CLASSES, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtime import read_model_bytes
+from toolkit.runtime import max_threads, read_model_bytes
 
 INSTALL_HINT = "pip install 'mnisttk[litert]'"
 SHAPE_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # layout only: no arithmetic worth a delegate
@@ -44,7 +43,7 @@ def interpreter(data: bytes, threads: int, name: str):
 
     try:
         with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            it = Interpreter(model_content=data, num_threads=threads or os.cpu_count() or 1,
+            it = Interpreter(model_content=data, num_threads=threads or max_threads(),
                              experimental_default_delegate_latest_features=True)
             it.allocate_tensors()
     except Exception as exc:

@@ -19,7 +19,7 @@ CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes 
 class OnnxCandidate(Candidate):
     def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
                  optimization: str = "all", name: str | None = None, file: str | None = None,
-                 nchwc: bool | None = None, parallel: str | None = None):
+                 nchwc: bool | None = None, parallel: str = "batch"):
         self.path, self.precision, self.file = path, precision, file or path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
@@ -27,7 +27,7 @@ class OnnxCandidate(Candidate):
         self.sha256 = sha256
         nchwc = precision != "int8" if nchwc is None else nchwc  # see SessionOptions.nchwc
         self.options = SessionOptions(threads=threads, optimization=optimization, nchwc=nchwc,
-                                      **({"parallel": parallel} if parallel else {}))  # see SessionOptions.parallel
+                                      parallel=parallel)  # see SessionOptions.parallel
         self.model = Model(path, provider, self.options, expected_sha256=sha256)
         self.loaded_sha256 = self.model.loaded_sha256
         self.threads = threads
