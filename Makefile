@@ -12,7 +12,7 @@ TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 EXTRAS ?= train,test,plot,tflite,executorch
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: demo test venv clean bench gpu gpu-check
+.PHONY: demo test venv wheel clean bench gpu gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
@@ -20,20 +20,30 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_RANGE)
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
-	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) install -q -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed
 
-demo: venv
+# What users install is what runs and is tested: the tree is built into a wheel and that wheel
+# installed (never an editable checkout), every time, so a file left out of the wheel fails here.
+WHEEL_DIR := build/wheel
+wheel: venv
+	rm -rf build  # setuptools reuses build/lib: a module deleted from the tree must not linger in the wheel
+	$(PIP) wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PIP) install -q --no-deps --force-reinstall $(WHEEL_DIR)/mnisttk-*.whl
+
+demo: wheel
 	$(VENV)/bin/mnisttk data
 	$(VENV)/bin/mnisttk pipeline
 
-test: venv
-	$(PY) -m pytest -q
+# PYTHONSAFEPATH: neither pytest nor the tests' child interpreters put the checkout on sys.path, so
+# `toolkit` is the installed wheel's (tests/test_install.py checks it).
+test: wheel
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q
 
-bench: venv
-	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[bench]"
+bench: wheel
+	$(PIP) install -q -c $(VENV)/constraints.txt ".[bench]"
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/run.py --targets-only
 

@@ -94,3 +94,51 @@ def real_export(real_mnist, tmp_path_factory):
     r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize"])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """verify's rows in this process (no child, no bounds), for a test that monkeypatches a runtime:
+    a patch cannot reach the child process a row normally runs in."""
+    from toolkit import isolate
+
+    monkeypatch.setattr(isolate, "IN_PROCESS", True)
+
+
+@pytest.fixture(scope="session")
+def onnx_family_export(tiny_export, tmp_path_factory):
+    """The tiny checkpoint exported to the fast, torch-free targets: onnx, ort and triton (fp32, int8)."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    out = tmp_path_factory.mktemp("onnx_family") / "exported"
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_export["out"] / "cnn.pt"), "--dir", str(out),
+                                  "--quantize", "--calibration-size", "100", "--data-dir", str(tiny_export["data"]),
+                                  "--targets", "onnx,ort,triton"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture
+def supplier(onnx_family_export, tmp_path):
+    """A private copy of that export: a supplier's folder for a test to tamper with."""
+    out = tmp_path / "supplier"
+    shutil.copytree(onnx_family_export, out, symlinks=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def all_targets(tiny_export, tmp_path_factory):
+    """The tiny checkpoint exported to every target (LiteRT and ExecuTorch included: slow, shared)."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    out = tmp_path_factory.mktemp("all") / "exported"
+    out.mkdir()
+    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
+                                  "--targets", "all", "--calibration-size", "100", "--data-dir", str(tiny_export["data"])])
+    assert r.exit_code == 0, r.output
+    return out

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run
+from helpers import run
 from toolkit.cli import main
 
 
@@ -151,7 +151,7 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
     import sys
     import textwrap
 
-    from tests.helpers import BLOCK_TORCH
+    from helpers import BLOCK_TORCH
 
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from click.testing import CliRunner

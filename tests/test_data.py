@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tests.conftest import synthetic_arrays, write_idx
+from conftest import synthetic_arrays, write_idx
 from toolkit.data import (
     IDX_FILES,
     convert_pickle,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.helpers import LOOSE, run
+from helpers import LOOSE, run
 from toolkit.data import load_mnist
 from toolkit.fsutil import sha256_file
 from toolkit.quantize import QuantConfig, calibration_indices, indices_sha256
@@ -293,19 +293,6 @@ def test_same_checkpoint_same_bytes_anywhere_and_no_build_paths(tiny_export, tmp
         assert {"conv2", "fc1"} <= names and not any(n.metadata_props for n in model.graph.node)
 
 
-@pytest.fixture(scope="module")
-def all_targets(tiny_export, tmp_path_factory):
-    out = tmp_path_factory.mktemp("all") / "exported"
-    out.mkdir()
-    import shutil
-
-    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
-    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--targets", "all",
-            "--calibration-size", 100, "--data-dir", tiny_export["data"])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 ALL_FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton")
 
 
@@ -368,7 +355,7 @@ def test_litert_rows_run_without_torch(all_targets, tiny_export):
     import sys
     import textwrap
 
-    from tests.helpers import BLOCK_TORCH
+    from helpers import BLOCK_TORCH
 
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib.util, json

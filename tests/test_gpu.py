@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import toolkit.runtime as rt
-from tests.helpers import run
+from helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
-from tests.helpers import LOOSE
+from helpers import LOOSE
 
 
 
@@ -87,7 +87,7 @@ def test_predict_on_cuda(tiny_export, tmp_path):
 # ------------------------------------------------------------------ provable on the CPU
 
 
-def test_predict_cuda_never_runs_silently_on_the_cpu(tiny_export, tmp_path, monkeypatch):
+def test_predict_cuda_never_runs_silently_on_the_cpu(tiny_export, tmp_path, monkeypatch, in_process):
     import numpy as np
 
     np.save(tmp_path / "d.npy", np.zeros((28, 28), np.uint8))

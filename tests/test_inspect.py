@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.helpers import run
+from helpers import run
 
 
 def inspect(exported, data, *extra):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.conftest import synthetic_arrays
+from conftest import synthetic_arrays
 from toolkit.data import MNIST
 from toolkit.model import CNN, MLP, count_parameters
 from toolkit.train import TrainConfig, select_device, train

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import BLOCK_TORCH, run, third_party_check
+from helpers import BLOCK_TORCH, run, third_party_check
 from toolkit.data import load_mnist
 from toolkit.errors import ImageError
 from toolkit.predict import load_gray, read_pgm, to_mnist
@@ -124,7 +124,7 @@ def test_folders_recursive_and_the_preprocessed_images(digits, tiny_export, tmp_
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run("predict", empty, "--model", model)
-    assert r.exit_code == 1 and "not a file" in r.stderr
+    assert r.exit_code == 1 and "no images in this folder" in r.stderr
 
 
 def test_uneven_lighting_is_taken_out(real_mnist, real_export):

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from toolkit.fsutil import sha256_file
 from toolkit.verify import Gates, Row, judge
 
-from tests.helpers import BLOCK_TORCH, LOOSE, run, third_party_check
+from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 
 
 def verify(exported, data, *extra):
@@ -123,7 +123,9 @@ def test_require_cuda_without_gpu(exported, tiny_export):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
     r = verify(exported, tiny_export["data"], "--require-cuda")
-    assert r.exit_code == 1 and "FAIL: ONNX fp32 on ORT CUDA" in r.stdout
+    # said before the run (no rows measured), in one line
+    assert r.exit_code == 1 and r.stdout == "" and "no CUDAExecutionProvider" in r.stderr and "nothing was run" in r.stderr
+    assert "verifying" not in r.stderr
 
 
 def test_latency_ratio_gate(exported, tiny_export):
@@ -206,7 +208,7 @@ def test_plot_and_markdown_outputs(exported, tiny_export):
     assert r.exit_code == 0, r.output
     assert (exported / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (exported / "m.md").read_text()
-    assert md.startswith("| row |") and "**PASS**" in md
+    assert md.startswith("| row |") and "**PASS (all 4 artifacts checked)**" in md
 
 
 def test_no_torch_flag_uses_reference_npz(exported, tiny_export):
@@ -217,7 +219,7 @@ def test_no_torch_flag_uses_reference_npz(exported, tiny_export):
     assert all(r["status"] == "skipped" for r in report["rows"] if r["runtime"] == "TorchScript")
 
 
-def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_export, monkeypatch):
+def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_export, monkeypatch, in_process):
     """onnxruntime-gpu on a machine without a GPU silently runs on the CPU: that is no CUDA row."""
     import toolkit.runtime as rt
     import toolkit.verify as vf
@@ -260,7 +262,7 @@ def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_p
         assert not out.stdout.lstrip().startswith("{")
 
 
-def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypatch):
+def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypatch, in_process):
     """ORT at optimization level 'basic' runs the QDQ model in float: the int8 row must fail."""
     from toolkit.runtime import SessionOptions
 

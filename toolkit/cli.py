@@ -21,6 +21,7 @@ import click
 from toolkit import __version__
 from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
+from toolkit.manifest import KNOWN_TARGETS
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
 
@@ -75,7 +76,7 @@ def toolkit_errors(func):
         try:
             return func(*args, **kwargs)
         except ToolkitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(str(exc))) from None
         except ModuleNotFoundError as exc:  # an edge install (no [train] extra) asked to train or export
             if (exc.name or "").split(".")[0] not in TRAIN_STACK:
                 raise
@@ -84,8 +85,58 @@ def toolkit_errors(func):
                 "installed): pip install 'mnisttk[train]' (`mnisttk env` shows what is here)") from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; existing files were left as they were") from None
+        except OSError as exc:  # a name too long, a folder gone mid-run: one line, never a traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(printable(f"{where}{exc.strerror or exc}")) from None
 
     return wrapper
+
+
+def printable(text: str) -> str:
+    """Control characters shown as escapes: a file name holding a newline or ESC[2K cannot forge a
+    line of output or erase one on a terminal."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+# What an output option must never overwrite: an input by its kind (an image, a model, an array).
+INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy", ".npz",
+                  ".onnx", ".ort", ".tflite", ".pte", ".pt", ".pth"}
+
+
+def check_outputs(outputs: list, protected: list = ()) -> None:
+    """Before any work: each (option, path, kind) output is a file that can be written, and never an
+    input. `protected`: paths the verb reads (images, a model, an export's listed files). kind: "json",
+    "markdown" or "png". A path in a folder that does not exist is refused (no folder tree is made)."""
+    resolved = set()
+    for p in protected:
+        try:
+            resolved.add(Path(p).resolve())
+        except (OSError, RuntimeError):
+            pass
+    for option, path, kind in outputs:
+        if path is None or str(path) == "-":
+            continue
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if kind != "png" and suffix in INPUT_SUFFIXES or kind == "png" and suffix in INPUT_SUFFIXES - {".png"}:
+            raise click.UsageError(f"{option} {path}: names an input file (a {suffix} file), not a {kind} report "
+                                   f"to write; write {option}=FILE, or put {option} after the inputs")
+        try:
+            if path.resolve() in resolved:
+                raise click.UsageError(f"{option} {path}: is one of this command's inputs; it will not be overwritten")
+        except (OSError, RuntimeError):
+            pass
+        if kind == "json" and path.is_file():
+            try:
+                with open(path, "rb") as f:
+                    json.loads(f.read(MAX_REPORT_BYTES + 1)[:MAX_REPORT_BYTES])
+            except (ValueError, OSError):
+                raise ToolkitError(f"{option} {path}: exists and is not a JSON file; refusing to overwrite it "
+                                   "(remove it, or choose another name)") from None
+        _check_output_path(path)
+
+
+MAX_REPORT_BYTES = 64 * 1024 * 1024
 
 
 def data_dir_option(func):
@@ -176,6 +227,7 @@ def data(data_dir, grid, json_out):
     from toolkit.data import load_mnist
     from toolkit.datainfo import describe, format_description, write_grid
 
+    check_outputs([("--json", json_out, "json"), ("--grid", grid, "png")])
     mnist = load_mnist(data_dir, log=log)
     info = describe(mnist)
     if grid:
@@ -328,6 +380,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
+    check_outputs([("--json", json_out, "json")], [checkpoint])
     mnist = load_mnist(data_dir, log=log)
     manifest = run_export(config, mnist, log=log)
     emit_json(manifest, json_out)  # the manifest carries its own schema_version
@@ -357,9 +410,13 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
               help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
-@click.option("--expect", "expect", multiple=True,
-              type=click.Choice(["onnx-fp32", "onnx-int8", "torchscript-fp32", "torchscript-int8"]),
-              help="A target the export must hold (repeatable), e.g. --expect onnx-int8: fail if it is missing.")
+@click.option("--expect", "expect", multiple=True, type=click.Choice(KNOWN_TARGETS),
+              help="A target the export must hold and this run must check (repeatable), e.g. --expect onnx-int8: "
+                   "fail if it is missing or its row was skipped.")
+@click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), default=VERIFY.row_timeout_s,
+              show_default=True, help="Seconds one row may take; a row over it (a hung runtime) is a FAIL row.")
+@click.option("--row-memory", type=click.IntRange(min=64), default=VERIFY.row_memory_mb, show_default=True,
+              help="MB one CPU row may allocate; a row over it is a FAIL row.")
 @click.option("--throughput-batch", "batch_size", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
               show_default=True, help="Batch for the throughput measurement.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -383,7 +440,8 @@ def format_export(manifest: dict, out: Path) -> str:
 @toolkit_errors
 @merge_old_spellings
 def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
-           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=()):
+           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
+           row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -404,13 +462,17 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                   int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio)
     config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
-                          throughput_batch=batch_size, gates=gates, expect=tuple(expect))
+                          throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
+                          row_memory_mb=row_memory)
     from toolkit.manifest import load_manifest
-    from toolkit.publish import recover
 
-    if folder.is_dir():
-        recover(folder, log)  # an export killed while publishing: back to the previous export first
-    load_manifest(folder)  # no or bad manifest: say so before loading any data
+    manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
+    if require_cuda:
+        from toolkit.runtime import available_providers
+
+        if "CUDAExecutionProvider" not in available_providers():
+            raise ToolkitError("--require-cuda: this onnxruntime has no CUDAExecutionProvider (`make gpu` on a CUDA "
+                               "machine; `mnisttk env` shows what is here); nothing was run")
     if plot_path:
         import importlib.util
 
@@ -419,9 +481,9 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     md_to_stdout = md_path is not None and str(md_path) == "-"
     if md_to_stdout and json_to_stdout(json_out):
         raise click.UsageError("--json and --markdown cannot both go to stdout")
-    for out_path in (None if json_to_stdout(json_out) else json_out, None if md_to_stdout else md_path, plot_path):
-        if out_path:  # an unwritable report path fails before, not after, the run
-            _check_output_path(out_path)
+    # an unwritable report path, or one that would overwrite what is verified, fails before the run
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png")],
+                  _export_files(folder, manifest))
     mnist = load_mnist(data_dir, log=log)
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
     click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
@@ -441,6 +503,13 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
         except OSError as exc:
             raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
     ctx.exit(0 if result["passed"] else 1)
+
+
+def _export_files(folder: Path, manifest: dict) -> list[Path]:
+    """The files of an export that a report must never overwrite."""
+    names = [a["file"] for a in manifest["artifacts"]] + [manifest["reference"]["file"], "manifest.json"]
+    names += [f["file"] for f in manifest.get("support_files", [])]
+    return [folder / n for n in names]
 
 
 def _check_output_path(path) -> None:
@@ -468,13 +537,15 @@ def _check_output_path(path) -> None:
 @click.option("--recursive", "-r", is_flag=True, help="Folders: take the images in sub-folders too.")
 @click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the 28×28 images the model was fed (PNG) into this folder.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="Seconds the model may take on all the images; a model over it (a hung runtime) is an error.")
 @json_option("The results")
 @quiet_option
 @old_spelling("--provider", "provider", type=click.Choice(["cpu", "cuda"]))
 @toolkit_errors
 @merge_old_spellings
 def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False,
-            save_preprocessed=None):
+            save_preprocessed=None, timeout=120.0):
     """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy;
     a folder means its images). Torch-free. A bad file gets a one-line error and exit 1; the others
     are still predicted.
@@ -484,19 +555,16 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         mnisttk predict digit.png scan.jpg sample.npy --json
         mnisttk predict scans/ --recursive --save-preprocessed seen/
     """
-    from toolkit.predict import expand_inputs, predict_files
-    from toolkit.runtimes.litert import is_tflite
+    from toolkit.predict import expand_inputs, predict_files, predictable_kind
 
-    if is_tflite(model_path):  # LiteRT's interpreter (XNNPACK), CPU only
-        if provider != "cpu":
-            raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {provider}")
-        from toolkit.runtimes.litert import LiteRTCandidate
+    kind = predictable_kind(model_path)  # before any image is read: FIFOs, .pte, giants refused in one line
+    if kind == "tflite" and provider != "cpu":
+        raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {provider}")
+    check_outputs([("--json", json_out, "json")], [model_path, *images])
+    if provider == "cuda":
+        from toolkit.runtime import select_provider
 
-        model = LiteRTCandidate({1: (model_path, None)}, "", 0, "LiteRT", model_path.name)
-    else:
-        from toolkit.runtime import Model
-
-        model = Model(model_path, provider)
+        select_provider("cuda")  # no CUDA here: one line now, not after reading the images
     if save_preprocessed is not None:
         from toolkit.fsutil import check_writable_dir
 
@@ -505,15 +573,30 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         except OSError as exc:
             raise ToolkitError(f"cannot write to {save_preprocessed}: {exc.strerror or exc}") from None
     files = expand_inputs([str(p) for p in images], recursive)
-    results = predict_files(files, model, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed)
-    emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": model.loaded_sha256,
+    # The model runs in a child process with a time and memory bound (toolkit.isolate): a hostile
+    # model that hangs or aborts is one Error line, not a hung or crashed predict.
+    from toolkit import isolate
+    from toolkit.predict import model_logits
+
+    def in_child(batch):
+        return isolate.call(model_logits, str(model_path), kind, provider, batch, timeout_s=timeout,
+                            memory_mb=None if provider == "cuda" else 4096, what=f"the model {model_path}")
+
+    loaded = {"sha256": in_child(None)[1]}  # a model that cannot load fails before any image is read
+
+    def logits(batch):
+        out, loaded["sha256"] = in_child(batch)
+        return out
+
+    results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed)
+    emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
                "provider": provider, "results": results}, json_out)
     for r in results:
         if "error" in r:
-            click.echo(f"Error: {r['error']}", err=True)
+            click.echo(f"Error: {printable(r['error'])}", err=True)
         elif not json_to_stdout(json_out):
             low = ", low confidence" if r.get("low_confidence") else ""
-            click.echo(f"{r['file']}: {r['digit']} (p={r['probability']:.3f}{low})")
+            click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 
@@ -603,24 +686,28 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
     from toolkit.inspect import format_inspect, run_inspect
     from toolkit.manifest import load_manifest
 
-    load_manifest(folder)  # no or bad manifest: say so before loading any data
+    manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
     import importlib.util
 
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
-    for out_path in (None if json_to_stdout(json_out) else json_out, md_path, plot_path):
-        if out_path:
-            _check_output_path(out_path)
+    md_to_stdout = md_path is not None and str(md_path) == "-"  # as in verify: - is stdout
+    if md_to_stdout and json_to_stdout(json_out):
+        raise click.UsageError("--json and --markdown cannot both go to stdout")
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png")],
+                  _export_files(folder, manifest))
     mnist = load_mnist(data_dir, log=log)
     result = run_inspect(folder, mnist.test_images, mnist.test_labels, batch=batch, threads=threads, repeats=repeats,
                          n_images=n_images)
     emit_json(result, json_out)
-    click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out))
+    click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
     from toolkit.inspect_report import format_markdown, write_plot
 
     try:
-        if md_path:
+        if md_to_stdout:
+            click.echo(format_markdown(result), nl=False)
+        elif md_path:
             atomic_write_bytes(md_path, format_markdown(result).encode())
         if plot_path:
             write_plot(result, mnist.test_images, plot_path)
@@ -642,6 +729,7 @@ def env(json_out):
     """
     from toolkit.env import environment, format_environment
 
+    check_outputs([("--json", json_out, "json")])
     info = environment()
     emit_json(info, json_out)
     if not json_to_stdout(json_out):

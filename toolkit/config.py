@@ -129,3 +129,7 @@ class VerifyConfig:
     latency_iters: int = 500
     gates: Gates = field(default_factory=Gates)
     expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists
+    # Each row runs in a child process (toolkit.isolate): a hostile model that hangs, allocates without
+    # bound or aborts becomes that row's FAIL. A row takes ~1-3 s here; the limits are far above that.
+    row_timeout_s: float = 300.0
+    row_memory_mb: int = 4096  # above the child's own imports (not applied to CUDA rows)

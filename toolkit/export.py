@@ -35,7 +35,7 @@ from toolkit.manifest import (
     write_manifest,
 )
 from toolkit.metrics import classification_metrics
-from toolkit.publish import Stage, publish, recover
+from toolkit.publish import FolderBusy, Stage, lock_folder, publish, recover
 from toolkit.quantize import calibration_indices, indices_sha256
 
 OPSET = onnx_exporter.OPSET
@@ -95,6 +95,11 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]) and not config.allow_other_test_set:
         raise ExportError("the checkpoint was trained and scored on another MNIST test set than the one loaded "
                           "(SHA-256 differs); pass --allow-other-test-set to export against this one anyway")
+    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for name in config.quant.keep_fp32:  # before the fp32 export, not after it
+        if name not in layers[1:]:
+            raise ExportError(f"--keep-fp32 {name!r} is not a later layer of this {arch} (choose from "
+                              f"{', '.join(layers[1:])}; the first layer has --first-conv); nothing was written")
     indices = calibration_indices(len(data.train_images), config.quant) if config.quantize else None
     for fmt in config.formats:  # before anything is written: a missing extra is one line
         reason = missing_dependency(fmt)
@@ -104,8 +109,21 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         out = check_writable_dir(config.out)
     except OSError as exc:
         raise ExportError(f"cannot write to {config.out}: {exc.strerror or exc}") from None
-    recover(out, log)  # an earlier export killed mid-way: roll it back, remove its staging folder
+    try:
+        folder_lock = lock_folder(out)  # two exports into one folder: the second stops here
+    except FolderBusy as exc:
+        raise ExportError(f"{exc.strerror}; wait for it to finish (nothing was written)") from None
+    except OSError as exc:
+        raise ExportError(f"cannot lock {out}: {exc.strerror or exc}") from None
+    try:
+        recover(out, log)  # an earlier export of ours killed mid-way: roll it back, remove its staging folder
+        return _export_locked(config, data, model, ckpt, arch, indices, out, log)
+    finally:
+        folder_lock.close()
 
+
+def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: str, indices, out: Path,
+                   log: Callable[[str], None]) -> dict:
     test_x = to_model_input(data.test_images)
     labels = data.test_labels.astype(np.int64)
     ref_logits = _eager_logits(model, test_x)
@@ -204,14 +222,21 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         # what an earlier export may have left that this manifest does not list
         stale = [n for n in _possible_names(arch) if n not in names]
         try:
-            publish(stage_obj, names, stale)
+            removed = publish(stage_obj, names, stale)
         except OSError as exc:
             raise ExportError(f"cannot publish into {out} ({exc.strerror or exc}"
                               f"{': ' + Path(exc.filename).name if exc.filename else ''}); "
                               "previous artifacts left as they were") from None
+        if removed:  # the manifest no longer lists them: say so rather than delete silently
+            log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
         return manifest
-    except (ExportError, KeyboardInterrupt):
+    except ExportError:
         raise
+    except KeyboardInterrupt:
+        if stage_obj.published:  # Ctrl-C is held back while publishing: it landed after the switch
+            raise ExportError(f"interrupted after publishing: the new export in {out} is complete") from None
+        raise ExportError(f"interrupted before publishing: the previous export in {out} was left as it was "
+                          "(nothing was changed)") from None
     except OSError as exc:  # a full disk, a read-only folder: one line
         raise ExportError(f"export failed, previous artifacts left as they were: {exc.strerror or exc}") from None
     except Exception as exc:  # exporter/quantizer internals: one line, nothing half-written

@@ -62,12 +62,20 @@ def regular_file(path: str | os.PathLike, error: type[Exception], what: str, max
                  missing: str = "no such file", not_regular: str = "not a regular file") -> Path:
     """`path` if it is a regular file of at most `max_bytes`, else `error` with one line naming the fault
     (every reader of untrusted files starts here: no FIFOs, devices, folders or giants)."""
+    import errno
+    import stat
+
     path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: {missing}")
-    if not path.is_file():
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise error(f"{path}: {missing}") from None
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL in the name
+        raise error(f"{path}: not a usable file name") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever; a device never ends
         raise error(f"{path}: {not_regular}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise error(f"{path}: {size:,} bytes is too large for {what}; refused")
+    if st.st_size > max_bytes:
+        raise error(f"{path}: {st.st_size:,} bytes is too large for {what}; refused")
     return path

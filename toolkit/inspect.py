@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.manifest import check_hashes, confined_path, load_manifest
-from toolkit.errors import ManifestError
+from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.predict import softmax
 from toolkit.runtime import Model, SessionOptions, is_int8_kernel
 
@@ -31,7 +31,7 @@ WARMUP_RUNS = 5
 def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, repeats: int,
                   options: SessionOptions, sha256: str | None = None) -> dict:
     """Per-node median µs per image over `repeats` profiled runs of one batch (after warm-up runs)."""
-    model = Model(path, "cpu", replace(options, threads=threads, profile=True), expected_sha256=sha256)
+    model = Model(path, "cpu", replace(options, threads=threads, profile=True), expected_sha256=sha256, fmt="onnx")
     x = model.prepare(images_u8[:batch])
     n = len(x)
     for _ in range(WARMUP_RUNS + repeats):
@@ -81,7 +81,7 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
         path = confined_path(folder, a["file"])
-        data[precision] = read_model_bytes(path, a["sha256"])
+        data[precision] = read_model_bytes(path, a["sha256"], "onnx")
         # the session verify uses: int8 without ORT's NCHWc layout (see SessionOptions.nchwc)
         options = SessionOptions(nchwc=precision != "int8")
         models[precision] = {"file": a["file"], **profile_model(path, images_u8, batch, threads, repeats, options,
@@ -89,9 +89,19 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
     ratio = models["int8"]["total_us_per_image"] / models["fp32"]["total_us_per_image"]
     # per-layer error on the first n_images test images, each model fed its own input type
     sample = images_u8[:n_images]
-    fp32_model = Model(confined_path(folder, onnx["fp32"]["file"]), "cpu", expected_sha256=onnx["fp32"]["sha256"])
-    int8_model = Model(confined_path(folder, onnx["int8"]["file"]), "cpu", expected_sha256=onnx["int8"]["sha256"])
-    errors = layer_errors(data["fp32"], data["int8"], fp32_model.prepare(sample), int8_model.prepare(sample), threads)
+    fp32_model = Model(confined_path(folder, onnx["fp32"]["file"]), "cpu", expected_sha256=onnx["fp32"]["sha256"],
+                       fmt="onnx")
+    int8_model = Model(confined_path(folder, onnx["int8"]["file"]), "cpu", expected_sha256=onnx["int8"]["sha256"],
+                       fmt="onnx")
+    try:
+        errors = layer_errors(data["fp32"], data["int8"], fp32_model.prepare(sample), int8_model.prepare(sample),
+                              threads)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # models that are not an fp32/int8 pair of ours (swapped, foreign graphs)
+        raise ManifestError(f"{folder}: cannot compare {onnx['fp32']['file']} and {onnx['int8']['file']} layer "
+                            f"by layer ({type(exc).__name__}: {first_line(exc, 120)}); are they an fp32/int8 "
+                            "pair from one export?") from None
     for layer in errors["layers"]:
         layer["fp32_us_per_image"], layer["fp32_ops"] = _layer_time(layer, models["fp32"])
         layer["int8_us_per_image"], layer["int8_ops"] = _layer_time(layer, models["int8"])

@@ -162,11 +162,21 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
         confined_path(folder, f["file"], f"support_files[{i}].file", subpath=True)
     support_sha = {f["file"]: f["sha256"] for f in support}
     for i, a in enumerate(artifacts):
+        if "static_batch" in a and (type(a["static_batch"]) is not int or a["static_batch"] != 1):
+            _fail(path, f"artifacts[{i}].static_batch is {json.dumps(a['static_batch'])[:40]}, not 1 "
+                        "(an artifact runs at batch 1; larger batches are batch_files)")
         variants = a.get("batch_files", [])
         if not isinstance(variants, list):
             _fail(path, f"artifacts[{i}].batch_files is not a list")
+        if variants and a["format"] != "tflite":
+            _fail(path, f"artifacts[{i}] is {a['format']}, which has no batch files")
+        batches = set()
         for j, v in enumerate(variants):
             _check_entry(path, v, f"artifacts[{i}].batch_files[{j}]", {"file": str, "sha256": str, "batch": int})
+            if v["batch"] < 2 or v["batch"] in batches or v["batch"] > 65536:
+                _fail(path, f"artifacts[{i}].batch_files[{j}].batch {v['batch']} is not a new batch size from 2 "
+                            "to 65536 (the artifact itself is batch 1)")
+            batches.add(v["batch"])
             if support_sha.get(v["file"]) != v["sha256"]:
                 _fail(path, f"artifacts[{i}].batch_files[{j}] is not a listed support file with that SHA-256")
     files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]] + [f["file"] for f in support]
@@ -195,6 +205,8 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
 
 def load_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST_NAME
+    if os.path.lexists(path):  # a link out of the folder is refused like any other name
+        confined_path(folder, MANIFEST_NAME, "manifest")
     if not path.is_file():
         if path.exists():
             raise ManifestError(f"{path}: not a regular file")

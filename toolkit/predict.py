@@ -16,6 +16,7 @@ Preprocessing, the way MNIST digits were made:
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from toolkit.fsutil import regular_file
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
 MAX_FILE_BYTES = 100 * 1024 * 1024
+# Memory is the bound, not pixels alone: preprocessing holds a few float64 copies of the image, and a
+# sliver (1×40,000,000 px, 39 KB as a PNG) took 7.4 GB. A digit is never 64× longer than it is wide.
+MAX_ASPECT = 64
+MAX_DEPTH = 32  # folder levels `--recursive` descends (a 1,200-level tree is refused, not a crash)
 # Pillow opens only these (never its EPS plugin, which runs Ghostscript on the file); PGM and .npy
 # are read by our own code.
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
@@ -94,6 +99,7 @@ def read_with_pillow(path: Path) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=PIL_FORMATS) as img:
+                check_dimensions(img.width, img.height, str(path))  # before decoding a single pixel
                 img.load()
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     rgba = img.convert("RGBA")
@@ -108,11 +114,42 @@ def read_with_pillow(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode ({first_line(exc, 100)})") from None
 
 
-def read_npy(path: Path) -> np.ndarray:
-    """A numeric 2-D array: uint8/int 0-255, float 0-1 (or 0-255), or bool (a mask: True is ink, 255)."""
+def check_dimensions(width: int, height: int, name: str) -> None:
+    """ImageError unless a width×height image fits the pixel and shape budget (read from headers)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: {width}×{height} holds no pixels")
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{name}: {width}×{height} is too large (over {MAX_PIXELS:,} pixels)")
+    if max(width, height) > MAX_ASPECT * min(width, height) and max(width, height) > 28 * MAX_ASPECT:
+        raise ImageError(f"{name}: {width}×{height} is a sliver (over {MAX_ASPECT}:1), not an image of a digit; refused")
+
+
+def _npy_header(path: Path) -> tuple:
+    """(shape, dtype) from a .npy header, before any data is read: a 1 KB file declaring
+    200000×200000 is refused here, not by running out of memory."""
     with open(path, "rb") as f:
         if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
             raise ImageError(f"{path}: not a .npy array (an .npz archive or another kind of file)")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in reader:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = reader[version](f)
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+            raise ImageError(f"{path}: not a readable .npy array ({first_line(exc, 100)})") from None
+    return shape, dtype
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A numeric 2-D array: uint8/int 0-255, float 0-1 (or 0-255), or bool (a mask: True is ink, 255)."""
+    shape, dtype = _npy_header(path)
+    values = int(np.prod(shape, dtype=object)) if shape else 1
+    if dtype.hasobject or dtype.kind not in "uifb":
+        raise ImageError(f"{path}: array dtype {dtype} is not numeric")
+    if values > 4 * MAX_PIXELS or values * dtype.itemsize > 4 * MAX_PIXELS:
+        raise ImageError(f"{path}: array of shape {tuple(shape)} is too large ({values:,} values); refused")
     try:
         arr = np.load(path, allow_pickle=False)
         shape, kind = arr.shape, arr.dtype.kind
@@ -125,8 +162,7 @@ def read_npy(path: Path) -> np.ndarray:
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{path}: array of shape {shape} is not one 2-D image (H×W, 1×H×W or 1×1×H×W)")
-    if arr.size > MAX_PIXELS:
-        raise ImageError(f"{path}: array too large ({arr.size:,} values)")
+    check_dimensions(arr.shape[1], arr.shape[0], str(path))
     if kind == "b":
         return np.where(arr, 255, 0).astype(np.uint8)
     arr = arr.astype(np.float64)
@@ -146,7 +182,9 @@ def load_gray(path: str | Path) -> np.ndarray:
         return read_npy(path)
     head = path.read_bytes()[:2]
     if head in (b"P5", b"P2"):
-        return read_pgm(path.read_bytes(), str(path))
+        img = read_pgm(path.read_bytes(), str(path))
+        check_dimensions(img.shape[1], img.shape[0], str(path))
+        return img
     return read_with_pillow(path)
 
 
@@ -252,16 +290,53 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy")
 
 
+class FolderProblem(str):
+    """An entry of expand_inputs that is not a file: why a folder gave no images (its own error line)."""
+
+
+def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], str | None]:
+    """Image files under `folder` (by suffix, sorted), walked without recursion; links to folders are
+    not followed. (files, None) or ([], why not)."""
+    found, stack = [], [(folder, 0)]
+    while stack:
+        here, depth = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as exc:
+            return [], f"{here}: cannot list ({exc.strerror or exc})"
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if recursive:
+                        if depth + 1 > MAX_DEPTH:
+                            return [], f"{folder}: folders nested over {MAX_DEPTH} levels deep; refused"
+                        stack.append((Path(e.path), depth + 1))
+                elif Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file():
+                    found.append(Path(e.path))
+            except OSError:
+                continue
+    return sorted(found), None
+
+
 def expand_inputs(paths: list[str], recursive: bool = False) -> list[str]:
     """Files as given; a folder becomes its image files (by suffix, sorted; `recursive` descends).
-    A folder without any is kept as is, so it gets its own error line."""
+    A folder that gives none becomes a FolderProblem saying why, so it gets its own error line."""
     out = []
     for p in paths:
         path = Path(p)
-        if path.is_dir():
-            found = sorted(f for f in (path.rglob("*") if recursive else path.iterdir())
-                           if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            out.extend(str(f) for f in found) if found else out.append(str(path))
+        try:
+            is_dir = path.is_dir()
+        except (OSError, ValueError):  # a name too long, a NUL: the file's own error line says so
+            is_dir = False
+        if is_dir:
+            found, why = _folder_images(path, recursive)
+            if why:
+                out.append(FolderProblem(why))
+            elif not found:
+                out.append(FolderProblem(f"{path}: no images in this folder (looked for "
+                                         f"{', '.join(IMAGE_SUFFIXES)}{'' if recursive else '; -r descends into sub-folders'})"))
+            else:
+                out.extend(str(f) for f in found)
         else:
             out.append(str(p))
     return out
@@ -283,9 +358,13 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
                   save_dir: Path | None = None) -> list[dict]:
     """One result per file: {'file', 'digit', 'probability', 'probabilities'[, 'low_confidence',
-    'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference is one batch."""
+    'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference is one batch.
+    `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and returning logits."""
     results, images, slots = [], [], []
     for p in paths:
+        if isinstance(p, FolderProblem):
+            results.append({"file": str(p).split(": ", 1)[0], "error": str(p)})
+            continue
         try:
             try:
                 images.append(to_mnist(load_gray(p), as_is=as_is))
@@ -296,15 +375,60 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
             results.append({"file": str(p)})
         except ImageError as exc:
             results.append({"file": str(p), "error": str(exc)})
+        except OSError as exc:  # a name too long, a file gone: this file's error, not the batch's
+            results.append({"file": str(p), "error": f"{p}: cannot read ({exc.strerror or exc})"})
+        except MemoryError:
+            results.append({"file": str(p), "error": f"{p}: too large to preprocess in this memory"})
     if images:
         batch = np.stack(images)
         if save_dir is not None:
             for slot, saved in zip(slots, save_preprocessed(batch, [results[i]["file"] for i in slots], save_dir)):
                 results[slot]["preprocessed"] = saved
-        probs = softmax(model.logits(batch).astype(np.float64))
+        logits = model(batch) if callable(model) else model.logits(batch)
+        probs = softmax(np.asarray(logits).astype(np.float64))
         for slot, pr in zip(slots, probs):
             digit = int(pr.argmax())
             results[slot].update(digit=digit, probability=float(pr[digit]), probabilities=[round(float(v), 6) for v in pr])
             if min_confidence is not None:
                 results[slot]["low_confidence"] = bool(pr[digit] < min_confidence)
     return results
+
+
+PREDICT_KINDS = {"onnx": "ONNX", "ort": "ORT format", "tflite": "LiteRT"}
+
+
+def predictable_kind(model_path: Path) -> str:
+    """"onnx", "ort" or "tflite" from the model file's bytes; ToolkitError in one line for anything
+    else (a FIFO, a folder, a .pte, a TorchScript file, a giant), before it is loaded."""
+    from toolkit.errors import ToolkitError
+    from toolkit.formats import KIND_NAMES, sniff
+    from toolkit.runtime import MAX_MODEL_BYTES
+
+    path = regular_file(model_path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    kind = sniff(head)
+    if kind not in PREDICT_KINDS:
+        found = KIND_NAMES.get(kind, "not a model file mnisttk knows")
+        raise ToolkitError(f"{path}: {found}; predict runs ONNX (.onnx), ORT format (.ort) and LiteRT (.tflite) "
+                           "models (verify runs the others)")
+    return kind
+
+
+def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+    """(logits, SHA-256 of the bytes loaded) for uint8 N×28×28 images (run where toolkit.isolate bounds it);
+    batch None: only load and check the model ((None, SHA-256))."""
+    if kind == "tflite":
+        from toolkit.runtimes.litert import LiteRTCandidate
+
+        model = LiteRTCandidate({1: (Path(model_path), None)}, "", 0, "LiteRT", Path(model_path).name)
+    else:
+        from toolkit.runtime import Model
+
+        model = Model(model_path, provider, fmt=kind)
+    if batch is None:
+        return None, model.loaded_sha256
+    return np.asarray(model.logits(batch), dtype=np.float32), model.loaded_sha256

@@ -3,14 +3,22 @@
 The new files are staged in a hidden `.export-*` folder inside the destination. Publishing
 first hard-links every file it will replace into the stage (`old/`), writes a journal, then
 renames the new files into place, the manifest last. A failure or Ctrl-C rolls every rename
-back; a process killed outright leaves the journal, and the next mnisttk command that opens
-the folder rolls it back (a stage is stale when no live process holds its lock). A reader
-(verify) therefore sees the previous export or the new one, never a mixture.
+back; a process killed outright leaves the journal, and the next `mnisttk export` into the same
+folder rolls it back (a stage is stale when no live process holds its lock). A reader (verify)
+therefore sees the previous export or the new one, never a mixture.
+
+A folder is untrusted input: only `export` recovers, and only from a journal that this user's
+mnisttk wrote itself (an HMAC under a key kept outside the folder, bound to the stage's path),
+naming plain entries of the folder; anything else is left alone and reported. Read-only verbs
+(verify, inspect, predict) never recover, lock or clean up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -28,18 +36,114 @@ _rename = os.replace  # publishing's own renames (tests fail or kill the Nth one
 
 def _try_lock(path: Path, block: bool = False):
     """An exclusive lock on `path` held by this process (released when it dies, even by SIGKILL),
-    or None if another live process holds it. Without fcntl (not POSIX), the recorded pid decides."""
+    or None if another live process holds it. Without fcntl (not POSIX), the recorded pid decides.
+    A link at `path` is never followed (OSError): a lock must not create a file elsewhere."""
     try:
         import fcntl
     except ImportError:
         return _pid_lock(path)
-    f = open(path, "a+")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+    f = os.fdopen(fd, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
     except BlockingIOError:
         f.close()
         return None
     return f
+
+
+class FolderBusy(OSError):
+    """Another export holds the destination folder's lock."""
+
+
+def lock_folder(out: Path):
+    """An exclusive lock on the destination folder itself (no file is created), held by this process
+    until `.close()` or its death: two exports into one folder never interleave. FolderBusy if held."""
+    try:
+        import fcntl
+    except ImportError:
+        return _PidLock()
+    fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderBusy(errno.EWOULDBLOCK, f"another mnisttk export is writing into {out}") from None
+    return _FdLock(fd)
+
+
+class _FdLock:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _key_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "mnisttk" / "journal.key"
+
+
+def _journal_key(create: bool) -> bytes | None:
+    """This user's secret for journals (32 random bytes, mode 0600, outside any export folder)."""
+    path = _key_path()
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return data
+    except OSError:
+        pass
+    if not create:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = os.urandom(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+    except FileExistsError:
+        return _journal_key(create=False)  # another export made it this very moment
+    except OSError:
+        return None  # no writable home: journals are written unsigned and never acted on
+
+
+def _journal_mac(key: bytes, stage_dir: Path, journal: dict) -> str:
+    body = {k: journal[k] for k in ("pid", "replace", "existed", "committed")}
+    message = json.dumps([str(Path(stage_dir).resolve()), body], sort_keys=True).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _write_journal(stage_dir: Path, journal: dict, key: bytes | None) -> None:
+    signed = dict(journal, mac=_journal_mac(key, stage_dir, journal) if key else None)
+    (stage_dir / JOURNAL_NAME).write_text(json.dumps(signed))
+
+
+def _plain_name(name) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name and len(name) <= 255)
+
+
+def _trusted_journal(stage_dir: Path, raw: bytes) -> tuple[dict | None, str]:
+    """The journal if this user's mnisttk wrote it for this very stage, else (None, why not)."""
+    try:
+        journal = json.loads(raw)
+    except ValueError:
+        return None, "its journal is not JSON"
+    if not isinstance(journal, dict):
+        return None, "its journal is not an object"
+    replace, existed = journal.get("replace"), journal.get("existed")
+    if not (isinstance(replace, list) and isinstance(existed, list) and isinstance(journal.get("committed"), bool)
+            and all(_plain_name(n) for n in replace) and all(n in replace for n in existed)):
+        return None, "its journal is malformed or names paths outside the folder"
+    key = _journal_key(create=False)
+    mac = journal.get("mac")
+    if key is None or not isinstance(mac, str) or not hmac.compare_digest(mac, _journal_mac(key, stage_dir, journal)):
+        return None, "its journal was not written by this user's mnisttk for this folder"
+    return journal, ""
 
 
 class _PidLock:
@@ -77,10 +181,12 @@ def _keep_copy(src: Path, dst: Path) -> None:
 
 
 class Stage:
-    """A locked staging folder inside `out`; `stage.new` receives the files to publish."""
+    """A locked staging folder inside `out`; `stage.new` receives the files to publish.
+    `published` turns True once the new files are all in place (the switch has happened)."""
 
     def __init__(self, out: Path):
         self.out = Path(out)
+        self.published = False
         self.dir = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.out))
         self._lock = _try_lock(self.dir / LOCK_NAME)
         (self.dir / "pid").write_text(str(os.getpid()))
@@ -118,11 +224,11 @@ def _is_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
+def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> list[str]:
     """Move `stage.new/<name>` for each name in `order` into `stage.out` (the last one, the manifest,
     is the switch), then delete `remove`. A name may be a folder (a model repository): the old one is
-    moved aside into the stage, the new one moved in. Raises OSError after rolling back, leaving
-    `out` as it was."""
+    moved aside into the stage, the new one moved in. Returns the names removed. Raises OSError after
+    rolling back, leaving `out` as it was."""
     out = stage.out
     stage.old.mkdir(exist_ok=True)
     existed = []
@@ -132,8 +238,10 @@ def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
                 _keep_copy(out / name, stage.old / name)
             existed.append(name)
     journal = {"pid": os.getpid(), "replace": list(order), "existed": existed, "committed": False}
-    (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
-    with _signals_deferred():
+    key = _journal_key(create=True)
+    _write_journal(stage.dir, journal, key)
+    with _signals_deferred():  # Ctrl-C lands before the first rename or after the last removal
+
         done = []
         try:
             for name in order:
@@ -145,10 +253,14 @@ def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> None:
             _rollback(out, stage.old, done, existed)
             raise
         journal["committed"] = True
-        (stage.dir / JOURNAL_NAME).write_text(json.dumps(journal))
-    for name in remove:  # not listed by the new manifest: garbage now, gone
-        if name not in order and os.path.lexists(out / name):
-            shutil.rmtree(out / name) if _is_dir(out / name) else os.unlink(out / name)
+        _write_journal(stage.dir, journal, key)
+        stage.published = True
+        removed = []
+        for name in remove:  # not listed by the new manifest: garbage now, gone
+            if name not in order and os.path.lexists(out / name):
+                shutil.rmtree(out / name) if _is_dir(out / name) else os.unlink(out / name)
+                removed.append(name)
+    return removed
 
 
 def _rollback(out: Path, old: Path, names, existed) -> None:
@@ -174,11 +286,14 @@ def _age_s(path: Path) -> float:
 
 def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]:
     """Roll back exports into `out` that died while publishing, and remove stale staging
-    folders (ones no live process holds). Returns what was done, one line each (also logged)."""
+    folders (ones no live process holds). Only `export` calls it, holding the folder's lock.
+    A journal acts only when it is this user's (see the module's docstring); every name is
+    re-checked against the folder before anything moves. Returns what was done, one line each
+    (also logged)."""
     out = Path(out)
     done = []
     try:
-        stages = [p for p in out.iterdir() if p.name.startswith(STAGE_PREFIX) and p.is_dir() and not p.is_symlink()]
+        stages = [p for p in out.iterdir() if p.name.startswith(STAGE_PREFIX) and _is_dir(p)]
     except OSError:
         return done
     for stage in stages:
@@ -187,19 +302,31 @@ def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]
         try:
             lock = _try_lock(stage / LOCK_NAME)
         except OSError:
+            what = f"left {stage.name} alone: its lock is not a plain file (remove the folder by hand)"
+            done.append(what)
+            log(what)
             continue
         if lock is None:
             continue  # a live export owns it
         try:
             what = f"removed stale staging folder {stage.name} (its export was interrupted)"
             journal_path = stage / JOURNAL_NAME
-            if journal_path.is_file():
-                journal = json.loads(journal_path.read_text())
-                if not journal.get("committed"):
+            if os.path.lexists(journal_path):
+                if not journal_path.is_file() or journal_path.is_symlink():
+                    raise _Untrusted("its journal is not a plain file")
+                journal, why = _trusted_journal(stage, journal_path.read_bytes()[:1 << 20])
+                if journal is None:
+                    raise _Untrusted(why)
+                if not journal["committed"]:
+                    _check_rollback(out, stage / "old", journal["replace"], journal["existed"])
                     _rollback(out, stage / "old", journal["replace"], journal["existed"])
                     what = (f"an export into {out} was killed while publishing (pid {journal.get('pid')}): "
-                            "previous artifacts restored")
+                            f"previous artifacts restored ({', '.join(journal['replace'])})")
             shutil.rmtree(stage, ignore_errors=True)
+            done.append(what)
+            log(what)
+        except _Untrusted as exc:
+            what = f"left {stage.name} alone: {exc} (nothing was changed; remove the folder by hand)"
             done.append(what)
             log(what)
         except (OSError, ValueError, KeyError) as exc:
@@ -207,3 +334,20 @@ def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]
         finally:
             lock.close()
     return done
+
+
+class _Untrusted(Exception):
+    pass
+
+
+def _check_rollback(out: Path, old: Path, names, existed) -> None:
+    """Every path a rollback would touch is a plain entry of `out` or of the stage's old/ (no link
+    followed, nothing outside), or _Untrusted before anything moves."""
+    if not _is_dir(old) and existed:
+        raise _Untrusted("its old/ folder is missing or a link")
+    for name in names:
+        kept = old / name
+        if name in existed and os.path.lexists(kept) and kept.is_symlink():
+            raise _Untrusted(f"its copy of {name!r} is a link")
+        if (out / name).is_symlink() and name not in existed:
+            raise _Untrusted(f"{name!r} in the folder is a link the export did not write")

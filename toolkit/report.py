@@ -91,7 +91,7 @@ def format_table(result: dict, wide: bool = False) -> str:
     text.append(_coverage(result))
     text.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
                 f"{result['threads']} thread(s); {result['seconds']:.1f} s")
-    text.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failed_rows"]))
+    text.append(verdict(result))
     if not wide:
         import textwrap
 
@@ -100,13 +100,29 @@ def format_table(result: dict, wide: bool = False) -> str:
     return "\n".join(lines + text)
 
 
+def verdict(result: dict) -> str:
+    """PASS or FAIL, with how much was checked: a PASS over part of an export says which part."""
+    checked, targets = result["targets_checked"], result["targets"]
+    if not result["passed"]:
+        return "FAIL: " + "; ".join(result["failed_rows"])
+    if len(checked) < len(targets):
+        return f"PASS for the {len(checked)} of {len(targets)} artifacts checked here (not run: " \
+               f"{', '.join(t for t in targets if t not in checked)})"
+    return f"PASS (all {len(targets)} artifacts checked)"
+
+
+def _md_cell(text) -> str:
+    """A Markdown table cell: pipes escaped (a bare | ends the cell), no line breaks."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def format_markdown(result: dict) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in result["rows"]]
+    lines = ["| " + " | ".join(_md_cell(c) for c in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row_cells(r)) + " |" for r in result["rows"]]
     lines.append("")
     lines += [f"- {n}" for n in _notes(result)]
     lines.append("")
-    lines.append(f"**{'PASS' if result['passed'] else 'FAIL'}** — {result['n_test']:,} test images, "
+    lines.append(f"**{_md_cell(verdict(result))}** — {result['n_test']:,} test images, "
                  f"{result['threads']} thread(s), CPU: {result['machine']['cpu']['model']}")
     return "\n".join(lines) + "\n"
 

@@ -160,8 +160,9 @@ class SessionOptions:
         return so
 
 
-def read_model_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
-    """The model's bytes, read once: what is hashed is exactly what is loaded."""
+def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | None = None) -> bytes:
+    """The model's bytes, read once: what is hashed is exactly what is loaded. With `fmt` (a manifest
+    format), bytes of another format are refused (toolkit.formats)."""
     path = regular_file(path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
     try:
         data = path.read_bytes()
@@ -169,6 +170,10 @@ def read_model_bytes(path: Path, expected_sha256: str | None = None) -> bytes:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise ManifestError(f"{path}: SHA-256 changed since export: the file is not the one exported")
+    if fmt is not None:
+        from toolkit.formats import check_kind
+
+        check_kind(data, fmt, str(path))
     return data
 
 
@@ -186,11 +191,13 @@ class Model:
     is refused (the sidecar would be unhashed) and the bytes run are the bytes hashed."""
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", options: SessionOptions = SessionOptions(),
-                 expected_sha256: str | None = None):
+                 expected_sha256: str | None = None, fmt: str | None = None):
+        """fmt: "onnx" or "ort" where the caller knows which it must be (a manifest, a suffix):
+        bytes of the other are refused; None accepts either."""
         self.path = Path(path)
         self.provider = provider
         ep = select_provider(provider)
-        data = read_model_bytes(self.path, expected_sha256)
+        data = read_model_bytes(self.path, expected_sha256, fmt)
         self.loaded_sha256 = hashlib.sha256(data).hexdigest()
         shards = options.shards if provider == "cpu" else 1
         if shards > 1:

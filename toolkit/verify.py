@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from toolkit import isolate
 from toolkit.candidate import Candidate
 from toolkit.runtimes import ROW_NAMES, RUNTIMES, missing
 from toolkit.runtimes import build as build_candidate
@@ -177,7 +178,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             reference_row.file = eager.file
         except ToolkitError as exc:
             reference_row.fail(str(exc))
-    plan: list[tuple[Row, Callable[[], Candidate]]] = []  # each row and how to build its candidate
+    plan: list[tuple[Row, object, dict]] = []  # each row, its runtime and its artifact
     for spec in RUNTIMES:
         for fmt in spec.formats:
             for a in (a for a in artifacts if a["format"] == fmt):
@@ -193,7 +194,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                 elif spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
                     why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
                     row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
-                plan.append((row, lambda spec=spec, a=a: build_candidate(spec, folder, a, config.threads)))
+                plan.append((row, spec, a))
 
     sizes = {a["file"]: a["size_bytes"] for a in artifacts}
     rows = [reference_row]
@@ -209,7 +210,10 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         except ToolkitError as exc:
             reference_row.fail(str(exc))
     _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
-    for row, build in plan:
+    support_faults = _support_faults(manifest, bad_files)
+    if any(row.status == "ok" for row, _, _ in plan):
+        isolate.prepare(("torch",) if have_torch else ())
+    for row, spec, a in plan:
         rows.append(row)
         if row.status != "ok":
             continue
@@ -217,19 +221,23 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             row.fail(f"{row.file}: SHA-256 {bad_files[row.file]} since export: the file is not the one exported"
                      if bad_files[row.file] != "missing" else f"{row.file}: file missing")
             continue
+        for fault in support_faults.get(row.file, ()):
+            row.fail(fault)
+        if row.status == "FAIL":
+            continue
         log(f"verifying {row.name} on {row.runtime}")
         try:
-            cand = build()
-            logits = cand.logits(test_images).astype(np.float64)
+            m = isolate.call(measure_row, RUNTIMES.index(spec), str(folder), a, config.threads, test_images,
+                             config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s,
+                             memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                             what=f"{row.name} on {row.runtime}")
+            logits = m.pop("logits").astype(np.float64)
             if not np.isfinite(logits).all():
                 row.fail(f"{int((~np.isfinite(logits)).any(1).sum())} test images give NaN or infinite logits")
             _fill_accuracy(row, labels, logits, ref_logits)
-            _time(row, cand, test_images, config)
-            row.size_bytes = sizes.get(cand.file)
-            row.loaded_sha256 = cand.loaded_sha256
-            row.placement = cand.placement()
-            row.batch_consistent = cand.consistency(test_images, logits.argmax(1))
-            row.consistency_batches = list(getattr(cand, "consistency_batches", ()) or ()) or None
+            for key, value in m.items():
+                setattr(row, key, value)
+            row.size_bytes = sizes.get(a["file"])
         except RuntimeUnavailable as exc:
             row.reasons.append(str(exc))
             row.status = "FAIL" if config.require_cuda or row.runtime != "ORT CUDA" else "skipped"
@@ -245,6 +253,11 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     failed = [f"{r.name} on {r.runtime}" for r in rows if r.status == "FAIL"]
     measured = sorted({target_of(a) for a in artifacts
                        if any(r.file == a["file"] and r.status != "skipped" and not r.is_reference for r in rows)})
+    for t in config.expect:  # --expect: the target must be in the export and checked by this run
+        if t not in measured:
+            why = sorted({reason for r in rows for reason in r.reasons if r.status == "skipped"
+                          and any(r.file == a["file"] and target_of(a) == t for a in artifacts)})
+            failed.append(f"expected {t} was not checked ({'; '.join(why) or 'no row ran it'})")
     return {
         "schema_version": 1,
         "passed": not failed,
@@ -263,6 +276,42 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         "machine": _machine(),
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
+                throughput_batch: int, latency_iters: int) -> dict:
+    """One row's measurements, in the child process that toolkit.isolate bounds: the artifact's test
+    logits (float32), latency, throughput, the loaded bytes' hash, placement and batch consistency."""
+    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
+    logits = np.asarray(cand.logits(test_images), dtype=np.float32)
+    x1 = cand.bench_input(test_images[:1])
+    out = {"logits": logits, "latency_us": latency_us(cand, x1, iters=latency_iters),
+           "throughput": throughput(cand, cand.bench_input(test_images[:throughput_batch])),
+           "loaded_sha256": cand.loaded_sha256, "placement": cand.placement()}
+    out["batch_consistent"] = cand.consistency(test_images, logits.argmax(1))
+    out["consistency_batches"] = list(getattr(cand, "consistency_batches", ()) or ()) or None
+    return out
+
+
+def _support_faults(manifest: dict, bad_files: dict) -> dict:
+    """artifact file -> why its support files fail it: a Triton model's config.pbtxt, an .ort model's
+    required_operators.config, a LiteRT model's batch files, each changed or missing since export
+    (a Triton configuration the manifest does not list, unhashed, fails too)."""
+    faults: dict = {}
+    listed = {f["file"] for f in manifest.get("support_files", [])}
+    for a in manifest["artifacts"]:
+        mine = [v["file"] for v in a.get("batch_files", [])]
+        if a["format"] == "triton":
+            config = a["file"].rsplit("/", 2)[0] + "/config.pbtxt"
+            mine.append(config)
+            if config not in listed:
+                faults.setdefault(a["file"], []).append(f"{config} is not listed (hashed) in the manifest")
+        if a["format"] == "ort":
+            mine += [f for f in bad_files if f.endswith("required_operators.config")]
+        for f in mine:
+            if f in bad_files:
+                faults.setdefault(a["file"], []).append(f"support file {f}: {bad_files[f]} since export")
+    return faults
 
 
 def _time(row: Row, cand: Candidate, images_u8: np.ndarray, config: VerifyConfig) -> None:

@@ -82,7 +82,7 @@ class ExecuTorchCandidate(Candidate):
 
         self.torch = torch
         self.name, self.precision, self.file = name, precision, file
-        data = read_model_bytes(path, sha256)
+        data = read_model_bytes(path, sha256, "executorch")
         self.loaded_sha256 = hashlib.sha256(data).hexdigest()
         self._audit = audit(data, path.name)
         # the runtime reads the program from these bytes without copying them: keep them alive

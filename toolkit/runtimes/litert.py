@@ -133,7 +133,7 @@ class LiteRTCandidate(Candidate):
         self.name, self.precision, self.file = name, precision, file
         self.programs = {}
         for batch, (path, sha) in sorted(files.items()):
-            data = read_model_bytes(path, sha)
+            data = read_model_bytes(path, sha, "tflite")
             program = Program(data, threads, path.name)
             if program.batch != batch:
                 raise ToolkitError(f"{path.name}: a batch-{program.batch} LiteRT model where a batch-{batch} one was expected")
@@ -175,7 +175,12 @@ class LiteRTCandidate(Candidate):
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> LiteRTCandidate:
-    files = {int(artifact.get("static_batch", 1)): (confined_path(folder, artifact["file"]), artifact["sha256"])}
+    # The artifact is always the file the manifest names, at batch 1; a batch file only adds a larger
+    # batch (the manifest's validation refuses one that claims batch 1 or a batch twice).
+    files = {1: (confined_path(folder, artifact["file"]), artifact["sha256"])}
     for variant in artifact.get("batch_files", []):
-        files[int(variant["batch"])] = (confined_path(folder, variant["file"]), variant["sha256"])
+        if variant["batch"] in files:
+            raise ManifestError(f"{variant['file']}: a batch file for batch {variant['batch']}, which "
+                                f"{artifact['file']} (or another batch file) already is; refused")
+        files[variant["batch"]] = (confined_path(folder, variant["file"]), variant["sha256"])
     return LiteRTCandidate(files, artifact["precision"], threads, name, artifact["file"])

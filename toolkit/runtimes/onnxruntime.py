@@ -10,6 +10,7 @@ import numpy as np
 
 from toolkit.candidate import Candidate
 from toolkit.contract import EVAL_BATCH
+from toolkit.errors import ManifestError
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
 from toolkit.runtime import Model, SessionOptions
 
@@ -19,7 +20,7 @@ CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes 
 class OnnxCandidate(Candidate):
     def __init__(self, path: Path, precision: str, provider: str, threads: int, sha256: str | None = None,
                  optimization: str = "all", name: str | None = None, file: str | None = None,
-                 nchwc: bool | None = None, parallel: str = "batch"):
+                 nchwc: bool | None = None, parallel: str = "batch", fmt: str | None = None):
         self.path, self.precision, self.file = path, precision, file or path.name
         self.provider = provider
         self.runtime = f"ORT {provider.upper()}"
@@ -28,7 +29,8 @@ class OnnxCandidate(Candidate):
         nchwc = precision != "int8" if nchwc is None else nchwc  # see SessionOptions.nchwc
         self.options = SessionOptions(threads=threads, optimization=optimization, nchwc=nchwc,
                                       parallel=parallel)  # see SessionOptions.parallel
-        self.model = Model(path, provider, self.options, expected_sha256=sha256)
+        self.fmt = fmt  # the manifest's format: the bytes must be it (toolkit.formats)
+        self.model = Model(path, provider, self.options, expected_sha256=sha256, fmt=fmt)
         self.loaded_sha256 = self.model.loaded_sha256
         self.threads = threads
         self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)
@@ -44,7 +46,8 @@ class OnnxCandidate(Candidate):
         return self.model.run(x)
 
     def placement(self):
-        profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256)
+        profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256,
+                         fmt=self.fmt)
         profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
         self.model.check_provider()  # still on the provider asked for, after all the measuring
         return profiled.node_placement()
@@ -53,11 +56,22 @@ class OnnxCandidate(Candidate):
         # On CUDA, cuDNN's exhaustive search may pick another algorithm per batch size, and a QDQ
         # model rounds after float convolutions: the check runs with cuDNN's fixed default algorithm.
         model = self.model if self.provider == "cpu" else Model(
-            self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256)
+            self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256,
+            fmt=self.fmt)
         return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> OnnxCandidate:
     path = confined_path(folder, artifact["file"], subpath=artifact["format"] in SUBPATH_FORMATS)
-    return OnnxCandidate(path, artifact["precision"], provider, threads, artifact["sha256"], name=name,
-                         file=artifact["file"])
+    cand = OnnxCandidate(path, artifact["precision"], provider, threads, artifact["sha256"], name=name,
+                         file=artifact["file"], fmt=artifact["format"])
+    if artifact["format"] == "triton":  # <repo>/<model>/1/model.onnx: its config.pbtxt must serve it
+        from toolkit.fsutil import regular_file
+        from toolkit.triton_config import MAX_CONFIG_BYTES, check
+
+        repo, model_name = artifact["file"].split("/")[:2]
+        config_rel = f"{repo}/{model_name}/config.pbtxt"
+        config = regular_file(confined_path(folder, config_rel, subpath=True), ManifestError,
+                              "a Triton configuration", MAX_CONFIG_BYTES, missing="Triton configuration missing")
+        check(config.read_bytes(), config_rel, model_name, cand.model)
+    return cand

@@ -65,7 +65,7 @@ def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str 
 
     from toolkit.runtime import read_model_bytes
 
-    data = read_model_bytes(path, sha256)
+    data = read_model_bytes(path, sha256, "torchscript")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load

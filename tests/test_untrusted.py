@@ -1,0 +1,515 @@
+"""A folder from someone else is untrusted input: checking it never writes, deletes or reads outside
+it, a crafted folder never PASSes, and a hostile model is bounded in time, memory and crashes.
+Each case is one an attacker supplying a folder (or a user's slip) can produce."""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import LOOSE, run
+
+
+def tree(folder: Path) -> dict:
+    """Every entry under `folder` (hidden ones included, links not followed): its kind and bytes."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_file():
+                out[rel] = ("file", p.read_bytes())
+            else:
+                out[rel] = ("dir", None)
+    return out
+
+
+def set_hash(folder: Path, name: str) -> None:
+    """The manifest updated to the file's new bytes, as an attacker would."""
+    m = json.loads((folder / "manifest.json").read_text())
+    data = (folder / name).read_bytes()
+    for entry in m["artifacts"] + m.get("support_files", []):
+        if entry["file"] == name:
+            entry["sha256"] = hashlib.sha256(data).hexdigest()
+            if "size_bytes" in entry:
+                entry["size_bytes"] = len(data)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def verify(folder, data, *args):
+    return run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, *args)
+
+
+def rows(r) -> dict:
+    return {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+
+
+def one_error(r, code=1):
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, r.stderr
+    return errors[0]
+
+
+def evil_stage(folder: Path, journal: dict, name=".export-evil") -> Path:
+    stage = folder / name
+    stage.mkdir()
+    (stage / "pid").write_text("999999999")
+    (stage / "JOURNAL.json").write_text(json.dumps(journal))
+    return stage
+
+
+# ---------------------------------------------------------------- writes outside the folder
+
+
+def test_verify_never_acts_on_a_journal_and_writes_nothing(supplier, tiny_export, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "somedir").mkdir()
+    evil_stage(supplier, {"replace": [str(victim), "../somedir"], "existed": [], "committed": False})
+    before = tree(supplier)
+    r = verify(supplier, tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "keep me" and (tmp_path / "somedir").is_dir()
+    assert tree(supplier) == before  # not a byte written, locked or cleaned up in the folder
+
+
+def test_export_refuses_a_journal_it_did_not_write(supplier, tiny_export, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "somedir").mkdir()
+    # names that escape, and a forged journal with plain names and a made-up mac
+    evil_stage(supplier, {"replace": [str(victim), "../somedir"], "existed": [], "committed": False})
+    evil_stage(supplier, {"pid": 1, "replace": ["cnn_fp32.onnx"], "existed": [], "committed": False, "mac": "0" * 64},
+               name=".export-forged")
+    onnx_before = (supplier / "cnn_fp32.onnx").read_bytes()
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", supplier, "--data-dir",
+            tiny_export["data"], "--targets", "onnx")
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "keep me" and (tmp_path / "somedir").is_dir()
+    assert "left .export-evil alone" in r.stderr and "left .export-forged alone" in r.stderr
+    assert (supplier / ".export-forged").is_dir()  # left for a person to look at, nothing rolled back
+    assert (supplier / "cnn_fp32.onnx").read_bytes() == onnx_before  # same checkpoint, same bytes
+
+
+def test_a_lock_that_is_a_link_creates_nothing_outside(supplier, tiny_export, tmp_path):
+    stage = evil_stage(supplier, {"replace": [], "existed": [], "committed": False})
+    target = tmp_path / "created-by-lock"
+    (stage / ".lock").symlink_to(target)
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", supplier, "--data-dir",
+            tiny_export["data"], "--targets", "onnx")
+    assert r.exit_code == 0, r.output
+    assert not os.path.lexists(target)
+    assert "its lock is not a plain file" in r.stderr
+
+
+def test_a_journal_of_our_own_is_rolled_back(supplier, tiny_export, monkeypatch):
+    """The recovery that stays: an export of ours killed mid-publish is undone by the next export."""
+    import toolkit.publish as pub
+
+    stage = pub.Stage(supplier)
+    (stage.new / "cnn_fp32.onnx").write_bytes(b"half-published")
+    original = (supplier / "cnn_fp32.onnx").read_bytes()
+    calls = {"n": 0}
+    real = pub._rename
+
+    def die_after_first(src, dst):
+        real(src, dst)
+        calls["n"] += 1
+        raise SystemExit("killed")  # not rolled back by publish: as if the process died here
+
+    monkeypatch.setattr(pub, "_rollback", lambda *a: None)
+    monkeypatch.setattr(pub, "_rename", die_after_first)
+    with pytest.raises(SystemExit):
+        pub.publish(stage, ["cnn_fp32.onnx"])
+    monkeypatch.undo()
+    assert (supplier / "cnn_fp32.onnx").read_bytes() == b"half-published"
+    stage._lock.close()  # the "dead" export's lock is released
+    done = pub.recover(supplier)
+    assert any("previous artifacts restored" in d for d in done), done
+    assert (supplier / "cnn_fp32.onnx").read_bytes() == original
+    # the same journal moved to another folder is no longer trusted (the mac binds the stage's path)
+
+
+def test_a_manifest_that_is_a_link_out_is_refused(supplier, tiny_export, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(supplier, elsewhere)
+    (supplier / "manifest.json").unlink()
+    (supplier / "manifest.json").symlink_to(elsewhere / "manifest.json")
+    err = one_error(verify(supplier, tiny_export["data"]))
+    assert "resolves outside" in err
+
+
+# ---------------------------------------------------------------- false PASS
+
+
+def test_a_batch_file_cannot_stand_in_for_the_artifact(supplier, tiny_export):
+    (supplier / "cnn_int8.onnx").write_text("not a model at all")
+    set_hash(supplier, "cnn_int8.onnx")
+    m = json.loads((supplier / "manifest.json").read_text())
+    m["support_files"].append({"file": "real.onnx", "sha256": hashlib.sha256(b"x").hexdigest()})
+    (supplier / "real.onnx").write_bytes(b"x")
+    a = next(a for a in m["artifacts"] if a["file"] == "cnn_int8.onnx")
+    a["batch_files"] = [{"file": "real.onnx", "sha256": hashlib.sha256(b"x").hexdigest(), "batch": 1}]
+    (supplier / "manifest.json").write_text(json.dumps(m))
+    err = one_error(verify(supplier, tiny_export["data"]))
+    assert "has no batch files" in err or "not a new batch size" in err
+
+
+@pytest.mark.parametrize("batch, ok", [(1, False), (2, True), (65536, True), (65537, False)])
+def test_batch_file_sizes_at_and_past_their_limits(supplier, batch, ok):
+    from toolkit.errors import ManifestError
+    from toolkit.manifest import validate_manifest
+
+    m = json.loads((supplier / "manifest.json").read_text())
+    m["artifacts"] = [dict(a, format="tflite", batch_files=[{"file": "b.tflite", "sha256": "a" * 64, "batch": batch}])
+                      if a["file"] == "cnn_int8.onnx" else a for a in m["artifacts"]]
+    m["targets"] = [t for t in m["targets"] if t != "onnx-int8"] + ["tflite-int8"]
+    m["support_files"].append({"file": "b.tflite", "sha256": "a" * 64})
+    if ok:
+        validate_manifest(m, supplier)
+    else:
+        with pytest.raises(ManifestError, match="not a new batch size"):
+            validate_manifest(m, supplier)
+
+
+@pytest.mark.parametrize("value", ["abc", None, 0, 2, True])
+def test_static_batch_must_be_one(supplier, tiny_export, value):
+    m = json.loads((supplier / "manifest.json").read_text())
+    m["artifacts"][0]["static_batch"] = value
+    (supplier / "manifest.json").write_text(json.dumps(m))
+    assert "static_batch" in one_error(verify(supplier, tiny_export["data"]))
+
+
+def test_an_edited_triton_config_fails_its_row(supplier, tiny_export):
+    config = supplier / "triton" / "cnn_int8" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 256", "max_batch_size: 0"))
+    set_hash(supplier, "triton/cnn_int8/config.pbtxt")  # even with the hash updated
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    assert r.exit_code == 1, r.output
+    row = rows(r)["triton-int8@ort-cpu"]
+    assert row["status"] == "fail" and "max_batch_size 0" in row["reasons"][0]
+    assert rows(r)["triton-fp32@ort-cpu"]["status"] == "ok"
+
+
+def test_a_config_with_another_input_type_fails_and_an_unhashed_edit_fails(supplier, tiny_export):
+    config = supplier / "triton" / "cnn_fp32" / "config.pbtxt"
+    text = config.read_text()
+    config.write_text(text.replace("TYPE_FP32", "TYPE_UINT8", 1))
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    row = rows(r)["triton-fp32@ort-cpu"]
+    assert row["status"] == "fail" and "changed since export" in row["reasons"][0]
+    set_hash(supplier, "triton/cnn_fp32/config.pbtxt")
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    row = rows(r)["triton-fp32@ort-cpu"]
+    assert row["status"] == "fail" and "TYPE_UINT8" in row["reasons"][0], row
+
+
+def test_a_deleted_support_file_fails_the_rows_it_supports(supplier, tiny_export):
+    (supplier / "required_operators.config").unlink()
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    assert r.exit_code == 1
+    got = rows(r)
+    assert got["ort-int8@ort-cpu"]["status"] == "fail" and "required_operators.config" in got["ort-int8@ort-cpu"]["reasons"][0]
+    assert got["onnx-int8@ort-cpu"]["status"] == "ok"
+
+
+def test_the_bytes_must_be_the_format_the_manifest_names(supplier, tiny_export):
+    shutil.copyfile(supplier / "cnn_int8.onnx", supplier / "cnn_int8.ort")  # ONNX bytes in a .ort
+    set_hash(supplier, "cnn_int8.ort")
+    shutil.copyfile(supplier / "cnn_fp32.ort", supplier / "cnn_fp32.onnx")  # ORT bytes in an .onnx
+    set_hash(supplier, "cnn_fp32.onnx")
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    assert r.exit_code == 1
+    got = rows(r)
+    assert "listed as ort, but its bytes are an ONNX model" in got["ort-int8@ort-cpu"]["reasons"][0]
+    assert "listed as onnx, but its bytes are an ONNX Runtime .ort model" in got["onnx-fp32@ort-cpu"]["reasons"][0]
+
+
+def test_sniffing_each_kind():
+    from toolkit.formats import sniff
+
+    assert sniff(b"\x08\x07\x12\x07pytorch") == "onnx"
+    assert sniff(b"\x1c\x00\x00\x00ORTM....") == "ort"
+    assert sniff(b"\x1c\x00\x00\x00TFL3....") == "tflite"
+    assert sniff(b"\x1c\x00\x00\x00ET12....") == "pte"
+    assert sniff(b"PK\x03\x04........") == "zip"
+    assert sniff(b"hello world") is None and sniff(b"\x08") is None
+
+
+# ---------------------------------------------------------------- bounded work
+
+
+def _loop_model(path: Path, trips: int = 10**12) -> None:
+    """An ONNX model that passes the I/O check (float N×1×28×28 -> float N×10) and loops `trips` times."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [784, 10], np.zeros(7840, np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["trips"], value=helper.make_tensor("t", TensorProto.INT64, [], [trips])),
+         helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trips", "cond", "image"], ["looped"], body=body),
+         helper.make_node("Flatten", ["looped"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "loop", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_a_model_that_never_finishes_is_a_fail_row_and_the_report_is_written(supplier, tiny_export, tmp_path):
+    _loop_model(supplier / "cnn_fp32.onnx")
+    set_hash(supplier, "cnn_fp32.onnx")
+    t0 = time.monotonic()
+    r = verify(supplier, tiny_export["data"], "--row-timeout", "3", "--json", tmp_path / "r.json")
+    assert r.exit_code == 1, r.output
+    assert time.monotonic() - t0 < 120  # bounded (the hang alone would be years); not a speed test
+    got = {x["id"]: x for x in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert "did not finish within 3 s" in got["onnx-fp32@ort-cpu"]["reasons"][0]
+    assert got["onnx-int8@ort-cpu"]["status"] == "ok"  # the rest of the report still ran
+
+
+def test_predict_stops_a_model_that_never_finishes(tmp_path):
+    from PIL import Image
+
+    _loop_model(tmp_path / "loop.onnx")
+    img = np.zeros((28, 28), np.uint8)
+    img[6:22, 12:16] = 255
+    Image.fromarray(img).save(tmp_path / "d.png")
+    err = one_error(run("predict", tmp_path / "d.png", "--model", tmp_path / "loop.onnx", "--timeout", "2"))
+    assert "did not finish within 2 s" in err
+
+
+def test_isolation_turns_a_crash_a_hang_and_a_giant_allocation_into_errors():
+    from toolkit import isolate
+
+    with pytest.raises(isolate.Crashed, match="SIGABRT"):
+        isolate.call(os.abort, timeout_s=60)
+    with pytest.raises(isolate.Timeout, match="within 1 s"):
+        isolate.call(time.sleep, 30, timeout_s=1)
+    with pytest.raises(isolate.OutOfMemory):
+        isolate.call(bytearray, 8 << 30, timeout_s=60, memory_mb=256)
+    assert isolate.call(bytearray, 1 << 20, timeout_s=60, memory_mb=256) == bytearray(1 << 20)  # under it: fine
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, supplier, tiny_export):
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    err = one_error(run("predict", tmp_path / "x.png", "--model", fifo))
+    assert "not a regular file" in err
+    (supplier / "cnn_int8.onnx").unlink()
+    os.mkfifo(supplier / "cnn_int8.onnx")
+    r = verify(supplier, tiny_export["data"], "--json", "-")
+    assert r.exit_code == 1
+    assert "not a regular file" in rows(r)["onnx-int8@ort-cpu"]["reasons"][0]
+
+
+# ---------------------------------------------------------------- predict's inputs
+
+
+def _png(path: Path, w=28, h=28):
+    from PIL import Image
+
+    img = np.zeros((h, w), np.uint8)
+    img[h // 4: 3 * h // 4, w // 2 - 2: w // 2 + 2] = 255
+    Image.fromarray(img).save(path)
+    return path
+
+
+def test_a_npy_declaring_a_giant_array_is_one_line_and_the_others_still_run(tmp_path, tiny_export):
+    bomb = tmp_path / "bomb.npy"
+    with open(bomb, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (200000, 200000)})
+        f.write(b"\0" * 64)
+    good = _png(tmp_path / "good.png")
+    r = run("predict", bomb, good, "--model", tiny_export["out"] / "cnn_int8.onnx")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "too large" in one_error(r)
+    assert "good.png: " in r.stdout
+
+
+@pytest.mark.parametrize("w, h, ok", [(28 * 64, 28, True), (28 * 64 + 1, 28, False), (1, 2000, False)])
+def test_slivers_are_refused_at_and_past_the_limit(tmp_path, tiny_export, w, h, ok):
+    from toolkit.predict import check_dimensions
+
+    if ok:
+        check_dimensions(w, h, "x")
+    else:
+        from toolkit.errors import ImageError
+
+        with pytest.raises(ImageError, match="sliver"):
+            check_dimensions(w, h, "x")
+
+
+def test_a_sliver_png_is_refused_before_decoding(tmp_path, tiny_export):
+    err = one_error(run("predict", _png(tmp_path / "s.png", w=1, h=5000), "--model", tiny_export["out"] / "cnn_int8.onnx"))
+    assert "sliver" in err
+
+
+def test_deep_folders_and_long_names_are_one_line(tmp_path, tiny_export):
+    deep = tmp_path / "deep"
+    p = deep
+    for _ in range(40):
+        p = p / "d"
+    p.mkdir(parents=True)
+    _png(p / "x.png")
+    err = one_error(run("predict", deep, "-r", "--model", tiny_export["out"] / "cnn_int8.onnx"))
+    assert "nested over 32 levels" in err
+    long = tmp_path / ("n" * 300)
+    err = one_error(run("predict", long, "--model", tiny_export["out"] / "cnn_int8.onnx"))
+    assert "File name too long" in err or "no such file" in err
+    err = one_error(run("verify", "--dir", long, "--no-torch"))
+    assert "File name too long" in err or "no manifest" in err
+
+
+def test_an_empty_folder_and_a_pte_model_say_what_is_wrong(tmp_path, tiny_export):
+    (tmp_path / "empty").mkdir()
+    err = one_error(run("predict", tmp_path / "empty", "--model", tiny_export["out"] / "cnn_int8.onnx"))
+    assert "no images in this folder" in err
+    pte = tmp_path / "m.pte"
+    pte.write_bytes(b"\x1c\x00\x00\x00ET12" + b"\0" * 64)
+    err = one_error(run("predict", _png(tmp_path / "a.png"), "--model", pte))
+    assert "an ExecuTorch program" in err and "predict runs ONNX (.onnx), ORT format (.ort) and LiteRT" in err
+
+
+def test_file_names_cannot_forge_or_erase_output_lines(tmp_path, tiny_export):
+    name = tmp_path / "x\nforged.png: 7 (p=1.000)\x1b[2K.png"
+    _png(name)
+    r = run("predict", name, "--model", tiny_export["out"] / "cnn_int8.onnx")
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout.splitlines()) == 1 and "\\n" in r.stdout and "\x1b" not in r.stdout
+    r = run("predict", tmp_path / "gone\x1b[2K.png", "--model", tiny_export["out"] / "cnn_int8.onnx")
+    assert "\x1b" not in r.stderr and "\\x1b[2K" in one_error(r)
+
+
+# ---------------------------------------------------------------- outputs never destroy inputs
+
+
+def test_json_never_takes_an_input_as_its_file(tmp_path, tiny_export):
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png")
+    before = a.read_bytes()
+    r = run("predict", "--json", a, b, "--model", tiny_export["out"] / "cnn_int8.onnx")
+    assert r.exit_code == 2 and "names an input file" in r.stderr
+    assert a.read_bytes() == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    err = one_error(run("predict", b, "--json", notes, "--model", tiny_export["out"] / "cnn_int8.onnx"))
+    assert "is not a JSON file" in err and notes.read_text() == "my notes"
+    err = one_error(run("predict", b, "--json", tmp_path / "no" / "such" / "r.json", "--model",
+                        tiny_export["out"] / "cnn_int8.onnx"))
+    assert "does not exist" in err and not (tmp_path / "no").exists()
+
+
+def test_a_report_never_overwrites_a_file_of_the_export(supplier, tiny_export):
+    before = (supplier / "reference.npz").read_bytes()
+    r = verify(supplier, tiny_export["data"], "--markdown", supplier / "manifest.json")
+    assert r.exit_code == 2 and "is one of this command's inputs" in r.stderr
+    r = verify(supplier, tiny_export["data"], "--json", supplier / "reference.npz")
+    assert r.exit_code == 2
+    assert (supplier / "reference.npz").read_bytes() == before
+
+
+def test_expect_any_target_and_a_skipped_expected_row_fails(supplier, tiny_export):
+    r = verify(supplier, tiny_export["data"], "--expect", "ort-int8", "--expect", "triton-fp32")
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.stdout
+    r = verify(supplier, tiny_export["data"], "--expect", "tflite-int8")
+    assert r.exit_code == 1 and "expected target tflite-int8 is not in this export" in r.stderr
+
+
+def test_a_partial_check_never_ends_in_a_bare_pass(exported, tiny_export):
+    r = verify(exported, tiny_export["data"])
+    assert r.exit_code == 0, r.output
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASS for the 2 of 4 artifacts checked here") and "torchscript-fp32" in last
+    r = verify(exported, tiny_export["data"], "--expect", "torchscript-int8")
+    assert r.exit_code == 1 and "expected torchscript-int8 was not checked" in r.stdout
+
+
+def test_markdown_report_is_a_table_with_escaped_pipes(supplier, tiny_export, tmp_path):
+    r = verify(supplier, tiny_export["data"], "--markdown", tmp_path / "r.md")
+    assert r.exit_code == 0, r.output
+    header = (tmp_path / "r.md").read_text().splitlines()[0]
+    cells = [c for c in __import__("re").split(r"(?<!\\)\|", header)[1:-1]]
+    assert "max\\|Δlogit\\|" in header
+    body = (tmp_path / "r.md").read_text().splitlines()[2]
+    assert len(cells) == len(__import__("re").split(r"(?<!\\)\|", body)[1:-1])
+
+
+def test_two_exports_into_one_folder_the_second_stops(supplier, tiny_export):
+    from toolkit.publish import lock_folder
+
+    held = lock_folder(supplier)
+    try:
+        before = tree(supplier)
+        err = one_error(run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", supplier, "--data-dir",
+                            tiny_export["data"], "--targets", "onnx"))
+        assert "another mnisttk export is writing into" in err
+        assert tree(supplier) == before
+    finally:
+        held.close()
+
+
+def test_an_interrupt_during_publishing_says_what_happened(supplier, tiny_export, monkeypatch):
+    import toolkit.publish as pub
+
+    calls = {"n": 0}
+    real = pub._rename
+
+    def interrupt_third(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(pub, "_rename", interrupt_third)
+    before = tree(supplier)
+    err = one_error(run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", supplier, "--data-dir",
+                        tiny_export["data"], "--targets", "onnx,ort,triton", "--quantize", "--calibration-size", "50"))
+    assert "interrupted before publishing" in err
+    assert {k: v for k, v in tree(supplier).items() if not k.startswith(".export-")} == before
+
+
+def test_export_says_which_earlier_artifacts_it_removed(supplier, tiny_export):
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", supplier, "--data-dir",
+            tiny_export["data"], "--targets", "onnx")
+    assert r.exit_code == 0, r.output
+    assert "removed the previous export's" in r.stderr and "cnn_int8.onnx" in r.stderr
+
+
+def test_keep_fp32_of_an_unknown_layer_fails_before_exporting(tiny_export, tmp_path):
+    t0 = time.monotonic()
+    err = one_error(run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", tmp_path / "o", "--data-dir",
+                        tiny_export["data"], "--quantize", "--keep-fp32", "conv9"))
+    assert "'conv9' is not a later layer" in err and "conv2, fc1" in err
+    assert not any((tmp_path / "o").glob("*.onnx"))
+
+
+def test_inspect_on_ort_bytes_and_on_swapped_models_is_one_line(supplier, tiny_export):
+    fp32, int8 = (supplier / "cnn_fp32.onnx").read_bytes(), (supplier / "cnn_int8.onnx").read_bytes()
+    (supplier / "cnn_fp32.onnx").write_bytes(int8)
+    (supplier / "cnn_int8.onnx").write_bytes(fp32)
+    set_hash(supplier, "cnn_fp32.onnx")
+    set_hash(supplier, "cnn_int8.onnx")
+    one_error(run("inspect", "--dir", supplier, "--data-dir", tiny_export["data"], "--repeats", "1"))
+    shutil.copyfile(supplier / "cnn_int8.ort", supplier / "cnn_int8.onnx")
+    set_hash(supplier, "cnn_int8.onnx")
+    err = one_error(run("inspect", "--dir", supplier, "--data-dir", tiny_export["data"], "--repeats", "1"))
+    assert "listed as onnx, but its bytes are an ONNX Runtime .ort model" in err

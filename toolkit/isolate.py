@@ -1,0 +1,174 @@
+"""Work on untrusted models, bounded: a child process with a time limit and a memory limit.
+
+A model from someone else's folder can make a runtime hang (an ONNX `Loop` of 10^12 iterations),
+allocate without bound (a `.tflite` declaring one huge tensor) or abort the process (a native
+assertion in a delegate). `call()` runs such work in a child: a hang becomes `Timeout`, a signal
+`Crashed` (with the child's last line of stderr), an allocation over the limit `OutOfMemory` (or a
+crash, where the runtime aborts instead of raising), and the caller (one row of verify, one predict
+run) turns each into a FAIL row or one `Error:` line and carries on. Edge side: standard library only
+(plus what the work itself imports)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+from typing import Callable
+
+from toolkit import errors
+from toolkit.errors import ToolkitError, first_line
+
+DEFAULT_TIMEOUT_S = 300.0  # one verify row: ~1-3 s on the full test set here; a hung runtime stops here
+DEFAULT_MEMORY_MB = 4096  # above what the child holds after its imports; ours need ~300 MB at most
+
+
+class Bounded(ToolkitError):
+    """Work stopped by a bound (time, memory) or by the child's death."""
+
+
+class Timeout(Bounded):
+    pass
+
+
+class Crashed(Bounded):
+    pass
+
+
+class OutOfMemory(Bounded):
+    pass
+
+
+_CONTEXT = None
+# Tests that replace a runtime's internals (monkeypatch cannot reach a child) run the work here instead:
+# same errors, no bounds.
+IN_PROCESS = False
+
+
+def _context(preload: tuple = ()):
+    """A forkserver (children fork from a clean server that has only imported `preload`: no threads of
+    a runtime in use are copied), or spawn where there is none."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(["toolkit.isolate", "numpy", "onnxruntime", *preload])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def prepare(preload: tuple = ()) -> None:
+    """Choose the modules the children start with (e.g. torch, for rows that need it), before the
+    first call; later calls keep the first choice."""
+    _context(tuple(preload))
+
+
+def _vm_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _limit_memory(extra_bytes: int) -> None:
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _vm_bytes() + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _child(conn, fn, args, kwargs, memory_bytes, stderr_path):
+    # The child's native stderr (a runtime's abort message) goes to a file the parent reads.
+    fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 2)
+    os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if memory_bytes:
+        _limit_memory(memory_bytes)
+    try:
+        conn.send(("ok", fn(*args, **kwargs)))
+    except ToolkitError as exc:
+        conn.send(("error", type(exc).__name__, str(exc)))
+    except MemoryError:
+        conn.send(("error", "OutOfMemory", "ran out of its memory limit"))
+    except BaseException as exc:  # a runtime's own exception types: one line, never a traceback
+        conn.send(("error", "ToolkitError", f"{type(exc).__name__}: {first_line(exc, 200)}"))
+    finally:
+        conn.close()
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def _error(name: str, message: str) -> ToolkitError:
+    cls = {"Timeout": Timeout, "Crashed": Crashed, "OutOfMemory": OutOfMemory}.get(name) or getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ToolkitError)):
+        cls = ToolkitError
+    return cls(message)
+
+
+def call(fn: Callable, *args, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int | None = DEFAULT_MEMORY_MB,
+         what: str = "the runtime", **kwargs):
+    """`fn(*args, **kwargs)` in a child process; its value (which must pickle), or the child's
+    ToolkitError re-raised here, or Timeout / Crashed / OutOfMemory. `fn` must be a module-level
+    function. memory_mb None: no memory limit (a CUDA runtime maps far more address space than it uses)."""
+    if IN_PROCESS:
+        try:
+            return fn(*args, **kwargs)
+        except ToolkitError:
+            raise
+        except MemoryError:
+            raise OutOfMemory(f"{what} ran out of memory") from None
+        except Exception as exc:
+            raise ToolkitError(f"{type(exc).__name__}: {first_line(exc, 200)}") from None
+    ctx = _context()
+    fd, stderr_path = tempfile.mkstemp(prefix="mnisttk-child-", suffix=".log")
+    os.close(fd)
+    receiver, sender = ctx.Pipe(duplex=False)
+    memory = int(memory_mb) * 1024 * 1024 if memory_mb else None
+    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory, stderr_path), daemon=True)
+    try:
+        proc.start()
+        sender.close()
+        if not receiver.poll(timeout_s):
+            proc.kill()
+            proc.join(10)
+            raise Timeout(f"{what} did not finish within {timeout_s:g} s; stopped")
+        try:
+            message = receiver.recv()
+        except (EOFError, OSError):
+            proc.join(10)
+            code = proc.exitcode
+            name = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+            tail = _last_line(stderr_path)
+            raise Crashed(f"{what} crashed ({name}{': ' + tail if tail else ''})") from None
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        if message[0] == "ok":
+            return message[1]
+        raise _error(message[1], message[2])
+    except KeyboardInterrupt:
+        proc.kill()
+        raise
+    finally:
+        receiver.close()
+        try:
+            os.unlink(stderr_path)
+        except OSError:
+            pass
