@@ -513,3 +513,20 @@ def test_inspect_on_ort_bytes_and_on_swapped_models_is_one_line(supplier, tiny_e
     set_hash(supplier, "cnn_int8.onnx")
     err = one_error(run("inspect", "--dir", supplier, "--data-dir", tiny_export["data"], "--repeats", "1"))
     assert "listed as onnx, but its bytes are an ONNX Runtime .ort model" in err
+
+
+def test_a_tflite_declaring_more_memory_than_the_bound_is_refused_before_allocation(all_targets, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    import toolkit.runtimes.litert as lr
+    from toolkit.errors import ToolkitError
+
+    data = (all_targets / "cnn_int8.tflite").read_bytes()
+    declared = lr.declared_bytes(Interpreter(model_content=data))
+    assert 0 < declared < 10 * 2**20
+    monkeypatch.setattr(lr, "MAX_DECLARED_BYTES", declared)  # at the bound: loads
+    lr.interpreter(data, 1, "cnn_int8.tflite")
+    monkeypatch.setattr(lr, "MAX_DECLARED_BYTES", declared - 1)  # one byte past: refused, one line
+    with pytest.raises(ToolkitError, match=r"cnn_int8.tflite: its tensors declare .* MB .*refused"):
+        lr.interpreter(data, 1, "cnn_int8.tflite")

@@ -45,10 +45,34 @@ def interpreter(data: bytes, threads: int, name: str):
         with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             it = Interpreter(model_content=data, num_threads=threads or max_threads(),
                              experimental_default_delegate_latest_features=True)
+            declared = declared_bytes(it)
+            if declared > MAX_DECLARED_BYTES:  # checked before a byte of it is allocated
+                raise _TooLarge(f"its tensors declare {declared / 2**20:,.0f} MB (over "
+                                f"{MAX_DECLARED_BYTES // 2**20} MB; ours need under 10 MB); refused")
             it.allocate_tensors()
+    except _TooLarge as exc:
+        raise ToolkitError(f"{name}: {exc}") from None
     except Exception as exc:
         raise ToolkitError(f"{name}: not a loadable LiteRT model ({first_line(exc, 160)})") from None
     return it
+
+
+MAX_DECLARED_BYTES = 512 * 2**20  # a batch-256 program of ours declares ~6 MB; one hostile file declared 2 GB
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def declared_bytes(it) -> int:
+    """The bytes the interpreter's tensors declare (read from the model before allocation)."""
+    total = 0
+    for t in it.get_tensor_details():
+        n = np.dtype(t["dtype"]).itemsize
+        for d in t["shape"]:
+            n *= max(int(d), 0)
+        total += n
+    return total
 
 
 def delegation(it) -> dict:
