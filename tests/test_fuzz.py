@@ -4,7 +4,8 @@ in the bounded child process. Each mutant must end as a row (PASS or FAIL) or on
 never a signal that escapes, a hang past the bound, or another exception — and a mutant that PASSes
 must still meet every gate, checked here independently of verify's judge.
 
-MNISTTK_FUZZ_N sets the mutants per artifact (default 12, make test; the closing notes' runs used 300)."""
+MNISTTK_FUZZ_N sets the mutants per artifact (default 8 in make test; a quarter of that for the `.pte`,
+whose runtime takes ~5 s to import in each child; the closing notes' runs used 300)."""
 
 import importlib.util
 import os
@@ -22,7 +23,7 @@ from toolkit.reference import read_reference
 from toolkit.runtimes import RUNTIMES
 from toolkit.verify import Row, _fill_accuracy, judge, measure_row
 
-N = int(os.environ.get("MNISTTK_FUZZ_N", "12"))
+N = int(os.environ.get("MNISTTK_FUZZ_N", "8"))
 GATES = Gates()
 
 
@@ -76,8 +77,9 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
     ref = read_reference(folder / "reference.npz", len(labels))["logits"]
     original = (folder / name).read_bytes()
     outcomes = Counter()
+    n = max(2, N // 4) if name.endswith(".pte") else N
     isolate.prepare(("torch",) if name.endswith(".pte") else ())
-    for i, data in enumerate(mutants(original, N, seed=sum(name.encode()))):
+    for i, data in enumerate(mutants(original, n, seed=sum(name.encode()))):
         (folder / name).write_bytes(data)
         a = dict(artifact, sha256=sha256_bytes(data), size_bytes=len(data))
         try:
@@ -87,7 +89,7 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
             outcomes[type(exc).__name__] += 1
             continue
         logits = m.pop("logits").astype(np.float64)
-        row = Row("mutant", "fuzz", artifact["precision"], name)
+        row = Row("mutant", "fuzz", artifact["precision"], name, device=RUNTIMES[_spec_index(artifact["format"])].device)
         _fill_accuracy(row, labels, logits, ref)
         for key, value in m.items():
             setattr(row, key, value)
@@ -102,5 +104,5 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
                 drop = ((ref_preds == labels).mean() - (preds == labels).mean()) * 100
                 assert agreement >= GATES.int8_min_agreement_pct and drop <= GATES.int8_max_drop_points
             assert np.isfinite(logits).all() and row.batch_consistent is not False
-    print(f"\n{name}: {N} mutants -> {dict(outcomes)}")
-    assert sum(outcomes.values()) == N
+    print(f"\n{name}: {n} mutants -> {dict(outcomes)}")
+    assert sum(outcomes.values()) == n

@@ -167,11 +167,17 @@ def test_every_gate_fails_on_nan_or_missing(field, value, precision):
 
 def test_int8_row_without_int8_kernels_and_cuda_row_on_cpu_fail():
     good = dict(accuracy=0.99, flipped=0, max_abs_logit_diff=0.0, acc_diff=0.0, agreement=1.0)
-    no_kernels = Row("ONNX int8", "ORT CPU", "int8", "f", placement={"providers": {"CPU": 20}, "int8_kernels": []}, **good)
+    outside = Row("LiteRT int8", "LiteRT XNNPACK", "int8", "f", placement={"backend": "XNNPACK",
+                                                                          "not_delegated": ["CONV_2D"]}, **good)
+    judge(outside, Gates())
+    assert outside.failed_gates == ["not_delegated"] and "CONV_2D" in outside.reasons[0]
+    no_kernels = Row("ONNX int8", "ORT CPU", "int8", "f", placement={"providers": {"CPU": 20}, "int8_kernels": []},
+                     device="cpu", **good)
     judge(no_kernels, Gates())
     assert no_kernels.status == "FAIL" and "no int8 kernel" in no_kernels.reasons[0]
     on_cpu = Row("ONNX fp32", "ORT CUDA", "fp32", "f", placement={"providers": {"CPU": 3, "CUDA": 5},
-                                                                 "int8_kernels": [], "cpu_compute_ops": ["Conv"]}, **good)
+                                                                 "int8_kernels": [], "cpu_compute_ops": ["Conv"]},
+                 device="cuda", **good)
     judge(on_cpu, Gates())
     assert on_cpu.status == "FAIL" and "compute nodes ran on the CPU: Conv" in on_cpu.reasons[0]
 

@@ -21,7 +21,7 @@ import click
 from toolkit import __version__
 from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
-from toolkit.manifest import KNOWN_TARGETS
+from toolkit.targets import KNOWN_TARGETS, TARGETS
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
 
@@ -137,6 +137,20 @@ def check_outputs(outputs: list, protected: list = ()) -> None:
 
 
 MAX_REPORT_BYTES = 64 * 1024 * 1024
+
+
+def gate_options(func):
+    """verify's gates, one set of options wherever they apply (verify; export: fp32 parity and --search)."""
+    for option in reversed((
+        click.option("--fp32-atol", type=click.FloatRange(min=0), default=GATES.fp32_max_abs_logit_diff,
+                     show_default=True, help="fp32 max |Δlogit| against the reference."),
+        click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points,
+                     show_default=True, help="int8 accuracy loss allowed, in points."),
+        click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
+                     show_default=True, help="int8 top-1 agreement with the reference required, in %."),
+    )):
+        func = option(func)
+    return func
 
 
 def data_dir_option(func):
@@ -339,14 +353,14 @@ def format_train_result(result: dict) -> str:
 @click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
               help="Which training images calibrate.")
 @click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
-              help="Comma list of formats: torchscript, onnx, ort (ONNX Runtime's mobile format), tflite (LiteRT; "
-                   "mnisttk[tflite]), executorch (.pte; mnisttk[executorch]), triton (a Triton model repository), "
-                   "or all. onnx is always written.")
+              help="Comma list of formats: " + ", ".join(f"{t.name} ({t.label}" + (f"; mnisttk[{t.extra}])" if t.extra else ")")
+                                                         for t in TARGETS) + ", or all. onnx is always written.")
 @click.option("--search", is_flag=True,
               help="With --quantize: try every per-layer precision (first conv fp32/im2col/int8, each later layer "
                    "int8/fp32), score each on the test set under verify's gates, time it, keep the fastest that passes.")
 @click.option("--keep-fp32", "keep_fp32", default="", metavar="LAYERS",
               help="Comma list of later layers (e.g. conv2,fc1) the int8 ONNX model leaves in fp32.")
+@gate_options
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
 @data_dir_option
@@ -358,7 +372,8 @@ def format_train_result(result: dict) -> str:
 @merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
            activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
-           targets=None, search=False, keep_fp32="", percentile=QUANT.percentile):
+           targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
+           int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -376,7 +391,9 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                         first_conv=first_conv, reduce_range=reduce_range, seed=seed, percentile=percentile,
                         keep_fp32=tuple(n.strip() for n in keep_fp32.split(",") if n.strip()))
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
-                          allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search)
+                          allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search,
+                          gates=Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
+                                      int8_min_agreement_pct=int8_min_agreement))
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -421,12 +438,7 @@ def format_export(manifest: dict, out: Path) -> str:
               show_default=True, help="Batch for the throughput measurement.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
-@click.option("--fp32-atol", type=click.FloatRange(min=0), default=GATES.fp32_max_abs_logit_diff, show_default=True,
-              help="fp32 max |Δlogit| against the reference.")
-@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points, show_default=True,
-              help="int8 accuracy loss allowed, in points.")
-@click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
-              show_default=True, help="int8 top-1 agreement with the reference required, in %.")
+@gate_options
 @json_option("The full report")
 @click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -8,13 +8,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from toolkit.errors import ExportError, ToolkitError
+from toolkit.targets import DEFAULT_FORMATS, FORMATS  # noqa: F401  (the targets are defined in targets.py)
 
 # max |Δlogit| allowed between an fp32 artifact and PyTorch eager: float32 reorderings give ~1e-5
 # on these logits; 10× headroom. Export and verify share it.
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
 ARCH_NAMES = ("cnn", "mlp")  # toolkit.model.ARCHS builds them
-FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton")  # what `export --targets` writes (see manifest.py)
-DEFAULT_FORMATS = ("torchscript", "onnx")  # the mission's
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,14 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
+class Gates:
+    fp32_max_abs_logit_diff: float = FP32_MAX_ABS_LOGIT_DIFF  # shared with export
+    int8_max_drop_points: float = 0.3  # accuracy points (0.3 = 30 of 10,000 images)
+    int8_min_agreement_pct: float = 99.5  # top-1 agreement in % (at most 50 of 10,000 may change)
+    max_latency_ratio: float | None = None  # batch-1 p50 over the reference row's, when set
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     checkpoint: Path = Path("exported/cnn.pt")
     out: Path = Path("exported")
@@ -100,6 +107,7 @@ class ExportConfig:
     allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
     formats: tuple = DEFAULT_FORMATS  # --targets: which formats to write (onnx always)
     search: bool = False  # --search: measure per-layer precision choices, keep the fastest that passes
+    gates: Gates = Gates()  # verify's gates: fp32 parity at export, and what --search's candidates must pass
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -109,14 +117,6 @@ class ExportConfig:
             raise ExportError("--search chooses the int8 model's per-layer precision: it needs --quantize")
         if "onnx" not in self.formats:
             object.__setattr__(self, "formats", ("onnx", *self.formats))
-
-
-@dataclass(frozen=True)
-class Gates:
-    fp32_max_abs_logit_diff: float = FP32_MAX_ABS_LOGIT_DIFF  # shared with export
-    int8_max_drop_points: float = 0.3  # accuracy points (0.3 = 30 of 10,000 images)
-    int8_min_agreement_pct: float = 99.5  # top-1 agreement in % (at most 50 of 10,000 may change)
-    max_latency_ratio: float | None = None  # batch-1 p50 over the reference row's, when set
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ import torch
 
 from toolkit import __version__
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.config import FORMATS, FP32_MAX_ABS_LOGIT_DIFF, ExportConfig  # noqa: F401  (ExportConfig: this module's API)
+from toolkit.config import FORMATS, ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
+from toolkit.gates import Measurement, evaluate
+from toolkit.targets import BY_NAME
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
@@ -54,12 +56,12 @@ def _check_finite(name: str, logits: np.ndarray) -> None:
         raise ExportError(f"{name}: NaN or infinite logits on {bad} test images; nothing was written")
 
 
-def _check_parity(c: dict) -> None:
-    if not c["max_abs_logit_diff"] <= FP32_MAX_ABS_LOGIT_DIFF or c["flipped"]:
-        raise ExportError(
-            f"{c['artifact']}: differs from PyTorch eager (max |Δlogit| {c['max_abs_logit_diff']:.2e}, "
-            f"{c['flipped']} flipped predictions; limit {FP32_MAX_ABS_LOGIT_DIFF:g}, 0)"
-        )
+def _check_parity(c: dict, gates: Gates) -> None:
+    """An fp32 artifact against PyTorch eager, under verify's fp32 gates (toolkit.gates)."""
+    reasons = evaluate(Measurement("fp32", flipped=c["flipped"], max_abs_logit_diff=c["max_abs_logit_diff"]), gates)
+    if reasons:
+        raise ExportError(f"{c['artifact']}: differs from PyTorch eager ({'; '.join(r.text() for r in reasons)}); "
+                          "nothing was written")
 
 
 def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
@@ -144,7 +146,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
         checks = [_compare(rel, test_logits[rel], ref_logits) for _, _, rel, _ in artifacts]
         log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
         for c in checks:
-            _check_parity(c)
+            _check_parity(c, config.gates)
 
         quant_info, calib, quant, search = None, None, config.quant, None
         onnx_files = {"fp32": stage / f"{arch}_fp32.onnx"}
@@ -155,7 +157,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                 from toolkit.search import format_search, run_search
 
                 search = run_search(stage / f"{arch}_fp32.onnx", calib, quant, data.test_images, labels, ref_logits,
-                                    log=log)
+                                    gates=config.gates, log=log)
                 quant = search.pop("chosen")
                 log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(search))
             artifacts += onnx_exporter.export_int8(stage, arch, calib, quant, metadata)
@@ -168,7 +170,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
         # The other targets, one exporter each (from the staged ONNX models or the PyTorch model).
         support, extras = [], {}
         sources = Sources(stage, arch, onnx_files, model, calib if config.quantize else None)
-        for fmt in (f for f in FORMATS if f in formats and f not in ("torchscript", "onnx")):
+        for fmt in (f for f in FORMATS if f in formats and BY_NAME[f].exporter is not None):
             t0 = time.perf_counter()
             written = exporter(fmt)(sources)
             extras.update(written.extra)
@@ -180,7 +182,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                     test_logits[rel] = _artifact_logits(wfmt, precision, stage / rel, data.test_images, test_x,
                                                        written.extra.get(rel))
                     checks.append(_compare(rel, test_logits[rel], ref_logits))
-                    _check_parity(checks[-1])
+                    _check_parity(checks[-1], config.gates)
             support += written.support
             log(f"{fmt}: {', '.join(m[2] for m in written.models)} ({time.perf_counter() - t0:.1f} s)")
 

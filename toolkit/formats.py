@@ -6,10 +6,10 @@ refuses the second). Standard library only: the edge side uses it."""
 from __future__ import annotations
 
 from toolkit.errors import ManifestError
+from toolkit.targets import TARGETS
 
-# format (as the manifest names it) -> the kind of file its bytes must be
-KIND_OF_FORMAT = {"onnx": "onnx", "triton": "onnx", "ort": "ort", "tflite": "tflite", "executorch": "pte",
-                  "torchscript": "zip"}
+# format (as the manifest names it) -> the kind of file its bytes must be (toolkit.targets)
+KIND_OF_FORMAT = {t.name: t.kind for t in TARGETS}
 KIND_NAMES = {"onnx": "an ONNX model (protobuf)", "ort": "an ONNX Runtime .ort model (flatbuffer ORTM)",
               "tflite": "a LiteRT model (flatbuffer TFL3)", "pte": "an ExecuTorch program (flatbuffer ET..)",
               "zip": "a TorchScript archive (zip)"}

@@ -53,7 +53,13 @@ def _context(preload: tuple = ()):
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["toolkit.isolate", "numpy", "onnxruntime", *preload])
+            # torch, when this process already has it: a row that needs it would otherwise import it
+            # again in every child (2-3 s each)
+            import sys
+
+            if "torch" in sys.modules:
+                preload = ("torch", *preload)
+            ctx.set_forkserver_preload(["toolkit.isolate", "numpy", "onnxruntime", *dict.fromkeys(preload)])
         _CONTEXT = ctx
     return _CONTEXT
 

@@ -13,7 +13,7 @@ import platform
 import re
 from pathlib import Path
 
-from toolkit.config import FORMATS
+from toolkit.targets import FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS  # noqa: F401  (re-exported)
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 
@@ -22,12 +22,9 @@ REFERENCE_NAME = "reference.npz"
 MANIFEST_VERSION = 2  # 2: `targets` recorded; names confined to the folder
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # ours are a few KB; a larger one is not ours
 
-# Formats `export --targets` writes (onnx always: it is the source of the others); each in fp32, and
-# int8 with --quantize. A target is "<format>-<precision>".
-PRECISIONS = ("fp32", "int8")
-KNOWN_TARGETS = tuple(f"{f}-{p}" for p in PRECISIONS for f in FORMATS)
+# The formats come from toolkit.targets (onnx always: it is the source of the others); each in fp32,
+# and int8 with --quantize. A target is "<format>-<precision>".
 REQUIRED_TARGETS = ("onnx-fp32",)  # every export writes it; a manifest without it is not one of ours
-SUBPATH_FORMATS = ("triton",)  # a model repository: its files sit in a folder inside the export
 
 
 def targets_for(formats, quantize: bool) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
+from toolkit.runtimes import RUNTIMES
 
 
 def _pct(v):
@@ -127,8 +128,7 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUNTIME_COLORS = {"PyTorch eager": "black", "reference.npz": "black", "TorchScript": "tab:blue",
-                  "ORT CPU": "tab:green", "ORT CUDA": "tab:purple"}  # red is kept for failed rows
+RUNTIME_COLORS = {"PyTorch eager": "black", "reference.npz": "black", **{s.label: s.color for s in RUNTIMES}}
 
 
 def write_plot(result: dict, path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from toolkit.config import Gates, QuantConfig
 from toolkit.errors import ExportError
+from toolkit.gates import Measurement, evaluate
 
 ROUNDS = 3
 LATENCY_ITERS = 200
@@ -98,13 +99,9 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
             cand = OnnxCandidate(path, "int8", "cpu", 1)
             pred = cand.logits(images_u8).argmax(1)
             acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
-            reasons = []
-            if not (acc - ref_acc) * -100 <= gates.int8_max_drop_points:
-                reasons.append(f"drop {(ref_acc - acc) * 100:.2f} points > {gates.int8_max_drop_points:g}")
-            if not agreement * 100 >= gates.int8_min_agreement_pct:
-                reasons.append(f"agreement {agreement:.2%} < {gates.int8_min_agreement_pct:g}%")
-            if not cand.placement().get("int8_kernels"):
-                reasons.append("no int8 kernel ran")
+            measured = Measurement("int8", accuracy_drop_points=(ref_acc - acc) * 100, agreement_pct=agreement * 100,
+                                   int8_kernels=cand.placement().get("int8_kernels") or [])
+            reasons = [r.text() for r in evaluate(measured, gates)]  # verify's gates, the same function
             rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,
                          "flipped": int((pred != ref_pred).sum()), "passed": not reasons, "reasons": reasons,
                          "_config": q})

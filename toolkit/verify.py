@@ -18,10 +18,12 @@ import numpy as np
 
 from toolkit import isolate
 from toolkit.candidate import Candidate
-from toolkit.runtimes import ROW_NAMES, RUNTIMES, missing
+from toolkit.runtimes import RUNTIMES, missing
+from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.gates import Measurement, evaluate, latency_ratio
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
@@ -34,8 +36,8 @@ from toolkit.runtime import (
 
 
 
-RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", "TorchScript": "torchscript", "ORT CPU": "ort-cpu",
-               "ORT CUDA": "ort-cuda", "LiteRT XNNPACK": "litert", "ExecuTorch XNNPACK": "executorch"}
+# runtime label -> the id part after "@" (the reference row's two, then every runtime's own)
+RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", **{spec.label: spec.id for spec in RUNTIMES}}
 
 
 @dataclass
@@ -65,12 +67,15 @@ class Row:
     batch_consistent: bool | None = None
     consistency_batches: list | None = None  # the batch sizes compared
     is_reference: bool = False
+    device: str | None = None  # the ONNX Runtime provider ("cpu", "cuda") of an ORT row; None otherwise
+    fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
+    failed_gates: list = field(default_factory=list)  # toolkit.gates.Gate values, one per failed gate
 
     @property
     def id(self) -> str:
-        """Stable across runs: e.g. onnx-int8@ort-cpu."""
-        fmt = self.name.split()[0].lower().replace("pytorch", "eager")
-        return f"{fmt}-{self.precision}@{RUNTIME_IDS.get(self.runtime, self.runtime.lower())}"
+        """Stable across runs, from the target and the runtime (never the display name): e.g.
+        onnx-int8@ort-cpu, tflite-int8@litert; the reference row is eager-fp32@torch (or @npz)."""
+        return f"{self.fmt or 'eager'}-{self.precision}@{RUNTIME_IDS.get(self.runtime, self.runtime.lower())}"
 
     def fail(self, reason: str) -> None:
         self.status = "FAIL"
@@ -89,47 +94,31 @@ def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits:
     row.acc_diff, row.acc_diff_ci95, row.mcnemar_p = d["diff"], d["ci95"], d["mcnemar_p"]
 
 
-def _within(value, limit) -> bool:
-    """value ≤ limit, written so that NaN (or a missing value) never passes."""
-    return value is not None and bool(value <= limit)
+def measurement(row: Row) -> Measurement:
+    """What the gates look at in a measured row (placement questions asked only of the runtimes they
+    concern: int8 kernels of ONNX Runtime CPU rows, XNNPACK's delegate, CUDA's CPU fallback)."""
+    placement = row.placement or {}
+    return Measurement(
+        precision=row.precision, flipped=row.flipped, max_abs_logit_diff=row.max_abs_logit_diff,
+        accuracy_drop_points=None if row.acc_diff is None else -row.acc_diff * 100,
+        agreement_pct=None if row.agreement is None else row.agreement * 100,
+        batch_consistent=row.batch_consistent,
+        int8_kernels=placement.get("int8_kernels", []) if row.device == "cpu" and placement else None,
+        not_delegated=placement.get("not_delegated", []) if placement.get("backend") == "XNNPACK" else [],
+        cpu_compute_ops=placement.get("cpu_compute_ops") if row.device == "cuda" else None,
+        latency_ratio=row.latency_ratio, measured=row.accuracy is not None)
 
 
 def judge(row: Row, gates: Gates) -> None:
-    """Apply the gates to a measured row, appending each failed reason. Every comparison is
-    `not (x <= limit)`, so a NaN or a missing measurement fails rather than passes."""
+    """Apply the gates (toolkit.gates.evaluate) to a measured row: each failed gate is named in
+    `failed_gates` and worded in `reasons`."""
     if row.status == "skipped" or row.is_reference or row.status == "FAIL" and row.accuracy is None:
         return
-    if row.accuracy is None:
-        row.fail("not measured")
-        return
-    if row.precision == "fp32":
-        if not _within(row.flipped, 0):
-            row.fail(f"{row.flipped} predictions differ from the reference")
-        if not _within(row.max_abs_logit_diff, gates.fp32_max_abs_logit_diff):
-            row.fail(f"max |Δlogit| {_num(row.max_abs_logit_diff, '.2e')} > {gates.fp32_max_abs_logit_diff:g}")
-    else:
-        drop = None if row.acc_diff is None else -row.acc_diff
-        if not _within(None if drop is None else drop * 100, gates.int8_max_drop_points):
-            row.fail(f"accuracy drop {_num(drop, '.2%')[:-1]} points > {gates.int8_max_drop_points:.2f}")
-        if not (row.agreement is not None and row.agreement * 100 >= gates.int8_min_agreement_pct):
-            row.fail(f"agreement {_num(row.agreement, '.2%')} < {gates.int8_min_agreement_pct:g}%")
-    if row.batch_consistent is False:
-        row.fail("predictions change with the batch size")
-    placement = row.placement or {}
-    if row.precision == "int8" and row.runtime == "ORT CPU" and placement and not placement.get("int8_kernels"):
-        row.fail("no int8 kernel ran (the graph optimizer or the runtime turned the int8 model back into float)")
-    if row.precision == "int8" and placement.get("backend") == "XNNPACK" and placement.get("not_delegated"):
-        row.fail(f"not delegated to XNNPACK: {', '.join(placement['not_delegated'])} ran on the runtime's own kernels")
-    if row.runtime == "ORT CUDA" and placement.get("cpu_compute_ops"):
-        row.fail(f"compute nodes ran on the CPU: {', '.join(placement['cpu_compute_ops'])}")
-    if gates.max_latency_ratio is not None and not _within(row.latency_ratio, gates.max_latency_ratio):
-        row.fail(f"latency ratio {_num(row.latency_ratio, '.2f')} > {gates.max_latency_ratio:g}")
+    for reason in evaluate(measurement(row), gates):
+        row.failed_gates.append(reason.gate.value)
+        row.fail(reason.text())
     if row.reasons:
         row.status = "FAIL"
-
-
-def _num(v, fmt: str) -> str:
-    return "not measured" if v is None else format(v, fmt)
 
 
 def torch_available() -> bool:
@@ -182,7 +171,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     for spec in RUNTIMES:
         for fmt in spec.formats:
             for a in (a for a in artifacts if a["format"] == fmt):
-                row = Row(f"{ROW_NAMES[fmt]} {a['precision']}", spec.label, a["precision"], a["file"])
+                row = Row(row_label(fmt, a["precision"]), spec.label, a["precision"], a["file"], device=spec.device,
+                          fmt=fmt)
                 if spec.needs_torch and not have_torch:
                     row.status = "skipped"
                     row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
@@ -203,7 +193,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         try:
             live = eager.logits(test_images).astype(np.float64)
             drift = float(np.abs(live - ref_logits).max())
-            if not _within(drift, config.gates.fp32_max_abs_logit_diff):
+            if not drift <= config.gates.fp32_max_abs_logit_diff:  # NaN fails too
                 reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
             _time(reference_row, eager, test_images, config)
             reference_row.size_bytes = eager.size_bytes
@@ -246,8 +236,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
 
     ref_p50 = (reference_row.latency_us or {}).get("p50")
     for row in rows:
-        if row.latency_us and ref_p50:
-            row.latency_ratio = row.latency_us["p50"] / ref_p50
+        row.latency_ratio = latency_ratio((row.latency_us or {}).get("p50"), ref_p50)
         judge(row, config.gates)
 
     failed = [f"{r.name} on {r.runtime}" for r in rows if r.status == "FAIL"]

@@ -35,21 +35,14 @@ class Written:
     extra: dict = field(default_factory=dict)  # relative path -> manifest fields
 
 
-# target -> (module, function, the modules it needs, the extra that installs them)
-EXPORTERS = {
-    "ort": ("ort", "export_ort", (), None),
-    "tflite": ("tflite", "export_tflite", ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), "tflite"),
-    "executorch": ("executorch", "export_executorch", ("executorch",), "executorch"),
-    "triton": ("triton", "export_triton", (), None),
-}
-
-
 def missing_dependency(fmt: str) -> str | None:
     """The one-line reason target `fmt` cannot be written here, or None."""
     from toolkit.runtimes import absent_modules
+    from toolkit.targets import BY_NAME
 
-    _, _, needs, extra = EXPORTERS.get(fmt, (None, None, (), None))
-    absent = absent_modules(needs)
+    target = BY_NAME[fmt]
+    extra = target.extra
+    absent = absent_modules(target.needs)
     if absent:
         return (f"target {fmt} needs {', '.join(absent)}, which is not installed: "
                 f"pip install 'mnisttk[{extra}]' (or leave {fmt} out of --targets)")
@@ -58,5 +51,7 @@ def missing_dependency(fmt: str) -> str | None:
 
 def exporter(fmt: str):
     """The function that writes target `fmt` from the `Sources` of an export."""
-    module, function, _, _ = EXPORTERS[fmt]
+    from toolkit.targets import BY_NAME
+
+    module, function = BY_NAME[fmt].exporter
     return getattr(importlib.import_module(f"toolkit.exporters.{module}"), function)

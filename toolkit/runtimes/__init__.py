@@ -7,30 +7,34 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-ROW_NAMES = {"torchscript": "TorchScript", "onnx": "ONNX", "ort": "ORT format", "tflite": "LiteRT",
-             "executorch": "ExecuTorch", "triton": "Triton"}
+from toolkit.targets import BY_NAME, row_label
+
+ROW_NAMES = {name: t.label for name, t in BY_NAME.items()}  # kept for the benchmark harness
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
     label: str  # the report's runtime column
+    id: str  # the row id's runtime part (onnx-int8@ort-cpu)
     formats: tuple  # artifact formats it runs
     module: str  # toolkit.runtimes.<module>.candidate(folder, artifact, threads, provider, name) builds a row
     device: str | None = None  # ONNX Runtime provider ("cpu", "cuda"), chosen with --device; None: PyTorch
     needs_torch: bool = False
     requires: tuple = ()  # modules it imports (an optional extra): without them its rows are skipped
     extra: str | None = None  # the pip extra that installs them
+    color: str = "tab:gray"  # the report plot's colour for its rows (red is kept for failed rows)
 
 
 RUNTIMES = (
-    RuntimeSpec("TorchScript", ("torchscript",), "pytorch", needs_torch=True),
-    RuntimeSpec("ORT CPU", ("onnx", "ort", "triton"), "onnxruntime", device="cpu"),
+    RuntimeSpec("TorchScript", "torchscript", ("torchscript",), "pytorch", needs_torch=True, color="tab:blue"),
+    RuntimeSpec("ORT CPU", "ort-cpu", ("onnx", "ort", "triton"), "onnxruntime", device="cpu", color="tab:green"),
     # The .ort format is for mobile/minimal CPU builds; Triton's model.onnx is the .onnx itself.
-    RuntimeSpec("ORT CUDA", ("onnx",), "onnxruntime", device="cuda"),
-    RuntimeSpec("LiteRT XNNPACK", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert"),
+    RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple"),
+    RuntimeSpec("LiteRT XNNPACK", "litert", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert",
+                color="tab:orange"),
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
-    RuntimeSpec("ExecuTorch XNNPACK", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
-                extra="executorch"),
+    RuntimeSpec("ExecuTorch XNNPACK", "executorch", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
+                extra="executorch", color="tab:brown"),
 )
 
 
@@ -49,5 +53,5 @@ def missing(spec: RuntimeSpec) -> str | None:
 
 def build(spec: RuntimeSpec, folder, artifact: dict, threads: int):
     module = importlib.import_module(f"toolkit.runtimes.{spec.module}")
-    name = f"{ROW_NAMES[artifact['format']]} {artifact['precision']}"
+    name = row_label(artifact["format"], artifact["precision"])
     return module.candidate(folder, artifact, threads, spec.device, name)

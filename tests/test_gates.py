@@ -1,0 +1,213 @@
+"""One set of gates (toolkit.gates.evaluate), tested exactly at and one step past every limit, and
+tests that catch a gate broken where it is wired in: verify, export's parity, --search, the batch
+consistency checks, the hash of the loaded bytes, the reference's test set, publish's folder rollback."""
+
+import hashlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import run
+from toolkit.config import ExportConfig, Gates
+from toolkit.errors import ExportError, ManifestError
+from toolkit.gates import Gate, Measurement, evaluate, latency_ratio
+from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, TARGETS
+
+G = Gates()
+up, down = (lambda x: math.nextafter(x, math.inf)), (lambda x: math.nextafter(x, -math.inf))
+
+
+def gates_of(m, gates=G):
+    return [r.gate for r in evaluate(m, gates)]
+
+
+def test_fp32_gates_at_and_past_their_limits():
+    at = Measurement("fp32", flipped=0, max_abs_logit_diff=G.fp32_max_abs_logit_diff)
+    assert gates_of(at) == []
+    assert gates_of(Measurement("fp32", flipped=1, max_abs_logit_diff=0.0)) == [Gate.FP32_FLIPS]
+    assert gates_of(Measurement("fp32", flipped=0, max_abs_logit_diff=up(G.fp32_max_abs_logit_diff))) == [Gate.FP32_LOGITS]
+    assert gates_of(Measurement("fp32", flipped=0, max_abs_logit_diff=float("nan"))) == [Gate.FP32_LOGITS]
+    assert gates_of(Measurement("fp32")) == [Gate.FP32_FLIPS, Gate.FP32_LOGITS]  # missing values fail
+
+
+def test_int8_gates_at_and_past_their_limits():
+    at = Measurement("int8", accuracy_drop_points=G.int8_max_drop_points, agreement_pct=G.int8_min_agreement_pct)
+    assert gates_of(at) == []
+    past_drop = Measurement("int8", accuracy_drop_points=up(G.int8_max_drop_points), agreement_pct=100.0)
+    assert gates_of(past_drop) == [Gate.INT8_DROP]
+    past_agree = Measurement("int8", accuracy_drop_points=0.0, agreement_pct=down(G.int8_min_agreement_pct))
+    assert gates_of(past_agree) == [Gate.INT8_AGREEMENT]
+    assert gates_of(Measurement("int8", accuracy_drop_points=float("nan"), agreement_pct=float("nan"))) == [
+        Gate.INT8_DROP, Gate.INT8_AGREEMENT]
+
+
+def test_placement_and_consistency_gates():
+    ok = dict(accuracy_drop_points=0.0, agreement_pct=100.0)
+    assert gates_of(Measurement("int8", int8_kernels=["QLinearConv"], **ok)) == []
+    assert gates_of(Measurement("int8", int8_kernels=[], **ok)) == [Gate.NO_INT8_KERNELS]
+    assert gates_of(Measurement("int8", int8_kernels=None, **ok)) == []  # not an ONNX Runtime CPU row
+    assert gates_of(Measurement("int8", not_delegated=["CONV_2D"], **ok)) == [Gate.NOT_DELEGATED]
+    assert gates_of(Measurement("int8", batch_consistent=False, **ok)) == [Gate.BATCH_CONSISTENCY]
+    assert gates_of(Measurement("int8", batch_consistent=None, **ok)) == []  # not checked is not a failure
+    assert gates_of(Measurement("fp32", flipped=0, max_abs_logit_diff=0.0, cpu_compute_ops=["Conv"])) == [Gate.CPU_COMPUTE]
+    assert gates_of(Measurement("fp32", measured=False)) == [Gate.NOT_MEASURED]
+
+
+def test_latency_gate_at_and_past_its_limit_and_the_ratio_is_row_over_reference():
+    gates = Gates(max_latency_ratio=1.5)
+    fp = dict(flipped=0, max_abs_logit_diff=0.0)
+    assert gates_of(Measurement("fp32", latency_ratio=1.5, **fp), gates) == []
+    assert gates_of(Measurement("fp32", latency_ratio=up(1.5), **fp), gates) == [Gate.LATENCY]
+    assert gates_of(Measurement("fp32", latency_ratio=None, **fp), gates) == [Gate.LATENCY]
+    assert latency_ratio(30.0, 20.0) == 1.5  # slower than the reference: above 1
+    assert latency_ratio(30.0, None) is None and latency_ratio(None, 20.0) is None
+
+
+def test_reasons_are_typed_and_worded_only_when_shown():
+    (reason,) = evaluate(Measurement("int8", accuracy_drop_points=0.5, agreement_pct=100.0), G)
+    assert reason.gate is Gate.INT8_DROP and reason.value == 0.5 and reason.limit == G.int8_max_drop_points
+    assert reason.text() == "accuracy drop 0.50 points > 0.30"
+
+
+def test_one_target_registry_feeds_every_list():
+    from toolkit.cli import export, verify
+    from toolkit.formats import KIND_OF_FORMAT
+    from toolkit.manifest import SUBPATH_FORMATS
+    from toolkit.runtimes import RUNTIMES
+
+    assert FORMATS == tuple(t.name for t in TARGETS) and len(KNOWN_TARGETS) == 2 * len(TARGETS)
+    assert set(KIND_OF_FORMAT) == set(FORMATS) and SUBPATH_FORMATS == ("triton",)
+    expect = next(p for p in verify.params if p.name == "expect")
+    assert tuple(expect.type.choices) == KNOWN_TARGETS
+    help_text = next(p for p in export.params if p.name == "targets").help
+    assert all(t.name in help_text for t in TARGETS)
+    for t in TARGETS:  # every target has a runtime that runs it, and an exporter (or is export's own)
+        assert any(t.name in spec.formats for spec in RUNTIMES), t.name
+        assert t.exporter is not None or t.name in ("torchscript", "onnx")
+    with pytest.raises(ExportError, match="unknown target 'foo'"):
+        ExportConfig(formats=("foo",))
+    assert BY_NAME["tflite"].extra == "tflite"
+
+
+# ---------------------------------------------------------------- wired in: verify, export
+
+
+def verify_json(folder, data, *args):
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", "--json", "-", *args)
+    return r, {x["id"]: x for x in json.loads(r.stdout)["rows"]} if r.stdout.startswith("{") else {}
+
+
+def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export):
+    data = tiny_export["data"]
+    _, rows = verify_json(supplier, data, "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    rows = {k: r for k, r in rows.items() if r["status"] != "skipped"}
+    fp32 = max(r["max_abs_logit_diff"] for r in rows.values() if r["precision"] == "fp32" and not r["is_reference"])
+    agree = min(r["agreement"] * 100 for r in rows.values() if r["precision"] == "int8")
+    drop = max(-r["acc_diff"] * 100 for r in rows.values() if r["precision"] == "int8")
+    exact = ["--fp32-atol", repr(fp32), "--int8-min-agreement", repr(agree), "--int8-max-drop", repr(max(drop, 0.0))]
+    r, _ = verify_json(supplier, data, *exact)
+    assert r.exit_code == 0, r.stderr
+    if fp32 > 0:
+        r, got = verify_json(supplier, data, *exact[2:], "--fp32-atol", repr(down(fp32)))
+        assert r.exit_code == 1 and any("fp32_logits" in x["failed_gates"] for x in got.values())
+    if agree < 100:  # (a tiny export may agree 100%: no step past within the option's range)
+        r, got = verify_json(supplier, data, *exact[:2], *exact[4:], "--int8-min-agreement", repr(up(agree)))
+        assert r.exit_code == 1 and any("int8_agreement" in x["failed_gates"] for x in got.values())
+
+
+def test_export_parity_uses_the_same_fp32_gate(tiny_export, tmp_path):
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", tmp_path / "o", "--data-dir",
+            tiny_export["data"], "--targets", "onnx", "--fp32-atol", 0)
+    assert r.exit_code == 1 and "differs from PyTorch eager (max |Δlogit|" in r.stderr and "> 0" in r.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_a_batch_size_that_changes_predictions_fails_the_row(exported, tiny_export, monkeypatch, in_process):
+    import toolkit.runtime as rt
+
+    real = rt.Model.logits
+
+    def batch_dependent(self, images_u8, batch=1000):
+        out = real(self, images_u8, batch)
+        if batch == 7:  # one of the consistency batches
+            out = out.copy()
+            out[0] = out[0][::-1]
+        return out
+
+    monkeypatch.setattr(rt.Model, "logits", batch_dependent)
+    r, rows = verify_json(exported, tiny_export["data"], "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    assert r.exit_code == 1
+    assert all("batch_consistency" in rows[i]["failed_gates"] for i in ("onnx-fp32@ort-cpu", "onnx-int8@ort-cpu"))
+
+
+def test_the_loaded_bytes_are_the_hashed_bytes(exported, tmp_path):
+    from toolkit.runtime import read_model_bytes
+
+    path = exported / "cnn_int8.onnx"
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert hashlib.sha256(read_model_bytes(path, good)).hexdigest() == good
+    with pytest.raises(ManifestError, match="SHA-256 changed since export"):
+        read_model_bytes(path, "0" * 64)
+
+
+def test_a_reference_made_on_another_test_set_is_refused(exported, tiny_export, tmp_path):
+    ref = dict(np.load(exported / "reference.npz"))
+    ref["test_sha256"] = np.array("0" * 64)
+    np.savez_compressed(exported / "reference.npz", **ref)
+    m = json.loads((exported / "manifest.json").read_text())
+    m["reference"]["sha256"] = hashlib.sha256((exported / "reference.npz").read_bytes()).hexdigest()
+    (exported / "manifest.json").write_text(json.dumps(m))
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch")
+    assert r.exit_code == 1 and "not the one the reference was made on" in r.stderr
+
+
+def test_a_failed_publish_restores_a_replaced_folder_exactly(exported, monkeypatch):
+    """The Triton repository is a folder: the old one moved aside, the new one in, and on failure the
+    new one removed before the old one comes back (never the new one left inside the old)."""
+    import toolkit.publish as pub
+
+    old_repo = exported / "triton" / "m" / "1"
+    old_repo.mkdir(parents=True)
+    (old_repo / "model.onnx").write_bytes(b"old")
+    stage = pub.Stage(exported)
+    (stage.new / "triton" / "m" / "1").mkdir(parents=True)
+    (stage.new / "triton" / "m" / "1" / "model.onnx").write_bytes(b"new")
+    (stage.new / "manifest.json").write_text("{}")
+    before = (exported / "manifest.json").read_bytes()
+    calls = {"n": 0}
+    real = pub._rename
+
+    def fail_on_manifest(src, dst):  # the switch fails once (the disk is full); the rollback's renames work
+        calls["n"] += 1
+        if str(dst).endswith("manifest.json") and not calls.get("failed"):
+            calls["failed"] = True
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(pub, "_rename", fail_on_manifest)
+    with pytest.raises(OSError):
+        pub.publish(stage, ["triton", "manifest.json"])
+    stage.close()
+    assert sorted(p.relative_to(exported / "triton").as_posix() for p in (exported / "triton").rglob("*")) == [
+        "m", "m/1", "m/1/model.onnx"]
+    assert (old_repo / "model.onnx").read_bytes() == b"old"
+    assert (exported / "manifest.json").read_bytes() == before
+
+
+def test_a_litert_batch_file_that_predicts_otherwise_fails_the_row(all_targets, tiny_export, monkeypatch, in_process):
+    pytest.importorskip("ai_edge_litert")
+    import toolkit.runtimes.litert as lr
+
+    real = lr.Program.run
+
+    def bulk_differs(self, xq):
+        out = real(self, xq)
+        return out[:, ::-1].copy() if self.batch > 1 else out  # the batch-256 file disagrees with batch 1
+
+    monkeypatch.setattr(lr.Program, "run", bulk_differs)
+    r, rows = verify_json(all_targets, tiny_export["data"], "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    assert r.exit_code == 1
+    assert "batch_consistency" in rows["tflite-int8@litert"]["failed_gates"]

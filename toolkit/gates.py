@@ -1,0 +1,115 @@
+"""The gates, once: `evaluate(measurement, gates)` returns the typed reasons a measured artifact
+fails, and verify's rows, export's fp32 parity check and `export --search` all call it. A reason is
+data (which gate, the value, the limit); its words are made only where a report shows it.
+
+Every comparison is written `not (value <= limit)` (or `>=`), so a NaN or a missing value fails
+rather than passes. Edge side: standard library only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from toolkit.config import Gates
+
+
+class Gate(str, Enum):
+    NOT_MEASURED = "not_measured"  # no accuracy: the row never produced logits
+    FP32_FLIPS = "fp32_flips"  # an fp32 artifact must predict exactly what the reference does
+    FP32_LOGITS = "fp32_logits"  # ... with logits within gates.fp32_max_abs_logit_diff
+    INT8_DROP = "int8_drop"  # an int8 artifact loses at most gates.int8_max_drop_points of accuracy
+    INT8_AGREEMENT = "int8_agreement"  # ... and agrees with the reference on gates.int8_min_agreement_pct %
+    BATCH_CONSISTENCY = "batch_consistency"  # the same predictions at every batch size compared
+    NO_INT8_KERNELS = "no_int8_kernels"  # an int8 model that ONNX Runtime ran in float
+    NOT_DELEGATED = "not_delegated"  # an int8 layer left outside XNNPACK's delegate
+    CPU_COMPUTE = "cpu_compute"  # a CUDA row whose compute nodes ran on the CPU
+    LATENCY = "latency"  # batch-1 p50 over the reference row's, past gates.max_latency_ratio
+
+
+@dataclass(frozen=True)
+class Reason:
+    gate: Gate
+    value: object = None
+    limit: object = None
+
+    def text(self) -> str:
+        v, lim = self.value, self.limit
+        return {
+            Gate.NOT_MEASURED: lambda: "not measured",
+            Gate.FP32_FLIPS: lambda: f"{_n(v, 'd')} predictions differ from the reference",
+            Gate.FP32_LOGITS: lambda: f"max |Δlogit| {_n(v, '.2e')} > {lim:g}",
+            Gate.INT8_DROP: lambda: f"accuracy drop {_n(v, '.2f')} points > {lim:.2f}",
+            Gate.INT8_AGREEMENT: lambda: f"agreement {_n(v, '.2f')}% < {lim:g}%",
+            Gate.BATCH_CONSISTENCY: lambda: "predictions change with the batch size",
+            Gate.NO_INT8_KERNELS: lambda: "no int8 kernel ran (the graph optimizer or the runtime turned the int8 "
+                                          "model back into float)",
+            Gate.NOT_DELEGATED: lambda: f"not delegated to XNNPACK: {', '.join(v)} ran on the runtime's own kernels",
+            Gate.CPU_COMPUTE: lambda: f"compute nodes ran on the CPU: {', '.join(v)}",
+            Gate.LATENCY: lambda: f"latency ratio {_n(v, '.2f')} > {lim:g}",
+        }[self.gate]()
+
+
+def _n(v, fmt: str) -> str:
+    return "not measured" if v is None else format(v, fmt)
+
+
+@dataclass
+class Measurement:
+    """What the gates look at for one artifact on one runtime. None: not measured (fails where a gate
+    needs it) or, for the placement fields, not a question for this runtime."""
+
+    precision: str  # fp32 | int8
+    flipped: int | None = None  # test images whose top-1 differs from the reference
+    max_abs_logit_diff: float | None = None
+    accuracy_drop_points: float | None = None  # reference accuracy minus this one, in points
+    agreement_pct: float | None = None  # top-1 agreement with the reference, in %
+    batch_consistent: bool | None = None  # None: not checked
+    int8_kernels: list | None = None  # ONNX Runtime CPU rows: the int8 kernels that ran
+    not_delegated: list = field(default_factory=list)  # XNNPACK rows: operators outside the delegate
+    cpu_compute_ops: list | None = None  # CUDA rows: compute operators that ran on the CPU
+    latency_ratio: float | None = None  # batch-1 p50 over the reference row's
+    measured: bool = True
+
+
+def _within(value, limit) -> bool:
+    """value <= limit, so that NaN (or a missing value) never passes."""
+    return value is not None and bool(value <= limit)
+
+
+def _at_least(value, limit) -> bool:
+    return value is not None and bool(value >= limit)
+
+
+def evaluate(m: Measurement, gates: Gates) -> list[Reason]:
+    """The reasons `m` fails `gates` (empty: it passes)."""
+    if not m.measured:
+        return [Reason(Gate.NOT_MEASURED)]
+    reasons = []
+    if m.precision == "fp32":
+        if not _within(m.flipped, 0):
+            reasons.append(Reason(Gate.FP32_FLIPS, m.flipped, 0))
+        if not _within(m.max_abs_logit_diff, gates.fp32_max_abs_logit_diff):
+            reasons.append(Reason(Gate.FP32_LOGITS, m.max_abs_logit_diff, gates.fp32_max_abs_logit_diff))
+    else:
+        if not _within(m.accuracy_drop_points, gates.int8_max_drop_points):
+            reasons.append(Reason(Gate.INT8_DROP, m.accuracy_drop_points, gates.int8_max_drop_points))
+        if not _at_least(m.agreement_pct, gates.int8_min_agreement_pct):
+            reasons.append(Reason(Gate.INT8_AGREEMENT, m.agreement_pct, gates.int8_min_agreement_pct))
+        if m.int8_kernels is not None and not m.int8_kernels:
+            reasons.append(Reason(Gate.NO_INT8_KERNELS))
+        if m.not_delegated:
+            reasons.append(Reason(Gate.NOT_DELEGATED, list(m.not_delegated)))
+    if m.batch_consistent is False:
+        reasons.append(Reason(Gate.BATCH_CONSISTENCY))
+    if m.cpu_compute_ops:
+        reasons.append(Reason(Gate.CPU_COMPUTE, list(m.cpu_compute_ops)))
+    if gates.max_latency_ratio is not None and not _within(m.latency_ratio, gates.max_latency_ratio):
+        reasons.append(Reason(Gate.LATENCY, m.latency_ratio, gates.max_latency_ratio))
+    return reasons
+
+
+def latency_ratio(p50_us: float | None, reference_p50_us: float | None) -> float | None:
+    """A row's batch-1 p50 over the reference row's (above 1: slower than the reference)."""
+    if not p50_us or not reference_p50_us:
+        return None
+    return p50_us / reference_p50_us

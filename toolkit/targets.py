@@ -1,0 +1,52 @@
+"""Every deployment target mnisttk writes and checks, one `Target` record each: the one place a
+target is defined. The CLI's `--targets` and `--expect` choices, the manifest's known formats and
+targets, the report's row labels, the exporter registry, the byte-format check and the rows verify
+runs are all derived from `TARGETS` (and the runtimes that run each target from
+`toolkit.runtimes.RUNTIMES`, which names targets from here). Adding a target is one exporter file, one
+runtime file (or a line in an existing runtime's record) and one line here. Standard library only:
+the edge side reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # the format as `--targets`, the manifest and the row ids name it (e.g. "tflite")
+    label: str  # the report's row name before the precision (e.g. "LiteRT int8")
+    kind: str  # what its bytes must be (toolkit.formats: onnx, ort, tflite, pte, zip)
+    exporter: tuple | None = None  # (module in toolkit.exporters, function); None: written by export itself
+    needs: tuple = ()  # modules the exporter imports (an optional extra)
+    extra: str | None = None  # the pip extra that installs them
+    subpath: bool = False  # its files sit in a folder inside the export (a model repository)
+    default: bool = False  # written when `--targets` is not given (the mission's TorchScript and ONNX)
+
+    def __post_init__(self):
+        if self.exporter is not None and len(self.exporter) != 2:
+            raise ValueError(f"target {self.name}: exporter is (module, function)")
+        if self.needs and not self.extra:
+            raise ValueError(f"target {self.name}: modules it needs must name the extra that installs them")
+
+
+TARGETS = (
+    Target("torchscript", "TorchScript", "zip", default=True),
+    Target("onnx", "ONNX", "onnx", default=True),  # always written: the source of the others
+    Target("ort", "ORT format", "ort", ("ort", "export_ort")),  # ONNX Runtime's mobile/minimal-build format
+    Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
+           needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite"),
+    Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), needs=("executorch",),
+           extra="executorch"),
+    Target("triton", "Triton", "onnx", ("triton", "export_triton"), subpath=True),  # model.onnx in a repository
+)
+BY_NAME = {t.name: t for t in TARGETS}
+FORMATS = tuple(t.name for t in TARGETS)
+DEFAULT_FORMATS = tuple(t.name for t in TARGETS if t.default)
+SUBPATH_FORMATS = tuple(t.name for t in TARGETS if t.subpath)
+KNOWN_TARGETS = tuple(f"{t.name}-{p}" for p in PRECISIONS for t in TARGETS)  # "<format>-<precision>"
+
+
+def row_label(fmt: str, precision: str) -> str:
+    return f"{BY_NAME[fmt].label} {precision}"
