@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import run
+from helpers import LOOSE, run
 from toolkit.config import ExportConfig, Gates
 from toolkit.errors import ExportError, ManifestError
 from toolkit.gates import Gate, Measurement, evaluate, latency_ratio
@@ -102,12 +102,13 @@ def verify_json(folder, data, *args):
 
 def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export):
     data = tiny_export["data"]
-    _, rows = verify_json(supplier, data, "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    _, rows = verify_json(supplier, data, *LOOSE)
     rows = {k: r for k, r in rows.items() if r["status"] != "skipped"}
     fp32 = max(r["max_abs_logit_diff"] for r in rows.values() if r["precision"] == "fp32" and not r["is_reference"])
     agree = min(r["agreement"] * 100 for r in rows.values() if r["precision"] == "int8")
     drop = max(-r["acc_diff"] * 100 for r in rows.values() if r["precision"] == "int8")
-    exact = ["--fp32-atol", repr(fp32), "--int8-min-agreement", repr(agree), "--int8-max-drop", repr(max(drop, 0.0))]
+    exact = ["--fp32-atol", repr(fp32), "--int8-min-agreement", repr(agree), "--int8-max-drop", repr(max(drop, 0.0)),
+             "--int8-max-clipped", "100"]
     r, _ = verify_json(supplier, data, *exact)
     assert r.exit_code == 0, r.stderr
     if fp32 > 0:
@@ -138,7 +139,7 @@ def test_a_batch_size_that_changes_predictions_fails_the_row(exported, tiny_expo
         return out
 
     monkeypatch.setattr(rt.Model, "logits", batch_dependent)
-    r, rows = verify_json(exported, tiny_export["data"], "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    r, rows = verify_json(exported, tiny_export["data"], *LOOSE)
     assert r.exit_code == 1
     assert all("batch_consistency" in rows[i]["failed_gates"] for i in ("onnx-fp32@ort-cpu", "onnx-int8@ort-cpu"))
 
@@ -208,6 +209,75 @@ def test_a_litert_batch_file_that_predicts_otherwise_fails_the_row(all_targets, 
         return out[:, ::-1].copy() if self.batch > 1 else out  # the batch-256 file disagrees with batch 1
 
     monkeypatch.setattr(lr.Program, "run", bulk_differs)
-    r, rows = verify_json(all_targets, tiny_export["data"], "--int8-min-agreement", 0, "--int8-max-drop", 100)
+    r, rows = verify_json(all_targets, tiny_export["data"], *LOOSE)
     assert r.exit_code == 1
     assert "batch_consistency" in rows["tflite-int8@litert"]["failed_gates"]
+
+
+# ---------------------------------------------------------------- saturation (clipped int8 scores)
+
+
+def test_saturation_gate_at_and_past_its_limit():
+    ok = dict(accuracy_drop_points=0.0, agreement_pct=100.0)
+    assert gates_of(Measurement("int8", clipped_top_pct=G.int8_max_clipped_top_pct, **ok)) == []
+    assert gates_of(Measurement("int8", clipped_top_pct=up(G.int8_max_clipped_top_pct), **ok)) == [Gate.SATURATION]
+    assert gates_of(Measurement("int8", clipped_top_pct=None, **ok)) == []  # a float output: nothing to clip
+
+
+def test_saturation_and_score_fidelity_measures():
+    from toolkit.gates import saturation, score_fidelity
+
+    logits = np.array([[1.9, 0.0, -1.8], [0.5, 1.0, -2.0], [1.7, 0.0, 0.0]])
+    s = saturation(logits, (-2.0, 2.0, 0.5))  # a value within half a step (0.25) of a limit is at it
+    assert s["clipped_top_images"] == 1 and s["clipped_top_pct"] == pytest.approx(100 / 3)
+    assert s["values_at_limits_pct"] == pytest.approx(100 * 3 / 9) and s["output_range"] == [-2.0, 2.0]
+    assert saturation(logits, None) is None
+    f = score_fidelity(logits, logits)
+    assert f["top_prob_abs_diff_max"] == 0.0
+    shifted = logits.copy()
+    shifted[0, 0] = 0.0  # image 0's top class loses its lead
+    assert score_fidelity(shifted, logits)["top_prob_abs_diff_max"] > 0.2
+
+
+def _narrow_output(path, factor):
+    """The int8 ONNX model with its output quantizer's range `factor` as wide (a narrow calibration)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    out = model.graph.output[0].name
+    dq = next(n for n in model.graph.node if out in n.output)
+    assert dq.op_type == "DequantizeLinear"
+    for init in model.graph.initializer:
+        if init.name == dq.input[1]:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(model, str(path))
+
+
+def test_a_narrow_output_calibration_fails_the_saturation_gate(supplier, tiny_export):
+    path = supplier / "cnn_int8.onnx"
+    _, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4])
+    wide = rows["onnx-int8@ort-cpu"]["saturation"]
+    _narrow_output(path, 0.25)
+    m = json.loads((supplier / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        if a["file"] == "cnn_int8.onnx":
+            a["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            a["size_bytes"] = path.stat().st_size
+    (supplier / "manifest.json").write_text(json.dumps(m))
+    r, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4])  # every gate but saturation loose
+    row = rows["onnx-int8@ort-cpu"]
+    assert r.exit_code == 1 and row["failed_gates"] == ["saturation"], row
+    assert row["saturation"]["clipped_top_pct"] > wide["clipped_top_pct"]
+    assert row["saturation"]["output_range"][1] == pytest.approx(wide["output_range"][1] * 0.25, rel=1e-5)
+    assert row["score_fidelity"]["top_prob_abs_diff_max"] > 0
+
+
+def test_every_target_refuses_a_calibration_method_it_cannot_honour():
+    from toolkit.config import QuantConfig
+
+    ExportConfig(quantize=True, formats=("onnx", "ort", "triton"), quant=QuantConfig(method="entropy"))
+    for fmt in ("torchscript", "tflite", "executorch"):
+        with pytest.raises(ExportError, match=f"{fmt} int8 calibrate by min/max"):
+            ExportConfig(quantize=True, formats=(fmt,), quant=QuantConfig(method="percentile"))
+    ExportConfig(quantize=True, formats=FORMATS, quant=QuantConfig(method="minmax"))

@@ -26,6 +26,10 @@ class Candidate:
     def placement(self) -> dict | None:
         return None
 
+    def output_limits(self) -> tuple | None:
+        """(lowest, highest, step) of an int8 output after dequantization, or None (a float output)."""
+        return None
+
     def consistency(self, images_u8: np.ndarray, preds: np.ndarray) -> bool | None:
         """Whether other batch sizes give `preds` again; None where not checked."""
         return None

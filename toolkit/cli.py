@@ -148,6 +148,9 @@ def gate_options(func):
                      show_default=True, help="int8 accuracy loss allowed, in points."),
         click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
                      show_default=True, help="int8 top-1 agreement with the reference required, in %."),
+        click.option("--int8-max-clipped", type=click.FloatRange(0, 100), default=GATES.int8_max_clipped_top_pct,
+                     show_default=True, help="int8 rows with a quantized output: % of images whose top logit may sit "
+                                             "at the output's int8 limit (a clipped score)."),
     )):
         func = option(func)
     return func
@@ -297,6 +300,7 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
         check_writable_dir(out.parent)
     except OSError as exc:
         raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
+    check_outputs([("--json", json_out, "json")], [out])
     mnist = load_mnist(data_dir, log=log)
     log(f"data: {mnist.source}")
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
@@ -373,7 +377,8 @@ def format_train_result(result: dict) -> str:
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
            activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
-           int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct):
+           int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
+           int8_max_clipped=GATES.int8_max_clipped_top_pct):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -393,7 +398,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
                           allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search,
                           gates=Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
-                                      int8_min_agreement_pct=int8_min_agreement))
+                                      int8_min_agreement_pct=int8_min_agreement,
+                                      int8_max_clipped_top_pct=int8_max_clipped))
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -453,7 +459,8 @@ def format_export(manifest: dict, out: Path) -> str:
 @merge_old_spellings
 def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
-           row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb):
+           row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
+           int8_max_clipped=GATES.int8_max_clipped_top_pct):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -472,7 +479,8 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     if require_cuda and "cuda" not in runtimes:
         raise click.UsageError("--require-cuda needs the cuda runtime")
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
-                  int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio)
+                  int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio,
+                  int8_max_clipped_top_pct=int8_max_clipped)
     config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
                           throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
                           row_memory_mb=row_memory)

@@ -96,6 +96,10 @@ class Gates:
     int8_max_drop_points: float = 0.3  # accuracy points (0.3 = 30 of 10,000 images)
     int8_min_agreement_pct: float = 99.5  # top-1 agreement in % (at most 50 of 10,000 may change)
     max_latency_ratio: float | None = None  # batch-1 p50 over the reference row's, when set
+    # int8 rows whose output is quantized: at most this % of test images may have their top logit at
+    # the output's int8 limit (a clipped score: the argmax may survive, the confidence does not).
+    # In the spirit of the agreement gate (at most 0.5% may change); 1% = 100 of 10,000 images.
+    int8_max_clipped_top_pct: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,14 @@ class ExportConfig:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ExportError(f"unknown target {unknown[0]!r}; choose from {', '.join(FORMATS)} or all")
+        if self.quantize:
+            from toolkit.targets import BY_NAME
+
+            cannot = [f for f in self.formats if self.quant.method not in BY_NAME[f].calibration_methods]
+            if cannot:
+                raise ExportError(f"--calibration-method {self.quant.method} is ONNX Runtime's own; {', '.join(cannot)} "
+                                  "int8 calibrate by min/max over the calibration set only (one method must mean one "
+                                  f"thing on every target): leave {', '.join(cannot)} out of --targets, or use minmax")
         if self.search and not self.quantize:
             raise ExportError("--search chooses the int8 model's per-layer precision: it needs --quantize")
         if "onnx" not in self.formats:

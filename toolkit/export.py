@@ -197,6 +197,9 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
                             test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
         targets = targets_for(formats, config.quantize)
+        for fmt, precision, rel, _ in artifacts:  # how each int8 artifact was calibrated, in the manifest
+            if precision == "int8" and "calibration_method" not in extras.get(rel, {}):
+                extras.setdefault(rel, {})["calibration_method"] = _calibration_method(fmt, quant)
         manifest = {
             "schema_version": MANIFEST_VERSION,
             "mnisttk_version": __version__,
@@ -246,6 +249,18 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                           f"{first_line(exc, 200)}") from None
     finally:
         stage_obj.close()
+
+
+def _calibration_method(fmt: str, quant) -> str:
+    """The words the manifest records for an int8 artifact that export writes itself (ONNX and the
+    targets made from it, TorchScript); the other exporters state their own."""
+    if fmt == "torchscript":
+        return "minmax: torch.ao's MinMaxObserver on every activation over all the calibration images"
+    return {"minmax": "minmax: ONNX Runtime's MinMax calibration (each tensor's min and max over all the "
+                      "calibration images)",
+            "entropy": "entropy: ONNX Runtime's Entropy calibration (KL-divergence thresholds: may clip outliers)",
+            "percentile": f"percentile: ONNX Runtime's Percentile calibration ({quant.percentile:g}th percentile: "
+                          "clips the tails)"}[quant.method]
 
 
 def _possible_names(arch: str) -> list[str]:

@@ -24,6 +24,7 @@ class Gate(str, Enum):
     NOT_DELEGATED = "not_delegated"  # an int8 layer left outside XNNPACK's delegate
     CPU_COMPUTE = "cpu_compute"  # a CUDA row whose compute nodes ran on the CPU
     LATENCY = "latency"  # batch-1 p50 over the reference row's, past gates.max_latency_ratio
+    SATURATION = "saturation"  # an int8 output whose top logit sits at its int8 limit too often
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class Reason:
             Gate.NOT_DELEGATED: lambda: f"not delegated to XNNPACK: {', '.join(v)} ran on the runtime's own kernels",
             Gate.CPU_COMPUTE: lambda: f"compute nodes ran on the CPU: {', '.join(v)}",
             Gate.LATENCY: lambda: f"latency ratio {_n(v, '.2f')} > {lim:g}",
+            Gate.SATURATION: lambda: f"{_n(v, '.2f')}% of images have their top logit clipped at the int8 output's "
+                                     f"limit > {lim:g}% (the scores are cut off: recalibrate over the whole range)",
         }[self.gate]()
 
 
@@ -68,6 +71,7 @@ class Measurement:
     not_delegated: list = field(default_factory=list)  # XNNPACK rows: operators outside the delegate
     cpu_compute_ops: list | None = None  # CUDA rows: compute operators that ran on the CPU
     latency_ratio: float | None = None  # batch-1 p50 over the reference row's
+    clipped_top_pct: float | None = None  # int8 rows with a quantized output: % of images whose top logit is clipped
     measured: bool = True
 
 
@@ -99,6 +103,8 @@ def evaluate(m: Measurement, gates: Gates) -> list[Reason]:
             reasons.append(Reason(Gate.NO_INT8_KERNELS))
         if m.not_delegated:
             reasons.append(Reason(Gate.NOT_DELEGATED, list(m.not_delegated)))
+        if m.clipped_top_pct is not None and not _within(m.clipped_top_pct, gates.int8_max_clipped_top_pct):
+            reasons.append(Reason(Gate.SATURATION, m.clipped_top_pct, gates.int8_max_clipped_top_pct))
     if m.batch_consistent is False:
         reasons.append(Reason(Gate.BATCH_CONSISTENCY))
     if m.cpu_compute_ops:
@@ -113,3 +119,36 @@ def latency_ratio(p50_us: float | None, reference_p50_us: float | None) -> float
     if not p50_us or not reference_p50_us:
         return None
     return p50_us / reference_p50_us
+
+
+def saturation(logits, limits) -> dict | None:
+    """How much of an int8 output sits at its representable limits. `limits`: (lowest, highest, step)
+    of the dequantized output, or None (a float output: nothing to measure). A value within half a
+    step of a limit is at it; an image's top logit at the upper limit is clipped (its true score was
+    at least that, perhaps far more)."""
+    import numpy as np
+
+    if limits is None:
+        return None
+    lo, hi, step = (float(v) for v in limits)
+    x = np.asarray(logits, dtype=np.float64)
+    at_lo, at_hi = x <= lo + step / 2, x >= hi - step / 2
+    top_clipped = at_hi[np.arange(len(x)), x.argmax(1)]
+    return {"output_range": [lo, hi], "step": step, "values_at_limits_pct": float((at_lo | at_hi).mean() * 100),
+            "clipped_top_pct": float(top_clipped.mean() * 100), "clipped_top_images": int(top_clipped.sum())}
+
+
+def score_fidelity(logits, reference) -> dict:
+    """How far the reference's top-class probability moved (softmax of each): max and 99th percentile
+    of |Δp| over the images, so a user sees whether the confidences can be trusted."""
+    import numpy as np
+
+    def softmax(z):
+        z = np.asarray(z, dtype=np.float64)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    top = np.asarray(reference).argmax(1)
+    rows = np.arange(len(top))
+    d = np.abs(softmax(logits)[rows, top] - softmax(reference)[rows, top])
+    return {"top_prob_abs_diff_max": float(d.max()), "top_prob_abs_diff_p99": float(np.percentile(d, 99))}

@@ -92,3 +92,26 @@ def make_identity(node, source: str, op: str = "Identity") -> None:
     del node.input[:]
     node.input.append(source)
     del node.attribute[:]
+
+
+def quantized_output_limits(data: bytes) -> tuple | None:
+    """(lowest, highest, step) of the first output where a DequantizeLinear with a per-tensor int8/uint8
+    scale and zero point makes it (a QDQ int8 model's logits), else None (a float output, or a graph
+    this reader cannot follow)."""
+    try:
+        graph = parse_model(data).graph
+        out = graph.output[0].name
+        node = next((n for n in graph.node if out in n.output), None)
+        if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            return None
+        inits = initializers(graph)
+        scale, zero = tensor_to_array(inits[node.input[1]]), tensor_to_array(inits[node.input[2]])
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError):
+        return None
+    except Exception:  # a protobuf DecodeError: not ours to explain here
+        return None
+    if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.int8, np.uint8):
+        return None
+    info = np.iinfo(zero.dtype)
+    s, z = float(scale.ravel()[0]), int(zero.ravel()[0])
+    return ((info.min - z) * s, (info.max - z) * s, s)

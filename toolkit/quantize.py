@@ -306,7 +306,6 @@ def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
         warnings.simplefilter("ignore")  # torch.ao.quantization's DeprecationWarnings
         from torch.ao.quantization import QConfig, QConfigMapping
         from torch.ao.quantization.observer import (
-            HistogramObserver,
             MinMaxObserver,
             PerChannelMinMaxObserver,
         )
@@ -315,7 +314,9 @@ def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
         if "x86" not in torch.backends.quantized.supported_engines:
             raise ExportError("this torch build has no x86 quantized engine")
         torch.backends.quantized.engine = "x86"
-        act_observer = MinMaxObserver if config.method == "minmax" else HistogramObserver
+        if config.method != "minmax":  # ExportConfig refuses it first: HistogramObserver is not ORT's method
+            raise ExportError("TorchScript int8 calibrates by min/max only")
+        act_observer = MinMaxObserver
         activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
         if config.per_channel:
             weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)

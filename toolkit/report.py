@@ -56,12 +56,29 @@ def _notes(result: dict) -> list[str]:
         label = f"{r['name']} on {r['runtime']}"
         if r.get("placement"):
             notes.append(f"{label}: {_placement(r['placement'])}")
+        if r.get("precision") == "int8" and r.get("accuracy") is not None and not r.get("is_reference"):
+            notes.append(f"{label}: {_scores(r)}")
         if r.get("batch_consistent") is not None:
             sizes = "/".join(str(b) for b in r.get("consistency_batches") or (1, 2, 7, 64, 1000))
             notes.append(f"{label}: batch sizes {sizes} {'agree' if r['batch_consistent'] else 'DISAGREE'}")
         for reason in r.get("reasons", []):
             notes.append(f"{label}: {'FAIL' if r['status'] == 'fail' else r['status']}: {reason}")
     return notes
+
+
+def _scores(r: dict) -> str:
+    """An int8 row's output saturation and score fidelity, in words."""
+    sat, fid = r.get("saturation"), r.get("score_fidelity") or {}
+    if sat:
+        lo, hi = sat["output_range"]
+        part = (f"int8 output covers [{lo:.1f}, {hi:.1f}]; {sat['values_at_limits_pct']:.2f}% of logits at its "
+                f"limits, top logit clipped on {sat['clipped_top_pct']:.2f}% of images")
+    else:
+        part = "output is float (no int8 limit to clip at)"
+    if fid:
+        part += (f"; top-class probability moved by at most {fid['top_prob_abs_diff_max']:.3f} "
+                 f"(99th percentile {fid['top_prob_abs_diff_p99']:.4f})")
+    return part
 
 
 def _coverage(result: dict) -> str:

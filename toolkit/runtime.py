@@ -203,6 +203,7 @@ class Model:
         if shards > 1:
             options = replace(options, threads=1)
         self.is_ort_format = data[4:8] == ORT_FORMAT_ID  # ONNX Runtime's own (flatbuffer) format
+        self._data = data  # kept for output_limits (tens of KB)
         # fp32 on CUDA must stay fp32: TF32 convolutions would move logits by ~1e-3.
         cuda_opts = {"cudnn_conv_algo_search": "DEFAULT"} if options.deterministic else {}
         attempts = [[("CUDAExecutionProvider", {"use_tf32": "0", **cuda_opts}), "CPUExecutionProvider"],
@@ -263,6 +264,15 @@ class Model:
         self.input_type = inp.type  # 'tensor(float)' or 'tensor(uint8)'
         self.output_name = outputs[0].name
         self.fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+
+    def output_limits(self) -> tuple | None:
+        """(lowest, highest, step) of a QDQ model's quantized logits (ONNX files; an .ort file's graph is
+        a flatbuffer this reader does not parse: None)."""
+        if self.is_ort_format:
+            return None
+        from toolkit.onnx_proto import quantized_output_limits
+
+        return quantized_output_limits(self._data)
 
     @property
     def takes_uint8(self) -> bool:

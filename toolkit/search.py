@@ -23,7 +23,7 @@ import numpy as np
 
 from toolkit.config import Gates, QuantConfig
 from toolkit.errors import ExportError
-from toolkit.gates import Measurement, evaluate
+from toolkit.gates import Measurement, evaluate, saturation
 
 ROUNDS = 3
 LATENCY_ITERS = 200
@@ -97,10 +97,13 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
             path = Path(tmp) / f"candidate_{i}.onnx"
             onnx_static_int8(fp32_onnx, path, calib, q)
             cand = OnnxCandidate(path, "int8", "cpu", 1)
-            pred = cand.logits(images_u8).argmax(1)
+            logits = cand.logits(images_u8)
+            pred = logits.argmax(1)
+            sat = saturation(logits, cand.output_limits())
             acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
             measured = Measurement("int8", accuracy_drop_points=(ref_acc - acc) * 100, agreement_pct=agreement * 100,
-                                   int8_kernels=cand.placement().get("int8_kernels") or [])
+                                   int8_kernels=cand.placement().get("int8_kernels") or [],
+                                   clipped_top_pct=sat["clipped_top_pct"] if sat else None)
             reasons = [r.text() for r in evaluate(measured, gates)]  # verify's gates, the same function
             rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,
                          "flipped": int((pred != ref_pred).sum()), "passed": not reasons, "reasons": reasons,

@@ -23,6 +23,9 @@ class Target:
     extra: str | None = None  # the pip extra that installs them
     subpath: bool = False  # its files sit in a folder inside the export (a model repository)
     default: bool = False  # written when `--targets` is not given (the mission's TorchScript and ONNX)
+    # --calibration-method values its int8 can honour with the same meaning as ONNX Runtime's: min/max
+    # over the calibration set everywhere; entropy and percentile exist only in ONNX Runtime's quantizer
+    calibration_methods: tuple = ("minmax",)
 
     def __post_init__(self):
         if self.exporter is not None and len(self.exporter) != 2:
@@ -31,15 +34,17 @@ class Target:
             raise ValueError(f"target {self.name}: modules it needs must name the extra that installs them")
 
 
+ORT_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators (toolkit.quantize)
 TARGETS = (
     Target("torchscript", "TorchScript", "zip", default=True),
-    Target("onnx", "ONNX", "onnx", default=True),  # always written: the source of the others
-    Target("ort", "ORT format", "ort", ("ort", "export_ort")),  # ONNX Runtime's mobile/minimal-build format
+    Target("onnx", "ONNX", "onnx", default=True, calibration_methods=ORT_METHODS),  # always: the source of the others
+    Target("ort", "ORT format", "ort", ("ort", "export_ort"), calibration_methods=ORT_METHODS),  # ORT Mobile's format
     Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
            needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite"),
     Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), needs=("executorch",),
            extra="executorch"),
-    Target("triton", "Triton", "onnx", ("triton", "export_triton"), subpath=True),  # model.onnx in a repository
+    Target("triton", "Triton", "onnx", ("triton", "export_triton"), subpath=True,
+           calibration_methods=ORT_METHODS),  # the int8 model.onnx, in a model repository
 )
 BY_NAME = {t.name: t for t in TARGETS}
 FORMATS = tuple(t.name for t in TARGETS)

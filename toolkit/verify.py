@@ -23,7 +23,7 @@ from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
-from toolkit.gates import Measurement, evaluate, latency_ratio
+from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, score_fidelity
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
@@ -69,6 +69,10 @@ class Row:
     is_reference: bool = False
     device: str | None = None  # the ONNX Runtime provider ("cpu", "cuda") of an ORT row; None otherwise
     fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
+    # int8 rows: how much of a quantized output sits at its limits (None: a float output), and how far
+    # the reference's top-class probability moved (toolkit.gates.saturation / score_fidelity)
+    saturation: dict | None = None
+    score_fidelity: dict | None = None
     failed_gates: list = field(default_factory=list)  # toolkit.gates.Gate values, one per failed gate
 
     @property
@@ -106,7 +110,8 @@ def measurement(row: Row) -> Measurement:
         int8_kernels=placement.get("int8_kernels", []) if row.device == "cpu" and placement else None,
         not_delegated=placement.get("not_delegated", []) if placement.get("backend") == "XNNPACK" else [],
         cpu_compute_ops=placement.get("cpu_compute_ops") if row.device == "cuda" else None,
-        latency_ratio=row.latency_ratio, measured=row.accuracy is not None)
+        latency_ratio=row.latency_ratio, measured=row.accuracy is not None,
+        clipped_top_pct=(row.saturation or {}).get("clipped_top_pct"))
 
 
 def judge(row: Row, gates: Gates) -> None:
@@ -222,9 +227,13 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                              memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
                              what=f"{row.name} on {row.runtime}")
             logits = m.pop("logits").astype(np.float64)
+            limits = m.pop("output_limits", None)
             if not np.isfinite(logits).all():
                 row.fail(f"{int((~np.isfinite(logits)).any(1).sum())} test images give NaN or infinite logits")
             _fill_accuracy(row, labels, logits, ref_logits)
+            if row.precision == "int8":
+                row.saturation = saturation(logits, limits)
+                row.score_fidelity = score_fidelity(logits, ref_logits)
             for key, value in m.items():
                 setattr(row, key, value)
             row.size_bytes = sizes.get(a["file"])
@@ -277,6 +286,7 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     out = {"logits": logits, "latency_us": latency_us(cand, x1, iters=latency_iters),
            "throughput": throughput(cand, cand.bench_input(test_images[:throughput_batch])),
            "loaded_sha256": cand.loaded_sha256, "placement": cand.placement()}
+    out["output_limits"] = cand.output_limits()
     out["batch_consistent"] = cand.consistency(test_images, logits.argmax(1))
     out["consistency_batches"] = list(getattr(cand, "consistency_batches", ()) or ()) or None
     return out

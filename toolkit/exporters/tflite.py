@@ -29,21 +29,52 @@ def convert(model, batch: int, path: Path) -> None:
     litert_torch.convert(model, (torch.zeros(batch, 1, 28, 28),)).export(str(path))
 
 
-def quantize(float_paths: dict, out_paths: dict, calib) -> None:
-    """float_paths/out_paths: batch -> path. Calibrated once, on the batch-1 model, one image a step."""
+CALIBRATION = ("minmax: every tensor's min and max over all the calibration images (ai-edge-quantizer, "
+               "one calibration per chunk of the largest batch file, the ranges merged)")
+
+
+def calibrate(float_paths: dict, calib) -> dict:
+    """{tensor: {'min', 'max', 'num_samples'}} covering every calibration image. ai-edge-quantizer keeps a
+    moving average (0.95) of each sample's min/max across samples, which converges to typical per-sample
+    extremes, not the set's: one image a step left the int8 output able to hold logits in [-16.0, 10.3]
+    where the test set's reach [-42.7, 22.8] (56% of top logits clipped). So each chunk of the largest
+    batch file is calibrated on its own (one sample: its true min/max) and the chunks' ranges merged."""
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    signatures = Interpreter(model_path=str(float_paths[1])).get_signature_list()
+    batch = max(float_paths)
+    path = float_paths[batch]
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
     (signature, spec), = signatures.items()
     (input_name,) = spec["inputs"]
-    calibration = None
+    merged: dict = {}
+    for start in range(0, len(calib), batch):
+        # the last chunk is filled up with calibration images again: repeats move no min or max
+        chunk = calib[(start + np.arange(batch)) % len(calib)] if start + batch > len(calib) else calib[start:start + batch]
+        q = quantizer.Quantizer(str(path))
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        for name, qsv in q.calibrate({signature: [{input_name: chunk}]}, num_threads=1).items():
+            if name not in merged:
+                merged[name] = dict(qsv)
+            else:
+                merged[name]["min"] = np.minimum(merged[name]["min"], qsv["min"])
+                merged[name]["max"] = np.maximum(merged[name]["max"], qsv["max"])
+    for qsv in merged.values():
+        if "num_samples" in qsv:
+            qsv["num_samples"] = np.asarray(len(calib))
+    return merged
+
+
+def quantize(float_paths: dict, out_paths: dict, calib) -> None:
+    """float_paths/out_paths: batch -> path. One calibration (calibrate) shared by every batch file: the
+    tensors have the same names in each."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    calibration = calibrate(float_paths, calib)
     for batch, path in float_paths.items():
         q = quantizer.Quantizer(str(path))
         q.load_quantization_recipe(recipe.static_wi8_ai8())
-        if calibration is None:
-            calibration = q.calibrate({signature: [{input_name: calib[i:i + 1]} for i in range(len(calib))]},
-                                      num_threads=1)
         q.quantize(calibration, enable_progress_bar=False, enable_progress_report=False).export_model(
             str(out_paths[batch]), overwrite=True)
 
@@ -78,5 +109,6 @@ def export_tflite(src: Sources) -> Written:
         written.extra[rel] = {
             "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [1, 1, 28, 28], "values": values}],
             "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__), "shape": [1, 10]}],
-            "static_batch": 1, "batch_files": variants, "delegation": delegation(program.it)}
+            "static_batch": 1, "batch_files": variants, "delegation": delegation(program.it),
+            **({"calibration_method": CALIBRATION} if precision == "int8" else {})}
     return written

@@ -193,6 +193,13 @@ class LiteRTCandidate(Candidate):
     def placement(self):
         return delegation(self.programs[1].it)
 
+    def output_limits(self):
+        lut = self.programs[1]._lut  # an int8 output's 256 dequantized values
+        if lut is None:
+            return None
+        scale, _ = self.programs[1].out["quantization"]
+        return float(lut.min()), float(lut.max()), float(scale)
+
     def consistency(self, images_u8, preds):
         x = to_float_input(images_u8)
         return all(np.array_equal(self._forward(p, x).argmax(1), preds) for p in self.programs.values())

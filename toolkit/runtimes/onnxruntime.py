@@ -45,6 +45,9 @@ class OnnxCandidate(Candidate):
     def run(self, x):
         return self.model.run(x)
 
+    def output_limits(self):
+        return self.model.output_limits()
+
     def placement(self):
         profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256,
                          fmt=self.fmt)
