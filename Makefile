@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q $(TORCH_RANGE)
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
 	$(PIP) install -q -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
+	$(PIP) install -q "setuptools>=70.1"  # builds the wheel below without network (bdist_wheel built in)
 	touch $@
 
 venv: $(VENV)/.installed

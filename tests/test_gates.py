@@ -281,3 +281,22 @@ def test_every_target_refuses_a_calibration_method_it_cannot_honour():
         with pytest.raises(ExportError, match=f"{fmt} int8 calibrate by min/max"):
             ExportConfig(quantize=True, formats=(fmt,), quant=QuantConfig(method="percentile"))
     ExportConfig(quantize=True, formats=FORMATS, quant=QuantConfig(method="minmax"))
+
+
+def test_inspect_shows_each_layers_range_coverage_and_flags_a_clipping_one(supplier, tiny_export):
+    def layers():
+        r = run("inspect", "--dir", supplier, "--data-dir", tiny_export["data"], "--repeats", 1, "--json", "-")
+        assert r.exit_code == 0, r.output
+        return {x["layer"]: x for x in json.loads(r.stdout)["error"]["layers"]}, r.stderr
+
+    before, _ = layers()
+    assert before["fc1"]["range"]["calibrated"][1] > 0 and not before["conv2"]["range"]["clipping"]
+    _narrow_output(supplier / "cnn_int8.onnx", 0.25)
+    m = json.loads((supplier / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        if a["file"] == "cnn_int8.onnx":
+            a["sha256"] = hashlib.sha256((supplier / "cnn_int8.onnx").read_bytes()).hexdigest()
+    (supplier / "manifest.json").write_text(json.dumps(m))
+    after, text = layers()
+    assert after["fc1"]["range"]["clipping"] and after["fc1"]["range"]["clipped_pct"] > before["fc1"]["range"]["clipped_pct"]
+    assert "fc1 output: calibrated" in text and "CLIPPING" in text

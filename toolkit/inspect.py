@@ -190,6 +190,13 @@ def format_inspect(result: dict, top: int = 12) -> str:
         lines.append(f"  logits SQNR {err['logits']['sqnr_db']:.1f} dB, top-1 agreement {err['int8_agreement']:.2%}; "
                      f"most error on its own: {worst['layer']} ({worst['isolated']['sqnr_db']:.1f} dB isolated, "
                      f"{worst['isolated_agreement']:.2%} agreement)")
+        for layer in err["layers"]:
+            rng = layer.get("range")
+            if rng:
+                (lo, hi), (tlo, thi) = rng["calibrated"], rng["test"]
+                lines.append(f"  {layer['layer']} output: calibrated [{lo:.3g}, {hi:.3g}], test images reach "
+                             f"[{tlo:.3g}, {thi:.3g}]: {rng['clipped_pct']:.3f}% of values clipped"
+                             + (" ← CLIPPING" if rng["clipping"] else ""))
         flips = result.get("flips", [])
         shown = ", ".join(f"#{f['index']} {f['fp32']}→{f['int8']}" + ("" if f["label"] is None else f" (true {f['label']})")
                           for f in flips[:4])

@@ -41,6 +41,7 @@ class Layer:
     weights: dict = field(default_factory=dict)  # int8 DQ output -> fp32 initializer name
     weight_dq: str | None = None  # the dequantized weight's name in the int8 graph
     scales: dict = field(default_factory=dict)
+    output_limits: tuple | None = None  # (lowest, highest, step) its output quantizer can represent
 
 
 def _maps(graph):
@@ -57,6 +58,32 @@ def _scale(inits: dict, name: str):
         return None
     a = onnx_proto.tensor_to_array(inits[name]).astype(np.float64)
     return float(a) if a.ndim == 0 else {"per_channel": int(a.size), "min": float(a.min()), "max": float(a.max())}
+
+
+def _limits(inits: dict, q) -> tuple | None:
+    """(lowest, highest, step) a per-tensor QuantizeLinear can represent: its calibrated range."""
+    if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale, zero = onnx_proto.tensor_to_array(inits[q.input[1]]), onnx_proto.tensor_to_array(inits[q.input[2]])
+    if scale.size != 1 or zero.dtype not in (np.int8, np.uint8):
+        return None
+    info, s, z = np.iinfo(zero.dtype), float(scale.ravel()[0]), int(zero.ravel()[0])
+    return (info.min - z) * s, (info.max - z) * s, s
+
+
+CLIPPING_PCT = 0.1  # a layer whose test-set values fall outside its calibrated range more often is flagged
+
+
+def range_coverage(limits: tuple | None, ref: np.ndarray) -> dict | None:
+    """The calibrated range of a layer's output quantizer against the range its fp32 output takes on
+    the test images: the % of values beyond half a step outside it (clipped), and a flag."""
+    if limits is None:
+        return None
+    lo, hi, step = limits
+    x = ref.astype(np.float64).ravel()
+    clipped = float(((x < lo - step / 2) | (x > hi + step / 2)).mean() * 100)
+    return {"calibrated": [lo, hi], "test": [float(x.min()), float(x.max())], "clipped_pct": clipped,
+            "clipping": clipped > CLIPPING_PCT}
 
 
 def find_layers(int8_graph, fp32_graph) -> list[Layer]:
@@ -95,6 +122,7 @@ def find_layers(int8_graph, fp32_graph) -> list[Layer]:
             dq = next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
             layer.own_nodes.add(q.name)
             layer.scales["output"] = _scale(inits, q.input[1])
+            layer.output_limits = _limits(inits, q)
             if dq is not None:
                 layer.own_nodes.add(dq.name)
                 seen = dq.output[0]
@@ -204,7 +232,8 @@ def layer_errors(fp32_bytes: bytes, int8_bytes: bytes, x_fp32: np.ndarray, x_int
     out = []
     for layer in layers:
         row = {"layer": layer.name, "op": layer.op, "quantized": layer.quantized, "tensor": layer.fp32_output,
-               "scales": layer.scales, "accumulated": error_stats(ref[layer.fp32_output], full[layer.output])}
+               "scales": layer.scales, "accumulated": error_stats(ref[layer.fp32_output], full[layer.output]),
+               "range": range_coverage(layer.output_limits, ref[layer.fp32_output])}
         source = layer.weights.get(layer.weight_dq)
         if source in fp32_inits:
             row["weight"] = error_stats(onnx_proto.tensor_to_array(fp32_inits[source]), dequantized[layer.weight_dq])
