@@ -317,7 +317,7 @@ def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
         if config.method != "minmax":  # ExportConfig refuses it first: HistogramObserver is not ORT's method
             raise ExportError("TorchScript int8 calibrates by min/max only")
         act_observer = MinMaxObserver
-        activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
+        activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=config.resolved_reduce_range())
         if config.per_channel:
             weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
         else:

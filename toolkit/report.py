@@ -74,7 +74,7 @@ def _scores(r: dict) -> str:
         part = (f"int8 output covers [{lo:.1f}, {hi:.1f}]; {sat['values_at_limits_pct']:.2f}% of logits at its "
                 f"limits, top logit clipped on {sat['clipped_top_pct']:.2f}% of images")
     else:
-        part = "output is float (no int8 limit to clip at)"
+        part = "saturation not measured (a float output, or an .ort graph this reader does not parse)"
     if fid:
         part += (f"; top-class probability moved by at most {fid['top_prob_abs_diff_max']:.3f} "
                  f"(99th percentile {fid['top_prob_abs_diff_p99']:.4f})")
