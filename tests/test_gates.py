@@ -300,3 +300,20 @@ def test_inspect_shows_each_layers_range_coverage_and_flags_a_clipping_one(suppl
     after, text = layers()
     assert after["fc1"]["range"]["clipping"] and after["fc1"]["range"]["clipped_pct"] > before["fc1"]["range"]["clipped_pct"]
     assert "fc1 output: calibrated" in text and "CLIPPING" in text
+
+
+def test_torchscript_int8_activations_follow_the_reduce_range_decision():
+    """CPUs without VNNI saturate fbgemm's U8S8 sums (vpmaddubsw): there the activations get 7 bits,
+    as the ONNX model's weights do; the scales double (255/127)."""
+    import torch
+
+    from toolkit.config import QuantConfig
+    from toolkit.model import build_model
+    from toolkit.quantize import torch_static_int8
+
+    torch.manual_seed(0)
+    model = build_model("cnn").eval()
+    calib = np.random.default_rng(0).random((20, 1, 28, 28), dtype=np.float32)
+    scale = {rr: float(torch_static_int8(model, calib, QuantConfig(reduce_range=rr))[1].state_dict()["conv1_input_scale_0"])
+             for rr in (True, False)}
+    assert scale[True] / scale[False] == pytest.approx(255 / 127, rel=1e-3)
