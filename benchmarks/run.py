@@ -124,7 +124,8 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
     """Every deployment target's runtime on its own artifacts, interleaved in the same rounds: ONNX
     Runtime (.onnx), LiteRT + XNNPACK (.tflite), ExecuTorch + XNNPACK (.pte); ratios to ONNX fp32.
     Built by verify's own registry, so each runs as verify runs it."""
-    from toolkit.runtimes import RUNTIMES, ROW_NAMES, build, missing
+    from toolkit.runtimes import RUNTIMES, build, missing
+    from toolkit.targets import row_label
 
     runners, skipped = [], {}
     for spec in RUNTIMES:
@@ -133,7 +134,7 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
         for a in manifest["artifacts"]:
             if a["format"] not in spec.formats or a["format"] in ("ort", "triton"):
                 continue
-            name = f"{ROW_NAMES[a['format']]} {a['precision']} ({spec.label})"
+            name = f"{row_label(a['format'], a['precision'])} ({spec.label})"
             if missing(spec):
                 skipped[name] = missing(spec)
                 continue

@@ -101,6 +101,7 @@ def printable(text: str) -> str:
 # What an output option must never overwrite: an input by its kind (an image, a model, an array).
 INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy", ".npz",
                   ".onnx", ".ort", ".tflite", ".pte", ".pt", ".pth"}
+MAX_REPORT_BYTES = 64 * 1024 * 1024  # an existing --json file larger than this is not a report of ours
 
 
 def check_outputs(outputs: list, protected: list = ()) -> None:
@@ -118,7 +119,7 @@ def check_outputs(outputs: list, protected: list = ()) -> None:
             continue
         path = Path(path)
         suffix = path.suffix.lower()
-        if kind != "png" and suffix in INPUT_SUFFIXES or kind == "png" and suffix in INPUT_SUFFIXES - {".png"}:
+        if suffix in INPUT_SUFFIXES and suffix != f".{kind}":  # a .png plot may replace a .png plot
             raise click.UsageError(f"{option} {path}: names an input file (a {suffix} file), not a {kind} report "
                                    f"to write; write {option}=FILE, or put {option} after the inputs")
         try:
@@ -134,9 +135,6 @@ def check_outputs(outputs: list, protected: list = ()) -> None:
                 raise ToolkitError(f"{option} {path}: exists and is not a JSON file; refusing to overwrite it "
                                    "(remove it, or choose another name)") from None
         _check_output_path(path)
-
-
-MAX_REPORT_BYTES = 64 * 1024 * 1024
 
 
 def gate_options(func):

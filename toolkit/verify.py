@@ -200,7 +200,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             drift = float(np.abs(live - ref_logits).max())
             if not drift <= config.gates.fp32_max_abs_logit_diff:  # NaN fails too
                 reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
-            _time(reference_row, eager, test_images, config)
+            for key, value in _timings(eager, test_images, config.throughput_batch, config.latency_iters).items():
+                setattr(reference_row, key, value)
             reference_row.size_bytes = eager.size_bytes
         except ToolkitError as exc:
             reference_row.fail(str(exc))
@@ -282,14 +283,10 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     logits (float32), latency, throughput, the loaded bytes' hash, placement and batch consistency."""
     cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
     logits = np.asarray(cand.logits(test_images), dtype=np.float32)
-    x1 = cand.bench_input(test_images[:1])
-    out = {"logits": logits, "latency_us": latency_us(cand, x1, iters=latency_iters),
-           "throughput": throughput(cand, cand.bench_input(test_images[:throughput_batch])),
-           "loaded_sha256": cand.loaded_sha256, "placement": cand.placement()}
-    out["output_limits"] = cand.output_limits()
-    out["batch_consistent"] = cand.consistency(test_images, logits.argmax(1))
-    out["consistency_batches"] = list(getattr(cand, "consistency_batches", ()) or ()) or None
-    return out
+    return {"logits": logits, **_timings(cand, test_images, throughput_batch, latency_iters),
+            "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "output_limits": cand.output_limits(),
+            "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
+            "consistency_batches": list(getattr(cand, "consistency_batches", ()) or ()) or None}
 
 
 def _support_faults(manifest: dict, bad_files: dict) -> dict:
@@ -313,10 +310,10 @@ def _support_faults(manifest: dict, bad_files: dict) -> dict:
     return faults
 
 
-def _time(row: Row, cand: Candidate, images_u8: np.ndarray, config: VerifyConfig) -> None:
-    x1 = cand.bench_input(images_u8[:1])
-    row.latency_us = latency_us(cand, x1, iters=config.latency_iters)
-    row.throughput = throughput(cand, cand.bench_input(images_u8[: config.throughput_batch]))
+def _timings(cand: Candidate, images_u8: np.ndarray, throughput_batch: int, latency_iters: int) -> dict:
+    """Batch-1 latency percentiles and throughput at `throughput_batch`, each on the runtime's own input."""
+    return {"latency_us": latency_us(cand, cand.bench_input(images_u8[:1]), iters=latency_iters),
+            "throughput": throughput(cand, cand.bench_input(images_u8[:throughput_batch]))}
 
 
 def _machine() -> dict:

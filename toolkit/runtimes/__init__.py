@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from toolkit.targets import BY_NAME, row_label
-
-ROW_NAMES = {name: t.label for name, t in BY_NAME.items()}  # kept for the benchmark harness
+from toolkit.targets import row_label
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,6 @@ INSTALL_HINT = "pip install 'mnisttk[litert]'"
 SHAPE_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # layout only: no arithmetic worth a delegate
 
 
-def is_tflite(path: Path) -> bool:
-    """Whether the file is a LiteRT flatbuffer (identifier "TFL3" at bytes 4-8), by content."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8)[4:8] == b"TFL3"
-    except OSError:
-        return False
-
-
 def interpreter(data: bytes, threads: int, name: str):
     """A LiteRT interpreter over these bytes, tensors allocated (XNNPACK applied by default, with its
     latest features: batch-1 p50 10.1 against 11.2 µs for the int8 model, the same logits to the bit
