@@ -137,9 +137,12 @@ def check_outputs(outputs: list, protected: list = ()) -> None:
         _check_output_path(path)
 
 
-def gate_options(func):
-    """verify's gates, one set of options wherever they apply (verify; export: fp32 parity and --search)."""
-    for option in reversed((
+def gate_options(func=None, *, clipped: bool = True):
+    """verify's gates, one set of options wherever they apply (verify; export: fp32 parity and --search;
+    compare, which has no int8 output to inspect: clipped=False)."""
+    if func is None:
+        return functools.partial(gate_options, clipped=clipped)
+    options = (
         click.option("--fp32-atol", type=click.FloatRange(min=0), default=GATES.fp32_max_abs_logit_diff,
                      show_default=True, help="fp32 max |Δlogit| against the reference."),
         click.option("--int8-max-drop", type=click.FloatRange(min=0), default=GATES.int8_max_drop_points,
@@ -149,7 +152,8 @@ def gate_options(func):
         click.option("--int8-max-clipped", type=click.FloatRange(0, 100), default=GATES.int8_max_clipped_top_pct,
                      show_default=True, help="int8 rows with a quantized output: % of images whose top logit may sit "
                                              "at the output's int8 limit (a clipped score)."),
-    )):
+    )
+    for option in reversed(options if clipped else options[:3]):
         func = option(func)
     return func
 
@@ -449,6 +453,12 @@ def format_export(manifest: dict, out: Path) -> str:
               help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
+@click.option("--save-outputs", "outputs_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Every row's per-image logits, with the artifact and test-set SHA-256, into FILE (JSON, about "
+                   "0.4 MB a row): for `mnisttk compare` or another machine's `verify --golden`.")
+@click.option("--golden", "golden_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also judge each row against the same artifact's outputs saved by another run (`--save-outputs` "
+                   "on the host): flips and logit drift image by image, with the same gates.")
 @quiet_option
 @old_spelling("--batch-size", "batch_size", type=click.IntRange(1, 10_000))
 @old_spelling("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]))
@@ -458,7 +468,7 @@ def format_export(manifest: dict, out: Path) -> str:
 def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
-           int8_max_clipped=GATES.int8_max_clipped_top_pct):
+           int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -466,6 +476,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     \b
     Example:
         mnisttk verify --markdown report.md --plot report.png
+        mnisttk verify --no-torch --golden host-outputs.json --save-outputs device-outputs.json
     """
     from toolkit.data import load_mnist
     from toolkit.report import format_markdown, format_table, write_plot
@@ -500,15 +511,27 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     if md_to_stdout and json_to_stdout(json_out):
         raise click.UsageError("--json and --markdown cannot both go to stdout")
     # an unwritable report path, or one that would overwrite what is verified, fails before the run
-    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png")],
-                  _export_files(folder, manifest))
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png"),
+                   ("--save-outputs", outputs_path, "json")],
+                  _export_files(folder, manifest) + ([golden_path] if golden_path else []))
+    from toolkit import outputs as saved_outputs
+
+    golden = saved_outputs.load(golden_path) if golden_path else None
     mnist = load_mnist(data_dir, log=log)
-    result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
+    logits = {} if outputs_path else None
+    result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log, golden=golden,
+                        outputs=logits)
     click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
 
     try:
         emit_json(result, json_out)
+        if outputs_path:
+            shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+            shas[manifest["reference"]["file"]] = manifest["reference"]["sha256"]
+            doc = saved_outputs.build(result, logits, mnist.test_labels, mnist.sha256["test"], shas)
+            atomic_write_bytes(outputs_path, saved_outputs.dumps(doc))
+            log(f"outputs of {len(logits)} rows: {outputs_path} ({outputs_path.stat().st_size:,} bytes)")
         if md_to_stdout:
             click.echo(format_markdown(result), nl=False)
         elif md_path:
@@ -539,6 +562,54 @@ def _check_output_path(path) -> None:
         raise ToolkitError(f"{path}: folder {parent} does not exist; nothing was run")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ToolkitError(f"{path}: not writable; nothing was run")
+
+
+@main.command(short_help="Two or more saved verify runs, image by image: flips, drift, McNemar, gates.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@gate_options(clipped=False)
+@json_option("The comparison")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
+@quiet_option
+@click.pass_context
+@toolkit_errors
+def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, md_path):
+    """Compare saved verify outputs (`verify --save-outputs`) of the same artifacts: two machines,
+    two versions or two runs. Every run after the first is judged against the first, per artifact
+    and runtime: agreement, the flipped test images, max |Δlogit|, accuracy with an exact McNemar
+    test, latency and throughput as ratios (shown, never gated). Outputs from different test sets or
+    of different artifact bytes are refused. Exit 0 when every artifact compared is within the gates,
+    1 when one is not (or an input is refused), 2 on usage errors. Needs no torch.
+
+    \b
+    Example:
+        mnisttk compare host.json device.json
+        mnisttk compare host.json pi4.json phone.json --markdown fleet.md
+    """
+    from toolkit import compare as cmp
+    from toolkit.outputs import load
+
+    if len(files) < 2:
+        raise click.UsageError("compare needs at least two outputs files (from `mnisttk verify --save-outputs`)")
+    md_to_stdout = md_path is not None and str(md_path) == "-"
+    if md_to_stdout and json_to_stdout(json_out):
+        raise click.UsageError("--json and --markdown cannot both go to stdout")
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown")], list(files))
+    gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
+                  int8_min_agreement_pct=int8_min_agreement)
+    result = cmp.compare_runs([load(f) for f in files], gates)
+    click.echo(cmp.format_table(result), err=json_to_stdout(json_out) or md_to_stdout)
+    emit_json(result, json_out)
+    if md_to_stdout:
+        click.echo(cmp.format_markdown(result), nl=False)
+    elif md_path:
+        from toolkit.fsutil import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(md_path, cmp.format_markdown(result).encode())
+        except OSError as exc:
+            raise ToolkitError(f"cannot write {md_path}: {exc.strerror or exc}") from None
+    ctx.exit(0 if result["passed"] else 1)
 
 
 @main.command(short_help='Digits from image files or folders (torch-free).')
@@ -635,13 +706,16 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
               help="verify's int8 accuracy loss allowed, in points.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
               show_default=True, help="verify's int8 top-1 agreement required, in %.")
+@click.option("--targets", "targets", default=None, callback=lambda ctx, p, v: None if v is None else _parse_targets(ctx, p, v),
+              help="Comma list of formats to export (as `export --targets`). Default: every target this install "
+                   "can write (one whose extra is missing is named and left out).")
 @quiet_option
 @old_spelling("--out", "out", type=click.Path(file_okay=False, path_type=Path))
 @click.pass_context
 @toolkit_errors
 @merge_old_spellings
 def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, threads, int8_max_drop,
-             int8_min_agreement):
+             int8_min_agreement, targets=None):
     """Train -> export --quantize -> verify; writes the report beside the artifacts (report.md,
     report.json, and report.png when matplotlib is installed). Exit 1 if any step or gate fails.
 
@@ -657,11 +731,11 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
     from toolkit.config import FORMATS
     from toolkit.exporters import missing_dependency
 
-    # every target this install can write; one whose extra is missing is named, not an error
-    reasons = {fmt: missing_dependency(fmt) for fmt in FORMATS}
-    for reason in filter(None, reasons.values()):
-        log(f"pipeline: skipping {reason}")
-    targets = tuple(f for f in FORMATS if reasons[f] is None)
+    if targets is None:  # every target this install can write; one whose extra is missing is named, not an error
+        reasons = {fmt: missing_dependency(fmt) for fmt in FORMATS}
+        for reason in filter(None, reasons.values()):
+            log(f"pipeline: skipping {reason}")
+        targets = tuple(f for f in FORMATS if reasons[f] is None)
     ctx.invoke(export, checkpoint=out / f"{arch}.pt", out=out, quantize=True, data_dir=data_dir,
                calibration_size=calibration_size, targets=targets)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None

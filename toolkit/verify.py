@@ -22,7 +22,9 @@ from toolkit.runtimes import RUNTIMES, missing
 from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
+from toolkit.compare import compare_pair
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, score_fidelity
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
@@ -74,6 +76,8 @@ class Row:
     saturation: dict | None = None
     score_fidelity: dict | None = None
     failed_gates: list = field(default_factory=list)  # toolkit.gates.Gate values, one per failed gate
+    # --golden: this row against the same artifact's saved outputs from another run (toolkit.compare)
+    golden: dict | None = None
 
     @property
     def id(self) -> str:
@@ -122,6 +126,10 @@ def judge(row: Row, gates: Gates) -> None:
     for reason in evaluate(measurement(row), gates):
         row.failed_gates.append(reason.gate.value)
         row.fail(reason.text())
+    golden = row.golden or {}
+    for gate, text in zip(golden.get("failed_gates", ()), golden.get("reasons", ())):
+        row.failed_gates.append(f"golden_{gate}")
+        row.fail(f"against the golden outputs: {text}")
     if row.reasons:
         row.status = "FAIL"
 
@@ -131,7 +139,11 @@ def torch_available() -> bool:
 
 
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
-               log: Callable[[str], None] = lambda s: None) -> dict:
+               log: Callable[[str], None] = lambda s: None, *, golden: Outputs | None = None,
+               outputs: dict | None = None) -> dict:
+    """Measure and judge every row. `golden`: another run's saved outputs (toolkit.outputs) that each
+    row is also judged against, image by image; `outputs`: a dict this fills with row id -> logits
+    (float32) of every row that produced finite ones, for `--save-outputs`."""
     t_start = time.perf_counter()
     check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
     folder = Path(config.folder)
@@ -159,6 +171,9 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     ref_logits = ref["logits"]
     if not np.array_equal(ref["labels"], labels):
         raise ManifestError("reference labels do not match the test labels")
+    if golden is not None and (golden.test_sha256 != test_sha256 or not np.array_equal(golden.labels, labels)):
+        raise OutputsError(f"--golden {golden.path}: made on another test set (SHA-256 {golden.test_sha256[:12]}…) "
+                           f"than the one loaded here ({test_sha256[:12]}…); refused")
 
     artifacts = manifest["artifacts"]
     reference_row = Row("PyTorch fp32", "PyTorch eager" if have_torch else "reference.npz", "fp32",
@@ -206,6 +221,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         except ToolkitError as exc:
             reference_row.fail(str(exc))
     _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
+    if outputs is not None:
+        outputs[reference_row.id] = ref_logits.astype(np.float32)
     support_faults = _support_faults(manifest, bad_files)
     if any(row.status == "ok" for row, _, _ in plan):
         isolate.prepare(("torch",) if have_torch else ())
@@ -231,7 +248,11 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             limits = m.pop("output_limits", None)
             if not np.isfinite(logits).all():
                 row.fail(f"{int((~np.isfinite(logits)).any(1).sum())} test images give NaN or infinite logits")
+            elif outputs is not None:
+                outputs[row.id] = logits.astype(np.float32)
             _fill_accuracy(row, labels, logits, ref_logits)
+            if golden is not None and np.isfinite(logits).all():
+                row.golden = _against_golden(row, logits, golden, a["sha256"], labels, config.gates)
             if row.precision == "int8":
                 row.saturation = saturation(logits, limits)
                 row.score_fidelity = score_fidelity(logits, ref_logits)
@@ -257,6 +278,13 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             why = sorted({reason for r in rows for reason in r.reasons if r.status == "skipped"
                           and any(r.file == a["file"] and target_of(a) == t for a in artifacts)})
             failed.append(f"expected {t} was not checked ({'; '.join(why) or 'no row ran it'})")
+    golden_summary = None
+    if golden is not None:
+        compared = [r.id for r in rows if r.golden and r.golden["status"] != "absent"]
+        golden_summary = {"file": golden.path, "label": golden.label(), "compared": compared,
+                          "absent": [r.id for r in rows if r.golden and r.golden["status"] == "absent"]}
+        if not compared:
+            failed.append(f"--golden {golden.path}: no row of this run has golden outputs there to be judged against")
     return {
         "schema_version": 1,
         "passed": not failed,
@@ -273,8 +301,24 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         "manifest": {"arch": manifest.get("arch"), "created": manifest.get("created"),
                      "calibration": manifest.get("calibration")},
         "machine": _machine(),
+        "golden": golden_summary,
         "seconds": time.perf_counter() - t_start,
     }
+
+
+def _against_golden(row: Row, logits: np.ndarray, golden: Outputs, artifact_sha256: str, labels: np.ndarray,
+                    gates: Gates) -> dict:
+    """This row's logits against the golden run's for the same artifact on the same runtime (the row
+    id names both); bytes that differ from the golden run's fail the row rather than compare."""
+    saved = golden.rows.get(row.id)
+    if saved is None or row.id not in golden.logits:
+        why = "no such row there" if saved is None else f"that row has no outputs (status {saved.get('status')})"
+        return {"status": "absent", "reasons": [why]}
+    if saved.get("artifact_sha256") != artifact_sha256:
+        return {"status": "fail", "failed_gates": ["bytes"], "reasons": [
+            f"{golden.path} ran other bytes (SHA-256 {str(saved.get('artifact_sha256'))[:12]}…) than "
+            f"{row.file} ({artifact_sha256[:12]}…)"]}
+    return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels, row.precision, gates)
 
 
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
@@ -321,4 +365,11 @@ def _machine() -> dict:
 
     from toolkit.manifest import cpu_flags
 
-    return {"cpu": cpu_flags(), "onnxruntime": onnxruntime.__version__, "providers": available_providers()}
+    import os
+    import platform
+
+    info = {"cpu": cpu_flags(), "arch": platform.machine(), "onnxruntime": onnxruntime.__version__,
+            "providers": available_providers()}
+    if os.environ.get("MNISTTK_MACHINE_NOTE"):  # e.g. "emulated (qemu-user)": said beside every figure
+        info["note"] = os.environ["MNISTTK_MACHINE_NOTE"][:200]
+    return info

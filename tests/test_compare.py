@@ -1,0 +1,246 @@
+"""Outputs that travel: `verify --save-outputs`, `verify --golden` and `mnisttk compare`."""
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from toolkit import outputs
+from toolkit.compare import compare_pair, compare_runs
+from toolkit.config import Gates
+from toolkit.outputs import OutputsError
+
+from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
+
+N = 1000
+
+
+def _doc(logits: dict, labels=None, test_sha="a" * 64, shas=None, precision=None):
+    """An outputs document for rows named by id, as verify would save them."""
+    labels = np.arange(N) % 10 if labels is None else labels
+    rows = [{"id": rid, "name": rid, "runtime": "ORT CPU", "precision": (precision or {}).get(rid, rid.split("-")[1].split("@")[0]),
+             "fmt": rid.split("-")[0], "file": rid.split("@")[0] + ".onnx", "status": "ok", "accuracy": None,
+             "latency_us": {"p50": 10.0}, "throughput": 1000.0} for rid in logits]
+    result = {"rows": rows, "machine": {"cpu": {"model": "test"}, "arch": "x86_64"}, "threads": 1, "passed": True}
+    return outputs.build(result, logits, labels, test_sha, shas or {r["file"]: "f" * 64 for r in rows})
+
+
+def _save(tmp_path, name, doc):
+    p = tmp_path / name
+    p.write_bytes(outputs.dumps(doc))
+    return p
+
+
+def _onehot(preds, scale=5.0):
+    x = np.zeros((len(preds), 10), np.float32)
+    x[np.arange(len(preds)), preds] = scale
+    return x
+
+
+def test_round_trip_is_exact_and_compact(tmp_path):
+    rng = np.random.default_rng(0)
+    fp32 = rng.normal(size=(N, 10)).astype(np.float32)
+    int8 = (np.round(fp32 * 8) / 8).astype(np.float32)  # on a quantization grid, as an int8 output is
+    p = _save(tmp_path, "a.json", _doc({"onnx-fp32@ort-cpu": fp32, "onnx-int8@ort-cpu": int8}))
+    o = outputs.load(p)
+    assert np.array_equal(o.logits["onnx-fp32@ort-cpu"], fp32) and np.array_equal(o.logits["onnx-int8@ort-cpu"], int8)
+    assert np.array_equal(o.labels, np.arange(N) % 10)
+    raw = 2 * fp32.nbytes
+    assert p.stat().st_size < raw * 1.2  # base64 costs 4/3: shuffle+zlib must win most of it back
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_data", "edit_field", "array_only", "not_ours", "bomb"])
+def test_damaged_outputs_are_one_line_refusals(tmp_path, damage):
+    doc = _doc({"onnx-fp32@ort-cpu": _onehot(np.arange(N) % 10)})
+    text = outputs.dumps(doc)
+    if damage == "truncate":
+        text = text[: len(text) // 2]
+    elif damage == "flip_data":
+        d = doc["rows"][0]["logits"]["data"]
+        doc["rows"][0]["logits"]["data"] = d[:100] + ("A" if d[100] != "A" else "B") + d[101:]
+        text = outputs.dumps(doc)
+    elif damage == "edit_field":
+        doc["test_sha256"] = "b" * 64
+        text = outputs.dumps(doc)
+    elif damage == "not_ours":
+        text = b'{"rows": []}'
+    elif damage in ("array_only", "bomb"):  # the document hash recomputed: the array's own check must catch it
+        x = _onehot(np.arange(N) % 10)
+        x[3, 3] += 1
+        enc = outputs._encode(x)
+        if damage == "array_only":
+            enc["sha256"] = doc["rows"][0]["logits"]["sha256"]
+        else:  # a payload that inflates far past the shape it claims
+            import base64
+            import zlib
+            enc["data"] = base64.b64encode(zlib.compress(b"\0" * (50 * 1024 * 1024))).decode()
+        doc["rows"][0]["logits"] = enc
+        doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+        text = outputs.dumps(doc)
+    p = tmp_path / "o.json"
+    p.write_bytes(text)
+    with pytest.raises(OutputsError) as e:
+        outputs.load(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_fp32_gate_exactly_at_and_past_the_tolerance():
+    labels = np.arange(N) % 10
+    base = _onehot(labels).astype(np.float64)
+    gates = Gates(fp32_max_abs_logit_diff=0.25)
+    at, past = base.copy(), base.copy()
+    at[7, 2] += 0.25
+    past[7, 2] += 0.25 + 1e-9
+    assert compare_pair(base, at, labels, "fp32", gates)["status"] == "ok"
+    cell = compare_pair(base, past, labels, "fp32", gates)
+    assert cell["status"] == "fail" and cell["failed_gates"] == ["fp32_logits"]
+    one_flip = base.copy()
+    one_flip[11, 2] = 9.0  # a different top class on image 11, logits otherwise alike
+    cell = compare_pair(base, one_flip, labels, "fp32", Gates(fp32_max_abs_logit_diff=100))
+    assert cell["failed_gates"] == ["fp32_flips"] and cell["flipped_indices"] == [11]
+
+
+def test_int8_agreement_and_accuracy_gates_at_and_past_their_limits():
+    labels = np.arange(N) % 10
+    base = _onehot(labels).astype(np.float64)  # all right
+    gates = Gates(int8_min_agreement_pct=99.5, int8_max_drop_points=0.3)
+
+    def flipped(k):
+        x = base.copy()
+        for i in range(k):
+            x[i] = _onehot([(labels[i] + 1) % 10])[0]
+        return x
+
+    assert compare_pair(base, flipped(3), labels, "int8", gates)["status"] == "ok"  # 0.3 points, 99.7%
+    assert compare_pair(base, flipped(4), labels, "int8", gates)["failed_gates"] == ["int8_drop"]
+    loose_drop = Gates(int8_min_agreement_pct=99.5, int8_max_drop_points=100)
+    assert compare_pair(base, flipped(5), labels, "int8", loose_drop)["status"] == "ok"  # exactly 99.5%
+    assert compare_pair(base, flipped(6), labels, "int8", loose_drop)["failed_gates"] == ["int8_agreement"]
+    # the accuracy gate holds both ways: the other run much better than the baseline fails as well
+    worse = flipped(10)
+    cell = compare_pair(worse, base, labels, "int8", Gates(int8_min_agreement_pct=0, int8_max_drop_points=0.3))
+    assert cell["failed_gates"] == ["int8_drop"] and cell["mcnemar_p"] < 0.01
+
+
+def test_runs_on_other_test_sets_or_other_bytes_are_refused(tmp_path):
+    x = {"onnx-fp32@ort-cpu": _onehot(np.arange(N) % 10)}
+    a = outputs.load(_save(tmp_path, "a.json", _doc(x)))
+    b = outputs.load(_save(tmp_path, "b.json", _doc(x, test_sha="c" * 64)))
+    with pytest.raises(OutputsError, match="another test set"):
+        compare_runs([a, b], Gates())
+    c = outputs.load(_save(tmp_path, "c.json", _doc(x, shas={"onnx-fp32.onnx": "e" * 64})))
+    with pytest.raises(OutputsError, match="onnx-fp32@ort-cpu: .*c.json ran other bytes"):
+        compare_runs([a, c], Gates())
+    d = outputs.load(_save(tmp_path, "d.json", _doc({"tflite-fp32@litert": _onehot(np.arange(N) % 10)})))
+    with pytest.raises(OutputsError, match="nothing to compare"):
+        compare_runs([a, d], Gates())
+
+
+def test_three_runs_give_one_matrix(tmp_path):
+    labels = np.arange(N) % 10
+    good = {"onnx-fp32@ort-cpu": _onehot(labels), "onnx-int8@ort-cpu": _onehot(labels)}
+    drift = {"onnx-fp32@ort-cpu": _onehot(labels), "onnx-int8@ort-cpu": _onehot((labels + (np.arange(N) < 20)) % 10)}
+    partial = {"onnx-fp32@ort-cpu": _onehot(labels)}
+    files = [_save(tmp_path, f"{n}.json", _doc(d)) for n, d in (("host", good), ("pi", drift), ("phone", partial))]
+    r = run("compare", *files, "--json", tmp_path / "c.json")
+    assert r.exit_code == 1, r.output
+    res = json.loads((tmp_path / "c.json").read_text())
+    cells = {row["id"]: [c["status"] for c in row["cells"]] for row in res["rows"]}
+    assert cells == {"onnx-fp32@ort-cpu": ["ok", "ok"], "onnx-int8@ort-cpu": ["fail", "absent"]}
+    assert "onnx-int8@ort-cpu on pi.json: accuracy drop 2.00 points > 0.30; agreement 98.00% < 99.5%" in r.output
+    assert "[1] pi.json" in r.output and "[2] phone.json" in r.output
+
+
+def test_verify_saves_outputs_and_a_golden_run_judges_image_by_image(onnx_family_export, tiny_export, tmp_path):
+    folder, data = onnx_family_export, tiny_export["data"]
+    host = tmp_path / "host.json"
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--save-outputs", host)
+    assert r.exit_code == 0, r.output
+    saved = outputs.load(host)
+    ids = {"onnx-fp32@ort-cpu", "onnx-int8@ort-cpu", "ort-fp32@ort-cpu", "ort-int8@ort-cpu", "triton-fp32@ort-cpu",
+           "triton-int8@ort-cpu", "eager-fp32@npz"}
+    assert ids <= set(saved.logits) and len(saved.labels) == 40
+
+    # the same run again: compare agrees exactly, and --golden passes with every row compared
+    device = tmp_path / "device.json"
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--golden", host,
+            "--save-outputs", device, "--json", tmp_path / "v.json")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "v.json").read_text())
+    golden = {row["id"]: row["golden"] for row in report["rows"] if row["golden"]}
+    assert {k for k, g in golden.items() if g["status"] == "ok"} == ids - {"eager-fp32@npz"}
+    r = run("compare", host, device, "--json", tmp_path / "c.json")
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c.json").read_text())
+    cells = {row["id"]: row["cells"][0] for row in res["rows"] if row["cells"][0]["status"] != "absent"}
+    assert set(cells) == ids - {"eager-fp32@npz"} and res["cells_compared"] == 6
+    assert all(c["flipped"] == 0 and c["max_abs_logit_diff"] == 0 for c in cells.values())
+
+    # a host whose int8 model predicted otherwise on two images: the device's row now fails by name
+    doc = json.loads(host.read_bytes())
+    i = next(k for k, row in enumerate(doc["rows"]) if row["id"] == "onnx-fp32@ort-cpu")
+    x = saved.logits["onnx-fp32@ort-cpu"].copy()
+    x[[4, 9]] = x[[4, 9]][:, ::-1] * 3
+    doc["rows"][i]["logits"] = outputs._encode(x)
+    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+    other = tmp_path / "other-host.json"
+    other.write_bytes(outputs.dumps(doc))
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--golden", other,
+            "--json", tmp_path / "v2.json")
+    assert r.exit_code == 1
+    row = next(x for x in json.loads((tmp_path / "v2.json").read_text())["rows"] if x["id"] == "onnx-fp32@ort-cpu")
+    assert row["golden"]["flipped_indices"] == [4, 9] and "golden_fp32_flips" in row["failed_gates"]
+    assert "against the golden outputs: 2 predictions differ" in r.output
+
+
+def test_golden_from_other_bytes_or_test_set_is_refused(onnx_family_export, tiny_export, tmp_path):
+    folder, data = onnx_family_export, tiny_export["data"]
+    doc = _doc({"onnx-fp32@ort-cpu": _onehot(np.arange(40) % 10)[:40]}, labels=np.arange(40) % 10)
+    g = _save(tmp_path, "g.json", doc)
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--golden", g)
+    assert r.exit_code == 1 and "made on another test set" in r.output and len(r.output.strip().splitlines()) == 1
+    host = tmp_path / "host.json"
+    assert run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--save-outputs", host).exit_code == 0
+    d = json.loads(host.read_bytes())
+    for row in d["rows"]:
+        if row["id"] == "onnx-int8@ort-cpu":
+            row["artifact_sha256"] = "0" * 64
+    d["sha256"] = outputs.hashlib.sha256(outputs._canonical(d)).hexdigest()
+    host.write_bytes(outputs.dumps(d))
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--golden", host)
+    assert r.exit_code == 1 and "ONNX int8 on ORT CPU: FAIL: against the golden outputs:" in r.output
+    assert "ran other bytes" in r.output
+
+
+def test_outputs_never_overwrite_an_input_and_compare_needs_two(onnx_family_export, tiny_export, tmp_path):
+    host = tmp_path / "host.json"
+    assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+               "--save-outputs", host).exit_code == 0
+    before = host.read_bytes()
+    r = run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+            "--golden", host, "--save-outputs", host)
+    assert r.exit_code == 2 and "will not be overwritten" in r.output and host.read_bytes() == before
+    r = run("compare", host)
+    assert r.exit_code == 2 and "at least two" in r.output
+    r = run("compare", host, tmp_path / "missing.json")
+    assert r.exit_code == 1 and "missing.json: no such file" in r.output
+
+
+def test_compare_needs_no_torch(onnx_family_export, tiny_export, tmp_path):
+    host = tmp_path / "host.json"
+    assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+               "--save-outputs", host).exit_code == 0
+    shutil.copy(host, tmp_path / "again.json")
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        from click.testing import CliRunner
+        from toolkit.cli import main
+        r = CliRunner().invoke(main, ["compare", r"{host}", r"{tmp_path / 'again.json'}"])
+        assert r.exit_code == 0, r.output
+        assert "PASS" in r.output
+    """) + third_party_check({"click", "numpy", "onnxruntime", "google"}) + "\nprint('TORCH-FREE OK')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr
