@@ -34,7 +34,8 @@ from toolkit.data import load_mnist, to_model_input  # noqa: E402
 from toolkit.manifest import cpu_flags  # noqa: E402
 from toolkit.metrics import classification_metrics  # noqa: E402
 from toolkit.candidate import Candidate  # noqa: E402
-from toolkit.runtime import Model, latency_us, throughput  # noqa: E402
+from toolkit.runtime import Model  # noqa: E402
+from toolkit.timing import latency_us, throughput  # noqa: E402
 from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 
 MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840

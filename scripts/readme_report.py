@@ -40,12 +40,17 @@ def summary(report: dict) -> str:
             f"with {tp:.2f}× its throughput at batch {report['throughput_batch']} ({int8['throughput']:,.0f} vs "
             f"{fp32['throughput']:,.0f} images/s, {report['threads']} thread): "
             + ("not clearly faster. " if p50 > 0.9 or tp < 1.2 else "faster. ")
-            + "*Performance* has repeated, interleaved measurements.")
+            + "[docs/performance.md](docs/performance.md) has repeated, interleaved measurements.")
     return "\n".join(lines)
 
 
 def block(text: str, report: dict) -> str:
-    return f"{START}\n```\n{text.rstrip()}\n```\n\n{summary(report)}\n{END}"
+    """The report's table and its closing lines (gates, coverage, verdict); the per-row notes between
+    them stay in docs/verify-report.txt, which the README links."""
+    parts = text.rstrip().split("\n\n")
+    shown = parts[0] + ("\n\n" + parts[-1] if len(parts) > 1 else "")
+    return (f"{START}\n```\n{shown}\n```\n\n{summary(report)} Every row's notes (placement, saturation, "
+            f"batch sizes): [docs/verify-report.txt](docs/verify-report.txt).\n{END}")
 
 
 def main() -> int:

@@ -79,7 +79,8 @@ def test_pipeline_runs_all_three_steps(tiny_dir, tmp_path):
     # 40 synthetic test images: the int8 gates are loosened, so every gate that remains must hold
     # the fast targets (every target's export and rows: test_export's all_targets; the default set: below)
     r = run("pipeline", "--epochs", 1, "--device", "cpu", "--data-dir", tiny_dir, "--out", out, "--targets", "onnx,ort",
-            "--calibration-size", 100, "--int8-max-drop", 100, "--int8-min-agreement", 0, "--seed", 1)
+            "--calibration-size", 100, "--int8-max-drop", 100, "--int8-min-agreement", 0, "--seed", 1,
+            "--int8-min-ood-agreement", 0)
     assert r.exit_code == 0, r.output
     for name in ("cnn.pt", "cnn_fp32.onnx", "cnn_int8.onnx", "manifest.json", "report.md", "report.json"):
         assert (out / name).is_file(), name
@@ -101,7 +102,7 @@ def test_pipeline_leaves_out_a_target_whose_extra_is_missing(tiny_dir, tmp_path,
                         else real(fmt))
     out = tmp_path / "exp"
     r = run("pipeline", "--epochs", 1, "--device", "cpu", "--data-dir", tiny_dir, "--out", out,
-            "--calibration-size", 100, "--int8-max-drop", 100, "--int8-min-agreement", 0)
+            "--calibration-size", 100, "--int8-max-drop", 100, "--int8-min-agreement", 0, "--int8-min-ood-agreement", 0)
     assert r.exit_code == 0, r.output
     assert "pipeline: skipping target executorch needs executorch" in r.stderr
     targets = json.loads((out / "manifest.json").read_text())["targets"]
@@ -210,9 +211,9 @@ def test_one_vocabulary_old_spellings_hidden_and_quiet(tiny_dir, tmp_path):
 
 
 def test_readme_performance_tables_are_the_committed_benchmark():
-    """The Performance section embeds benchmarks/results/latest.md as `make bench` wrote it."""
+    """docs/performance.md embeds benchmarks/results/latest.md, the README targets.md, as `make bench` wrote them."""
     root = Path(__file__).resolve().parent.parent
     latest = (root / "benchmarks" / "results" / "latest.md").read_text().strip()
-    assert latest in (root / "README.md").read_text(), "paste benchmarks/results/latest.md into the README"
+    assert latest in (root / "docs" / "performance.md").read_text(), "paste benchmarks/results/latest.md into docs/performance.md"
     targets = (root / "benchmarks" / "results" / "targets.md").read_text().strip()
     assert targets in (root / "README.md").read_text(), "paste benchmarks/results/targets.md into the README"

@@ -44,6 +44,16 @@ def test_int8_gates_at_and_past_their_limits():
         Gate.INT8_DROP, Gate.INT8_AGREEMENT]
 
 
+def test_not_a_digit_agreement_gate_at_and_past_its_limit():
+    ok = dict(accuracy_drop_points=0.0, agreement_pct=100.0)
+    limit = G.int8_min_ood_agreement_pct
+    assert gates_of(Measurement("int8", ood_agreement_pct=limit, **ok)) == []
+    assert gates_of(Measurement("int8", ood_agreement_pct=down(limit), **ok)) == [Gate.OOD_AGREEMENT]
+    assert gates_of(Measurement("int8", ood_agreement_pct=float("nan"), **ok)) == [Gate.OOD_AGREEMENT]
+    assert gates_of(Measurement("int8", ood_agreement_pct=None, **ok)) == []  # an export without a rule
+    assert gates_of(Measurement("fp32", flipped=0, max_abs_logit_diff=0.0, ood_agreement_pct=0.0)) == []
+
+
 def test_placement_and_consistency_gates():
     ok = dict(accuracy_drop_points=0.0, agreement_pct=100.0)
     assert gates_of(Measurement("int8", int8_kernels=["QLinearConv"], **ok)) == []
@@ -107,10 +117,15 @@ def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past
     fp32 = max(r["max_abs_logit_diff"] for r in rows.values() if r["precision"] == "fp32" and not r["is_reference"])
     agree = min(r["agreement"] * 100 for r in rows.values() if r["precision"] == "int8")
     drop = max(-r["acc_diff"] * 100 for r in rows.values() if r["precision"] == "int8")
+    ood = min(r["ood"]["agreement_pct"] for r in rows.values() if r["precision"] == "int8")
     exact = ["--fp32-atol", repr(fp32), "--int8-min-agreement", repr(agree), "--int8-max-drop", repr(max(drop, 0.0)),
-             "--int8-max-clipped", "100"]
+             "--int8-max-clipped", "100", "--int8-min-ood-agreement", repr(ood)]
     r, _ = verify_json(supplier, data, *exact)
     assert r.exit_code == 0, r.stderr
+    if ood < 100:
+        r, got = verify_json(supplier, data, *exact[:-1], repr(up(ood)))
+        assert r.exit_code == 1 and any("ood_agreement" in x["failed_gates"] for x in got.values())
+        assert not any("ood_agreement" in x["failed_gates"] for x in got.values() if x["precision"] == "fp32")
     if fp32 > 0:
         r, got = verify_json(supplier, data, *exact[2:], "--fp32-atol", repr(down(fp32)))
         assert r.exit_code == 1 and any("fp32_logits" in x["failed_gates"] for x in got.values())
@@ -256,7 +271,7 @@ def _narrow_output(path, factor):
 
 def test_a_narrow_output_calibration_fails_the_saturation_gate(supplier, tiny_export):
     path = supplier / "cnn_int8.onnx"
-    _, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4])
+    _, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4], *LOOSE[6:])
     wide = rows["onnx-int8@ort-cpu"]["saturation"]
     _narrow_output(path, 0.25)
     m = json.loads((supplier / "manifest.json").read_text())
@@ -265,7 +280,7 @@ def test_a_narrow_output_calibration_fails_the_saturation_gate(supplier, tiny_ex
             a["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
             a["size_bytes"] = path.stat().st_size
     (supplier / "manifest.json").write_text(json.dumps(m))
-    r, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4])  # every gate but saturation loose
+    r, rows = verify_json(supplier, tiny_export["data"], *LOOSE[:4], *LOOSE[6:])  # every gate but saturation loose
     row = rows["onnx-int8@ort-cpu"]
     assert r.exit_code == 1 and row["failed_gates"] == ["saturation"], row
     assert row["saturation"]["clipped_top_pct"] > wide["clipped_top_pct"]

@@ -192,7 +192,8 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
         from click.testing import CliRunner
         from toolkit.cli import main
         r = CliRunner().invoke(main, ["verify", "--dir", r"{exported}", "--data-dir", r"{tiny_export['data']}",
-                                      "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-max-clipped", "100"])
+                                      "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-max-clipped", "100",
+                                      "--int8-min-ood-agreement", "0"])
         print(r.output)
         assert r.exit_code == 0, r.output
         assert "torch not installed" in r.output and "reference.npz" in r.output

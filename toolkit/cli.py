@@ -152,6 +152,10 @@ def gate_options(func=None, *, clipped: bool = True):
         click.option("--int8-max-clipped", type=click.FloatRange(0, 100), default=GATES.int8_max_clipped_top_pct,
                      show_default=True, help="int8 rows with a quantized output: % of images whose top logit may sit "
                                              "at the output's int8 limit (a clipped score)."),
+        click.option("--int8-min-ood-agreement", type=click.FloatRange(0, 100),
+                     default=GATES.int8_min_ood_agreement_pct, show_default=True,
+                     help="int8 rows: % of test images, and of synthetic non-digits, on which the \"not a digit\" "
+                          "decision must match the float reference's."),
     )
     for option in reversed(options if clipped else options[:3]):
         func = option(func)
@@ -380,7 +384,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
            activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
-           int8_max_clipped=GATES.int8_max_clipped_top_pct):
+           int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -401,7 +405,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                           allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search,
                           gates=Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                                       int8_min_agreement_pct=int8_min_agreement,
-                                      int8_max_clipped_top_pct=int8_max_clipped))
+                                      int8_max_clipped_top_pct=int8_max_clipped,
+                                      int8_min_ood_agreement_pct=int8_min_ood_agreement))
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -446,6 +451,9 @@ def format_export(manifest: dict, out: Path) -> str:
               show_default=True, help="Batch for the throughput measurement.")
 @click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
+@click.option("--rounds", type=click.IntRange(1, 50), default=VERIFY.rounds, show_default=True,
+              help="Timing rounds: every row timed once per round, rows interleaved; latency and throughput are "
+                   "medians over the rounds, with their min-max spread (more rounds: steadier figures, longer run).")
 @gate_options
 @json_option("The full report")
 @click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
@@ -468,7 +476,8 @@ def format_export(manifest: dict, out: Path) -> str:
 def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
-           int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None):
+           int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
+           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -489,10 +498,10 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
         raise click.UsageError("--require-cuda needs the cuda runtime")
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                   int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio,
-                  int8_max_clipped_top_pct=int8_max_clipped)
+                  int8_max_clipped_top_pct=int8_max_clipped, int8_min_ood_agreement_pct=int8_min_ood_agreement)
     config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
                           throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
-                          row_memory_mb=row_memory)
+                          row_memory_mb=row_memory, rounds=rounds)
     from toolkit.manifest import load_manifest
 
     manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
@@ -626,6 +635,8 @@ def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, 
 @click.option("--recursive", "-r", is_flag=True, help="Folders: take the images in sub-folders too.")
 @click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the 28×28 images the model was fed (PNG) into this folder.")
+@click.option("--accept-all", is_flag=True,
+              help="Give every image a digit: switch off the not-a-digit rule (exit 3 then never happens).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="Seconds the model may take on all the images; a model over it (a hung runtime) is an error.")
 @json_option("The results")
@@ -634,10 +645,12 @@ def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, 
 @toolkit_errors
 @merge_old_spellings
 def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False,
-            save_preprocessed=None, timeout=120.0):
+            save_preprocessed=None, timeout=120.0, accept_all=False):
     """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy;
-    a folder means its images). Torch-free. A bad file gets a one-line error and exit 1; the others
-    are still predicted.
+    a folder means its images). Torch-free. "not a digit" is an answer: an image the export's rule
+    (calibrated on MNIST digits) rejects is reported so, with the checks it failed. Exit 0 when every
+    image got a digit, 3 when some were not digits, 1 when a file could not be read (the others are
+    still predicted).
 
     \b
     Example:
@@ -671,22 +684,39 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         return isolate.call(model_logits, str(model_path), kind, provider, batch, timeout_s=timeout,
                             memory_mb=None if provider == "cuda" else 4096, what=f"the model {model_path}")
 
-    loaded = {"sha256": in_child(None)[1]}  # a model that cannot load fails before any image is read
+    _, sha, metadata = in_child(None)  # a model that cannot load fails before any image is read
+    loaded = {"sha256": sha}
+    from toolkit.predict import find_rule
+
+    rule, source = (None, "switched off (--accept-all)") if accept_all else find_rule(model_path, sha, metadata)
+    if rule is None and not accept_all:
+        log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
 
     def logits(batch):
         out, loaded["sha256"] = in_child(batch)
         return out
 
-    results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed)
+    results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed,
+                            rule=rule)
     emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
-               "provider": provider, "results": results}, json_out)
+               "provider": provider, "not_a_digit_rule": source if rule is None else f"from {source}",
+               "results": results}, json_out)
     for r in results:
         if "error" in r:
             click.echo(f"Error: {printable(r['error'])}", err=True)
         elif not json_to_stdout(json_out):
             low = ", low confidence" if r.get("low_confidence") else ""
-            click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
-    sys.exit(1 if any("error" in r for r in results) else 0)
+            if r["status"] == "not_a_digit":
+                def lim(v):
+                    return f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, list) else f"{v:.3g}"
+
+                why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}"
+                                for c in r["not_a_digit"]["failed"])
+                click.echo(f"{printable(r['file'])}: not a digit ({why}; the model's best guess: {r['digit']})")
+            else:
+                click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
+    errors = any("error" in r for r in results)
+    sys.exit(1 if errors else 3 if any(r.get("status") == "not_a_digit" for r in results) else 0)
 
 
 @main.command(short_help='train -> export --quantize -> verify, report beside the artifacts.')
@@ -706,6 +736,8 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
               help="verify's int8 accuracy loss allowed, in points.")
 @click.option("--int8-min-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_agreement_pct,
               show_default=True, help="verify's int8 top-1 agreement required, in %.")
+@click.option("--int8-min-ood-agreement", type=click.FloatRange(0, 100), default=GATES.int8_min_ood_agreement_pct,
+              show_default=True, help="int8 rows: % of images on which the \"not a digit\" decision matches the reference's.")
 @click.option("--targets", "targets", default=None, callback=lambda ctx, p, v: None if v is None else _parse_targets(ctx, p, v),
               help="Comma list of formats to export (as `export --targets`). Default: every target this install "
                    "can write (one whose extra is missing is named and left out).")
@@ -715,7 +747,7 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
 @toolkit_errors
 @merge_old_spellings
 def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, threads, int8_max_drop,
-             int8_min_agreement, targets=None):
+             int8_min_agreement, targets=None, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct):
     """Train -> export --quantize -> verify; writes the report beside the artifacts (report.md,
     report.json, and report.png when matplotlib is installed). Exit 1 if any step or gate fails.
 
@@ -740,7 +772,8 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
                calibration_size=calibration_size, targets=targets)
     plot = out / "report.png" if importlib.util.find_spec("matplotlib") else None
     ctx.invoke(verify, folder=out, data_dir=data_dir, json_out=out / "report.json", md_path=out / "report.md",
-               plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement)
+               plot_path=plot, threads=threads, int8_max_drop=int8_max_drop, int8_min_agreement=int8_min_agreement,
+               int8_min_ood_agreement=int8_min_ood_agreement)
 
 
 @main.command(short_help="Why the int8 model is what it is: per-layer error and per-node time.")

@@ -100,6 +100,9 @@ class Gates:
     # the output's int8 limit (a clipped score: the argmax may survive, the confidence does not).
     # In the spirit of the agreement gate (at most 0.5% may change); 1% = 100 of 10,000 images.
     int8_max_clipped_top_pct: float = 1.0
+    # int8 rows: their "not a digit" decisions (predict's rule) agree with the float reference's on at
+    # least this % of the test set and of the synthetic non-digits: in the spirit of the agreement gate
+    int8_min_ood_agreement_pct: float = 99.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ class VerifyConfig:
     threads: int = 1  # CPU threads for every runtime: one core, the edge case, and stable timings
     throughput_batch: int = 256
     latency_iters: int = 500
+    # timing rounds: every row timed once per round, rows interleaved; figures are medians over rounds
+    # with their spread (toolkit.timing). 3 is the fewest with a median and a spread.
+    rounds: int = 3
     gates: Gates = field(default_factory=Gates)
     expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists
     # Each row runs in a child process (toolkit.isolate): a hostile model that hangs, allocates without

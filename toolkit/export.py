@@ -7,6 +7,7 @@ they were.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from toolkit import __version__
+from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import FORMATS, ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.gates import Measurement, evaluate
@@ -133,6 +134,12 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     test_acc = ckpt.get("metrics", {}).get("test", {}).get("accuracy")
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha}
+    # "not a digit": the rule calibrated on training digits only, in the manifest and in each ONNX
+    # file's metadata (mnisttk_ood), so an integrator applies the same rule; the reference keeps the
+    # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
+    ood_rule = _calibrate_ood(model, data.train_images)
+    metadata["mnisttk_ood"] = json.dumps(ood_rule, separators=(",", ":"))
+    non_digit_logits = _eager_logits(model, to_model_input(ood.non_digit_images()))
 
     stage_obj = Stage(out)
     stage = stage_obj.new
@@ -195,7 +202,8 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
             accuracy[rel] = classification_metrics(labels, test_logits[rel].argmax(1))["accuracy"]
 
         np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
-                            test_sha256=np.array(data.sha256["test"]), arch=np.array(arch))
+                            test_sha256=np.array(data.sha256["test"]), arch=np.array(arch),
+                            non_digit_logits=non_digit_logits.astype(np.float32))
         targets = targets_for(formats, config.quantize)
         for fmt, precision, rel, _ in artifacts:  # how each int8 artifact was calibrated, in the manifest
             if precision == "int8" and "calibration_method" not in extras.get(rel, {}):
@@ -219,6 +227,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
             "fp32_parity": checks,
             "calibration": quant_info,
             "search": search,  # export --search: every candidate measured, the chosen one marked
+            "ood": ood_rule,  # predict's not-a-digit rule (toolkit.ood), calibrated on training digits
             "versions": library_versions(),
             "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
         }
@@ -249,6 +258,17 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                           f"{first_line(exc, 200)}") from None
     finally:
         stage_obj.close()
+
+
+OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)
+
+
+def _calibrate_ood(model, train_images: np.ndarray) -> dict:
+    """The not-a-digit rule from training digits only (never the test set, never non-digits)."""
+    n = min(OOD_CALIBRATION_IMAGES, len(train_images))
+    idx = np.sort(np.random.default_rng(0).choice(len(train_images), n, replace=False))
+    images = train_images[idx]
+    return ood.calibrate(images, _eager_logits(model, to_model_input(images)))
 
 
 def _calibration_method(fmt: str, quant) -> str:

@@ -25,6 +25,7 @@ class Gate(str, Enum):
     CPU_COMPUTE = "cpu_compute"  # a CUDA row whose compute nodes ran on the CPU
     LATENCY = "latency"  # batch-1 p50 over the reference row's, past gates.max_latency_ratio
     SATURATION = "saturation"  # an int8 output whose top logit sits at its int8 limit too often
+    OOD_AGREEMENT = "ood_agreement"  # int8 accepts/rejects ("not a digit") otherwise than the reference
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Reason:
             Gate.NOT_DELEGATED: lambda: f"not delegated to XNNPACK: {', '.join(v)} ran on the runtime's own kernels",
             Gate.CPU_COMPUTE: lambda: f"compute nodes ran on the CPU: {', '.join(v)}",
             Gate.LATENCY: lambda: f"latency ratio {_n(v, '.2f')} > {lim:g}",
+            Gate.OOD_AGREEMENT: lambda: f"not-a-digit decisions agree with the reference on {_n(v, '.2f')}% < {lim:g}%",
             Gate.SATURATION: lambda: f"{_n(v, '.2f')}% of images have their top logit clipped at the int8 output's "
                                      f"limit > {lim:g}% (the scores are cut off: recalibrate over the whole range)",
         }[self.gate]()
@@ -72,6 +74,7 @@ class Measurement:
     cpu_compute_ops: list | None = None  # CUDA rows: compute operators that ran on the CPU
     latency_ratio: float | None = None  # batch-1 p50 over the reference row's
     clipped_top_pct: float | None = None  # int8 rows with a quantized output: % of images whose top logit is clipped
+    ood_agreement_pct: float | None = None  # accept/reject agreement with the reference (lower of test and non-digits)
     measured: bool = True
 
 
@@ -105,6 +108,8 @@ def evaluate(m: Measurement, gates: Gates) -> list[Reason]:
             reasons.append(Reason(Gate.NOT_DELEGATED, list(m.not_delegated)))
         if m.clipped_top_pct is not None and not _within(m.clipped_top_pct, gates.int8_max_clipped_top_pct):
             reasons.append(Reason(Gate.SATURATION, m.clipped_top_pct, gates.int8_max_clipped_top_pct))
+        if m.ood_agreement_pct is not None and not _at_least(m.ood_agreement_pct, gates.int8_min_ood_agreement_pct):
+            reasons.append(Reason(Gate.OOD_AGREEMENT, m.ood_agreement_pct, gates.int8_min_ood_agreement_pct))
     if m.batch_consistent is False:
         reasons.append(Reason(Gate.BATCH_CONSISTENCY))
     if m.cpu_compute_ops:

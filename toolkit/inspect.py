@@ -57,6 +57,17 @@ def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, r
 _SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
 
 
+def node_layer(node: str, layers: list) -> str | None:
+    """The model layer (conv1, conv2, fc1 …) an ONNX Runtime node belongs to, by its name: the layer's
+    own, its output's, or a name of its block ("conv1_maxpool"); None where the name does not say
+    (layout reorders, (de)quantize nodes, pools ORT renamed)."""
+    base = _SUFFIX.sub("", node.removeprefix("fused "))
+    for layer in layers:
+        if base in (layer["layer"], layer["tensor"]) or base.startswith(layer["layer"] + "_"):
+            return layer["layer"]
+    return None
+
+
 def _layer_time(layer: dict, model: dict) -> tuple[float, list]:
     """µs per image of the kernels that ran this layer (by name: the layer's, or its output's, as
     ONNX Runtime names fused nodes), and their ops."""
@@ -106,6 +117,9 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         layer["fp32_us_per_image"], layer["fp32_ops"] = _layer_time(layer, models["fp32"])
         layer["int8_us_per_image"], layer["int8_ops"] = _layer_time(layer, models["int8"])
         layer["int8_kernel"] = any(is_int8_kernel(op) for op in layer["int8_ops"])
+    for model in models.values():
+        for nd in model["nodes"]:
+            nd["layer"] = node_layer(nd["node"], errors["layers"])
     # flips and confusion on the whole test set, the deployed sessions as verify runs them
     fp32_logits, int8_logits = fp32_model.logits(images_u8), int8_model.logits(images_u8)
     fp32_pred, int8_pred = fp32_logits.argmax(1), int8_logits.argmax(1)

@@ -65,8 +65,11 @@ def write_plot(result: dict, images_u8: np.ndarray, path: Path) -> None:
 
     ax = fig.add_subplot(grid[0, cols:2 * cols])
     fp32, int8 = result["models"]["fp32"], result["models"]["int8"]
-    entries = [(f"fp32 {n['node']} ({n['op']})", n["us_per_image"], "tab:blue") for n in fp32["nodes"][:7]]
-    entries += [(f"int8 {n['node']} ({n['op']})", n["us_per_image"], "tab:orange") for n in int8["nodes"][:7]]
+    def label(precision: str, n: dict) -> str:  # the model's layer name where the node is one of its kernels
+        return f"{precision} {n.get('layer') or n['node']}: {n['op']}"
+
+    entries = [(label("fp32", n), n["us_per_image"], "tab:blue") for n in fp32["nodes"][:7]]
+    entries += [(label("int8", n), n["us_per_image"], "tab:orange") for n in int8["nodes"][:7]]
     y = np.arange(len(entries))
     ax.barh(y, [e[1] for e in entries], color=[e[2] for e in entries])
     for i, (label, _, _) in enumerate(entries):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.ood import MIN_INK_LEVEL, otsu, page_ink
 from toolkit.errors import ImageError, first_line
 from toolkit.fsutil import regular_file
 
@@ -38,6 +39,9 @@ MIN_CONTRAST = 24  # grey levels between background and ink below which an image
 NPY_MAGIC = b"\x93NUMPY"
 LOCAL_BACKGROUND_MIN = 32  # images at least this large (photos, scans) get a local background estimate
 BACKGROUND_PX = 64  # the background is estimated on a copy this large (its long side)
+WORK_PX = 256  # larger images are area-averaged down to this long side first: a 20 px digit needs no more
+COMPONENT_PX = 128  # ink components are found on a copy this large (max-pooled: thin strokes survive)
+KEEP_COMPONENT = 0.1  # a component with this share of the main one's ink, beside it, is part of the digit
 
 
 def read_pgm(data: bytes, name: str) -> np.ndarray:
@@ -248,8 +252,107 @@ def is_mnist_like(img: np.ndarray) -> bool:
     return 16 <= max(r1 - r0, c1 - c0) <= 22 and abs(cy - 14) <= 1.5 and abs(cx - 14) <= 1.5
 
 
+def median3(img: np.ndarray) -> np.ndarray:
+    """3×3 median (edges replicated): sensor noise and salt-and-pepper specks out, strokes kept."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    return np.median(sliding_window_view(np.pad(img, 1, mode="edge"), (3, 3)), axis=(-2, -1))
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean image: (labels, count), labels 1…count, 0 for background."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    h, w = mask.shape
+    count = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if labels[y, x]:
+            continue
+        count += 1
+        labels[y, x] = count
+        stack = [(y, x)]
+        while stack:
+            cy, cx = stack.pop()
+            for ny in range(max(cy - 1, 0), min(cy + 2, h)):
+                for nx in range(max(cx - 1, 0), min(cx + 2, w)):
+                    if mask[ny, nx] and not labels[ny, nx]:
+                        labels[ny, nx] = count
+                        stack.append((ny, nx))
+    return labels, count
+
+
+def _max_pool(mask: np.ndarray, f: int) -> np.ndarray:
+    h, w = mask.shape
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    padded = np.zeros((hp, wp), dtype=bool)
+    padded[:h, :w] = mask
+    return padded.reshape(hp // f, f, wp // f, f).any(axis=(1, 3))
+
+
+def dominant_ink(img: np.ndarray) -> np.ndarray:
+    """The digit's ink: Otsu's threshold, then the dominant connected ink (by ink mass) and the
+    components beside it that are large enough to be its strokes; specks, noise and page edges (a
+    component spanning the whole image, when there is another) are dropped. Returns the image with
+    everything else set to 0."""
+    t = max(otsu(img), MIN_INK_LEVEL)
+    mask = img > t
+    if not mask.any():
+        return img
+    f = max(1, -(-max(img.shape) // COMPONENT_PX))
+    small = _max_pool(mask, f)
+    labels, count = label_components(small)
+    if count <= 1:
+        return img * _grow(mask, 1)
+    sh, sw = small.shape
+    weights = _max_pool_sum(np.where(mask, img, 0.0), f)
+    mass = np.bincount(labels.ravel(), weights=weights.ravel(), minlength=count + 1)
+    boxes = {}
+    for k in range(1, count + 1):
+        ys, xs = np.nonzero(labels == k)
+        boxes[k] = (ys.min(), ys.max(), xs.min(), xs.max())
+    # a page edge or frame in a photo or scan: touches the border and spans (almost) its whole width
+    # or height (a small image is taken to be the digit's own frame: a digit may fill it)
+    edge = set() if min(img.shape) < LOCAL_BACKGROUND_MIN else {
+        k for k, (y0, y1, x0, x1) in boxes.items()
+        if ((y1 - y0 + 1) >= 0.95 * sh or (x1 - x0 + 1) >= 0.95 * sw) and (y0 == 0 or x0 == 0 or y1 == sh - 1
+                                                                         or x1 == sw - 1)}
+    candidates = [k for k in range(1, count + 1) if k not in edge] or list(range(1, count + 1))
+    main = max(candidates, key=lambda k: mass[k])
+    y0, y1, x0, x1 = boxes[main]
+    my, mx = 0.3 * (y1 - y0 + 1) + 1, 0.3 * (x1 - x0 + 1) + 1
+    keep = [k for k in candidates if k == main or (
+        mass[k] >= KEEP_COMPONENT * mass[main] and boxes[k][0] <= y1 + my and boxes[k][1] >= y0 - my
+        and boxes[k][2] <= x1 + mx and boxes[k][3] >= x0 - mx)]
+    kept_small = np.isin(labels, keep)
+    kept = np.repeat(np.repeat(kept_small, f, axis=0), f, axis=1)[: img.shape[0], : img.shape[1]]
+    return img * _grow(mask & kept, 1)
+
+
+def _max_pool_sum(x: np.ndarray, f: int) -> np.ndarray:
+    h, w = x.shape
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    padded = np.zeros((hp, wp))
+    padded[:h, :w] = x
+    return padded.reshape(hp // f, f, wp // f, f).sum(axis=(1, 3))
+
+
+def _grow(mask: np.ndarray, r: int) -> np.ndarray:
+    """The mask dilated by r pixels (square): anti-aliased stroke edges stay with their stroke."""
+    out = mask.copy()
+    padded = np.pad(mask, r)
+    h, w = mask.shape
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= padded[dy:dy + h, dx:dx + w]
+    return out
+
+
 def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     """Grayscale uint8 H×W -> uint8 28×28, light digit on dark, centred like MNIST."""
+    return prepare(gray, as_is)[0]
+
+
+def prepare(gray: np.ndarray, as_is: bool = False) -> tuple[np.ndarray, float]:
+    """(the 28×28 image the model gets, page_ink of what was received: toolkit.ood's page check)."""
     img = gray.astype(np.float64)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if border.mean() > 127:  # dark-on-light (paper): invert to MNIST's light-on-dark
@@ -257,15 +360,22 @@ def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     if as_is:
         if img.shape != (28, 28):
             raise ImageError(f"a {img.shape[1]}×{img.shape[0]} image cannot be used as it is (--as-is needs 28×28)")
-        return np.rint(img).astype(np.uint8)
+        return np.rint(img).astype(np.uint8), page_ink(img)
+    if max(img.shape) > WORK_PX:  # area-averaged down: noise averages out, a 20 px digit loses nothing
+        f = WORK_PX / max(img.shape)
+        img = resize(img, max(1, round(img.shape[0] * f)), max(1, round(img.shape[1] * f)))
     # background to ~0: a local estimate on photos and scans (uneven lighting), the border's median
     # on small images
     background = local_background(img) if min(img.shape) >= LOCAL_BACKGROUND_MIN else np.median(border)
     img = np.clip(img - background, 0, 255)
+    if min(img.shape) >= LOCAL_BACKGROUND_MIN:  # photos and scans: sensor noise and specks out
+        img = median3(img)
     if img.max() < MIN_CONTRAST:
         raise ImageError("no digit found (the image is blank or uniform)")
     if is_mnist_like(img):
-        return np.rint(img).astype(np.uint8)
+        return np.rint(img).astype(np.uint8), page_ink(img)
+    received = page_ink(img)
+    img = dominant_ink(img)
     r0, r1, c0, c1 = _ink_box(img, img > 0.2 * img.max())
     crop = img[r0:r1, c0:c1]
     h, w = crop.shape
@@ -278,7 +388,7 @@ def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     top = int(np.clip(round(14 - cy), 0, 28 - nh))
     left = int(np.clip(round(14 - cx), 0, 28 - nw))
     canvas[top : top + nh, left : left + nw] = small
-    return np.rint(np.clip(canvas, 0, 255)).astype(np.uint8)
+    return np.rint(np.clip(canvas, 0, 255)).astype(np.uint8), received
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -356,18 +466,22 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 
 
 def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
-                  save_dir: Path | None = None) -> list[dict]:
-    """One result per file: {'file', 'digit', 'probability', 'probabilities'[, 'low_confidence',
-    'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference is one batch.
-    `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and returning logits."""
-    results, images, slots = [], [], []
+                  save_dir: Path | None = None, rule: dict | None = None) -> list[dict]:
+    """One result per file: {'file', 'status', 'digit', 'probability', 'probabilities'[, 'not_a_digit',
+    'low_confidence', 'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference
+    is one batch. `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and
+    returning logits. `rule`: the export's not-a-digit rule (toolkit.ood); with it, an image it rejects
+    has status "not_a_digit" and the checks it failed, with their values and limits."""
+    results, images, slots, pages = [], [], [], []
     for p in paths:
         if isinstance(p, FolderProblem):
             results.append({"file": str(p).split(": ", 1)[0], "error": str(p)})
             continue
         try:
             try:
-                images.append(to_mnist(load_gray(p), as_is=as_is))
+                image, page = prepare(load_gray(p), as_is=as_is)
+                images.append(image)
+                pages.append(page)
             except ImageError as exc:
                 msg = str(exc)
                 raise ImageError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
@@ -386,15 +500,53 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
                 results[slot]["preprocessed"] = saved
         logits = model(batch) if callable(model) else model.logits(batch)
         probs = softmax(np.asarray(logits).astype(np.float64))
-        for slot, pr in zip(slots, probs):
+        decision = None
+        if rule is not None:
+            from toolkit.ood import decide, explain
+
+            decision = decide(rule, batch, np.asarray(logits), np.array(pages))
+        for i, (slot, pr) in enumerate(zip(slots, probs)):
             digit = int(pr.argmax())
-            results[slot].update(digit=digit, probability=float(pr[digit]), probabilities=[round(float(v), 6) for v in pr])
+            results[slot].update(status="digit", digit=digit, probability=float(pr[digit]),
+                                 probabilities=[round(float(v), 6) for v in pr])
+            if decision is not None and not decision["accepted"][i]:
+                results[slot]["status"] = "not_a_digit"
+                results[slot]["not_a_digit"] = explain(rule, decision, i)
             if min_confidence is not None:
                 results[slot]["low_confidence"] = bool(pr[digit] < min_confidence)
     return results
 
 
 PREDICT_KINDS = {"onnx": "ONNX", "ort": "ORT format", "tflite": "LiteRT"}
+
+
+def find_rule(model_path: Path, sha256: str, metadata: str | None) -> tuple[dict | None, str]:
+    """The not-a-digit rule for this model, and where it came from: the model's own metadata
+    (`mnisttk_ood`, ONNX and ORT files from mnisttk export), else the manifest beside it when that
+    lists this very file (same SHA-256). (None, why) when neither has one."""
+    import json
+
+    from toolkit.ood import check_rule
+
+    if metadata:
+        try:
+            return check_rule(json.loads(metadata)), "the model's metadata"
+        except (ValueError, RecursionError):
+            return None, "the model's mnisttk_ood metadata is malformed"
+    try:
+        from toolkit.manifest import load_manifest
+
+        manifest = load_manifest(model_path.parent)
+    except Exception:  # no manifest, or one that is not ours: the model was not exported beside it
+        return None, "the model has no mnisttk_ood metadata and no manifest lists it"
+    if not any(a["file"] == model_path.name and a["sha256"] == sha256 for a in manifest["artifacts"]):
+        return None, "the manifest beside the model does not list these bytes"
+    if manifest.get("ood") is None:
+        return None, "its export has no not-a-digit rule (exported by an older mnisttk)"
+    try:
+        return check_rule(manifest["ood"]), "the manifest beside it"
+    except ValueError:
+        return None, "the manifest's not-a-digit rule is malformed"
 
 
 def predictable_kind(model_path: Path) -> str:
@@ -420,7 +572,7 @@ def predictable_kind(model_path: Path) -> str:
 
 def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple[np.ndarray | None, str]:
     """(logits, SHA-256 of the bytes loaded) for uint8 N×28×28 images (run where toolkit.isolate bounds it);
-    batch None: only load and check the model ((None, SHA-256))."""
+    batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None))."""
     if kind == "tflite":
         from toolkit.runtimes.litert import LiteRTCandidate
 
@@ -430,5 +582,8 @@ def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | 
 
         model = Model(model_path, provider, fmt=kind)
     if batch is None:
-        return None, model.loaded_sha256
+        meta = None
+        if kind != "tflite":
+            meta = model.session.get_modelmeta().custom_metadata_map.get("mnisttk_ood")
+        return None, model.loaded_sha256, meta
     return np.asarray(model.logits(batch), dtype=np.float32), model.loaded_sha256

@@ -16,13 +16,15 @@ import numpy as np
 
 from toolkit.errors import ManifestError, first_line
 
-MEMBERS = {"logits.npy", "labels.npy", "test_sha256.npy", "arch.npy"}
+MEMBERS = {"logits.npy", "labels.npy", "test_sha256.npy", "arch.npy", "non_digit_logits.npy"}
+N_NON_DIGITS = 400  # toolkit.ood.non_digits(): the float model's logits on them (optional member)
 REQUIRED = {"logits.npy", "labels.npy", "test_sha256.npy"}
 NPY_HEADER_MAX = 1024  # a .npy header is 128 bytes or so
 
 
 def _member_limit(name: str, n_test: int) -> int:
-    return NPY_HEADER_MAX + {"logits.npy": n_test * 10 * 8, "labels.npy": n_test * 8}.get(name, 1024)
+    return NPY_HEADER_MAX + {"logits.npy": n_test * 10 * 8, "labels.npy": n_test * 8,
+                             "non_digit_logits.npy": N_NON_DIGITS * 10 * 8}.get(name, 1024)
 
 
 def read_reference(path: Path, n_test: int) -> dict:
@@ -70,4 +72,8 @@ def read_reference(path: Path, n_test: int) -> dict:
         raise bad(f"labels are {labels.dtype} {list(labels.shape)}, expected integer [{n_test}]")
     if sha.dtype.kind != "U" or sha.shape != () or not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
         raise bad("test_sha256 is not one SHA-256 string")
-    return {"logits": logits.astype(np.float64), "labels": labels.astype(np.int64), "test_sha256": str(sha)}
+    nd = arrays.get("non_digit_logits")
+    if nd is not None and (nd.dtype.kind != "f" or nd.shape != (N_NON_DIGITS, 10) or not np.isfinite(nd).all()):
+        raise bad(f"non_digit_logits are {nd.dtype} {list(nd.shape)}, expected finite float [{N_NON_DIGITS}, 10]")
+    return {"logits": logits.astype(np.float64), "labels": labels.astype(np.int64), "test_sha256": str(sha),
+            "non_digit_logits": None if nd is None else nd.astype(np.float64)}

@@ -26,7 +26,8 @@ def _placement(p: dict | None) -> str:
 
 
 COLUMNS = ["row", "runtime", "status", "acc %", "prec %", "rec %", "agree %", "flips", "max|Δlogit|",
-           "Δacc pts [95% CI]", "p50 µs", "p95 µs", "p99 µs", "img/s", "KiB", "lat×"]
+           "Δacc pts [95% CI]", "p50 µs", "p50 range", "p95 µs", "p99 µs", "img/s", "img/s range", "KiB", "peak MB",
+           "lat×"]
 # What decides pass/fail and speed: fits a 120-column terminal (`--wide` shows every column).
 NARROW = ["row", "runtime", "status", "acc %", "agree %", "flips", "max|Δlogit|", "Δacc pts [95% CI]", "p50 µs",
           "img/s", "KiB"]
@@ -43,11 +44,46 @@ def row_cells(r: dict) -> list[str]:
         r["name"], r["runtime"], status, _pct(r.get("accuracy")), _pct(r.get("macro_precision")),
         _pct(r.get("macro_recall")), _pct(r.get("agreement")), "—" if r.get("flipped") is None else str(r["flipped"]),
         "—" if r.get("max_abs_logit_diff") is None else f"{r['max_abs_logit_diff']:.1e}", delta,
-        *("—" if not lat else f"{lat[k]:.0f}" for k in ("p50", "p95", "p99")),
-        "—" if r.get("throughput") is None else f"{r['throughput']:,.0f}",
+        "—" if not lat else f"{lat['p50']:.0f}", _range(r.get("latency_spread_us"), "{:.0f}"),
+        *("—" if not lat else f"{lat[k]:.0f}" for k in ("p95", "p99")),
+        "—" if r.get("throughput") is None else f"{r['throughput']:,.0f}", _range(r.get("throughput_spread"), "{:,.0f}"),
         "—" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1024:.1f}",
+        "—" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
         "—" if r.get("latency_ratio") is None else f"{r['latency_ratio']:.2f}",
     ]
+
+
+def _range(span, fmt: str) -> str:
+    return "—" if not span else f"{fmt.format(span[0])}–{fmt.format(span[1])}"
+
+
+def _timing_lines(result: dict) -> list[str]:
+    """How the timings were taken and whether the machine was quiet; the fastest passing artifact."""
+    t = result.get("timing") or {}
+    if not t:
+        return []
+    loads = [f"{x['other_busy_cores']:.1f}" if x else "?" for x in t.get("machine_load", [])]
+    lines = [f"timing: {t['rounds']} round(s), rows interleaved; p50 and img/s are medians over the rounds "
+             f"(ranges: --wide); other processes' busy cores per round: {', '.join(loads) or '?'}"
+             + (" — NOISY: " + "; ".join(t["noisy"]) if t.get("noisy") else " — quiet")]
+    f = result.get("fastest")
+    if f:
+        names = {r["id"]: f"{r['name']} on {r['runtime']}" for r in result["rows"]}
+        by_id = {r["id"]: r for r in result["rows"]}
+
+        def part(key: str, figure: str) -> str:
+            s = f"{names[f[key]]} ({figure})"
+            if f[f"{key}_next"]:
+                s += (f", {f[f'{key}_margin']:.2f}× ahead of {names[f[f'{key}_next']]}, "
+                      + ("beyond the spread" if f[f"{key}_beyond_spread"] else "within the spread: not a clear win"))
+            return s
+
+        cpu = (result.get("machine") or {}).get("cpu", {}).get("model", "this CPU")
+        lines.append(f"fastest passing artifact on this machine ({cpu}): batch 1: "
+                     + part("batch1", f"{by_id[f['batch1']]['latency_us']['p50']:.0f} µs")
+                     + f"; batch {result['throughput_batch']}: "
+                     + part("throughput", f"{by_id[f['throughput']]['throughput']:,.0f} img/s"))
+    return lines
 
 
 def _notes(result: dict) -> list[str]:
@@ -109,6 +145,7 @@ def format_table(result: dict, wide: bool = False) -> str:
     text.append(_coverage(result))
     text.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
                 f"{result['threads']} thread(s); {result['seconds']:.1f} s")
+    text += _timing_lines(result)
     text.append(verdict(result))
     if not wide:
         import textwrap
@@ -139,6 +176,7 @@ def format_markdown(result: dict) -> str:
     lines += ["| " + " | ".join(_md_cell(c) for c in row_cells(r)) + " |" for r in result["rows"]]
     lines.append("")
     lines += [f"- {n}" for n in _notes(result)]
+    lines += [""] + [_md_cell(x) for x in _timing_lines(result)]
     lines.append("")
     lines.append(f"**{_md_cell(verdict(result))}** — {result['n_test']:,} test images, "
                  f"{result['threads']} thread(s), CPU: {result['machine']['cpu']['model']}")
@@ -189,6 +227,26 @@ def write_plot(result: dict, path: Path) -> None:
         legend.append(f"{i}: " + "\n    ".join(g[2] for g in group))
     fig.text(0.72, 0.88, "\n".join(legend), fontsize=7.5, va="top", family="monospace")
     fig.subplots_adjust(right=0.70)
+    # What the colours, markers and lines mean: a legend of proxies (one per runtime drawn, per precision)
+    from matplotlib.lines import Line2D
+
+    drawn = {r["runtime"] for r in result["rows"] if r.get("latency_us") and r.get("accuracy") is not None}
+    handles = [Line2D([], [], color=RUNTIME_COLORS.get(rt, "tab:gray"), marker="o", ls="", label=rt)
+               for rt in RUNTIME_COLORS if rt in drawn]
+    handles += [Line2D([], [], color="k", marker="o", ls="", mfc="none", label="fp32"),
+                Line2D([], [], color="k", marker="s", ls="", mfc="none", label="int8")]
+    if any(r["status"] == "fail" for r in result["rows"]):
+        handles.append(Line2D([], [], color="tab:red", marker="o", ls="", label="failed a gate"))
+    g = result["gates"]
+    if ref_acc is not None:  # the int8 accuracy gate: at most int8_max_drop_points below the reference
+        y = ref_acc * 100 - g["int8_max_drop_points"]
+        ax.axhline(y, color="tab:red", ls="--", lw=1)
+        handles.append(Line2D([], [], color="tab:red", ls="--", label=f"int8 gate: ref − {g['int8_max_drop_points']:g} pts"))
+    ref_p50 = next(((r.get("latency_us") or {}).get("p50") for r in result["rows"] if r.get("is_reference")), None)
+    if g.get("max_latency_ratio") and ref_p50:
+        ax.axvline(ref_p50 * g["max_latency_ratio"], color="tab:red", ls=":", lw=1)
+        handles.append(Line2D([], [], color="tab:red", ls=":", label=f"latency gate: {g['max_latency_ratio']:g}× ref"))
+    ax.legend(handles=handles, loc="lower left", fontsize=7.5, framealpha=0.85)
     ax.set_xscale("log")
     from matplotlib.ticker import ScalarFormatter
 

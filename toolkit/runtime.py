@@ -12,7 +12,6 @@ import io
 import json
 import os
 import tempfile
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -24,6 +23,7 @@ import onnxruntime as ort
 from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.fsutil import regular_file
+from toolkit.timing import latency_us, throughput  # noqa: F401  (the one timing module; kept importable here)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
@@ -358,26 +358,3 @@ class Model:
         return {"providers": dict(by_provider), "ops": dict(ops), "int8_kernels": int8_ops,
                 "cpu_compute_ops": cpu_compute}
 
-
-def latency_us(model: Model, x1: np.ndarray, warmup: int = 50, iters: int = 500) -> dict:
-    """Batch-1 latency percentiles in µs after warm-up."""
-    for _ in range(warmup):
-        model.run(x1)
-    times = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter_ns()
-        model.run(x1)
-        times[i] = time.perf_counter_ns() - t0
-    p50, p95, p99 = np.percentile(times / 1e3, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
-
-
-def throughput(model: Model, x: np.ndarray, repeats: int = 5) -> float:
-    """Images per second on batch `x`: the median of `repeats` timed runs after one warm-up."""
-    model.run(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.run(x)
-        times.append(time.perf_counter() - t0)
-    return float(len(x) / np.median(times))

@@ -66,7 +66,7 @@ def describe(q: QuantConfig, layers: list[str], has_conv: bool) -> dict:
 
 
 def _time(runners: list, images_u8: np.ndarray) -> dict:
-    from toolkit.runtime import latency_us, throughput
+    from toolkit.timing import latency_us, throughput
 
     x1 = [r.bench_input(images_u8[:1]) for r in runners]
     xb = [r.bench_input(images_u8[:BATCH]) for r in runners]

@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 
 from toolkit import isolate
-from toolkit.candidate import Candidate
 from toolkit.runtimes import RUNTIMES, missing
 from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
@@ -29,12 +28,8 @@ from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, scor
 from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
-from toolkit.runtime import (
-    available_providers,
-    check_install,
-    latency_us,
-    throughput,
-)
+from toolkit import ood, timing
+from toolkit.runtime import available_providers, check_install
 
 
 
@@ -78,6 +73,17 @@ class Row:
     failed_gates: list = field(default_factory=list)  # toolkit.gates.Gate values, one per failed gate
     # --golden: this row against the same artifact's saved outputs from another run (toolkit.compare)
     golden: dict | None = None
+    # timing rounds (toolkit.timing): latency_us and throughput are medians over them
+    latency_rounds_us: list | None = None  # batch-1 p50 of each round
+    throughput_rounds: list | None = None  # images/s at the throughput batch, each round
+    latency_spread_us: list | None = None  # [min, max] of latency_rounds_us
+    throughput_spread: list | None = None
+    # memory of the row's child process: its peak RSS, and how far it grew while the row ran
+    peak_rss_mb: float | None = None
+    rss_growth_mb: float | None = None
+    # "not a digit": how often this row's accept/reject decisions (the export's rule, toolkit.ood) agree
+    # with the float reference's, on the test set and on synthetic non-digits
+    ood: dict | None = None
 
     @property
     def id(self) -> str:
@@ -115,7 +121,8 @@ def measurement(row: Row) -> Measurement:
         not_delegated=placement.get("not_delegated", []) if placement.get("backend") == "XNNPACK" else [],
         cpu_compute_ops=placement.get("cpu_compute_ops") if row.device == "cuda" else None,
         latency_ratio=row.latency_ratio, measured=row.accuracy is not None,
-        clipped_top_pct=(row.saturation or {}).get("clipped_top_pct"))
+        clipped_top_pct=(row.saturation or {}).get("clipped_top_pct"),
+        ood_agreement_pct=(row.ood or {}).get("agreement_pct"))
 
 
 def judge(row: Row, gates: Gates) -> None:
@@ -169,6 +176,13 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     if ref["test_sha256"] != test_sha256:
         raise ManifestError("the loaded MNIST test set is not the one the reference was made on (SHA-256 differs)")
     ref_logits = ref["logits"]
+    rule = manifest.get("ood")
+    if rule is not None:
+        try:
+            rule = ood.check_rule(rule)
+        except ValueError as exc:
+            raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
+    non_digits = ood.non_digit_images() if rule is not None and ref["non_digit_logits"] is not None else None
     if not np.array_equal(ref["labels"], labels):
         raise ManifestError("reference labels do not match the test labels")
     if golden is not None and (golden.test_sha256 != test_sha256 or not np.array_equal(golden.labels, labels)):
@@ -208,6 +222,9 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
 
     sizes = {a["file"]: a["size_bytes"] for a in artifacts}
     rows = [reference_row]
+    rounds: dict = {}  # row id -> its timing rounds (toolkit.timing.one_round)
+    machine_load = []
+    snapshot = timing.cpu_snapshot()
     # The reference row: live PyTorch eager when torch is here (and agrees with reference.npz), else the npz.
     if eager is not None:
         try:
@@ -215,8 +232,8 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             drift = float(np.abs(live - ref_logits).max())
             if not drift <= config.gates.fp32_max_abs_logit_diff:  # NaN fails too
                 reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
-            for key, value in _timings(eager, test_images, config.throughput_batch, config.latency_iters).items():
-                setattr(reference_row, key, value)
+            rounds[reference_row.id] = [timing.one_round(eager, test_images, config.throughput_batch,
+                                                         config.latency_iters)]
             reference_row.size_bytes = eager.size_bytes
         except ToolkitError as exc:
             reference_row.fail(str(exc))
@@ -241,7 +258,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         log(f"verifying {row.name} on {row.runtime}")
         try:
             m = isolate.call(measure_row, RUNTIMES.index(spec), str(folder), a, config.threads, test_images,
-                             config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s,
+                             config.throughput_batch, config.latency_iters, non_digits, timeout_s=config.row_timeout_s,
                              memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
                              what=f"{row.name} on {row.runtime}")
             logits = m.pop("logits").astype(np.float64)
@@ -256,6 +273,11 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             if row.precision == "int8":
                 row.saturation = saturation(logits, limits)
                 row.score_fidelity = score_fidelity(logits, ref_logits)
+            rounds[row.id] = [m.pop("round")]
+            nd_logits = m.pop("non_digit_logits", None)
+            if non_digits is not None and nd_logits is not None and np.isfinite(logits).all():
+                row.ood = _ood_agreement(rule, test_images, logits, ref_logits, non_digits, nd_logits,
+                                         ref["non_digit_logits"])
             for key, value in m.items():
                 setattr(row, key, value)
             row.size_bytes = sizes.get(a["file"])
@@ -265,6 +287,12 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         except ToolkitError as exc:
             row.fail(first_line(exc, 300))
 
+    machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), config.threads or 1))
+    _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load, test_images, log)
+    for row in rows:
+        if rounds.get(row.id):
+            for key, value in timing.summarize(rounds[row.id]).items():
+                setattr(row, key, value)
     ref_p50 = (reference_row.latency_us or {}).get("p50")
     for row in rows:
         row.latency_ratio = latency_ratio((row.latency_us or {}).get("p50"), ref_p50)
@@ -285,11 +313,15 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                           "absent": [r.id for r in rows if r.golden and r.golden["status"] == "absent"]}
         if not compared:
             failed.append(f"--golden {golden.path}: no row of this run has golden outputs there to be judged against")
+    row_dicts = [{"id": r.id, **asdict(r), "status": r.status.lower()} for r in rows]
     return {
         "schema_version": 1,
         "passed": not failed,
         "failed_rows": failed,
-        "rows": [{"id": r.id, **asdict(r), "status": r.status.lower()} for r in rows],
+        "rows": row_dicts,
+        "timing": {"rounds": config.rounds, "latency_iters": config.latency_iters, "machine_load": machine_load,
+                   "noisy": timing.noise(machine_load, row_dicts)},
+        "fastest": timing.fastest(row_dicts),
         "integrity": integrity,
         "targets": targets,
         "targets_checked": measured,
@@ -321,16 +353,86 @@ def _against_golden(row: Row, logits: np.ndarray, golden: Outputs, artifact_sha2
     return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels, row.precision, gates)
 
 
+def _ood_agreement(rule: dict, test_images, logits, ref_logits, images: np.ndarray, nd_logits, nd_ref) -> dict:
+    """The row's not-a-digit decisions against the reference's: agreement on the test set and on the
+    synthetic non-digits (each in %; the gate takes the lower), and how many each accepted/rejected."""
+    mine, ref = ood.decide(rule, test_images, logits)["accepted"], ood.decide(rule, test_images, ref_logits)["accepted"]
+    nd_mine, nd_ref_ok = ood.decide(rule, images, nd_logits)["accepted"], ood.decide(rule, images, nd_ref)["accepted"]
+    test_pct = 100 * float((mine == ref).mean())
+    nd_pct = 100 * float((nd_mine == nd_ref_ok).mean())
+    return {"test_agreement_pct": test_pct, "non_digit_agreement_pct": nd_pct, "agreement_pct": min(test_pct, nd_pct),
+            "test_accepted_pct": 100 * float(mine.mean()), "reference_test_accepted_pct": 100 * float(ref.mean()),
+            "non_digits_rejected_pct": 100 * float(1 - nd_mine.mean()),
+            "reference_non_digits_rejected_pct": 100 * float(1 - nd_ref_ok.mean()), "non_digits": int(len(images))}
+
+
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-                throughput_batch: int, latency_iters: int) -> dict:
+                throughput_batch: int, latency_iters: int, non_digits: np.ndarray | None = None) -> dict:
     """One row's measurements, in the child process that toolkit.isolate bounds: the artifact's test
     logits (float32), latency, throughput, the loaded bytes' hash, placement and batch consistency."""
+    rss_start = _proc_status_mb("VmRSS")
     cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
     logits = np.asarray(cand.logits(test_images), dtype=np.float32)
-    return {"logits": logits, **_timings(cand, test_images, throughput_batch, latency_iters),
-            "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "output_limits": cand.output_limits(),
-            "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
-            "consistency_batches": list(getattr(cand, "consistency_batches", ()) or ()) or None}
+    out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
+           "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "output_limits": cand.output_limits(),
+           "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
+           "consistency_batches": list(getattr(cand, "consistency_batches", ()) or ()) or None}
+    if non_digits is not None:
+        out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
+    peak = _proc_status_mb("VmHWM")
+    out["peak_rss_mb"] = peak
+    out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
+    return out
+
+
+def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
+             throughput_batch: int, latency_iters: int) -> dict:
+    """One more timing round of a row, in its own bounded child (the artifact loaded afresh)."""
+    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
+    return timing.one_round(cand, test_images, throughput_batch, latency_iters)
+
+
+def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load, test_images, log) -> None:
+    """Rounds 2…N: every row that measured cleanly timed once per round, the rows interleaved (the
+    order rotated each round, so no row always runs first or after the same neighbour)."""
+    timed = [(row, spec, a) for row, spec, a in plan if row.id in rounds and row.status == "ok"]
+    jobs = ([("ref", None, None)] if reference_row.id in rounds else []) + timed
+    for k in range(1, config.rounds):
+        if not jobs:
+            break
+        log(f"timing round {k + 1} of {config.rounds}")
+        start = timing.cpu_snapshot()
+        shift = k % len(jobs)
+        for row, spec, a in jobs[shift:] + jobs[:shift]:
+            if row == "ref":
+                try:
+                    rounds[reference_row.id].append(timing.one_round(eager, test_images, config.throughput_batch,
+                                                                     config.latency_iters))
+                except ToolkitError as exc:
+                    reference_row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
+                continue
+            if row.status != "ok":
+                continue
+            try:
+                rounds[row.id].append(isolate.call(
+                    time_row, RUNTIMES.index(spec), str(config.folder), a, config.threads, test_images,
+                    config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s,
+                    memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                    what=f"{row.name} on {row.runtime}"))
+            except ToolkitError as exc:
+                row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
+        machine_load.append(timing.load_between(start, timing.cpu_snapshot(), config.threads or 1))
+
+
+def _proc_status_mb(key: str) -> float | None:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: its peak), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _support_faults(manifest: dict, bad_files: dict) -> dict:
@@ -352,12 +454,6 @@ def _support_faults(manifest: dict, bad_files: dict) -> dict:
             if f in bad_files:
                 faults.setdefault(a["file"], []).append(f"support file {f}: {bad_files[f]} since export")
     return faults
-
-
-def _timings(cand: Candidate, images_u8: np.ndarray, throughput_batch: int, latency_iters: int) -> dict:
-    """Batch-1 latency percentiles and throughput at `throughput_batch`, each on the runtime's own input."""
-    return {"latency_us": latency_us(cand, cand.bench_input(images_u8[:1]), iters=latency_iters),
-            "throughput": throughput(cand, cand.bench_input(images_u8[:throughput_batch]))}
 
 
 def _machine() -> dict:

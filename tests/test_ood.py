@@ -1,0 +1,138 @@
+""""Not a digit" as an answer (toolkit.ood): calibrated at export on digits only, applied by predict,
+kept by int8 (verify's accept/reject agreement)."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolkit import ood
+
+from helpers import LOOSE, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+
+def _digits(n=2000, seed=0):
+    """Stroke images like MNIST's (light ring or bar on dark, 20 px box), and logits that favour a class."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    images = np.zeros((n, 28, 28), np.uint8)
+    logits = rng.normal(0, 1, (n, 10))
+    for i in range(n):
+        r = rng.uniform(6, 9)
+        ring = np.abs(np.hypot(yy - 14 - rng.uniform(-1, 1), xx - 14 - rng.uniform(-1, 1)) - r) < rng.uniform(1.0, 1.6)
+        images[i] = 255 * ring
+        logits[i, i % 10] += 8
+    return images, logits
+
+
+def test_calibration_keeps_what_it_was_asked_to_keep_and_rejects_noise_and_blobs():
+    images, logits = _digits()
+    rule = ood.calibrate(images, logits, keep=0.99)
+    assert 0.985 <= rule["calibration"]["kept"] <= 0.995
+    assert ood.check_rule(json.loads(json.dumps(rule))) == rule
+    noise = np.random.default_rng(1).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    blob = np.zeros((20, 28, 28), np.uint8)
+    blob[:, 4:24, 4:24] = 255
+    d = ood.decide(rule, np.concatenate([noise, blob]), np.concatenate([logits[:20], logits[:20]]))
+    assert not d["accepted"].any()
+    assert all("page_ink" in f for f in d["failed"][:20]) and all("thickness" in f for f in d["failed"][20:])
+    weak = logits[:5] * 0  # no class stands out: low energy, far from every class's logits
+    assert not ood.decide(rule, images[:5], weak)["accepted"].any()
+
+
+@pytest.mark.parametrize("damage", [{"version": 2}, {"limits": {"energy_min": "x"}}, {"logit_model": {"means": [[0]]}}])
+def test_a_malformed_rule_is_refused(damage):
+    rule = ood.calibrate(*_digits(200))
+    with pytest.raises(ValueError):
+        ood.check_rule({**rule, **damage})
+
+
+def test_the_rule_travels_in_the_manifest_and_the_onnx_metadata(onnx_family_export):
+    import onnxruntime as ort
+
+    rule = json.loads((onnx_family_export / "manifest.json").read_text())["ood"]
+    for name in ("cnn_fp32.onnx", "cnn_int8.onnx"):
+        meta = ort.InferenceSession(str(onnx_family_export / name)).get_modelmeta().custom_metadata_map
+        assert json.loads(meta["mnisttk_ood"]) == rule
+    assert rule["calibration"]["split"] == "train" and ood.check_rule(rule)
+
+
+def test_predict_answers_not_a_digit_with_its_own_exit_code(onnx_family_export, tmp_path):
+    from PIL import Image
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200)).astype(np.uint8)).save(noise)
+    model = onnx_family_export / "cnn_int8.onnx"
+    r = run("predict", noise, "--model", model, "--json", tmp_path / "p.json")
+    assert r.exit_code == 3, r.output
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["results"][0]["status"] == "not_a_digit" and res["not_a_digit_rule"] == "from the model's metadata"
+    assert any(c["check"] == "page_ink" for c in res["results"][0]["not_a_digit"]["failed"])
+    out = run("predict", noise, "--model", model).output
+    assert ": not a digit (" in out and "page_ink 0.4" in out and "best guess" in out
+    r = run("predict", noise, "--model", model, "--accept-all", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["results"][0]["status"] == "digit"
+    # a bad file beside a rejected one: the error decides the exit code
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert run("predict", noise, tmp_path / "bad.png", "--model", model).exit_code == 1
+
+
+def test_without_metadata_the_manifest_beside_the_model_gives_the_rule(onnx_family_export, tmp_path):
+    import onnx
+
+    folder = tmp_path / "e"
+    shutil.copytree(onnx_family_export, folder)
+    m = onnx.load(folder / "cnn_fp32.onnx")
+    kept = [p for p in m.metadata_props if p.key != "mnisttk_ood"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    stripped = tmp_path / "stripped.onnx"
+    onnx.save(m, stripped)
+    np.save(tmp_path / "d.npy", np.zeros((28, 28), np.uint8) + 200 * (np.arange(28)[:, None] % 9 == 0))
+    r = run("predict", tmp_path / "d.npy", "--model", stripped, "--json")  # no metadata, no manifest lists it
+    assert json.loads(r.stdout)["not_a_digit_rule"].startswith("the model has no mnisttk_ood metadata")
+    assert "no not-a-digit rule" in r.stderr
+    shutil.copy(stripped, folder / "cnn_fp32.onnx")  # the manifest lists other bytes under that name
+    r = run("predict", tmp_path / "d.npy", "--model", folder / "cnn_fp32.onnx", "--json")
+    assert json.loads(r.stdout)["not_a_digit_rule"] == "the manifest beside the model does not list these bytes"
+    r = run("predict", tmp_path / "d.npy", "--model", onnx_family_export / "cnn_fp32.ort", "--json")
+    assert json.loads(r.stdout)["not_a_digit_rule"].startswith("from ")
+
+
+def test_verify_reports_int8_accept_reject_agreement(onnx_family_export, tiny_export, tmp_path):
+    r = run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE, "--json")
+    assert r.exit_code == 0, r.output
+    rows = [x for x in json.loads(r.stdout)["rows"] if x["status"] == "ok" and not x["is_reference"]]
+    for x in rows:
+        o = x["ood"]
+        assert o["non_digits"] == 400 and o["agreement_pct"] == min(o["test_agreement_pct"], o["non_digit_agreement_pct"])
+        if x["precision"] == "fp32":  # the same logits as the reference: the same decisions
+            assert o["agreement_pct"] == 100.0
+
+
+@pytest.mark.e2e
+def test_predict_on_pages_keeps_digits_and_rejects_noise(real_export, real_mnist):
+    """The measured table of scripts/ood_eval.py, on a 1-epoch model: clean and noisy digits drawn on
+    a page are kept and read; noise and textures are rejected."""
+    import ood_eval
+
+    from toolkit.predict import prepare
+    from toolkit.runtime import Model
+
+    rule = json.loads((real_export / "manifest.json").read_text())["ood"]
+    model = Model(real_export / "cnn_int8.onnx", "cpu", fmt="onnx")
+    digits, others = ood_eval.build_sets(real_mnist.test_images, real_mnist.test_labels, n_digits=80, n_other=20)
+    digits = {k: digits[k] for k in ("clean", "noise 3% + lighting", "salt and pepper 3%")}
+    others = {k: others[k] for k in ("uniform noise", "gaussian noise", "textures", "shapes")}
+    res = ood_eval.evaluate(digits, others, model.logits, rule, prepare)
+    assert res["digits"]["clean"]["accepted"] >= 95
+    assert res["digits"]["noise 3% + lighting"]["accepted_and_correct"] >= 90
+    assert res["digits"]["salt and pepper 3%"]["accepted_and_correct"] >= 90
+    for kind in ("uniform noise", "gaussian noise", "textures"):
+        assert res["non_digits"][kind]["rejected"] >= 95, kind
+    assert res["non_digits"]["shapes"]["rejected"] >= 50

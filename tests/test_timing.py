@@ -1,0 +1,87 @@
+"""Timing rounds (toolkit.timing): medians with their spread, the machine's load, the noisy mark and
+the fastest passing artifact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from toolkit import timing
+
+from helpers import LOOSE, run
+
+
+def test_summary_is_the_median_over_rounds_with_its_spread():
+    rounds = [{"latency_us": {"p50": p, "p95": p * 2, "p99": p * 3}, "throughput": t}
+              for p, t in ((10.0, 900.0), (30.0, 1000.0), (12.0, 400.0))]
+    s = timing.summarize(rounds)
+    assert s["latency_us"] == {"p50": 12.0, "p95": 24.0, "p99": 36.0} and s["throughput"] == 900.0
+    assert s["latency_rounds_us"] == [10.0, 30.0, 12.0] and s["latency_spread_us"] == [10.0, 30.0]
+    assert s["throughput_rounds"] == [900.0, 1000.0, 400.0] and s["throughput_spread"] == [400.0, 1000.0]
+
+
+def _stat(tmp_path, name, busy, idle, steal, cores=2):
+    p = tmp_path / name
+    per = "".join(f"cpu{i} 0 0 0 0 0 0 0 0 0 0\n" for i in range(cores))
+    p.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 {steal} 0 0\n{per}intr 0\n")
+    return timing.cpu_snapshot(p)
+
+
+def test_machine_load_from_proc_stat(tmp_path):
+    a = _stat(tmp_path, "a", busy=1000, idle=1000, steal=0)
+    b = _stat(tmp_path, "b", busy=1150, idle=1040, steal=10)  # 200 jiffies: 150 busy, 40 idle, 10 stolen
+    load = timing.load_between(a, b, own_cores=1)
+    assert load == {"busy_cores": 1.5, "steal_pct": 5.0, "other_busy_cores": 0.5}
+    assert timing.load_between(None, b, 1) is None and timing.load_between(b, a, 1) is None
+
+
+def test_noisy_exactly_at_and_one_step_past_each_limit():
+    quiet = {"other_busy_cores": timing.NOISY_OTHER_CORES, "steal_pct": timing.NOISY_STEAL_PCT, "busy_cores": 1}
+    row = {"id": "onnx-fp32@ort-cpu", "latency_spread_us": [100.0, 100.0 * timing.NOISY_SPREAD]}
+    assert timing.noise([quiet], [row]) == []
+    busy = {**quiet, "other_busy_cores": timing.NOISY_OTHER_CORES + 0.01}
+    stolen = {**quiet, "steal_pct": timing.NOISY_STEAL_PCT + 0.01}
+    wide = {**row, "latency_spread_us": [100.0, 100.0 * timing.NOISY_SPREAD + 0.01]}
+    assert len(timing.noise([busy], [row])) == 1 and "cores busy" in timing.noise([busy], [row])[0]
+    assert len(timing.noise([stolen], [row])) == 1 and "stolen" in timing.noise([stolen], [row])[0]
+    assert timing.noise([quiet], [wide]) == ["onnx-fp32@ort-cpu: batch-1 p50 varied 1.25× over the rounds"]
+
+
+def _row(rid, p50, tp, lat_span, tp_span, status="ok", ref=False):
+    return {"id": rid, "status": status, "is_reference": ref, "latency_us": {"p50": p50}, "throughput": tp,
+            "latency_spread_us": lat_span, "throughput_spread": tp_span}
+
+
+def test_fastest_passing_artifact_with_its_margin_and_spread():
+    rows = [_row("eager-fp32@torch", 5, 9e9, [5, 5], [9e9, 9e9], ref=True),  # the reference is no artifact
+            _row("tflite-int8@litert", 1, 9e9, [1, 1], [9e9, 9e9], status="fail"),  # failing rows never win
+            _row("onnx-fp32@ort-cpu", 20, 1000, [19, 21], [900, 1100]),
+            _row("tflite-fp32@litert", 10, 1500, [9, 22], [1200, 1600]),
+            _row("onnx-int8@ort-cpu", 30, 1200, [29, 31], [1000, 1300])]
+    f = timing.fastest(rows)
+    assert f["batch1"] == "tflite-fp32@litert" and f["batch1_next"] == "onnx-fp32@ort-cpu"
+    assert f["batch1_margin"] == 2.0 and f["batch1_beyond_spread"] is False  # 22 µs worst > 19 µs best of the next
+    assert f["throughput"] == "tflite-fp32@litert" and f["throughput_next"] == "onnx-int8@ort-cpu"
+    assert f["throughput_margin"] == 1.25 and f["throughput_beyond_spread"] is False  # 1200 < 1300
+    rows[3]["latency_spread_us"], rows[3]["throughput_spread"] = [9, 18], [1301, 1600]
+    f = timing.fastest(rows)
+    assert f["batch1_beyond_spread"] is True and f["throughput_beyond_spread"] is True
+    assert timing.fastest([rows[0], rows[1]]) is None
+
+
+def test_verify_times_every_row_in_interleaved_rounds(onnx_family_export, tiny_export, tmp_path):
+    r = run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+            "--rounds", 2, "--json", tmp_path / "v.json", "--wide")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "v.json").read_text())
+    ran = [x for x in doc["rows"] if x["status"] == "ok" and not x["is_reference"]]
+    assert len(ran) == 6 and doc["timing"]["rounds"] == 2 and len(doc["timing"]["machine_load"]) == 2
+    for x in ran:
+        assert len(x["latency_rounds_us"]) == 2 and len(x["throughput_rounds"]) == 2
+        assert x["latency_us"]["p50"] == pytest.approx(float(np.median(x["latency_rounds_us"])))
+        assert x["latency_spread_us"] == [min(x["latency_rounds_us"]), max(x["latency_rounds_us"])]
+        assert x["peak_rss_mb"] > 0 and x["rss_growth_mb"] >= 0
+    f = doc["fastest"]
+    best = min(ran, key=lambda x: x["latency_us"]["p50"])
+    assert f["batch1"] == best["id"] and f["throughput"] == max(ran, key=lambda x: x["throughput"])["id"]
+    assert "fastest passing artifact on this machine" in r.output and "p50 range" in r.output

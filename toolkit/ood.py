@@ -1,0 +1,188 @@
+""""Not a digit" as an answer: a rule, calibrated at export on MNIST digits only, that an image fed to
+the model (28×28, preprocessed as MNIST was made) is out of what the model was trained for.
+
+It uses what any integrator has on the device — the logits and the image itself — so a C, C++ or
+mobile integrator can apply the same rule from the JSON stored in the manifest and in the ONNX
+metadata (`mnisttk_ood`):
+- `energy`: log-sum-exp of the logits; low when no class fits;
+- `logit_distance`: squared Mahalanobis distance of the logits to the mean logits of the predicted
+  class (one covariance shared by the classes), on the calibration digits; far when the pattern of
+  scores is unlike any digit's, even a confident one;
+- `ink_fraction`: share of the 28×28 pixels that are ink (> 127); MNIST digits cover a band of it,
+  blobs and noise far more;
+- `thickness`: share of ink pixels whose 3×3 neighbourhood is all ink; pen strokes are thin;
+- `page_ink`: share of the image predict received (after its background removal and denoising)
+  above Otsu's ink threshold; a digit on paper is a small part of its page, noise and textures half.
+  For a 28×28 image (MNIST, the calibration digits) it is measured on the image itself.
+Each limit is a quantile of the calibration digits, chosen so that together they keep the asked
+share of them (`keep`, 99% by default); the kept share measured on the calibration digits is stored
+beside the limits. Nothing here is tuned on non-digits. Edge side: numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RULE_VERSION = 1
+INK = 127  # a pixel is ink above this (uint8, light ink on dark)
+# How the 1% a rule may reject of the calibration digits is shared between its checks (each a one-sided
+# quantile; the ink fraction two-sided): the logit checks get most, as they see every kind of image.
+BUDGET = {"energy": 0.35, "logit_distance": 0.35, "ink_fraction_low": 0.05, "ink_fraction_high": 0.1,
+          "thickness": 0.1, "page_ink": 0.05}
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
+
+
+def otsu(img: np.ndarray) -> float:
+    """Otsu's threshold on 0-255 values: the level that best splits ink from paper."""
+    hist = np.bincount(np.clip(img, 0, 255).astype(np.int64).ravel(), minlength=256).astype(np.float64)
+    p = hist / hist.sum()
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1 - w0))
+    return float(np.nanargmax(np.where(np.isfinite(between), between, -1)))
+
+
+MIN_INK_LEVEL = 12  # below this no pixel is ink, whatever Otsu says (half predict's blank-image contrast)
+
+
+def page_ink(img: np.ndarray) -> float:
+    """Share of an image (light ink on dark, background removed) above Otsu's threshold."""
+    return float((img > max(otsu(img), MIN_INK_LEVEL)).mean())
+
+
+def image_features(images_u8: np.ndarray, page: np.ndarray | None = None) -> dict:
+    """ink_fraction, thickness and page_ink of each 28×28 image (uint8 N×28×28); `page`: page_ink as
+    predict measured it on the image it received (None: measured on the 28×28 images)."""
+    ink = np.asarray(images_u8) > INK
+    n = len(ink)
+    frac = ink.reshape(n, -1).mean(1)
+    padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
+    core = np.ones_like(ink)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            core &= padded[:, dy:dy + ink.shape[1], dx:dx + ink.shape[2]]
+    n_ink = ink.reshape(n, -1).sum(1)
+    thick = np.where(n_ink > 0, core.reshape(n, -1).sum(1) / np.maximum(n_ink, 1), 0.0)
+    if page is None:
+        page = np.array([page_ink(im) for im in np.asarray(images_u8, dtype=np.float64)])
+    return {"ink_fraction": frac, "thickness": thick, "page_ink": np.asarray(page, dtype=np.float64)}
+
+
+def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
+    z = np.asarray(logits, dtype=np.float64)
+    out = {"energy": _logsumexp(z)}
+    if model is not None:
+        means, prec = np.asarray(model["means"]), np.asarray(model["precision"])
+        d = z - means[z.argmax(1)]
+        out["logit_distance"] = np.einsum("ni,ij,nj->n", d, prec, d)
+    return out
+
+
+def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> dict:
+    """The rule, from MNIST digits only (the training split at export): limits at quantiles of the
+    digits' own features, sized so that about `keep` of them pass every check."""
+    z = np.asarray(logits, dtype=np.float64)
+    pred = z.argmax(1)
+    means = np.stack([z[pred == c].mean(0) if (pred == c).any() else z.mean(0) for c in range(10)])
+    centred = z - means[pred]
+    cov = centred.T @ centred / max(len(z) - 10, 1) + 1e-6 * np.eye(10)
+    model = {"means": means.round(6).tolist(), "precision": np.linalg.inv(cov).round(8).tolist()}
+    f = {**logit_features(z, model), **image_features(images_u8)}
+    miss = 1.0 - keep
+    q = {k: v * miss for k, v in BUDGET.items()}
+    limits = {
+        "energy_min": float(np.quantile(f["energy"], q["energy"])),
+        "logit_distance_max": float(np.quantile(f["logit_distance"], 1 - q["logit_distance"])),
+        "ink_fraction": [float(np.quantile(f["ink_fraction"], q["ink_fraction_low"])),
+                         float(np.quantile(f["ink_fraction"], 1 - q["ink_fraction_high"]))],
+        "thickness_max": float(np.quantile(f["thickness"], 1 - q["thickness"])),
+        "page_ink_max": float(np.quantile(f["page_ink"], 1 - q["page_ink"])),
+    }
+    rule = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
+            "calibration": {"images": int(len(z)), "split": "train"}}
+    rule["calibration"]["kept"] = float(decide(rule, images_u8, z)["accepted"].mean())
+    return rule
+
+
+def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarray | None = None) -> dict:
+    """Per image: `accepted` (bool), `failed` (the checks it failed, by name) and its features."""
+    lim = rule["limits"]
+    f = {**logit_features(logits, rule["logit_model"]), **image_features(images_u8, page)}
+    checks = {
+        "energy": f["energy"] >= lim["energy_min"],
+        "logit_distance": f["logit_distance"] <= lim["logit_distance_max"],
+        "ink_fraction": (f["ink_fraction"] >= lim["ink_fraction"][0]) & (f["ink_fraction"] <= lim["ink_fraction"][1]),
+        "thickness": f["thickness"] <= lim["thickness_max"],
+        "page_ink": f["page_ink"] <= lim["page_ink_max"],
+    }
+    ok = np.ones(len(f["energy"]), dtype=bool)
+    for v in checks.values():
+        ok &= v
+    failed = [[name for name, v in checks.items() if not v[i]] for i in range(len(ok))]
+    return {"accepted": ok, "failed": failed, "features": f}
+
+
+def explain(rule: dict, decision: dict, i: int) -> dict:
+    """Image i's rejection in numbers: each failed check with its value and the limit it missed."""
+    f, lim = decision["features"], rule["limits"]
+    limits = {"energy": ("≥", lim["energy_min"]), "logit_distance": ("≤", lim["logit_distance_max"]),
+              "ink_fraction": ("in", lim["ink_fraction"]), "thickness": ("≤", lim["thickness_max"]),
+              "page_ink": ("≤", lim["page_ink_max"])}
+    return {"failed": [{"check": name, "value": round(float(f[name][i]), 4), "limit": limits[name][1],
+                        "rule": limits[name][0]} for name in decision["failed"][i]]}
+
+
+def check_rule(rule) -> dict:
+    """A rule read from a manifest or model metadata (untrusted): its shape, or ValueError."""
+    if not isinstance(rule, dict) or rule.get("version") != RULE_VERSION:
+        raise ValueError("not a version-1 not-a-digit rule")
+    lim, model = rule.get("limits"), rule.get("logit_model")
+    try:
+        vals = [float(lim["energy_min"]), float(lim["logit_distance_max"]), float(lim["thickness_max"]),
+                float(lim["page_ink_max"]), *(float(v) for v in lim["ink_fraction"])]
+        means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("its limits or logit model are malformed") from None
+    if means.shape != (10, 10) or prec.shape != (10, 10) or not np.isfinite(vals + [means.sum(), prec.sum()]).all():
+        raise ValueError("its limits or logit model are malformed")
+    return rule
+
+
+def non_digits(n: int = 400, seed: int = 0) -> dict:
+    """Synthetic non-digit 28×28 images (uint8, light on dark, as predict's preprocessing would hand
+    them to the model), by kind: uniform noise, Gaussian noise, filled blobs, random lines, textures.
+    For measuring, never for calibrating."""
+    rng = np.random.default_rng(seed)
+    k = n // 5
+    yy, xx = np.mgrid[:28, :28]
+    uniform = rng.integers(0, 256, (k, 28, 28))
+    gauss = np.clip(rng.normal(128, 60, (k, 28, 28)), 0, 255)
+    blobs = np.zeros((k, 28, 28))
+    for i in range(k):  # a filled ellipse or rectangle in the 20×20 box
+        cy, cx, ry, rx = 14 + rng.uniform(-2, 2), 14 + rng.uniform(-2, 2), rng.uniform(6, 10), rng.uniform(6, 10)
+        blobs[i] = 255 * ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if i % 2 else
+                          ((abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)))
+    lines = np.zeros((k, 28, 28))
+    for i in range(k):  # 4-8 random strokes: a scribble
+        for _ in range(rng.integers(4, 9)):
+            y0, x0, y1, x1 = rng.uniform(4, 24, 4)
+            t = np.linspace(0, 1, 60)
+            ys, xs = np.rint(y0 + (y1 - y0) * t).astype(int), np.rint(x0 + (x1 - x0) * t).astype(int)
+            for dy in (0, 1):
+                lines[i, np.clip(ys + dy, 0, 27), xs] = 255
+    texture = 255 * ((np.sin(xx[None] * rng.uniform(0.5, 2, (k, 1, 1)) + yy[None] * rng.uniform(0.5, 2, (k, 1, 1)))
+                      > 0))
+    return {"uniform noise": uniform.astype(np.uint8), "gaussian noise": gauss.astype(np.uint8),
+            "filled blobs": blobs.astype(np.uint8), "scribbles": lines.astype(np.uint8),
+            "textures": texture.astype(np.uint8)}
+
+
+def non_digit_images() -> np.ndarray:
+    """All of `non_digits()` as one uint8 N×28×28 array, in a fixed order (the reference stores the float
+    model's logits on exactly these)."""
+    return np.concatenate(list(non_digits().values()))

@@ -1,0 +1,135 @@
+"""Timing a user can trust on a shared machine: the one timing module of verify, `export --search`
+and the benchmark harness.
+
+A figure is a median over rounds (every row timed once per round, the rows interleaved round-robin,
+so a burst of load hits all of them), reported with its spread (min–max over the rounds); the
+machine's load is sampled per round from /proc/stat (busy cores, steal), and a run whose load or
+spread is too high is marked noisy, never failed. Edge side: numpy and the standard library only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+# A run is noisy when, in some round, other processes kept more than this many cores busy or the
+# hypervisor stole more than this % of the time, or when a row's batch-1 p50 varied by more than this
+# ratio (max/min) over the rounds. The first two are what this 2-core machine shows when a second job
+# starts; the ratio is twice the round-to-round drift measured on it when quiet (about 1.1).
+NOISY_OTHER_CORES = 0.5
+NOISY_STEAL_PCT = 5.0
+NOISY_SPREAD = 1.25
+
+
+def latency_us(model, x1: np.ndarray, warmup: int = 50, iters: int = 500) -> dict:
+    """Batch-1 latency percentiles in µs after warm-up (`model.run` on a prepared input)."""
+    for _ in range(warmup):
+        model.run(x1)
+    times = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        model.run(x1)
+        times[i] = time.perf_counter_ns() - t0
+    p50, p95, p99 = np.percentile(times / 1e3, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+def throughput(model, x: np.ndarray, repeats: int = 5) -> float:
+    """Images per second on batch `x`: the median of `repeats` timed runs after one warm-up."""
+    model.run(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.run(x)
+        times.append(time.perf_counter() - t0)
+    return float(len(x) / np.median(times))
+
+
+def one_round(cand, images_u8: np.ndarray, throughput_batch: int, latency_iters: int) -> dict:
+    """One round of a row: batch-1 percentiles and throughput, each on the runtime's own input."""
+    return {"latency_us": latency_us(cand, cand.bench_input(images_u8[:1]), iters=latency_iters),
+            "throughput": throughput(cand, cand.bench_input(images_u8[:throughput_batch]))}
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """A row's rounds as its reported figures: each percentile and the throughput as the median over
+    the rounds, the per-round batch-1 p50s and throughputs, and their min–max spread."""
+    p = {k: [r["latency_us"][k] for r in rounds] for k in ("p50", "p95", "p99")}
+    tp = [r["throughput"] for r in rounds]
+    return {"latency_us": {k: float(np.median(v)) for k, v in p.items()},
+            "throughput": float(np.median(tp)),
+            "latency_rounds_us": [float(v) for v in p["p50"]], "throughput_rounds": [float(v) for v in tp],
+            "latency_spread_us": [float(min(p["p50"])), float(max(p["p50"]))],
+            "throughput_spread": [float(min(tp)), float(max(tp))]}
+
+
+def cpu_snapshot(stat: Path = Path("/proc/stat")) -> tuple | None:
+    """(busy, steal, total) jiffies over all cores, and the number of cores; None where unreadable."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    head = lines[0].split()
+    if head[0] != "cpu":
+        return None
+    v = [int(x) for x in head[1:]] + [0] * 10
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    cores = sum(1 for line in lines[1:] if line.startswith("cpu") and line[3:4].isdigit())
+    busy = user + nice + system + irq + softirq
+    return busy, steal, busy + idle + iowait + steal, max(cores, 1)
+
+
+def load_between(a: tuple | None, b: tuple | None, own_cores: float) -> dict | None:
+    """The machine's load between two snapshots: busy cores (all processes), steal %, and the busy
+    cores beyond the `own_cores` this run keeps busy (other processes)."""
+    if a is None or b is None or b[2] <= a[2]:
+        return None
+    total, cores = b[2] - a[2], b[3]
+    busy_cores = (b[0] - a[0]) / total * cores
+    steal_pct = (b[1] - a[1]) / total * 100
+    return {"busy_cores": round(busy_cores, 2), "steal_pct": round(steal_pct, 2),
+            "other_busy_cores": round(max(0.0, busy_cores - own_cores), 2)}
+
+
+def noise(machine_load: list, rows: list[dict]) -> list[str]:
+    """Why the timings of a run are not to be trusted (empty: a quiet run)."""
+    why = []
+    for i, load in enumerate(machine_load):
+        if load and load["other_busy_cores"] > NOISY_OTHER_CORES:
+            why.append(f"round {i + 1}: other processes kept {load['other_busy_cores']:.1f} cores busy")
+        if load and load["steal_pct"] > NOISY_STEAL_PCT:
+            why.append(f"round {i + 1}: {load['steal_pct']:.0f}% of the time stolen by the hypervisor")
+    for r in rows:
+        lo, hi = r.get("latency_spread_us") or (None, None)
+        if lo and hi and hi / lo > NOISY_SPREAD:
+            why.append(f"{r['id']}: batch-1 p50 varied {hi / lo:.2f}× over the rounds")
+    return why
+
+
+def fastest(rows: list[dict]) -> dict | None:
+    """The fastest passing artifact at batch 1 (lowest median p50) and at the throughput batch
+    (highest median throughput), each with its margin over the next passing one and whether that
+    margin exceeds the spread (their min–max ranges over the rounds do not overlap). The reference
+    row is not an artifact and is left out."""
+    ok = [r for r in rows if r.get("status") == "ok" and not r.get("is_reference") and r.get("latency_us")
+          and r.get("throughput")]
+    if not ok:
+        return None
+    by_p50 = sorted(ok, key=lambda r: r["latency_us"]["p50"])
+    by_tp = sorted(ok, key=lambda r: -r["throughput"])
+    out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"], "batch1_next": None, "batch1_margin": None,
+           "batch1_beyond_spread": None, "throughput_next": None, "throughput_margin": None,
+           "throughput_beyond_spread": None}
+    if len(ok) > 1:
+        out["batch1_next"], out["throughput_next"] = by_p50[1]["id"], by_tp[1]["id"]
+        a, b = by_p50[0], by_p50[1]
+        out["batch1_margin"] = b["latency_us"]["p50"] / a["latency_us"]["p50"]
+        sa, sb = a.get("latency_spread_us"), b.get("latency_spread_us")
+        out["batch1_beyond_spread"] = bool(sa and sb and sa[1] < sb[0])
+        a, b = by_tp[0], by_tp[1]
+        out["throughput_margin"] = a["throughput"] / b["throughput"]
+        sa, sb = a.get("throughput_spread"), b.get("throughput_spread")
+        out["throughput_beyond_spread"] = bool(sa and sb and sa[0] > sb[1])
+    return out
