@@ -12,7 +12,7 @@ TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 EXTRAS ?= train,test,plot,tflite,executorch
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: demo test venv wheel clean bench gpu gpu-check
+.PHONY: demo test venv wheel clean bench gpu gpu-check arm-check mutation
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
@@ -58,5 +58,19 @@ gpu: venv
 gpu-check:
 	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
+# Every CPU artifact verified on an emulated aarch64 (qemu-user in proot, Debian's arm64 Python, the
+# aarch64 wheels), then compared image by image with this machine's run: scripts/arm_check.sh.
+# Not part of `make test`: it installs Debian packages (as root) and takes about half an hour.
+arm-check: wheel
+	bash scripts/arm_check.sh
+
+# Mutation testing (mutmut) of the gate, compare/outputs hash and timing code: its score and survivors
+# are printed; a surviving mutant is a gate a broken line would not trip. Minutes, so not in `make test`.
+mutation: venv
+	$(PIP) install -q "mutmut>=3.3,<4"
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build mutants *.egg-info

@@ -153,6 +153,49 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
     return {"rows": table, "skipped": skipped, "notes": notes}
 
 
+def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int) -> list[dict]:
+    """The toolkit's batch-1 call against the bare runtime call on the same loaded model, side by side
+    in the same interleaved rounds: ONNX Runtime (`InferenceSession.run` with a ready feed) and LiteRT
+    (`set_tensor`, `invoke`, `get_tensor`). Medians over rounds of each round's median call, 1 thread."""
+    from toolkit.runtimes import RUNTIMES, build, missing
+
+    pairs = []
+    for a in manifest["artifacts"]:
+        spec = next((r for r in RUNTIMES if a["format"] in r.formats and r.device in (None, "cpu")
+                     and a["format"] in ("onnx", "tflite")), None)
+        if spec is None or missing(spec):
+            continue
+        cand = build(spec, folder, a, 1)
+        x = cand.bench_input(images[:1])
+        if a["format"] == "onnx":
+            sess = cand.model.session
+            feed, names = {cand.model.input_name: x}, [cand.model.output_name]
+            bare = (lambda sess=sess, feed=feed, names=names: sess.run(names, feed))
+        else:
+            prog = cand.programs[1]  # the batch-1 program bench_input chose, and its quantized input
+            interp, inp, out, xq = prog.it, prog.inp["index"], prog.out["index"], x.data
+
+            def bare(interp=interp, inp=inp, out=out, xq=xq):
+                interp.set_tensor(inp, xq)
+                interp.invoke()
+                return interp.get_tensor(out)
+        pairs.append((f"{a['format']} {a['precision']}", (lambda cand=cand, x=x: cand.run(x)), bare))
+    times = {(n, k): [] for n, _, _ in pairs for k in ("toolkit", "bare")}
+    for _ in range(rounds):
+        for name, tk, bare in pairs:
+            for kind, fn in (("toolkit", tk), ("bare", bare)):
+                for _ in range(50):
+                    fn()
+                t = np.empty(iters)
+                for i in range(iters):
+                    t0 = time.perf_counter_ns()
+                    fn()
+                    t[i] = time.perf_counter_ns() - t0
+                times[(name, kind)].append(float(np.median(t)) / 1e3)
+    return [{"artifact": n, "toolkit_us": median(times[(n, "toolkit")]), "bare_us": median(times[(n, "bare")]),
+             "ratio": median(np.array(times[(n, "toolkit")]) / np.array(times[(n, "bare")]))} for n, _, _ in pairs]
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -463,6 +506,8 @@ def main():
     ap.add_argument("--no-levers", action="store_true")
     ap.add_argument("--targets-only", action="store_true",
                     help="only the deployment targets side by side, into targets.json / targets.md")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only the toolkit's batch-1 call against the bare runtime call, into overhead.json")
     args = ap.parse_args()
 
     rounds, lat_iters = 5, (200 if args.quick else 500)
@@ -491,6 +536,14 @@ def main():
                                                               SessionOptions(nchwc=precision != "int8"))
         (args.out / "profiles.json").write_text(json.dumps(profiles, indent=2) + "\n")
 
+    if args.overhead_only:
+        rows = bench_overhead(folder, manifest, data.test_images, rounds, 2000)
+        res["overhead"] = rows
+        (args.out / "overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(f"{res['machine']}\n| artifact | toolkit µs | bare µs | toolkit / bare |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['artifact']} | {r['toolkit_us']:.1f} | {r['bare_us']:.1f} | {r['ratio']:.2f} |")
+        return
     save_profiles()
     if args.targets_only:
         res["targets"] = {t: bench_targets(folder, manifest, data.test_images, t, rounds, lat_iters) for t in thread_counts}

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CACHE=${ARM_CACHE:-.cache/arm64}
 DIR=${ARM_DIR:-exported}
-OUT=${ARM_OUT:-build/arm-check}
+OUT=${ARM_OUT:-.cache/arm64/out}  # not under build/: `make wheel` empties that
 TARGETS=${ARM_TARGETS:-onnx,ort,tflite}
 # The emulated CPU: a Neoverse N1 (Armv8.2 with dotprod: Graviton2, Ampere Altra; a Raspberry Pi 5's
 # Cortex-A76 is its sibling). qemu's default "max" CPU adds i8mm, SVE2 and SME: there XNNPACK's int8

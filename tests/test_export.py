@@ -485,11 +485,11 @@ def test_predict_with_a_tflite_model_agrees_with_onnx(all_targets, tiny_export, 
         files.append(tmp_path / f"d{i}.npy")
     digits = {}
     for model in ("cnn_fp32.onnx", "cnn_fp32.tflite"):
-        r = run("predict", "--model", all_targets / model, "--as-is", "--json", "-", *files)
+        r = run("predict", "--model", all_targets / model, "--as-is", "--accept-all", "--json", "-", *files)
         assert r.exit_code == 0, r.output
         digits[model] = [x["digit"] for x in json.loads(r.stdout)["results"]]
     assert digits["cnn_fp32.onnx"] == digits["cnn_fp32.tflite"]
-    r = run("predict", "--model", all_targets / "cnn_fp32.b256.tflite", *files)
+    r = run("predict", "--model", all_targets / "cnn_fp32.b256.tflite", "--accept-all", *files)
     assert r.exit_code == 1 and "a batch-256 LiteRT model where a batch-1 one was expected" in r.stderr, r.output
 
 

@@ -371,7 +371,7 @@ def test_bool_npy_is_a_mask_and_min_confidence_marks(tiny_export, tmp_path):
     mask = np.zeros((28, 28), bool)
     mask[6:22, 12:16] = True
     np.save(tmp_path / "mask.npy", mask)
-    r = run("predict", tmp_path / "mask.npy", "--model", tiny_export["out"] / "cnn_int8.onnx", "--json",
+    r = run("predict", tmp_path / "mask.npy", "--model", tiny_export["out"] / "cnn_int8.onnx", "--accept-all", "--json",
             "--min-confidence", "1.0")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)["results"][0]

@@ -392,7 +392,7 @@ def test_an_empty_folder_and_a_pte_model_say_what_is_wrong(tmp_path, tiny_export
 def test_file_names_cannot_forge_or_erase_output_lines(tmp_path, tiny_export):
     name = tmp_path / "x\nforged.png: 7 (p=1.000)\x1b[2K.png"
     _png(name)
-    r = run("predict", name, "--model", tiny_export["out"] / "cnn_int8.onnx")
+    r = run("predict", name, "--model", tiny_export["out"] / "cnn_int8.onnx", "--accept-all")
     assert r.exit_code == 0, r.output
     assert len(r.stdout.splitlines()) == 1 and "\\n" in r.stdout and "\x1b" not in r.stdout
     r = run("predict", tmp_path / "gone\x1b[2K.png", "--model", tiny_export["out"] / "cnn_int8.onnx")
@@ -405,7 +405,7 @@ def test_file_names_cannot_forge_or_erase_output_lines(tmp_path, tiny_export):
 def test_json_never_takes_an_input_as_its_file(tmp_path, tiny_export):
     a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png")
     before = a.read_bytes()
-    r = run("predict", "--json", a, b, "--model", tiny_export["out"] / "cnn_int8.onnx")
+    r = run("predict", "--json", a, b, "--model", tiny_export["out"] / "cnn_int8.onnx", "--accept-all")
     assert r.exit_code == 2 and "names an input file" in r.stderr
     assert a.read_bytes() == before
     notes = tmp_path / "notes.txt"

@@ -99,7 +99,8 @@ def test_doctored_int8_model_fails_gates(exported, tiny_export):
     (exported / "manifest.json").write_text(json.dumps(manifest))
     r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"])
     assert r.exit_code == 1
-    assert "FAIL: ONNX int8 on ORT CPU" in r.stdout
+    verdict = r.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("FAIL:") and "ONNX int8 on ORT CPU" in verdict
 
 
 def test_doctored_manifest_fails(exported, tiny_export):
