@@ -60,7 +60,7 @@ gpu-check:
 
 # Every CPU artifact verified on an emulated aarch64 (qemu-user in proot, Debian's arm64 Python, the
 # aarch64 wheels), then compared image by image with this machine's run: scripts/arm_check.sh.
-# Not part of `make test`: it installs Debian packages (as root) and takes about half an hour.
+# Not part of `make test`: it installs Debian packages (as root) and takes about 20 minutes.
 arm-check: wheel
 	bash scripts/arm_check.sh
 

@@ -20,7 +20,8 @@ TARGETS=${ARM_TARGETS:-onnx,ort,tflite}
 # The emulated CPU: a Neoverse N1 (Armv8.2 with dotprod: Graviton2, Ampere Altra; a Raspberry Pi 5's
 # Cortex-A76 is its sibling). qemu's default "max" CPU adds i8mm, SVE2 and SME: there XNNPACK's int8
 # path gave 16% accuracy on our LiteRT int8 file (98.7% on a Neoverse N1, and on LiteRT's builtin
-# kernels), whether by qemu's emulation or by XNNPACK's kernels for those features no device here tells.
+# kernels, on a 300-image probe), whether by qemu's emulation or by XNNPACK's kernels for those
+# features no device here tells. ARM_CPU=max reproduces it.
 QEMU_CPU=${ARM_CPU:-neoverse-n1}
 mkdir -p "$CACHE" "$OUT"
 say() { echo "arm-check: $*" >&2; }
@@ -78,7 +79,7 @@ export_folder() {
     DIR="$CACHE/export"
     [ -f "$DIR/manifest.json" ] && return
     say "no export in ${ARM_DIR:-exported}: training a 1-epoch model into $DIR (make demo makes the full one)"
-    .venv/bin/mnisttk train --epochs 1 --device cpu --out "$DIR/cnn.pt" --quiet
+    .venv/bin/mnisttk train --epochs 1 --device cpu --checkpoint "$DIR/cnn.pt" --quiet >&2
     .venv/bin/mnisttk export --checkpoint "$DIR/cnn.pt" --dir "$DIR" --quantize --targets "$TARGETS" --quiet >/dev/null
 }
 

@@ -53,7 +53,8 @@ def test_round_trip_is_exact_and_compact(tmp_path):
     assert p.stat().st_size < raw * 1.2  # base64 costs 4/3: shuffle+zlib must win most of it back
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_data", "edit_field", "array_only", "not_ours", "bomb"])
+@pytest.mark.parametrize("damage", ["truncate", "flip_data", "edit_field", "array_only", "not_ours", "bomb",
+                                    "encoding", "dtype", "shape"])
 def test_damaged_outputs_are_one_line_refusals(tmp_path, damage):
     doc = _doc({"onnx-fp32@ort-cpu": _onehot(np.arange(N) % 10)})
     text = outputs.dumps(doc)
@@ -68,6 +69,12 @@ def test_damaged_outputs_are_one_line_refusals(tmp_path, damage):
         text = outputs.dumps(doc)
     elif damage == "not_ours":
         text = b'{"rows": []}'
+    elif damage in ("encoding", "dtype", "shape"):  # each one field of the array's header, hashes recomputed
+        enc = doc["rows"][0]["logits"]
+        enc.update({"encoding": {"encoding": "zlib"}, "dtype": {"dtype": "float64"},
+                    "shape": {"shape": [N, 11]}}[damage])
+        doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+        text = outputs.dumps(doc)
     elif damage in ("array_only", "bomb"):  # the document hash recomputed: the array's own check must catch it
         x = _onehot(np.arange(N) % 10)
         x[3, 3] += 1
@@ -115,7 +122,10 @@ def test_int8_agreement_and_accuracy_gates_at_and_past_their_limits():
             x[i] = _onehot([(labels[i] + 1) % 10])[0]
         return x
 
-    assert compare_pair(base, flipped(3), labels, "int8", gates)["status"] == "ok"  # 0.3 points, 99.7%
+    cell = compare_pair(base, flipped(3), labels, "int8", gates)
+    assert cell["status"] == "ok" and cell["agreement"] == 0.997  # 0.3 points, 99.7%
+    assert (cell["accuracy_base"], cell["accuracy"], cell["acc_diff"]) == (1.0, 0.997, -0.003)
+    assert cell["flipped_indices"] == [0, 1, 2] and cell["max_abs_logit_diff"] == 5.0
     assert compare_pair(base, flipped(4), labels, "int8", gates)["failed_gates"] == ["int8_drop"]
     loose_drop = Gates(int8_min_agreement_pct=99.5, int8_max_drop_points=100)
     assert compare_pair(base, flipped(5), labels, "int8", loose_drop)["status"] == "ok"  # exactly 99.5%

@@ -54,6 +54,27 @@ def test_not_a_digit_agreement_gate_at_and_past_its_limit():
     assert gates_of(Measurement("fp32", flipped=0, max_abs_logit_diff=0.0, ood_agreement_pct=0.0)) == []
 
 
+def test_each_reason_carries_the_measured_value_and_the_limit_it_missed():
+    """The evidence beside a FAIL: what was measured and the limit, per gate (mutation testing found
+    these unpinned: a reason could have carried nothing and every pass/fail stayed right)."""
+    g = Gates(max_latency_ratio=1.5)
+    reasons = {r.gate: r for r in evaluate(Measurement("fp32", flipped=3, max_abs_logit_diff=0.5, latency_ratio=2.0,
+                                                       cpu_compute_ops=["Conv"]), g)}
+    assert (reasons[Gate.FP32_FLIPS].value, reasons[Gate.FP32_FLIPS].limit) == (3, 0)
+    assert (reasons[Gate.FP32_LOGITS].value, reasons[Gate.FP32_LOGITS].limit) == (0.5, g.fp32_max_abs_logit_diff)
+    assert (reasons[Gate.LATENCY].value, reasons[Gate.LATENCY].limit) == (2.0, 1.5)
+    assert reasons[Gate.CPU_COMPUTE].value == ["Conv"]
+    reasons = {r.gate: r for r in evaluate(Measurement("int8", accuracy_drop_points=1.0, agreement_pct=90.0,
+                                                       not_delegated=["FULLY_CONNECTED"], clipped_top_pct=5.0,
+                                                       ood_agreement_pct=50.0), g)}
+    assert (reasons[Gate.INT8_DROP].value, reasons[Gate.INT8_DROP].limit) == (1.0, g.int8_max_drop_points)
+    assert (reasons[Gate.INT8_AGREEMENT].value, reasons[Gate.INT8_AGREEMENT].limit) == (90.0, g.int8_min_agreement_pct)
+    assert reasons[Gate.NOT_DELEGATED].value == ["FULLY_CONNECTED"]
+    assert (reasons[Gate.SATURATION].value, reasons[Gate.SATURATION].limit) == (5.0, g.int8_max_clipped_top_pct)
+    assert (reasons[Gate.OOD_AGREEMENT].value, reasons[Gate.OOD_AGREEMENT].limit) == (50.0, g.int8_min_ood_agreement_pct)
+    assert "50.00% < 99%" in reasons[Gate.OOD_AGREEMENT].text() and "FULLY_CONNECTED" in reasons[Gate.NOT_DELEGATED].text()
+
+
 def test_placement_and_consistency_gates():
     ok = dict(accuracy_drop_points=0.0, agreement_pct=100.0)
     assert gates_of(Measurement("int8", int8_kernels=["QLinearConv"], **ok)) == []

@@ -28,11 +28,14 @@ def _stat(tmp_path, name, busy, idle, steal, cores=2):
 
 
 def test_machine_load_from_proc_stat(tmp_path):
-    a = _stat(tmp_path, "a", busy=1000, idle=1000, steal=0)
-    b = _stat(tmp_path, "b", busy=1150, idle=1040, steal=10)  # 200 jiffies: 150 busy, 40 idle, 10 stolen
+    a = _stat(tmp_path, "a", busy=1000, idle=1000, steal=30)
+    b = _stat(tmp_path, "b", busy=1150, idle=1040, steal=40)  # 200 jiffies: 150 busy, 40 idle, 10 stolen
     load = timing.load_between(a, b, own_cores=1)
     assert load == {"busy_cores": 1.5, "steal_pct": 5.0, "other_busy_cores": 0.5}
+    b3 = _stat(tmp_path, "b3", busy=1001, idle=1001, steal=31)  # 3 jiffies: the shares keep 2 decimals
+    assert timing.load_between(a, b3, own_cores=0) == {"busy_cores": 0.67, "steal_pct": 33.33, "other_busy_cores": 0.67}
     assert timing.load_between(None, b, 1) is None and timing.load_between(b, a, 1) is None
+    assert timing.load_between(a, a, 1) is None  # no time passed: no load to tell
 
 
 def test_noisy_exactly_at_and_one_step_past_each_limit():
@@ -42,8 +45,8 @@ def test_noisy_exactly_at_and_one_step_past_each_limit():
     busy = {**quiet, "other_busy_cores": timing.NOISY_OTHER_CORES + 0.01}
     stolen = {**quiet, "steal_pct": timing.NOISY_STEAL_PCT + 0.01}
     wide = {**row, "latency_spread_us": [100.0, 100.0 * timing.NOISY_SPREAD + 0.01]}
-    assert len(timing.noise([busy], [row])) == 1 and "cores busy" in timing.noise([busy], [row])[0]
-    assert len(timing.noise([stolen], [row])) == 1 and "stolen" in timing.noise([stolen], [row])[0]
+    assert timing.noise([quiet, busy], [row]) == ["round 2: other processes kept 0.5 cores busy"]
+    assert timing.noise([stolen], [row]) == ["round 1: 5% of the time stolen by the hypervisor"]
     assert timing.noise([quiet], [wide]) == ["onnx-fp32@ort-cpu: batch-1 p50 varied 1.25× over the rounds"]
 
 
