@@ -260,6 +260,18 @@ def test_saturation_gate_at_and_past_its_limit():
     assert gates_of(Measurement("int8", clipped_top_pct=None, **ok)) == []  # a float output: nothing to clip
 
 
+def test_a_value_exactly_half_a_step_from_a_limit_is_at_it():
+    from toolkit.gates import saturation
+
+    # limits ±2, step 0.5: at the upper limit from 1.75 on, at the lower one up to -1.75
+    at = saturation(np.array([[1.75, 0.0, -1.75]]), (-2.0, 2.0, 0.5))
+    assert at["clipped_top_images"] == 1 and at["values_at_limits_pct"] == pytest.approx(200 / 3)
+    past = saturation(np.array([[1.7499, 0.0, -1.7499]]), (-2.0, 2.0, 0.5))
+    assert past["clipped_top_images"] == 0 and past["values_at_limits_pct"] == 0.0
+    two = saturation(np.array([[0.0, 1.9], [1.9, 0.0]]), (-2.0, 2.0, 0.5))  # the top of each image, by row
+    assert two["clipped_top_images"] == 2
+
+
 def test_saturation_and_score_fidelity_measures():
     from toolkit.gates import saturation, score_fidelity
 

@@ -27,6 +27,15 @@ def _stat(tmp_path, name, busy, idle, steal, cores=2):
     return timing.cpu_snapshot(p)
 
 
+def test_every_busy_column_of_proc_stat_counts(tmp_path):
+    p = tmp_path / "s"
+    # user nice system idle iowait irq softirq steal: busy = 1+2+3+6+7, total = busy + 4 + 5 + 8
+    p.write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0 0 0\ncpuX\n")
+    assert timing.cpu_snapshot(p) == (19, 8, 36, 2)
+    p.write_text("cpu  1 2 3 4\ncpu0 1 2 3 4\n")  # an old kernel's four columns
+    assert timing.cpu_snapshot(p) == (6, 0, 10, 1)
+
+
 def test_machine_load_from_proc_stat(tmp_path):
     a = _stat(tmp_path, "a", busy=1000, idle=1000, steal=30)
     b = _stat(tmp_path, "b", busy=1150, idle=1040, steal=40)  # 200 jiffies: 150 busy, 40 idle, 10 stolen
@@ -70,6 +79,12 @@ def test_fastest_passing_artifact_with_its_margin_and_spread():
     f = timing.fastest(rows)
     assert f["batch1_beyond_spread"] is True and f["throughput_beyond_spread"] is True
     assert timing.fastest([rows[0], rows[1]]) is None
+    two = timing.fastest([rows[2], rows[4]])  # two passing rows: the margin is measured
+    assert two["batch1"] == "onnx-fp32@ort-cpu" and two["batch1_margin"] == 1.5 and two["batch1_beyond_spread"] is True
+    assert timing.fastest([rows[2]])["batch1_next"] is None
+    touching = [_row("a", 10, 1000, [9, 12], [900, 1100]), _row("b", 12, 900, [12, 13], [800, 900])]
+    f = timing.fastest(touching)  # ranges that meet at one value overlap: no clear win
+    assert f["batch1_beyond_spread"] is False and f["throughput_beyond_spread"] is False
 
 
 def test_verify_times_every_row_in_interleaved_rounds(onnx_family_export, tiny_export, tmp_path):
