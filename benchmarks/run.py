@@ -180,18 +180,13 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
                 interp.invoke()
                 return interp.get_tensor(out)
         pairs.append((f"{a['format']} {a['precision']}", (lambda cand=cand, x=x: cand.run(x)), bare))
+    from types import SimpleNamespace
+
     times = {(n, k): [] for n, _, _ in pairs for k in ("toolkit", "bare")}
     for _ in range(rounds):
         for name, tk, bare in pairs:
-            for kind, fn in (("toolkit", tk), ("bare", bare)):
-                for _ in range(50):
-                    fn()
-                t = np.empty(iters)
-                for i in range(iters):
-                    t0 = time.perf_counter_ns()
-                    fn()
-                    t[i] = time.perf_counter_ns() - t0
-                times[(name, kind)].append(float(np.median(t)) / 1e3)
+            for kind, fn in (("toolkit", tk), ("bare", bare)):  # timing.latency_us calls .run(x)
+                times[(name, kind)].append(latency_us(SimpleNamespace(run=lambda _, fn=fn: fn()), None, iters=iters)["p50"])
     return [{"artifact": n, "toolkit_us": median(times[(n, "toolkit")]), "bare_us": median(times[(n, "bare")]),
              "ratio": median(np.array(times[(n, "toolkit")]) / np.array(times[(n, "bare")]))} for n, _, _ in pairs]
 

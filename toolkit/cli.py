@@ -21,6 +21,7 @@ import click
 from toolkit import __version__
 from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
+from toolkit.fsutil import json_safe
 from toolkit.targets import KNOWN_TARGETS, TARGETS
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
@@ -192,19 +193,8 @@ def json_option(what: str):
                         help=f"{what} as JSON: to stdout (bare --json, or -) or into FILE.")
 
 
-def _finite(obj):
-    """JSON has no NaN/Infinity: a non-finite measurement is written as null (its row says why)."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def emit_json(obj, dest) -> None:
-    text = json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(obj), indent=2, default=str, allow_nan=False) + "\n"
     if dest is None:
         return
     if str(dest) == "-":

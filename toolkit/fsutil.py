@@ -79,3 +79,14 @@ def regular_file(path: str | os.PathLike, error: type[Exception], what: str, max
     if st.st_size > max_bytes:
         raise error(f"{path}: {st.st_size:,} bytes is too large for {what}; refused")
     return path
+
+
+def json_safe(obj):
+    """JSON has no NaN/Infinity: a non-finite measurement is written as null (its row says why)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -109,10 +109,12 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> 
     return rule
 
 
-def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarray | None = None) -> dict:
-    """Per image: `accepted` (bool), `failed` (the checks it failed, by name) and its features."""
+def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarray | None = None, *,
+           features: dict | None = None) -> dict:
+    """Per image: `accepted` (bool), `failed` (the checks it failed, by name) and its features.
+    `features`: the images' `image_features`, when the same images are judged with several logits."""
     lim = rule["limits"]
-    f = {**logit_features(logits, rule["logit_model"]), **image_features(images_u8, page)}
+    f = {**logit_features(logits, rule["logit_model"]), **(features or image_features(images_u8, page))}
     checks = {
         "energy": f["energy"] >= lim["energy_min"],
         "logit_distance": f["logit_distance"] <= lim["logit_distance_max"],

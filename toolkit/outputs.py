@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ToolkitError
+from toolkit.fsutil import json_safe
 
 KIND = "mnisttk-outputs"
 SCHEMA_VERSION = 1
@@ -86,7 +87,7 @@ def build(result: dict, logits: dict, labels: np.ndarray, test_sha256: str, arti
     produced them; `artifact_sha256`: file -> its SHA-256 in the manifest."""
     rows = []
     for r in result["rows"]:
-        row = {k: _finite(r.get(k)) for k in ROW_FIELDS}
+        row = {k: json_safe(r.get(k)) for k in ROW_FIELDS}
         row["artifact_sha256"] = artifact_sha256.get(r.get("file"))
         if r["id"] in logits:
             row["logits"] = _encode(np.asarray(logits[r["id"]], dtype=np.float32))
@@ -98,15 +99,6 @@ def build(result: dict, logits: dict, labels: np.ndarray, test_sha256: str, arti
            "labels": _encode(np.asarray(labels, dtype=np.uint8)), "rows": rows}
     doc["sha256"] = hashlib.sha256(_canonical(doc)).hexdigest()
     return doc
-
-
-def _finite(v):
-    """JSON has no NaN: a non-finite figure is stored as null."""
-    if isinstance(v, float):
-        return v if np.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    return v
 
 
 def dumps(doc: dict) -> bytes:

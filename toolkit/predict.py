@@ -280,12 +280,12 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, count
 
 
-def _max_pool(mask: np.ndarray, f: int) -> np.ndarray:
-    h, w = mask.shape
-    hp, wp = -(-h // f) * f, -(-w // f) * f
-    padded = np.zeros((hp, wp), dtype=bool)
-    padded[:h, :w] = mask
-    return padded.reshape(hp // f, f, wp // f, f).any(axis=(1, 3))
+def _blocks(x: np.ndarray, f: int, reduce) -> np.ndarray:
+    """`reduce` over f×f blocks (np.any: a max-pool of a mask; np.sum: ink per block), zero-padded."""
+    h, w = x.shape
+    padded = np.zeros((-(-h // f) * f, -(-w // f) * f), dtype=x.dtype)
+    padded[:h, :w] = x
+    return reduce(padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f), axis=(1, 3))
 
 
 def dominant_ink(img: np.ndarray) -> np.ndarray:
@@ -298,12 +298,12 @@ def dominant_ink(img: np.ndarray) -> np.ndarray:
     if not mask.any():
         return img
     f = max(1, -(-max(img.shape) // COMPONENT_PX))
-    small = _max_pool(mask, f)
+    small = _blocks(mask, f, np.any)
     labels, count = label_components(small)
     if count <= 1:
-        return img * _grow(mask, 1)
+        return img * _running(mask, 3, np.max)
     sh, sw = small.shape
-    weights = _max_pool_sum(np.where(mask, img, 0.0), f)
+    weights = _blocks(np.where(mask, img, 0.0), f, np.sum)
     mass = np.bincount(labels.ravel(), weights=weights.ravel(), minlength=count + 1)
     boxes = {}
     for k in range(1, count + 1):
@@ -324,26 +324,7 @@ def dominant_ink(img: np.ndarray) -> np.ndarray:
         and boxes[k][2] <= x1 + mx and boxes[k][3] >= x0 - mx)]
     kept_small = np.isin(labels, keep)
     kept = np.repeat(np.repeat(kept_small, f, axis=0), f, axis=1)[: img.shape[0], : img.shape[1]]
-    return img * _grow(mask & kept, 1)
-
-
-def _max_pool_sum(x: np.ndarray, f: int) -> np.ndarray:
-    h, w = x.shape
-    hp, wp = -(-h // f) * f, -(-w // f) * f
-    padded = np.zeros((hp, wp))
-    padded[:h, :w] = x
-    return padded.reshape(hp // f, f, wp // f, f).sum(axis=(1, 3))
-
-
-def _grow(mask: np.ndarray, r: int) -> np.ndarray:
-    """The mask dilated by r pixels (square): anti-aliased stroke edges stay with their stroke."""
-    out = mask.copy()
-    padded = np.pad(mask, r)
-    h, w = mask.shape
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
-    return out
+    return img * _running(mask & kept, 3, np.max)  # anti-aliased stroke edges stay with their stroke
 
 
 def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
@@ -533,11 +514,12 @@ def find_rule(model_path: Path, sha256: str, metadata: str | None) -> tuple[dict
             return check_rule(json.loads(metadata)), "the model's metadata"
         except (ValueError, RecursionError):
             return None, "the model's mnisttk_ood metadata is malformed"
-    try:
-        from toolkit.manifest import load_manifest
+    from toolkit.errors import ToolkitError
+    from toolkit.manifest import load_manifest
 
+    try:
         manifest = load_manifest(model_path.parent)
-    except Exception:  # no manifest, or one that is not ours: the model was not exported beside it
+    except ToolkitError:  # no manifest, or one that is not ours: the model was not exported beside it
         return None, "the model has no mnisttk_ood metadata and no manifest lists it"
     if not any(a["file"] == model_path.name and a["sha256"] == sha256 for a in manifest["artifacts"]):
         return None, "the manifest beside the model does not list these bytes"

@@ -23,7 +23,6 @@ import onnxruntime as ort
 from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.fsutil import regular_file
-from toolkit.timing import latency_us, throughput  # noqa: F401  (the one timing module; kept importable here)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model

@@ -119,17 +119,13 @@ def fastest(rows: list[dict]) -> dict | None:
         return None
     by_p50 = sorted(ok, key=lambda r: r["latency_us"]["p50"])
     by_tp = sorted(ok, key=lambda r: -r["throughput"])
-    out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"], "batch1_next": None, "batch1_margin": None,
-           "batch1_beyond_spread": None, "throughput_next": None, "throughput_margin": None,
-           "throughput_beyond_spread": None}
-    if len(ok) > 1:
-        out["batch1_next"], out["throughput_next"] = by_p50[1]["id"], by_tp[1]["id"]
-        a, b = by_p50[0], by_p50[1]
-        out["batch1_margin"] = b["latency_us"]["p50"] / a["latency_us"]["p50"]
-        sa, sb = a.get("latency_spread_us"), b.get("latency_spread_us")
-        out["batch1_beyond_spread"] = bool(sa and sb and sa[1] < sb[0])
-        a, b = by_tp[0], by_tp[1]
-        out["throughput_margin"] = a["throughput"] / b["throughput"]
-        sa, sb = a.get("throughput_spread"), b.get("throughput_spread")
-        out["throughput_beyond_spread"] = bool(sa and sb and sa[0] > sb[1])
-    return out
+    out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"]}
+    if len(ok) == 1:
+        return {**out, **{f"{k}_{v}": None for k in ("batch1", "throughput") for v in ("next", "margin", "beyond_spread")}}
+    (a, b), (c, d) = by_p50[:2], by_tp[:2]
+    sa, sb = a.get("latency_spread_us"), b.get("latency_spread_us")
+    sc, sd = c.get("throughput_spread"), d.get("throughput_spread")
+    return {**out, "batch1_next": b["id"], "batch1_margin": b["latency_us"]["p50"] / a["latency_us"]["p50"],
+            "batch1_beyond_spread": bool(sa and sb and sa[1] < sb[0]),
+            "throughput_next": d["id"], "throughput_margin": c["throughput"] / d["throughput"],
+            "throughput_beyond_spread": bool(sc and sd and sc[0] > sd[1])}

@@ -183,6 +183,10 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
         except ValueError as exc:
             raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
     non_digits = ood.non_digit_images() if rule is not None and ref["non_digit_logits"] is not None else None
+    if non_digits is not None:  # the reference's decisions and the images' own features: once for every row
+        test_features, nd_features = ood.image_features(test_images), ood.image_features(non_digits)
+        ref_accepts = (ood.decide(rule, test_images, ref_logits, features=test_features)["accepted"],
+                       ood.decide(rule, non_digits, ref["non_digit_logits"], features=nd_features)["accepted"])
     if not np.array_equal(ref["labels"], labels):
         raise ManifestError("reference labels do not match the test labels")
     if golden is not None and (golden.test_sha256 != test_sha256 or not np.array_equal(golden.labels, labels)):
@@ -276,8 +280,9 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             rounds[row.id] = [m.pop("round")]
             nd_logits = m.pop("non_digit_logits", None)
             if non_digits is not None and nd_logits is not None and np.isfinite(logits).all():
-                row.ood = _ood_agreement(rule, test_images, logits, ref_logits, non_digits, nd_logits,
-                                         ref["non_digit_logits"])
+                row.ood = _ood_agreement(ood.decide(rule, test_images, logits, features=test_features)["accepted"],
+                                         ood.decide(rule, non_digits, nd_logits, features=nd_features)["accepted"],
+                                         *ref_accepts)
             for key, value in m.items():
                 setattr(row, key, value)
             row.size_bytes = sizes.get(a["file"])
@@ -353,17 +358,16 @@ def _against_golden(row: Row, logits: np.ndarray, golden: Outputs, artifact_sha2
     return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels, row.precision, gates)
 
 
-def _ood_agreement(rule: dict, test_images, logits, ref_logits, images: np.ndarray, nd_logits, nd_ref) -> dict:
-    """The row's not-a-digit decisions against the reference's: agreement on the test set and on the
-    synthetic non-digits (each in %; the gate takes the lower), and how many each accepted/rejected."""
-    mine, ref = ood.decide(rule, test_images, logits)["accepted"], ood.decide(rule, test_images, ref_logits)["accepted"]
-    nd_mine, nd_ref_ok = ood.decide(rule, images, nd_logits)["accepted"], ood.decide(rule, images, nd_ref)["accepted"]
+def _ood_agreement(mine: np.ndarray, nd_mine: np.ndarray, ref: np.ndarray, nd_ref_ok: np.ndarray) -> dict:
+    """A row's not-a-digit decisions (accepted: bool per image) against the reference's: agreement on the
+    test set and on the synthetic non-digits (each in %; the gate takes the lower), and how many each
+    accepted/rejected."""
     test_pct = 100 * float((mine == ref).mean())
     nd_pct = 100 * float((nd_mine == nd_ref_ok).mean())
     return {"test_agreement_pct": test_pct, "non_digit_agreement_pct": nd_pct, "agreement_pct": min(test_pct, nd_pct),
             "test_accepted_pct": 100 * float(mine.mean()), "reference_test_accepted_pct": 100 * float(ref.mean()),
             "non_digits_rejected_pct": 100 * float(1 - nd_mine.mean()),
-            "reference_non_digits_rejected_pct": 100 * float(1 - nd_ref_ok.mean()), "non_digits": int(len(images))}
+            "reference_non_digits_rejected_pct": 100 * float(1 - nd_ref_ok.mean()), "non_digits": int(len(nd_mine))}
 
 
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
