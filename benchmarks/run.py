@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 from toolkit.data import load_mnist, to_model_input  # noqa: E402
-from toolkit.manifest import cpu_flags  # noqa: E402
+from toolkit.machine import cpu_flags  # noqa: E402
 from toolkit.metrics import classification_metrics  # noqa: E402
-from toolkit.candidate import Candidate  # noqa: E402
-from toolkit.runtime import Model  # noqa: E402
+from toolkit.runtimes.candidate import Candidate  # noqa: E402
+from toolkit.runtimes.ort_session import Model  # noqa: E402
 from toolkit.timing import latency_us, throughput  # noqa: E402
 from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 
@@ -47,7 +47,7 @@ def median(xs):
 
 
 def ort_runner(name, path, threads, precision="fp32", optimization="all", nchwc=None, parallel="batch"):
-    """verify's own ONNX Runtime candidate (toolkit.candidate.Candidate), renamed for the table."""
+    """verify's own ONNX Runtime candidate (toolkit.runtimes.candidate.Candidate), renamed for the table."""
     cand = OnnxCandidate(Path(path), precision, "cpu", threads, optimization=optimization, nchwc=nchwc,
                          parallel=parallel)
     cand.name = name
@@ -68,18 +68,20 @@ def compare(runners: list[Candidate], images, rounds, lat_iters, batches, baseli
     x1 = {r.name: r.bench_input(images[:1]) for r in runners}
     xb = {(r.name, b): r.bench_input(images[:b]) for r in runners for b in batches}
     for r in runners:  # warm-up
-        for _ in range(50):
-            r.run(x1[r.name])
-        for b in batches:
-            r.run(xb[(r.name, b)])
+        with r.scope():
+            for _ in range(50):
+                r.run(x1[r.name])
+            for b in batches:
+                r.run(xb[(r.name, b)])
     raw = {r.name: {"p50": [], "p99": [], **{f"tp{b}": [] for b in batches}} for r in runners}
     for _ in range(rounds):
         for r in runners:
-            lat = latency_us(r, x1[r.name], warmup=0, iters=lat_iters)
-            raw[r.name]["p50"].append(lat["p50"])
-            raw[r.name]["p99"].append(lat["p99"])
-            for b in batches:
-                raw[r.name][f"tp{b}"].append(throughput(r, xb[(r.name, b)], repeats=5))
+            with r.scope():  # its threads (and engine), restored before the next runner
+                lat = latency_us(r, x1[r.name], warmup=0, iters=lat_iters)
+                raw[r.name]["p50"].append(lat["p50"])
+                raw[r.name]["p99"].append(lat["p99"])
+                for b in batches:
+                    raw[r.name][f"tp{b}"].append(throughput(r, xb[(r.name, b)], repeats=5))
     out = {}
     base = raw[baseline]
     for name, v in raw.items():
@@ -109,16 +111,14 @@ class OpenVinoCandidate(Candidate):
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
-    def bench_input(self, images_u8):
+    def prepare(self, images_u8):
         return np.ascontiguousarray(images_u8[:, None]) if self.uint8 else to_model_input(images_u8)
+
+    def _forward(self, x):
+        return np.asarray(self.run(x)[0])
 
     def run(self, x):
         return self.request.infer({0: x})
-
-    def logits(self, images_u8):
-        from toolkit.contract import batched
-
-        return batched(lambda b: np.asarray(self.run(self.bench_input(b))[0]), images_u8)
 
 
 def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: int, lat_iters: int):
@@ -294,13 +294,13 @@ LEVERS = [
 
 
 def bench_levers(data, fp32_path, rounds, lat_iters):
-    from toolkit.quantize import QuantConfig, calibration_indices, onnx_static_int8
+    from toolkit.exporters.quantize import QuantConfig, calibration_indices, onnx_static_int8
 
     calib = to_model_input(data.train_images[calibration_indices(len(data.train_images), QuantConfig())])
     tmp = Path(tempfile.mkdtemp(prefix="mnisttk-levers-"))
     runners, info = [ort_runner("fp32", fp32_path, 1)], {"fp32": {"config": "fp32 ONNX"}}
     acc = {"fp32": classification_metrics(data.test_labels, Model(fp32_path).logits(data.test_images).argmax(1))["accuracy"]}
-    import toolkit.quantize as quantize
+    import toolkit.exporters.quantize as quantize
 
     for name, overrides in LEVERS:
         path = tmp / f"lever{len(runners)}.onnx"
@@ -335,7 +335,7 @@ def bench_levers(data, fp32_path, rounds, lat_iters):
 
 def bench_calibration(data, fp32_path):
     """int8 test accuracy and agreement with fp32 against calibration size and method."""
-    from toolkit.quantize import QuantConfig, calibration_indices, onnx_static_int8
+    from toolkit.exporters.quantize import QuantConfig, calibration_indices, onnx_static_int8
 
     fp32_preds = Model(fp32_path).logits(data.test_images).argmax(1)
     tmp = Path(tempfile.mkdtemp(prefix="mnisttk-calib-"))
@@ -521,8 +521,8 @@ def main():
     all_threads = os.cpu_count() or 1
     thread_counts = sorted({1, all_threads})
     def save_profiles():  # per-node profiles of the default models, so a regression shows node by node
-        from toolkit.inspect import profile_model
-        from toolkit.runtime import SessionOptions
+        from toolkit.inspect.profile import profile_model
+        from toolkit.runtimes.ort_session import SessionOptions
 
         profiles = {"created": res["created"], "machine": res["machine"], "batch": 256, "threads": 1, "models": {}}
         for precision in ("fp32", "int8"):

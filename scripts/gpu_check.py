@@ -54,7 +54,7 @@ def environment() -> dict:
     except ImportError:
         info.update(torch=None, cuda=False, gpu=None)
     sys.path.insert(0, str(ROOT))
-    from toolkit.runtime import available_providers, onnxruntime_distributions
+    from toolkit.runtimes.ort_session import available_providers, onnxruntime_distributions
 
     info.update(onnxruntime=onnxruntime_distributions(), providers=available_providers())
     return info

@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
 
     from toolkit.data import load_mnist
     from toolkit.predict import prepare
-    from toolkit.runtime import Model
+    from toolkit.runtimes.ort_session import Model
 
     folder = Path(argv[0] if argv else "exported")
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -39,7 +39,7 @@ def test_frame_filling_digits_are_normalised_and_mnist_passes_unchanged(real_exp
     """Real digits that fill their 28×28 frame (no margin, not centred by mass) go through MNIST's
     crop/scale/centre; MNIST's own images are already MNIST-like and are used exactly as they are."""
     from toolkit.predict import is_mnist_like, resize, to_mnist
-    from toolkit.runtime import Model
+    from toolkit.runtimes.ort_session import Model
 
     assert all(is_mnist_like(im.astype(np.float64)) for im in real_mnist.test_images)
     images, labels = real_mnist.test_images[:500], real_mnist.test_labels[:500]

@@ -11,7 +11,7 @@ from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from helpers import LOOSE, run
 from toolkit.data import load_mnist
 from toolkit.fsutil import sha256_file
-from toolkit.quantize import QuantConfig, calibration_indices, indices_sha256
+from toolkit.exporters.quantize import QuantConfig, calibration_indices, indices_sha256
 
 
 
@@ -64,7 +64,7 @@ def test_int8_onnx_graph_structure(tiny_export):
 
 
 def test_int8_kernels_run_and_first_block_stays_fp32(tiny_export):
-    from toolkit.runtime import Model, SessionOptions
+    from toolkit.runtimes.ort_session import Model, SessionOptions
 
     model = Model(tiny_export["out"] / "cnn_int8.onnx", "cpu", SessionOptions(threads=1, profile=True))
     model.logits(np.zeros((4, 28, 28), np.uint8))
@@ -78,7 +78,7 @@ def test_int8_kernels_run_and_first_block_stays_fp32(tiny_export):
 def _quantize(tiny_export, out_path, **options):
     """The quantizer alone, on the session's fp32 ONNX (the option under test touches only this step)."""
     from toolkit.data import to_model_input
-    from toolkit.quantize import onnx_static_int8
+    from toolkit.exporters.quantize import onnx_static_int8
 
     data = load_mnist(tiny_export["data"], download=False)
     cfg = QuantConfig(calibration_size=100, **options)
@@ -149,7 +149,7 @@ def test_manifest_hashes_and_calibration(tiny_export):
 def test_calibration_never_uses_test_images(tiny_export, monkeypatch):
     """Whatever the seed, the calibration images are rows of the training split."""
     import toolkit.export as export_mod
-    import toolkit.quantize as quantize_mod
+    import toolkit.exporters.quantize as quantize_mod
 
     seen = {}
     real = quantize_mod.onnx_static_int8
@@ -172,7 +172,7 @@ def test_calibration_never_uses_test_images(tiny_export, monkeypatch):
 def test_failed_export_keeps_previous_artifacts(tiny_export, tmp_path, monkeypatch):
     import shutil
 
-    import toolkit.quantize as quantize_mod
+    import toolkit.exporters.quantize as quantize_mod
 
     out = tmp_path / "exp"
     shutil.copytree(tiny_export["out"], out)

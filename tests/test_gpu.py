@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import toolkit.runtime as rt
+import toolkit.runtimes.ort_session as rt
 from helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -122,7 +122,7 @@ def test_predict_on_pages_keeps_digits_and_rejects_noise(real_export, real_mnist
     import ood_eval
 
     from toolkit.predict import prepare
-    from toolkit.runtime import Model
+    from toolkit.runtimes.ort_session import Model
 
     rule = json.loads((real_export / "manifest.json").read_text())["ood"]
     model = Model(real_export / "cnn_int8.onnx", "cpu", fmt="onnx")

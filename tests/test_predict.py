@@ -131,7 +131,7 @@ def test_uneven_lighting_is_taken_out(real_mnist, real_export):
     """Dark ink on paper lit from 35% to 100% across the page: a global threshold takes the shadow
     for ink; the local background estimate does not."""
     from toolkit.predict import resize
-    from toolkit.runtime import Model
+    from toolkit.runtimes.ort_session import Model
 
     rng = np.random.default_rng(0)
     images, labels = real_mnist.test_images[:100], real_mnist.test_labels[:100]

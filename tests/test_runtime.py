@@ -19,7 +19,7 @@ class _Counting:
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_batch_parallel_sessions_give_the_single_session_logits(tiny_export, monkeypatch, precision):
-    import toolkit.runtime as rt
+    import toolkit.runtimes.ort_session as rt
 
     monkeypatch.setattr(rt, "max_threads", lambda: 3)  # three shards whatever this machine's core count
     path = tiny_export["out"] / f"cnn_{precision}.onnx"
@@ -41,7 +41,7 @@ def test_batch_parallel_sessions_give_the_single_session_logits(tiny_export, mon
 
 
 def test_batch_parallel_failure_is_one_line(tiny_export, monkeypatch):
-    import toolkit.runtime as rt
+    import toolkit.runtimes.ort_session as rt
 
     monkeypatch.setattr(rt, "max_threads", lambda: 2)
     model = rt.Model(tiny_export["out"] / "cnn_int8.onnx", "cpu", rt.SessionOptions(threads=2))
@@ -51,7 +51,7 @@ def test_batch_parallel_failure_is_one_line(tiny_export, monkeypatch):
 
 
 def test_intra_op_and_profiling_use_one_session_and_pools_stop_spinning(tiny_export, monkeypatch):
-    import toolkit.runtime as rt
+    import toolkit.runtimes.ort_session as rt
 
     monkeypatch.setattr(rt, "max_threads", lambda: 2)
     path = tiny_export["out"] / "cnn_fp32.onnx"

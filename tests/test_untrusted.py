@@ -495,7 +495,6 @@ def test_export_says_which_earlier_artifacts_it_removed(supplier, tiny_export):
 
 
 def test_keep_fp32_of_an_unknown_layer_fails_before_exporting(tiny_export, tmp_path):
-    t0 = time.monotonic()
     err = one_error(run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", tmp_path / "o", "--data-dir",
                         tiny_export["data"], "--quantize", "--keep-fp32", "conv9"))
     assert "'conv9' is not a later layer" in err and "conv2, fc1" in err

@@ -189,7 +189,7 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib.util
         importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch" else orig(name, *a))(importlib.util.find_spec)
-        import toolkit.runtime
+        import toolkit.runtimes.ort_session
         from click.testing import CliRunner
         from toolkit.cli import main
         r = CliRunner().invoke(main, ["verify", "--dir", r"{exported}", "--data-dir", r"{tiny_export['data']}",
@@ -229,7 +229,7 @@ def test_no_torch_flag_uses_reference_npz(exported, tiny_export):
 
 def test_cuda_row_that_falls_back_to_cpu_is_not_reported_as_cuda(exported, tiny_export, monkeypatch, in_process):
     """onnxruntime-gpu on a machine without a GPU silently runs on the CPU: that is no CUDA row."""
-    import toolkit.runtime as rt
+    import toolkit.runtimes.ort_session as rt
     import toolkit.verify as vf
 
     monkeypatch.setattr(vf, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -272,7 +272,7 @@ def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_p
 
 def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypatch, in_process):
     """ORT at optimization level 'basic' runs the QDQ model in float: the int8 row must fail."""
-    from toolkit.runtime import SessionOptions
+    from toolkit.runtimes.ort_session import SessionOptions
 
     import toolkit.runtimes.onnxruntime as ortrows
 

@@ -385,7 +385,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     """
     from toolkit.data import load_mnist
     from toolkit.export import ExportConfig, run_export
-    from toolkit.quantize import QuantConfig
+    from toolkit.exporters.quantize import QuantConfig
 
     quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
@@ -496,7 +496,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
 
     manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
     if require_cuda:
-        from toolkit.runtime import available_providers
+        from toolkit.runtimes.ort_session import available_providers
 
         if "CUDAExecutionProvider" not in available_providers():
             raise ToolkitError("--require-cuda: this onnxruntime has no CUDAExecutionProvider (`make gpu` on a CUDA "
@@ -654,7 +654,7 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {provider}")
     check_outputs([("--json", json_out, "json")], [model_path, *images])
     if provider == "cuda":
-        from toolkit.runtime import select_provider
+        from toolkit.runtimes.ort_session import select_provider
 
         select_provider("cuda")  # no CUDA here: one line now, not after reading the images
     if save_preprocessed is not None:
@@ -798,7 +798,7 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
         mnisttk inspect --json inspect.json --markdown inspect.md --plot inspect.png
     """
     from toolkit.data import load_mnist
-    from toolkit.inspect import format_inspect, run_inspect
+    from toolkit.inspect.profile import format_inspect, run_inspect
     from toolkit.manifest import load_manifest
 
     manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
@@ -817,7 +817,7 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
     emit_json(result, json_out)
     click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
-    from toolkit.inspect_report import format_markdown, write_plot
+    from toolkit.inspect.report import format_markdown, write_plot
 
     try:
         if md_to_stdout:

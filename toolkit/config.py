@@ -81,7 +81,7 @@ class QuantConfig:
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range is not None:
             return self.reduce_range
-        from toolkit.manifest import cpu_flags
+        from toolkit.machine import cpu_flags
 
         flags = cpu_flags()
         return not (flags["avx512_vnni"] or flags["avx_vnni"])

@@ -33,7 +33,7 @@ def _gpus() -> list[str]:
 
 def library_versions() -> dict:
     """The versions that made an artifact (checkpoint and manifest record them), from package metadata."""
-    from toolkit.runtime import onnxruntime_distributions
+    from toolkit.runtimes.ort_session import onnxruntime_distributions
 
     names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click", "ai-edge-litert",
              "litert-torch", "ai-edge-quantizer", "executorch", "torchao")
@@ -42,8 +42,8 @@ def library_versions() -> dict:
 
 
 def environment() -> dict:
-    from toolkit.manifest import cpu_flags
-    from toolkit.runtime import available_providers, onnxruntime_distributions
+    from toolkit.machine import cpu_flags
+    from toolkit.runtimes.ort_session import available_providers, onnxruntime_distributions
 
     dists = onnxruntime_distributions()
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,27 +20,26 @@ from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import FORMATS, ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.gates import Measurement, evaluate
-from toolkit.targets import BY_NAME
+from toolkit.targets import TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
-from toolkit.errors import ExportError, first_line
-from toolkit.exporters import Sources, exporter, missing_dependency
+from toolkit.errors import ExportError, ToolkitError, first_line
+from toolkit.exporters import Artifact, Sources, Written, exporter, missing_dependency
 from toolkit.exporters import onnx as onnx_exporter
-from toolkit.exporters import torchscript as ts_exporter
 from toolkit.fsutil import check_writable_dir, sha256_file
 from toolkit.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
     REFERENCE_NAME,
     artifact_entry,
-    machine_info,
     targets_for,
     write_manifest,
 )
+from toolkit.machine import machine_info
 from toolkit.metrics import classification_metrics
 from toolkit.publish import FolderBusy, Stage, lock_folder, publish, recover
-from toolkit.quantize import calibration_indices, indices_sha256
+from toolkit.exporters.quantize import calibration_indices, indices_sha256
 
 OPSET = onnx_exporter.OPSET
 
@@ -71,24 +71,21 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(fmt: str, precision: str, path: Path, images_u8: np.ndarray, test_x: np.ndarray,
-                     extra: dict | None = None) -> np.ndarray:
-    """An artifact's test logits, from the runtime it ships to (ONNX Runtime for .onnx/.ort, LiteRT,
-    ExecuTorch; verify's own candidates)."""
-    if fmt == "torchscript":
-        return _eager_logits(ts_exporter.load(path), test_x, path.name)
-    if fmt in ("tflite", "executorch"):
-        from toolkit.runtimes import RUNTIMES, build
+def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> np.ndarray:
+    """An artifact's test logits, on the runtime verify runs it on (the registry's CPU runtime for its
+    format: toolkit.runtimes.RUNTIMES), through the same template and checks."""
+    from toolkit.runtimes import RUNTIMES, build
 
-        spec = next(s for s in RUNTIMES if fmt in s.formats)
-        artifact = {"file": path.name, "format": fmt, "precision": precision, "sha256": None, **(extra or {})}
-        logits = build(spec, path.parent, artifact, 0).logits(images_u8)
-    else:
-        from toolkit.runtime import Model
-
-        logits = Model(path, "cpu").logits(images_u8)
-    _check_finite(path.name, logits)
-    return logits
+    spec = next(s for s in RUNTIMES if art.fmt in s.formats and s.device in (None, "cpu"))
+    artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields}
+    try:
+        cand = build(spec, stage, artifact, 0)
+        with cand.scope():
+            return cand.logits(images_u8)
+    except ExportError:
+        raise
+    except ToolkitError as exc:
+        raise ExportError(f"{exc}; nothing was written") from None
 
 
 def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = lambda s: None) -> dict:
@@ -125,125 +122,59 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
         folder_lock.close()
 
 
+@dataclass
+class _Export:
+    """What the steps of one export share and fill in."""
+
+    config: ExportConfig
+    data: MNIST
+    model: torch.nn.Module
+    arch: str
+    stage: Path
+    labels: np.ndarray
+    ref_logits: np.ndarray
+    metadata: dict
+    artifacts: list = field(default_factory=list)  # toolkit.exporters.Artifact, in the order written
+    support: list = field(default_factory=list)  # (relative path, role)
+    test_logits: dict = field(default_factory=dict)  # artifact file -> its test logits
+    checks: list = field(default_factory=list)  # fp32 parity, one per fp32 artifact checked
+    quant: object = None  # the int8 recipe (--search may change it)
+    quant_info: dict | None = None
+    search: dict | None = None
+    calib: np.ndarray | None = None
+
+    def add(self, written: Written) -> None:
+        self.artifacts += written.artifacts
+        self.support += written.support
+
+    def sources(self, precisions: tuple) -> Sources:
+        onnx = {a.precision: self.stage / a.file for a in self.artifacts if a.fmt == "onnx"}
+        return Sources(self.stage, self.arch, precisions, self.model, onnx, self.calib, self.quant, self.metadata)
+
+
 def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: str, indices, out: Path,
                    log: Callable[[str], None]) -> dict:
-    test_x = to_model_input(data.test_images)
-    labels = data.test_labels.astype(np.int64)
-    ref_logits = _eager_logits(model, test_x)
+    """The export's steps, in a staging folder published only when all of them passed."""
+    ref_logits = _eager_logits(model, to_model_input(data.test_images))
     ckpt_sha = sha256_file(config.checkpoint)
     test_acc = ckpt.get("metrics", {}).get("test", {}).get("accuracy")
-    metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
-                "checkpoint_sha256": ckpt_sha}
     # "not a digit": the rule calibrated on training digits only, in the manifest and in each ONNX
     # file's metadata (mnisttk_ood), so an integrator applies the same rule; the reference keeps the
     # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
     ood_rule = _calibrate_ood(model, data.train_images)
-    metadata["mnisttk_ood"] = json.dumps(ood_rule, separators=(",", ":"))
-    non_digit_logits = _eager_logits(model, to_model_input(ood.non_digit_images()))
-
+    metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
+                "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":"))}
     stage_obj = Stage(out)
-    stage = stage_obj.new
-    formats = config.formats
     try:
-        t0 = time.perf_counter()
-        # fp32 first: (format, precision, path relative to the stage, quant params) each
-        artifacts = ts_exporter.export_fp32(model, stage, arch, torch.from_numpy(test_x[:2])) if "torchscript" in formats else []
-        artifacts += onnx_exporter.export_fp32(model, stage, arch, metadata)  # always: the source of the rest
-        test_logits = {rel: _artifact_logits(fmt, p, stage / rel, data.test_images, test_x) for fmt, p, rel, _ in artifacts}
-        checks = [_compare(rel, test_logits[rel], ref_logits) for _, _, rel, _ in artifacts]
-        log(f"fp32 exported and checked against PyTorch eager on {len(labels)} test images ({time.perf_counter() - t0:.1f} s)")
-        for c in checks:
-            _check_parity(c, config.gates)
-
-        quant_info, calib, quant, search = None, None, config.quant, None
-        onnx_files = {"fp32": stage / f"{arch}_fp32.onnx"}
+        ex = _Export(config, data, model, arch, stage_obj.new, data.test_labels.astype(np.int64), ref_logits, metadata,
+                     quant=config.quant)
+        _write_fp32(ex, log)
         if config.quantize:
-            t0 = time.perf_counter()
-            calib = to_model_input(data.train_images[indices])
-            if config.search:
-                from toolkit.search import format_search, run_search
-
-                search = run_search(stage / f"{arch}_fp32.onnx", calib, quant, data.test_images, labels, ref_logits,
-                                    gates=config.gates, log=log)
-                quant = search.pop("chosen")
-                log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(search))
-            artifacts += onnx_exporter.export_int8(stage, arch, calib, quant, metadata)
-            onnx_files["int8"] = stage / f"{arch}_int8.onnx"
-            if "torchscript" in formats:
-                artifacts += ts_exporter.export_int8(model, stage, arch, calib, config.quant)
-            quant_info = {**quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
-            log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
-
-        # The other targets, one exporter each (from the staged ONNX models or the PyTorch model).
-        support, extras = [], {}
-        sources = Sources(stage, arch, onnx_files, model, calib if config.quantize else None)
-        for fmt in (f for f in FORMATS if f in formats and BY_NAME[f].exporter is not None):
-            t0 = time.perf_counter()
-            written = exporter(fmt)(sources)
-            extras.update(written.extra)
-            for wfmt, precision, rel, source in written.models:
-                artifacts.append((wfmt, precision, rel, next((q for _, _, r, q in artifacts if r == source), None)))
-                if wfmt == "triton" and source in test_logits:  # the very bytes of the ONNX model
-                    test_logits[rel] = test_logits[source]
-                if precision == "fp32" and wfmt in ("tflite", "executorch"):  # converted from PyTorch: same parity bar
-                    test_logits[rel] = _artifact_logits(wfmt, precision, stage / rel, data.test_images, test_x,
-                                                       written.extra.get(rel))
-                    checks.append(_compare(rel, test_logits[rel], ref_logits))
-                    _check_parity(checks[-1], config.gates)
-            support += written.support
-            log(f"{fmt}: {', '.join(m[2] for m in written.models)} ({time.perf_counter() - t0:.1f} s)")
-
-        # Test-set accuracy of every artifact, recorded in the manifest.
-        accuracy = {}
-        for fmt, precision, rel, _ in artifacts:
-            if rel not in test_logits:
-                test_logits[rel] = _artifact_logits(fmt, precision, stage / rel, data.test_images, test_x,
-                                                    extras.get(rel))
-            accuracy[rel] = classification_metrics(labels, test_logits[rel].argmax(1))["accuracy"]
-
-        np.savez_compressed(stage / REFERENCE_NAME, logits=ref_logits.astype(np.float32), labels=labels,
-                            test_sha256=np.array(data.sha256["test"]), arch=np.array(arch),
-                            non_digit_logits=non_digit_logits.astype(np.float32))
-        targets = targets_for(formats, config.quantize)
-        for fmt, precision, rel, _ in artifacts:  # how each int8 artifact was calibrated, in the manifest
-            if precision == "int8" and "calibration_method" not in extras.get(rel, {}):
-                extras.setdefault(rel, {})["calibration_method"] = _calibration_method(fmt, quant)
-        manifest = {
-            "schema_version": MANIFEST_VERSION,
-            "mnisttk_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "arch": arch,
-            "checkpoint": {"path": str(config.checkpoint), "sha256": ckpt_sha, "test_accuracy": test_acc},
-            "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
-                          "pytorch_fp32_test_accuracy": classification_metrics(labels, ref_logits.argmax(1))["accuracy"],
-                          "test_sha256": data.sha256["test"]},
-            "artifacts": [artifact_entry(stage / rel, fmt, precision, qparams, OPSET if fmt != "torchscript" else None,
-                                         accuracy[rel], config.quant.uint8_input and fmt != "torchscript" and precision == "int8",
-                                         file=rel, extra=extras.get(rel))
-                          for fmt, precision, rel, qparams in artifacts],
-            "support_files": [{"file": rel, "sha256": sha256_file(stage / rel), "size_bytes": (stage / rel).stat().st_size,
-                               "role": role} for rel, role in support],
-            "targets": targets,  # what this export was asked for: verify fails if any is missing
-            "fp32_parity": checks,
-            "calibration": quant_info,
-            "search": search,  # export --search: every candidate measured, the chosen one marked
-            "ood": ood_rule,  # predict's not-a-digit rule (toolkit.ood), calibrated on training digits
-            "versions": library_versions(),
-            "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
-        }
-        write_manifest(stage / MANIFEST_NAME, manifest)
-        names = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
-        # what an earlier export may have left that this manifest does not list
-        stale = [n for n in _possible_names(arch) if n not in names]
-        try:
-            removed = publish(stage_obj, names, stale)
-        except OSError as exc:
-            raise ExportError(f"cannot publish into {out} ({exc.strerror or exc}"
-                              f"{': ' + Path(exc.filename).name if exc.filename else ''}); "
-                              "previous artifacts left as they were") from None
-        if removed:  # the manifest no longer lists them: say so rather than delete silently
-            log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
-        return manifest
+            _write_int8(ex, indices, log)
+        _write_other_targets(ex, log)
+        accuracy = _score(ex)
+        manifest = _manifest(ex, accuracy, ckpt_sha, test_acc, ood_rule)
+        return _publish(stage_obj, ex, manifest, out, log)
     except ExportError:
         raise
     except KeyboardInterrupt:
@@ -258,6 +189,130 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                           f"{first_line(exc, 200)}") from None
     finally:
         stage_obj.close()
+
+
+def _primary_formats(config: ExportConfig) -> list[str]:
+    """The primary targets asked for (toolkit.targets.Target.primary), ONNX always among them."""
+    return [t.name for t in TARGETS if t.primary and (t.name in config.formats or t.name == "onnx")]
+
+
+def _write_fp32(ex: _Export, log) -> None:
+    """Step 1: the primary targets' fp32 files, each checked against PyTorch eager on the whole test set
+    under verify's fp32 gates (nothing is written if one differs)."""
+    t0 = time.perf_counter()
+    for fmt in _primary_formats(ex.config):
+        ex.add(exporter(fmt)(ex.sources(("fp32",))))
+    for art in ex.artifacts:
+        _check_fp32(ex, art)
+    log(f"fp32 exported and checked against PyTorch eager on {len(ex.labels)} test images "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+
+def _check_fp32(ex: _Export, art: Artifact) -> None:
+    ex.test_logits[art.file] = _artifact_logits(art, ex.stage, ex.data.test_images)
+    ex.checks.append(_compare(art.file, ex.test_logits[art.file], ex.ref_logits))
+    _check_parity(ex.checks[-1], ex.config.gates)
+
+
+def _write_int8(ex: _Export, indices, log) -> None:
+    """Step 2 (--quantize): calibration images from the training split, the --search over per-layer
+    precisions if asked, then the primary targets' int8 files."""
+    t0 = time.perf_counter()
+    ex.calib = to_model_input(ex.data.train_images[indices])
+    if ex.config.search:
+        from toolkit.search import format_search, run_search
+
+        ex.search = run_search(ex.stage / f"{ex.arch}_fp32.onnx", ex.calib, ex.quant, ex.data.test_images, ex.labels,
+                               ex.ref_logits, gates=ex.config.gates, log=log)
+        ex.quant = ex.search.pop("chosen")
+        log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(ex.search))
+    for fmt in _primary_formats(ex.config):
+        ex.add(exporter(fmt)(ex.sources(("int8",))))
+    ex.quant_info = {**ex.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
+    log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
+
+
+def _write_other_targets(ex: _Export, log) -> None:
+    """Step 3: every other target asked for, one exporter each, in the registry's order; an fp32 file
+    converted from PyTorch (not copied from the checked ONNX bytes) meets the same parity bar."""
+    precisions = ("fp32", "int8") if ex.config.quantize else ("fp32",)
+    for fmt in (t.name for t in TARGETS if not t.primary and t.name in ex.config.formats):
+        t0 = time.perf_counter()
+        written = exporter(fmt)(ex.sources(precisions))
+        ex.add(written)
+        for art in written.artifacts:
+            if art.precision == "fp32" and art.source is None:
+                _check_fp32(ex, art)
+        log(f"{fmt}: {', '.join(a.file for a in written.artifacts)} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _score(ex: _Export) -> dict:
+    """Step 4: every artifact's test-set accuracy, on its own runtime (recorded in the manifest)."""
+    accuracy = {}
+    for art in ex.artifacts:
+        if art.copy and art.source in ex.test_logits:  # the very bytes of a file already scored
+            ex.test_logits[art.file] = ex.test_logits[art.source]
+        if art.file not in ex.test_logits:
+            ex.test_logits[art.file] = _artifact_logits(art, ex.stage, ex.data.test_images)
+        accuracy[art.file] = classification_metrics(ex.labels, ex.test_logits[art.file].argmax(1))["accuracy"]
+    return accuracy
+
+
+def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: dict) -> dict:
+    """Step 5: the reference (the float model's test and non-digit logits) and the manifest, in the stage."""
+    config, stage, labels = ex.config, ex.stage, ex.labels
+    non_digit_logits = _eager_logits(ex.model, to_model_input(ood.non_digit_images()))
+    np.savez_compressed(stage / REFERENCE_NAME, logits=ex.ref_logits.astype(np.float32), labels=labels,
+                        test_sha256=np.array(ex.data.sha256["test"]), arch=np.array(ex.arch),
+                        non_digit_logits=non_digit_logits.astype(np.float32))
+    sources = {a.file: a for a in ex.artifacts}
+    entries = []
+    for art in ex.artifacts:
+        fields = dict(art.fields)
+        if art.precision == "int8" and "calibration_method" not in fields:  # how it was calibrated
+            fields["calibration_method"] = _calibration_method(art.fmt, ex.quant)
+        qparams = art.quant_params if art.source is None else sources[art.source].quant_params
+        entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
+                                      OPSET if art.fmt != "torchscript" else None, accuracy[art.file],
+                                      config.quant.uint8_input and art.fmt != "torchscript" and art.precision == "int8",
+                                      file=art.file, extra=fields))
+    return {
+        "schema_version": MANIFEST_VERSION,
+        "mnisttk_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": ex.arch,
+        "checkpoint": {"path": str(config.checkpoint), "sha256": ckpt_sha, "test_accuracy": test_acc},
+        "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
+                      "pytorch_fp32_test_accuracy": classification_metrics(labels, ex.ref_logits.argmax(1))["accuracy"],
+                      "test_sha256": ex.data.sha256["test"]},
+        "artifacts": entries,
+        "support_files": [{"file": rel, "sha256": sha256_file(stage / rel), "size_bytes": (stage / rel).stat().st_size,
+                           "role": role} for rel, role in ex.support],
+        "targets": targets_for(config.formats, config.quantize),  # what was asked for: verify fails if any is missing
+        "fp32_parity": ex.checks,
+        "calibration": ex.quant_info,
+        "search": ex.search,  # export --search: every candidate measured, the chosen one marked
+        "ood": ood_rule,  # predict's not-a-digit rule (toolkit.ood), calibrated on training digits
+        "versions": library_versions(),
+        "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
+    }
+
+
+def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> dict:
+    """Step 6: the manifest written last, and the stage published into the folder in one switch; what
+    an earlier export left that this one does not list is removed, and said."""
+    write_manifest(ex.stage / MANIFEST_NAME, manifest)
+    names = sorted(p.name for p in ex.stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
+    stale = [n for n in possible_names(ex.arch) if n not in names]
+    try:
+        removed = publish(stage_obj, names, stale)
+    except OSError as exc:
+        raise ExportError(f"cannot publish into {out} ({exc.strerror or exc}"
+                          f"{': ' + Path(exc.filename).name if exc.filename else ''}); "
+                          "previous artifacts left as they were") from None
+    if removed:  # the manifest no longer lists them: say so rather than delete silently
+        log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
+    return manifest
 
 
 OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)
@@ -281,13 +336,3 @@ def _calibration_method(fmt: str, quant) -> str:
             "entropy": "entropy: ONNX Runtime's Entropy calibration (KL-divergence thresholds: may clip outliers)",
             "percentile": f"percentile: ONNX Runtime's Percentile calibration ({quant.percentile:g}th percentile: "
                           "clips the tails)"}[quant.method]
-
-
-def _possible_names(arch: str) -> list[str]:
-    """Every top-level name an export of `arch` can write (for removing what a new export does not)."""
-    from toolkit.exporters.ort import CONFIG_NAME
-    from toolkit.exporters.tflite import BATCHES, file_name
-    from toolkit.exporters.triton import REPOSITORY
-
-    return [f"{arch}_{p}{suffix}" for p in ("fp32", "int8") for suffix in (".onnx", ".torchscript.pt", ".ort", ".pte")] + [
-        file_name(arch, p, b) for p in ("fp32", "int8") for b in BATCHES] + [CONFIG_NAME, REPOSITORY]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 from pathlib import Path
 
@@ -61,25 +60,6 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
         entry["quant_params"] = quant_params
     entry.update(extra or {})  # a target's own fields: its I/O, delegation, batch files
     return entry
-
-
-def cpu_flags() -> dict:
-    flags = set()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
-
-
-def machine_info(gpu_name: str | None = None) -> dict:
-    return {"cpu": cpu_flags(), "gpu": gpu_name, "platform": platform.platform()}
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

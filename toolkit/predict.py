@@ -98,9 +98,10 @@ def read_with_pillow(path: Path) -> np.ndarray:
         from PIL import Image
     except ImportError:
         raise ImageError(f"{path}: PNG/JPEG need Pillow (pip install pillow); .pgm and .npy work without it") from None
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    from toolkit.scoped import pil_max_pixels
+
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), pil_max_pixels(MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=PIL_FORMATS) as img:
                 check_dimensions(img.width, img.height, str(path))  # before decoding a single pixel
@@ -536,7 +537,7 @@ def predictable_kind(model_path: Path) -> str:
     else (a FIFO, a folder, a .pte, a TorchScript file, a giant), before it is loaded."""
     from toolkit.errors import ToolkitError
     from toolkit.formats import KIND_NAMES, sniff
-    from toolkit.runtime import MAX_MODEL_BYTES
+    from toolkit.runtimes.candidate import MAX_MODEL_BYTES
 
     path = regular_file(model_path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
     try:
@@ -560,7 +561,7 @@ def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | 
 
         model = LiteRTCandidate({1: (Path(model_path), None)}, "", 0, "LiteRT", Path(model_path).name)
     else:
-        from toolkit.runtime import Model
+        from toolkit.runtimes.ort_session import Model
 
         model = Model(model_path, provider, fmt=kind)
     if batch is None:

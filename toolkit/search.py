@@ -84,7 +84,7 @@ def _time(runners: list, images_u8: np.ndarray) -> dict:
 def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8: np.ndarray, labels: np.ndarray,
                ref_logits: np.ndarray, gates: Gates = Gates(), log: Callable[[str], None] = lambda s: None) -> dict:
     """Quantize, score and time every candidate; returns {'chosen': QuantConfig, 'table': [...], ...}."""
-    from toolkit.quantize import onnx_static_int8
+    from toolkit.exporters.quantize import onnx_static_int8
     from toolkit.runtimes.onnxruntime import OnnxCandidate
 
     layers, has_conv = later_layers(fp32_onnx)

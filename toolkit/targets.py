@@ -18,32 +18,42 @@ class Target:
     name: str  # the format as `--targets`, the manifest and the row ids name it (e.g. "tflite")
     label: str  # the report's row name before the precision (e.g. "LiteRT int8")
     kind: str  # what its bytes must be (toolkit.formats: onnx, ort, tflite, pte, zip)
-    exporter: tuple | None = None  # (module in toolkit.exporters, function); None: written by export itself
+    exporter: tuple  # (module in toolkit.exporters, function): `(Sources) -> Written` (toolkit.exporters)
+    # the top-level names an export of it can write ({arch}, {precision} filled in): what a new export
+    # that leaves the target out removes from the folder
+    names: tuple
     needs: tuple = ()  # modules the exporter imports (an optional extra)
     extra: str | None = None  # the pip extra that installs them
     subpath: bool = False  # its files sit in a folder inside the export (a model repository)
     default: bool = False  # written when `--targets` is not given (the mission's TorchScript and ONNX)
+    # made from the PyTorch model first, fp32 and then int8, each checked before the next step (the
+    # other targets are made from these or after them)
+    primary: bool = False
     # --calibration-method values its int8 can honour with the same meaning as ONNX Runtime's: min/max
     # over the calibration set everywhere; entropy and percentile exist only in ONNX Runtime's quantizer
     calibration_methods: tuple = ("minmax",)
 
     def __post_init__(self):
-        if self.exporter is not None and len(self.exporter) != 2:
+        if len(self.exporter) != 2:
             raise ValueError(f"target {self.name}: exporter is (module, function)")
         if self.needs and not self.extra:
             raise ValueError(f"target {self.name}: modules it needs must name the extra that installs them")
 
 
-ORT_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators (toolkit.quantize)
+ORT_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators (toolkit.exporters.quantize)
 TARGETS = (
-    Target("torchscript", "TorchScript", "zip", default=True),
-    Target("onnx", "ONNX", "onnx", default=True, calibration_methods=ORT_METHODS),  # always: the source of the others
-    Target("ort", "ORT format", "ort", ("ort", "export_ort"), calibration_methods=ORT_METHODS),  # ORT Mobile's format
+    Target("torchscript", "TorchScript", "zip", ("torchscript", "export_torchscript"), ("{arch}_{precision}.torchscript.pt",),
+           default=True, primary=True),
+    Target("onnx", "ONNX", "onnx", ("onnx", "export_onnx"), ("{arch}_{precision}.onnx",), default=True, primary=True,
+           calibration_methods=ORT_METHODS),  # always: the source of the others
+    Target("ort", "ORT format", "ort", ("ort", "export_ort"), ("{arch}_{precision}.ort", "required_operators.config"),
+           calibration_methods=ORT_METHODS),  # ORT Mobile's format
     Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
+           ("{arch}_{precision}.tflite", "{arch}_{precision}.b256.tflite"),
            needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite"),
-    Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), needs=("executorch",),
-           extra="executorch"),
-    Target("triton", "Triton", "onnx", ("triton", "export_triton"), subpath=True,
+    Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), ("{arch}_{precision}.pte",),
+           needs=("executorch",), extra="executorch"),
+    Target("triton", "Triton", "onnx", ("triton", "export_triton"), ("triton",), subpath=True,
            calibration_methods=ORT_METHODS),  # the int8 model.onnx, in a model repository
 )
 BY_NAME = {t.name: t for t in TARGETS}
@@ -55,3 +65,8 @@ KNOWN_TARGETS = tuple(f"{t.name}-{p}" for p in PRECISIONS for t in TARGETS)  # "
 
 def row_label(fmt: str, precision: str) -> str:
     return f"{BY_NAME[fmt].label} {precision}"
+
+
+def possible_names(arch: str) -> list[str]:
+    """Every top-level name an export of `arch` can write, over all targets and precisions."""
+    return sorted({n.format(arch=arch, precision=p) for t in TARGETS for n in t.names for p in PRECISIONS})

@@ -6,6 +6,7 @@ seeded permutation and index_select on tensors already on the device.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
@@ -150,7 +151,16 @@ def train(
     cuda_graph: bool = True,
 ) -> tuple[nn.Module, dict]:
     """Train per `config`; returns the model (eval mode, on the CPU) and a result dict
-    with per-epoch history and labelled train/test metrics."""
+    with per-epoch history and labelled train/test metrics. On a GPU, cuDNN's per-shape algorithm
+    search is on while it trains, and as it was after (toolkit.scoped)."""
+    from toolkit.scoped import cudnn_benchmark
+
+    with cudnn_benchmark(True) if device.type == "cuda" else contextlib.nullcontext():
+        return _train(config, data, device, log, progress, cuda_graph)
+
+
+def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress: bool,
+           cuda_graph: bool) -> tuple[nn.Module, dict]:
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
@@ -160,8 +170,6 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=device.type == "cuda")
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
     x_train, y_train = to_tensors(data.train_images, data.train_labels, device)
     x_test, y_test = to_tensors(data.test_images, data.test_labels, device)

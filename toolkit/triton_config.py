@@ -94,7 +94,7 @@ def _one(fields: dict, name: str, default=None):
 
 
 def check(config_bytes: bytes, config_name: str, model_name: str, model) -> None:
-    """ManifestError in one line unless the configuration serves `model` (a toolkit.runtime.Model
+    """ManifestError in one line unless the configuration serves `model` (a toolkit.runtimes.ort_session.Model
     of `<model_name>/1/model.onnx`) as mnisttk exports it."""
     if len(config_bytes) > MAX_CONFIG_BYTES:
         raise ManifestError(f"{config_name}: {len(config_bytes):,} bytes is too large for a Triton configuration")

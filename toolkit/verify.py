@@ -29,12 +29,10 @@ from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_ma
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
 from toolkit import ood, timing
-from toolkit.runtime import available_providers, check_install
+from toolkit.runtimes.ort_session import available_providers, check_install
 
 
 
-# runtime label -> the id part after "@" (the reference row's two, then every runtime's own)
-RUNTIME_IDS = {"PyTorch eager": "torch", "reference.npz": "npz", **{spec.label: spec.id for spec in RUNTIMES}}
 
 
 @dataclass
@@ -66,6 +64,7 @@ class Row:
     is_reference: bool = False
     device: str | None = None  # the ONNX Runtime provider ("cpu", "cuda") of an ORT row; None otherwise
     fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
+    runtime_id: str | None = None  # the runtime's id (toolkit.runtimes.RuntimeSpec.id; torch/npz: the reference)
     # int8 rows: how much of a quantized output sits at its limits (None: a float output), and how far
     # the reference's top-class probability moved (toolkit.gates.saturation / score_fidelity)
     saturation: dict | None = None
@@ -89,7 +88,7 @@ class Row:
     def id(self) -> str:
         """Stable across runs, from the target and the runtime (never the display name): e.g.
         onnx-int8@ort-cpu, tflite-int8@litert; the reference row is eager-fp32@torch (or @npz)."""
-        return f"{self.fmt or 'eager'}-{self.precision}@{RUNTIME_IDS.get(self.runtime, self.runtime.lower())}"
+        return f"{self.fmt or 'eager'}-{self.precision}@{self.runtime_id or self.runtime.lower()}"
 
     def fail(self, reason: str) -> None:
         self.status = "FAIL"
@@ -145,14 +144,51 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+@dataclass
+class _Run:
+    """What every step of one verify run shares: the request, the test set, the reference's logits and
+    not-a-digit decisions, and what the steps fill in (timing rounds, machine load, saved outputs)."""
+
+    config: VerifyConfig
+    folder: Path
+    manifest: dict
+    test_images: np.ndarray
+    labels: np.ndarray
+    ref_logits: np.ndarray
+    have_torch: bool
+    bad_files: dict
+    integrity: list
+    golden: Outputs | None = None
+    outputs: dict | None = None
+    ood: dict | None = None  # rule, non_digits, their features, the reference's accept decisions
+    rounds: dict = field(default_factory=dict)  # row id -> its timing rounds (toolkit.timing.one_round)
+    machine_load: list = field(default_factory=list)
+
+
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
                log: Callable[[str], None] = lambda s: None, *, golden: Outputs | None = None,
                outputs: dict | None = None) -> dict:
-    """Measure and judge every row. `golden`: another run's saved outputs (toolkit.outputs) that each
-    row is also judged against, image by image; `outputs`: a dict this fills with row id -> logits
-    (float32) of every row that produced finite ones, for `--save-outputs`."""
+    """Measure and judge every row: the steps below, in order. `golden`: another run's saved outputs
+    (toolkit.outputs) that each row is also judged against, image by image; `outputs`: a dict this fills
+    with row id -> logits (float32) of every row that produced them, for `--save-outputs`."""
     t_start = time.perf_counter()
     check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
+    run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs)
+    reference_row, eager = _reference_row(run)
+    plan = _plan_rows(run)
+    snapshot = timing.cpu_snapshot()
+    _measure_reference(run, reference_row, eager)
+    rows = [reference_row] + _measure_rows(run, plan, log)
+    run.machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), config.threads or 1))
+    _more_rounds(config, rows, plan, eager, reference_row, run.rounds, run.machine_load, test_images, log)
+    _judge_rows(run, rows, reference_row)
+    return _result(run, rows, t_start)
+
+
+def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, golden, outputs) -> _Run:
+    """Step 1: the export's manifest, the hashes of its files, the reference (made on this very test
+    set) and the not-a-digit rule, each checked; what was asked (--expect, the latency gate) checked
+    against what the export and this machine have."""
     folder = Path(config.folder)
     manifest = load_manifest(folder)
     targets = list(manifest["targets"])
@@ -175,85 +211,110 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     ref = read_reference(confined_path(folder, ref_info["file"]), len(labels))
     if ref["test_sha256"] != test_sha256:
         raise ManifestError("the loaded MNIST test set is not the one the reference was made on (SHA-256 differs)")
-    ref_logits = ref["logits"]
+    if not np.array_equal(ref["labels"], labels):
+        raise ManifestError("reference labels do not match the test labels")
+    if golden is not None and (golden.test_sha256 != test_sha256 or not np.array_equal(golden.labels, labels)):
+        raise OutputsError(f"--golden {golden.path}: made on another test set (SHA-256 {golden.test_sha256[:12]}…) "
+                           f"than the one loaded here ({test_sha256[:12]}…); refused")
+    run = _Run(config, folder, manifest, test_images, labels, ref["logits"], have_torch, bad_files, integrity, golden,
+               outputs)
     rule = manifest.get("ood")
     if rule is not None:
         try:
             rule = ood.check_rule(rule)
         except ValueError as exc:
             raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
-    non_digits = ood.non_digit_images() if rule is not None and ref["non_digit_logits"] is not None else None
-    if non_digits is not None:  # the reference's decisions and the images' own features: once for every row
+    if rule is not None and ref["non_digit_logits"] is not None:
+        # the reference's decisions and the images' own features: once for every row
+        non_digits = ood.non_digit_images()
         test_features, nd_features = ood.image_features(test_images), ood.image_features(non_digits)
-        ref_accepts = (ood.decide(rule, test_images, ref_logits, features=test_features)["accepted"],
-                       ood.decide(rule, non_digits, ref["non_digit_logits"], features=nd_features)["accepted"])
-    if not np.array_equal(ref["labels"], labels):
-        raise ManifestError("reference labels do not match the test labels")
-    if golden is not None and (golden.test_sha256 != test_sha256 or not np.array_equal(golden.labels, labels)):
-        raise OutputsError(f"--golden {golden.path}: made on another test set (SHA-256 {golden.test_sha256[:12]}…) "
-                           f"than the one loaded here ({test_sha256[:12]}…); refused")
+        run.ood = {"rule": rule, "non_digits": non_digits, "test_features": test_features, "nd_features": nd_features,
+                   "ref_accepts": (ood.decide(rule, test_images, run.ref_logits, features=test_features)["accepted"],
+                                   ood.decide(rule, non_digits, ref["non_digit_logits"], features=nd_features)["accepted"])}
+    return run
 
-    artifacts = manifest["artifacts"]
-    reference_row = Row("PyTorch fp32", "PyTorch eager" if have_torch else "reference.npz", "fp32",
-                        ref_info["file"], is_reference=True)
+
+def _reference_row(run: _Run) -> tuple[Row, object]:
+    """Step 2: the reference row, and live PyTorch eager from the export's checkpoint when torch is here."""
+    reference_row = Row("PyTorch fp32", "PyTorch eager" if run.have_torch else "reference.npz", "fp32",
+                        run.manifest["reference"]["file"], is_reference=True,
+                        runtime_id="torch" if run.have_torch else "npz")
     eager = None
-    if have_torch:
+    if run.have_torch:
         from toolkit.runtimes.pytorch import eager_candidate
 
         try:
-            eager = eager_candidate(manifest, folder, config.threads)
+            eager = eager_candidate(run.manifest, run.folder, run.config.threads)
             reference_row.file = eager.file
         except ToolkitError as exc:
             reference_row.fail(str(exc))
-    plan: list[tuple[Row, object, dict]] = []  # each row, its runtime and its artifact
+    return reference_row, eager
+
+
+def _plan_rows(run: _Run) -> list[tuple[Row, object, dict]]:
+    """Step 3: one row per artifact × runtime that runs its format (toolkit.runtimes.RUNTIMES), each
+    with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
+    plan = []
     for spec in RUNTIMES:
         for fmt in spec.formats:
-            for a in (a for a in artifacts if a["format"] == fmt):
+            for a in (a for a in run.manifest["artifacts"] if a["format"] == fmt):
                 row = Row(row_label(fmt, a["precision"]), spec.label, a["precision"], a["file"], device=spec.device,
-                          fmt=fmt)
-                if spec.needs_torch and not have_torch:
-                    row.status = "skipped"
-                    row.reasons.append("torch not installed" if "torch" in config.runtimes and not torch_available()
-                                       else "not asked for (--no-torch)")
-                elif reason := missing(spec):
-                    row.status, row.reasons = "skipped", [reason]
-                elif spec.device and spec.device not in config.runtimes:
-                    row.status, row.reasons = "skipped", ["not asked for (--device)"]
-                elif spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
-                    why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
-                    row.status, row.reasons = ("FAIL" if config.require_cuda else "skipped"), [why]
+                          fmt=fmt, runtime_id=spec.id)
+                skip = _skip_reason(run, spec)
+                if skip:
+                    row.status, row.reasons = skip
                 plan.append((row, spec, a))
+    return plan
 
-    sizes = {a["file"]: a["size_bytes"] for a in artifacts}
-    rows = [reference_row]
-    rounds: dict = {}  # row id -> its timing rounds (toolkit.timing.one_round)
-    machine_load = []
-    snapshot = timing.cpu_snapshot()
-    # The reference row: live PyTorch eager when torch is here (and agrees with reference.npz), else the npz.
+
+def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
+    """(status, reasons) of a row on runtime `spec` that this run does not measure, or None."""
+    config = run.config
+    if spec.needs_torch and not run.have_torch:
+        return "skipped", ["torch not installed" if "torch" in config.runtimes and not torch_available()
+                           else "not asked for (--no-torch)"]
+    if reason := missing(spec):
+        return "skipped", [reason]
+    if spec.device and spec.device not in config.runtimes:
+        return "skipped", ["not asked for (--device)"]
+    if spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
+        why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
+        return ("FAIL" if config.require_cuda else "skipped"), [why]
+    return None
+
+
+def _measure_reference(run: _Run, reference_row: Row, eager) -> None:
+    """Step 4: the reference row's accuracy (from reference.npz), and live eager's drift from it and its
+    first timing round."""
     if eager is not None:
         try:
-            live = eager.logits(test_images).astype(np.float64)
-            drift = float(np.abs(live - ref_logits).max())
-            if not drift <= config.gates.fp32_max_abs_logit_diff:  # NaN fails too
+            with eager.scope():
+                live = eager.logits(run.test_images).astype(np.float64)
+                run.rounds[reference_row.id] = [timing.one_round(eager, run.test_images, run.config.throughput_batch,
+                                                                 run.config.latency_iters)]
+            drift = float(np.abs(live - run.ref_logits).max())
+            if not drift <= run.config.gates.fp32_max_abs_logit_diff:
                 reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
-            rounds[reference_row.id] = [timing.one_round(eager, test_images, config.throughput_batch,
-                                                         config.latency_iters)]
             reference_row.size_bytes = eager.size_bytes
         except ToolkitError as exc:
             reference_row.fail(str(exc))
-    _fill_accuracy(reference_row, labels, ref_logits, ref_logits)
-    if outputs is not None:
-        outputs[reference_row.id] = ref_logits.astype(np.float32)
-    support_faults = _support_faults(manifest, bad_files)
+    _fill_accuracy(reference_row, run.labels, run.ref_logits, run.ref_logits)
+    if run.outputs is not None:
+        run.outputs[reference_row.id] = run.ref_logits.astype(np.float32)
+
+
+def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row]:
+    """Step 5: every planned row that can run, measured in its own bounded child process (toolkit.isolate);
+    a changed or missing file (or support file) fails its row without running it."""
+    support_faults = _support_faults(run.manifest, run.bad_files)
     if any(row.status == "ok" for row, _, _ in plan):
-        isolate.prepare(("torch",) if have_torch else ())
+        isolate.prepare(("torch",) if run.have_torch else ())
     for row, spec, a in plan:
-        rows.append(row)
         if row.status != "ok":
             continue
-        if row.file in bad_files:
-            row.fail(f"{row.file}: SHA-256 {bad_files[row.file]} since export: the file is not the one exported"
-                     if bad_files[row.file] != "missing" else f"{row.file}: file missing")
+        if row.file in run.bad_files:
+            row.fail(f"{row.file}: SHA-256 {run.bad_files[row.file]} since export: the file is not the one exported"
+                     if run.bad_files[row.file] != "missing" else f"{row.file}: file missing")
             continue
         for fault in support_faults.get(row.file, ()):
             row.fail(fault)
@@ -261,48 +322,62 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
             continue
         log(f"verifying {row.name} on {row.runtime}")
         try:
-            m = isolate.call(measure_row, RUNTIMES.index(spec), str(folder), a, config.threads, test_images,
-                             config.throughput_batch, config.latency_iters, non_digits, timeout_s=config.row_timeout_s,
-                             memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
-                             what=f"{row.name} on {row.runtime}")
-            logits = m.pop("logits").astype(np.float64)
-            limits = m.pop("output_limits", None)
-            if not np.isfinite(logits).all():
-                row.fail(f"{int((~np.isfinite(logits)).any(1).sum())} test images give NaN or infinite logits")
-            elif outputs is not None:
-                outputs[row.id] = logits.astype(np.float32)
-            _fill_accuracy(row, labels, logits, ref_logits)
-            if golden is not None and np.isfinite(logits).all():
-                row.golden = _against_golden(row, logits, golden, a["sha256"], labels, config.gates)
-            if row.precision == "int8":
-                row.saturation = saturation(logits, limits)
-                row.score_fidelity = score_fidelity(logits, ref_logits)
-            rounds[row.id] = [m.pop("round")]
-            nd_logits = m.pop("non_digit_logits", None)
-            if non_digits is not None and nd_logits is not None and np.isfinite(logits).all():
-                row.ood = _ood_agreement(ood.decide(rule, test_images, logits, features=test_features)["accepted"],
-                                         ood.decide(rule, non_digits, nd_logits, features=nd_features)["accepted"],
-                                         *ref_accepts)
-            for key, value in m.items():
-                setattr(row, key, value)
-            row.size_bytes = sizes.get(a["file"])
+            _measure_row(run, row, spec, a)
         except RuntimeUnavailable as exc:
             row.reasons.append(str(exc))
-            row.status = "FAIL" if config.require_cuda or row.runtime != "ORT CUDA" else "skipped"
+            row.status = "FAIL" if run.config.require_cuda or spec.device != "cuda" else "skipped"
         except ToolkitError as exc:
             row.fail(first_line(exc, 300))
+    return [row for row, _, _ in plan]
 
-    machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), config.threads or 1))
-    _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load, test_images, log)
+
+def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
+    """One row: its child's measurements, and from its logits accuracy, agreement, saturation, the
+    golden comparison and the not-a-digit agreement."""
+    config = run.config
+    m = isolate.call(measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
+                     config.throughput_batch, config.latency_iters, run.ood and run.ood["non_digits"],
+                     timeout_s=config.row_timeout_s, memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                     what=f"{row.name} on {row.runtime}")
+    logits = m.pop("logits").astype(np.float64)  # finite: the runtime template checked them
+    limits = m.pop("output_limits", None)
+    if run.outputs is not None:
+        run.outputs[row.id] = logits.astype(np.float32)
+    _fill_accuracy(row, run.labels, logits, run.ref_logits)
+    if run.golden is not None:
+        row.golden = _against_golden(row, logits, run.golden, a["sha256"], run.labels, config.gates)
+    if row.precision == "int8":
+        row.saturation = saturation(logits, limits)
+        row.score_fidelity = score_fidelity(logits, run.ref_logits)
+    run.rounds[row.id] = [m.pop("round")]
+    nd_logits = m.pop("non_digit_logits", None)
+    if run.ood is not None and nd_logits is not None:
+        o = run.ood
+        row.ood = _ood_agreement(ood.decide(o["rule"], run.test_images, logits, features=o["test_features"])["accepted"],
+                                 ood.decide(o["rule"], o["non_digits"], nd_logits, features=o["nd_features"])["accepted"],
+                                 *o["ref_accepts"])
+    for key, value in m.items():
+        setattr(row, key, value)
+    row.size_bytes = next((x["size_bytes"] for x in run.manifest["artifacts"] if x["file"] == a["file"]), None)
+
+
+def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
+    """Step 7 (after the timing rounds): each row's timing summarized over its rounds, its latency ratio
+    to the reference, and the gates applied."""
     for row in rows:
-        if rounds.get(row.id):
-            for key, value in timing.summarize(rounds[row.id]).items():
+        if run.rounds.get(row.id):
+            for key, value in timing.summarize(run.rounds[row.id]).items():
                 setattr(row, key, value)
     ref_p50 = (reference_row.latency_us or {}).get("p50")
     for row in rows:
         row.latency_ratio = latency_ratio((row.latency_us or {}).get("p50"), ref_p50)
-        judge(row, config.gates)
+        judge(row, run.config.gates)
 
+
+def _result(run: _Run, rows: list[Row], t_start: float) -> dict:
+    """Step 8: the verdict (failed rows, --expect targets this run did not check, a golden file nothing
+    was judged against) and the report's JSON."""
+    config, artifacts = run.config, run.manifest["artifacts"]
     failed = [f"{r.name} on {r.runtime}" for r in rows if r.status == "FAIL"]
     measured = sorted({target_of(a) for a in artifacts
                        if any(r.file == a["file"] and r.status != "skipped" and not r.is_reference for r in rows)})
@@ -312,31 +387,31 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
                           and any(r.file == a["file"] and target_of(a) == t for a in artifacts)})
             failed.append(f"expected {t} was not checked ({'; '.join(why) or 'no row ran it'})")
     golden_summary = None
-    if golden is not None:
+    if run.golden is not None:
         compared = [r.id for r in rows if r.golden and r.golden["status"] != "absent"]
-        golden_summary = {"file": golden.path, "label": golden.label(), "compared": compared,
+        golden_summary = {"file": run.golden.path, "label": run.golden.label(), "compared": compared,
                           "absent": [r.id for r in rows if r.golden and r.golden["status"] == "absent"]}
         if not compared:
-            failed.append(f"--golden {golden.path}: no row of this run has golden outputs there to be judged against")
+            failed.append(f"--golden {run.golden.path}: no row of this run has golden outputs there to be judged against")
     row_dicts = [{"id": r.id, **asdict(r), "status": r.status.lower()} for r in rows]
     return {
         "schema_version": 1,
         "passed": not failed,
         "failed_rows": failed,
         "rows": row_dicts,
-        "timing": {"rounds": config.rounds, "latency_iters": config.latency_iters, "machine_load": machine_load,
-                   "noisy": timing.noise(machine_load, row_dicts)},
+        "timing": {"rounds": config.rounds, "latency_iters": config.latency_iters, "machine_load": run.machine_load,
+                   "noisy": timing.noise(run.machine_load, row_dicts)},
         "fastest": timing.fastest(row_dicts),
-        "integrity": integrity,
-        "targets": targets,
+        "integrity": run.integrity,
+        "targets": list(run.manifest["targets"]),
         "targets_checked": measured,
         "artifacts_listed": len(artifacts),
         "gates": asdict(config.gates),
         "threads": config.threads,
         "throughput_batch": config.throughput_batch,
-        "n_test": int(len(labels)),
-        "manifest": {"arch": manifest.get("arch"), "created": manifest.get("created"),
-                     "calibration": manifest.get("calibration")},
+        "n_test": int(len(run.labels)),
+        "manifest": {"arch": run.manifest.get("arch"), "created": run.manifest.get("created"),
+                     "calibration": run.manifest.get("calibration")},
         "machine": _machine(),
         "golden": golden_summary,
         "seconds": time.perf_counter() - t_start,
@@ -376,13 +451,14 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     logits (float32), latency, throughput, the loaded bytes' hash, placement and batch consistency."""
     rss_start = _proc_status_mb("VmRSS")
     cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
-    logits = np.asarray(cand.logits(test_images), dtype=np.float32)
-    out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
-           "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "output_limits": cand.output_limits(),
-           "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
-           "consistency_batches": list(getattr(cand, "consistency_batches", ()) or ()) or None}
-    if non_digits is not None:
-        out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
+    with cand.scope():
+        logits = np.asarray(cand.logits(test_images), dtype=np.float32)
+        out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
+               "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(),
+               "output_limits": cand.output_limits(), "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
+               "consistency_batches": list(cand.consistency_batches) or None}
+        if non_digits is not None:
+            out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
     peak = _proc_status_mb("VmHWM")
     out["peak_rss_mb"] = peak
     out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
@@ -393,7 +469,8 @@ def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_im
              throughput_batch: int, latency_iters: int) -> dict:
     """One more timing round of a row, in its own bounded child (the artifact loaded afresh)."""
     cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
-    return timing.one_round(cand, test_images, throughput_batch, latency_iters)
+    with cand.scope():
+        return timing.one_round(cand, test_images, throughput_batch, latency_iters)
 
 
 def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load, test_images, log) -> None:
@@ -410,8 +487,9 @@ def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load,
         for row, spec, a in jobs[shift:] + jobs[:shift]:
             if row == "ref":
                 try:
-                    rounds[reference_row.id].append(timing.one_round(eager, test_images, config.throughput_batch,
-                                                                     config.latency_iters))
+                    with eager.scope():
+                        rounds[reference_row.id].append(timing.one_round(eager, test_images, config.throughput_batch,
+                                                                         config.latency_iters))
                 except ToolkitError as exc:
                     reference_row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
                 continue
@@ -463,7 +541,7 @@ def _support_faults(manifest: dict, bad_files: dict) -> dict:
 def _machine() -> dict:
     import onnxruntime
 
-    from toolkit.manifest import cpu_flags
+    from toolkit.machine import cpu_flags
 
     import os
     import platform

@@ -1,8 +1,7 @@
 """One exporter per deployment target, each writing into the staging folder of `mnisttk export`.
-Torch side: they use the PyTorch model, the `onnx` package or a target's own converter. Each takes
-the `Sources` of an export and returns what it `Written`; `export` loops over the targets asked for.
-TorchScript and ONNX themselves are written by `toolkit.export` (the others derive from them or
-from the same PyTorch model and calibration images)."""
+Torch side: they use the PyTorch model, the `onnx` package or a target's own converter. Every one has
+the same protocol: `export_<target>(src: Sources) -> Written`, a list of `Artifact`s; `export` loops
+over the targets asked for, in the registry's order (toolkit.targets)."""
 
 from __future__ import annotations
 
@@ -13,26 +12,45 @@ from pathlib import Path
 
 @dataclass
 class Sources:
-    """What an exporter may build from: the staged ONNX models, the fp32 PyTorch model, and the
-    calibration images (float, N×1×28×28, the training-split indices of every int8 artifact)."""
+    """What an exporter may build from: the fp32 PyTorch model, the staged ONNX models, the calibration
+    images (float, N×1×28×28, training-split indices) and recipe of every int8 artifact, and the
+    metadata stamped into ONNX files. `precisions`: which of fp32/int8 this call writes (export writes
+    TorchScript and ONNX fp32 first, checks them, then int8; the other targets both at once)."""
 
     stage: Path
     arch: str
-    onnx_files: dict  # precision -> staged .onnx path
+    precisions: tuple = ("fp32",)
     model: object = None  # torch.nn.Module, eval mode
+    onnx_files: dict = field(default_factory=dict)  # precision -> staged .onnx path
     calib: object = None  # np.ndarray, or None without --quantize
+    quant: object = None  # toolkit.config.QuantConfig of the int8 artifacts
+    metadata: dict = field(default_factory=dict)  # stamped into ONNX files (toolkit.exporters.artifact_meta)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model an exporter wrote: its target format, precision, file (relative to the stage), the
+    quantization parameters it records (int8), the staged ONNX file it was made from (its bytes, for a
+    Triton model.onnx; None when made from the PyTorch model), and its own manifest fields (I/O,
+    delegation, batch files, calibration method)."""
+
+    fmt: str
+    precision: str
+    file: str
+    quant_params: dict | None = None
+    source: str | None = None
+    fields: dict = field(default_factory=dict)
+    copy: bool = False  # its bytes are exactly `source`'s (a Triton model.onnx): the same logits
 
 
 @dataclass
 class Written:
-    """What an exporter wrote: models (format, precision, path relative to the stage, source onnx
-    name or None) and files that support them (configs, batch variants), all hashed into the
-    manifest; `extra` adds fields to a model's manifest entry (by relative path)."""
+    """What one exporter wrote: its `Artifact`s, files that support them (configs, batch variants; all
+    hashed into the manifest) and the names it created directly in the stage."""
 
-    models: list = field(default_factory=list)
+    artifacts: list = field(default_factory=list)
     support: list = field(default_factory=list)  # (relative path, role)
-    top_level: list = field(default_factory=list)  # the names it created directly in the stage
-    extra: dict = field(default_factory=dict)  # relative path -> manifest fields
+    top_level: list = field(default_factory=list)
 
 
 def missing_dependency(fmt: str) -> str | None:
@@ -50,7 +68,7 @@ def missing_dependency(fmt: str) -> str | None:
 
 
 def exporter(fmt: str):
-    """The function that writes target `fmt` from the `Sources` of an export."""
+    """The function that writes target `fmt`: `(Sources) -> Written`."""
     from toolkit.targets import BY_NAME
 
     module, function = BY_NAME[fmt].exporter

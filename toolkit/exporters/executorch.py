@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from toolkit.contract import EVAL_BATCH
 from toolkit.errors import ExportError
-from toolkit.exporters import Sources, Written
+from toolkit.exporters import Artifact, Sources, Written
 from toolkit.quietfd import native_output_captured
 
 CALIB_BATCH = 100
@@ -87,10 +87,10 @@ def export_executorch(src: Sources) -> Written:
     quiet_torch_logs()
     example = torch.zeros(2, 1, 28, 28)
     written = Written()
-    modules = {"fp32": src.model}
+    modules = {}
     with native_output_captured():
-        if src.calib is not None:
-            modules["int8"] = quantize_pt2e(src.model, example, src.calib)
+        for precision in src.precisions:
+            modules[precision] = src.model if precision == "fp32" else quantize_pt2e(src.model, example, src.calib)
         programs = {precision: lower(module, example) for precision, module in modules.items()}
     for precision, data in programs.items():
         rel = f"{src.arch}_{precision}.pte"
@@ -99,8 +99,8 @@ def export_executorch(src: Sources) -> Written:
         if precision == "int8" and (placement["not_delegated"] or not placement["delegates"]):
             raise ExportError(f"{rel}: not delegated to XNNPACK: {', '.join(placement['not_delegated']) or 'no delegate'} "
                               "would run on ExecuTorch's portable kernels; export failed")
-        written.models.append(("executorch", precision, rel, None))
         written.top_level.append(rel)
-        written.extra[rel] = {"delegation": placement, "max_batch": EVAL_BATCH,
-                              **({"calibration_method": CALIBRATION} if precision == "int8" else {})}
+        written.artifacts.append(Artifact("executorch", precision, rel, fields={
+            "delegation": placement, "max_batch": EVAL_BATCH,
+            **({"calibration_method": CALIBRATION} if precision == "int8" else {})}))
     return written

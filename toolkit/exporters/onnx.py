@@ -1,6 +1,6 @@
 """ONNX: the fp32 model through torch's exporter (one self-contained file, dynamic batch, opset 20)
-and, with --quantize, the static int8 model from ONNX Runtime's quantizer (toolkit.quantize).
-Both stamped by toolkit.artifact_meta (no build paths, layer-named nodes, integrator metadata)."""
+and, with --quantize, the static int8 model from ONNX Runtime's quantizer (toolkit.exporters.quantize).
+Both stamped by toolkit.exporters.artifact_meta (no build paths, layer-named nodes, integrator metadata)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,28 @@ from pathlib import Path
 
 import torch
 
-from toolkit.artifact_meta import finalize_onnx
+from toolkit.exporters import Artifact, Sources, Written
+from toolkit.exporters.artifact_meta import finalize_onnx
 from toolkit.exporters.torchscript import quiet_warnings
 
 OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
 
 
-def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) -> list[tuple]:
+def export_onnx(src: Sources) -> Written:
+    """<arch>_fp32.onnx from the PyTorch model; <arch>_int8.onnx from the staged fp32 one and the
+    calibration images; each that `src.precisions` asks for."""
+    written = Written()
+    for precision in src.precisions:
+        if precision == "fp32":
+            art = export_fp32(src.model, src.stage, src.arch, src.metadata)
+        else:
+            art = export_int8(src.stage, src.arch, src.calib, src.quant, src.metadata)
+        written.artifacts.append(art)
+        written.top_level.append(art.file)
+    return written
+
+
+def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) -> Artifact:
     import onnx
 
     path = stage / f"{arch}_fp32.onnx"
@@ -32,17 +47,17 @@ def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) 
     finalize_onnx(proto, {**metadata, "precision": "fp32"}, uint8_input=False)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
-    return [("onnx", "fp32", path.name, None)]
+    return Artifact("onnx", "fp32", path.name)
 
 
-def export_int8(stage: Path, arch: str, calib, quant, metadata: dict) -> list[tuple]:
+def export_int8(stage: Path, arch: str, calib, quant, metadata: dict) -> Artifact:
     import onnx
 
-    from toolkit import quantize
+    from toolkit.exporters import quantize
 
     fp32, path = stage / f"{arch}_fp32.onnx", stage / f"{arch}_int8.onnx"
     quantize.onnx_static_int8(fp32, path, calib, quant)
     model = onnx.load(str(path))
     finalize_onnx(model, {**metadata, "precision": "int8"}, quant.uint8_input)
     onnx.save(model, str(path))
-    return [("onnx", "int8", path.name, quantize.onnx_quant_params(path))]
+    return Artifact("onnx", "int8", path.name, quantize.onnx_quant_params(path))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.errors import ExportError, first_line
-from toolkit.exporters import Sources, Written
+from toolkit.exporters import Artifact, Sources, Written
 
 CONFIG_NAME = "required_operators.config"
 
@@ -35,19 +35,20 @@ def export_ort(src: Sources) -> Written:
     from onnxruntime.tools.ort_format_model import create_config_from_models
 
     written = Written()
-    for precision, onnx_path in onnx_files.items():
+    for precision in src.precisions:
+        onnx_path = onnx_files[precision]
         ort_path = stage / (onnx_path.stem + ".ort")
         convert_to_ort(onnx_path, ort_path)
-        written.models.append(("ort", precision, ort_path.name, onnx_path.name))
+        written.artifacts.append(Artifact("ort", precision, ort_path.name, source=onnx_path.name))
         written.top_level.append(ort_path.name)
     config = stage / CONFIG_NAME
     import logging
 
-    logging.disable(logging.INFO)  # the config writer logs "Created config in <staging path>" at INFO
-    try:
-        create_config_from_models([stage / m[2] for m in written.models], config, False)
-    finally:
-        logging.disable(logging.NOTSET)
+    from toolkit.scoped import logging_disabled
+
+    # the config writer logs "Created config in <staging path>" at INFO
+    with logging_disabled(logging.INFO):
+        create_config_from_models([stage / a.file for a in written.artifacts], config, False)
     # its comments name the models by absolute (staging) path: keep the names only
     lines = [f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line
              for line in config.read_text().splitlines()]

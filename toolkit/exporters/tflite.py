@@ -9,10 +9,9 @@ at batch 256 (throughput and bulk runs). Both int8 files share one calibration."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from toolkit.exporters import Sources, Written
+from toolkit.exporters import Artifact, Sources, Written
 from toolkit.quietfd import native_output_captured
 
 BATCHES = (1, 256)  # verify's latency batch and its throughput batch
@@ -83,15 +82,16 @@ def export_tflite(src: Sources) -> Written:
     from toolkit.fsutil import sha256_file
     from toolkit.runtimes.litert import Program, delegation
 
-    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    from toolkit.scoped import environ
+
     written = Written()
     paths = {p: {b: src.stage / file_name(src.arch, p, b) for b in BATCHES} for p in ("fp32", "int8")}
-    with native_output_captured():
-        for batch, path in paths["fp32"].items():
+    with native_output_captured(), environ("LITERT_TORCH_SHOW_PROGRESS", "n"):
+        for batch, path in paths["fp32"].items():  # int8 is quantized from the fp32 files
             convert(src.model, batch, path)
-        if src.calib is not None:
+        if "int8" in src.precisions:
             quantize(paths["fp32"], paths["int8"], src.calib)
-    for precision in ("fp32", "int8") if src.calib is not None else ("fp32",):
+    for precision in src.precisions:
         files = paths[precision]
         rel = files[1].name
         variants = []
@@ -104,11 +104,10 @@ def export_tflite(src: Sources) -> Written:
         scale, zero = inp["quantization"]
         values = ("pixel/255 in [0, 1]" if dtype == "float32"
                   else f"round(pixel/255/{scale:.9g}) + {zero} (the model's input quantization)")
-        written.models.append(("tflite", precision, rel, None))
         written.top_level += [files[b].name for b in BATCHES]
-        written.extra[rel] = {
+        written.artifacts.append(Artifact("tflite", precision, rel, fields={
             "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [1, 1, 28, 28], "values": values}],
             "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__), "shape": [1, 10]}],
             "static_batch": 1, "batch_files": variants, "delegation": delegation(program.it),
-            **({"calibration_method": CALIBRATION} if precision == "int8" else {})}
+            **({"calibration_method": CALIBRATION} if precision == "int8" else {})}))
     return written

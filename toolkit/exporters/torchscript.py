@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from toolkit.artifact_meta import strip_torchscript
+from toolkit.exporters import Artifact, Sources, Written
+from toolkit.exporters.artifact_meta import strip_torchscript
 
 
 @contextlib.contextmanager
@@ -35,19 +36,32 @@ def load(path: Path):
         return torch.jit.load(str(path))
 
 
-def export_fp32(model: torch.nn.Module, stage: Path, arch: str, example: torch.Tensor) -> list[tuple]:
-    """Traced, so it needs no toolkit code to load. Returns [(format, precision, file, quant params)]."""
+def export_torchscript(src: Sources) -> Written:
+    """Each precision `src.precisions` asks for: fp32 traced (so it needs no toolkit code to load), int8
+    through torch.ao's FX quantization on the calibration images."""
+    written = Written()
+    for precision in src.precisions:
+        if precision == "fp32":
+            art = export_fp32(src.model, src.stage, src.arch)
+        else:
+            art = export_int8(src.model, src.stage, src.arch, src.calib, src.quant)
+        written.artifacts.append(art)
+        written.top_level.append(art.file)
+    return written
+
+
+def export_fp32(model: torch.nn.Module, stage: Path, arch: str) -> Artifact:
     path = stage / f"{arch}_fp32.torchscript.pt"
     with torch.no_grad(), quiet_warnings():
-        traced = torch.jit.trace(model, example)
+        traced = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
     save_torchscript(traced, path)
-    return [("torchscript", "fp32", path.name, None)]
+    return Artifact("torchscript", "fp32", path.name)
 
 
-def export_int8(model: torch.nn.Module, stage: Path, arch: str, calib, quant) -> list[tuple]:
-    from toolkit.quantize import torch_quant_params, torch_static_int8
+def export_int8(model: torch.nn.Module, stage: Path, arch: str, calib, quant) -> Artifact:
+    from toolkit.exporters.quantize import torch_quant_params, torch_static_int8
 
     traced_q, quantized = torch_static_int8(model, calib, quant)
     path = stage / f"{arch}_int8.torchscript.pt"
     save_torchscript(traced_q, path)
-    return [("torchscript", "int8", path.name, torch_quant_params(quantized))]
+    return Artifact("torchscript", "int8", path.name, torch_quant_params(quantized))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from toolkit.exporters import Sources, Written
+from toolkit.exporters import Artifact, Sources, Written
 
 REPOSITORY = "triton"
 MAX_BATCH = 256  # verify's throughput batch; Triton's dynamic batcher gathers requests up to it
@@ -39,12 +39,14 @@ def model_config(name: str, onnx_path: Path) -> str:
 def export_triton(src: Sources) -> Written:
     stage, onnx_files = src.stage, src.onnx_files
     written = Written(top_level=[REPOSITORY])
-    for precision, onnx_path in onnx_files.items():
+    for precision in src.precisions:
+        onnx_path = onnx_files[precision]
         name = onnx_path.stem  # e.g. cnn_int8
         version = stage / REPOSITORY / name / "1"
         version.mkdir(parents=True)
         shutil.copyfile(onnx_path, version / "model.onnx")
         (stage / REPOSITORY / name / "config.pbtxt").write_text(model_config(name, onnx_path))
-        written.models.append(("triton", precision, f"{REPOSITORY}/{name}/1/model.onnx", onnx_path.name))
+        written.artifacts.append(Artifact("triton", precision, f"{REPOSITORY}/{name}/1/model.onnx", source=onnx_path.name,
+                                          copy=True))
         written.support.append((f"{REPOSITORY}/{name}/config.pbtxt", f"Triton model configuration of {name}"))
     return written

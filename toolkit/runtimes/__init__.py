@@ -1,4 +1,4 @@
-"""The runtimes verify runs artifacts on: one module each behind `toolkit.candidate.Candidate`, and
+"""The runtimes verify runs artifacts on: one module each behind `toolkit.runtimes.candidate.Candidate`, and
 this registry that verify iterates. Adding a runtime is adding a module and a line here. Modules are
 imported only when one of their rows runs (the PyTorch one needs torch)."""
 

@@ -5,17 +5,15 @@ runtime, needs Python >= 3.12 and ExecuTorch 1.3 programs: see the README.)"""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from toolkit.candidate import Candidate
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES, batched, to_float_input
+from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtime import read_model_bytes
+from toolkit.runtimes.candidate import Candidate, batched_logits, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[executorch]'"
 # Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
@@ -54,6 +52,12 @@ def audit(data: bytes, name: str) -> dict:
 
 
 def load_method(data: bytes, name: str, threads: int):
+    """The program's forward method, on ExecuTorch's shared thread pool sized to `threads` (> 0).
+
+    The one process-wide change a runtime makes that it cannot undo: XNNPACK binds the pool when a
+    program loads, and resizing it while the program lives crashes the process (SIGSEGV, measured with
+    ExecuTorch 1.5.1), so the pool is sized before loading and left so. verify's rows each run in their
+    own child process (toolkit.isolate), where it ends with the row; it is resized only when it differs."""
     try:
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
@@ -62,11 +66,10 @@ def load_method(data: bytes, name: str, threads: int):
     from toolkit.quietfd import native_output_captured
 
     try:
-        with native_output_captured():  # cpuinfo's probe of /sys prints to stderr
-            if threads > 0:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # "experimental API"
-                    portable_lib._unsafe_reset_threadpool(threads)
+        with native_output_captured(), warnings.catch_warnings():  # cpuinfo's probe of /sys prints to stderr
+            warnings.simplefilter("ignore")  # "experimental API"
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
             program = Runtime.get().load_program(data)
             method = program.load_method("forward")
     except Exception as exc:
@@ -82,12 +85,11 @@ class ExecuTorchCandidate(Candidate):
 
         self.torch = torch
         self.name, self.precision, self.file = name, precision, file
-        data = read_model_bytes(path, sha256, "executorch")
-        self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        data, self.loaded_sha256 = read_model_bytes(path, sha256, "executorch")
         self._audit = audit(data, path.name)
         # the runtime reads the program from these bytes without copying them: keep them alive
         self._data = data
-        self._program, self.method = load_method(data, path.name, threads)
+        self._program, self.method = load_method(data, path.name, resolve_threads(threads))
         meta = self.method.metadata
         if meta.num_inputs() != 1 or meta.num_outputs() != 1:
             raise ToolkitError(f"{path.name}: {meta.num_inputs()} inputs and {meta.num_outputs()} outputs; "
@@ -105,14 +107,14 @@ class ExecuTorchCandidate(Candidate):
             raise ToolkitError(f"{self.file}: ExecuTorch failed while running ({first_line(exc, 160)})") from None
         return out
 
-    def _forward(self, x: np.ndarray, batch: int) -> np.ndarray:
-        out = batched(lambda b: self._execute(self.torch.from_numpy(b)).numpy(), x, batch)
-        if out.shape != (len(x), NUM_CLASSES):
-            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(x)}, {NUM_CLASSES}]")
-        return out
+    def prepare(self, images_u8):
+        return to_float_input(images_u8)
 
-    def logits(self, images_u8):
-        return self._forward(to_float_input(images_u8), self.max_batch)
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return self._execute(self.torch.from_numpy(x)).numpy()
+
+    def logits(self, images_u8, batch: int = EVAL_BATCH):
+        return super().logits(images_u8, min(batch, self.max_batch))  # no more than it is memory-planned for
 
     def bench_input(self, images_u8):
         return self.torch.from_numpy(to_float_input(images_u8[: self.max_batch]))
@@ -125,7 +127,8 @@ class ExecuTorchCandidate(Candidate):
 
     def consistency(self, images_u8, preds):
         x = to_float_input(images_u8)
-        return all(np.array_equal(self._forward(x, b).argmax(1), preds) for b in self.consistency_batches)
+        return all(np.array_equal(batched_logits(self._forward, x, len(x), batch=b, fixed_batch=None,
+                                                 name=self.file).argmax(1), preds) for b in self.consistency_batches)
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> ExecuTorchCandidate:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.candidate import Candidate
+from toolkit.runtimes.candidate import Candidate, batched_logits, max_threads, read_model_bytes
 from toolkit.contract import NUM_CLASSES, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtime import max_threads, read_model_bytes
 
 INSTALL_HINT = "pip install 'mnisttk[litert]'"
 SHAPE_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # layout only: no arithmetic worth a delegate
@@ -143,35 +142,32 @@ class LiteRTCandidate(Candidate):
 
     def __init__(self, files: dict, precision: str, threads: int, name: str, file: str):
         """files: batch size -> (path, expected SHA-256); the batch-1 file is the artifact."""
-        import hashlib
-
         self.name, self.precision, self.file = name, precision, file
         self.programs = {}
         for batch, (path, sha) in sorted(files.items()):
-            data = read_model_bytes(path, sha, "tflite")
+            data, loaded_sha256 = read_model_bytes(path, sha, "tflite")
             program = Program(data, threads, path.name)
             if program.batch != batch:
                 raise ToolkitError(f"{path.name}: a batch-{program.batch} LiteRT model where a batch-{batch} one was expected")
             self.programs[batch] = program
             if batch == 1:
-                self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+                self.loaded_sha256 = loaded_sha256
         if 1 not in self.programs:
             raise ManifestError(f"{file}: no batch-1 LiteRT file")
         self.bulk = self.programs[max(self.programs)]
+        self.fixed_batch = self.bulk.batch  # logits() runs the largest program, the last chunk padded
         self.consistency_batches = tuple(sorted(self.programs))
 
-    def _forward(self, program: Program, x: np.ndarray) -> np.ndarray:
-        """Float images through one static-batch program, in chunks, the last one padded."""
-        b, out = program.batch, []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            if len(chunk) < b:
-                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            out.append(program.run(program.quantize(chunk)))
-        return np.concatenate(out)[: len(x)]
+    def prepare(self, images_u8):
+        return to_float_input(images_u8)
 
-    def logits(self, images_u8):
-        return self._forward(self.bulk, to_float_input(images_u8))
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return self.bulk.run(self.bulk.quantize(x))
+
+    def _through(self, program: Program, x: np.ndarray) -> np.ndarray:
+        """Float images through one static-batch program (the template's batching, at its batch)."""
+        return batched_logits(lambda chunk: program.run(program.quantize(chunk)), x, len(x), batch=program.batch,
+                              fixed_batch=program.batch, name=self.file)
 
     def bench_input(self, images_u8):
         x = to_float_input(images_u8)
@@ -179,7 +175,7 @@ class LiteRTCandidate(Candidate):
         return _Batch(program, program.quantize(x) if program else x)
 
     def run(self, x):
-        return x.program.run(x.data) if x.program else self._forward(self.bulk, x.data)
+        return x.program.run(x.data) if x.program else self._through(self.bulk, x.data)
 
     def placement(self):
         return delegation(self.programs[1].it)
@@ -193,7 +189,7 @@ class LiteRTCandidate(Candidate):
 
     def consistency(self, images_u8, preds):
         x = to_float_input(images_u8)
-        return all(np.array_equal(self._forward(p, x).argmax(1), preds) for p in self.programs.values())
+        return all(np.array_equal(self._through(p, x).argmax(1), preds) for p in self.programs.values())
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> LiteRTCandidate:

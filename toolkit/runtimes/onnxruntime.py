@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.candidate import Candidate
+from toolkit.runtimes.candidate import Candidate
 from toolkit.contract import EVAL_BATCH
 from toolkit.errors import ManifestError
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
-from toolkit.runtime import Model, SessionOptions
+from toolkit.runtimes.ort_session import Model, SessionOptions
 
 CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes whose predictions must agree
 
@@ -32,17 +32,14 @@ class OnnxCandidate(Candidate):
         self.fmt = fmt  # the manifest's format: the bytes must be it (toolkit.formats)
         self.model = Model(path, provider, self.options, expected_sha256=sha256, fmt=fmt)
         self.loaded_sha256 = self.model.loaded_sha256
+        self.fixed_batch = self.model.fixed_batch
         self.threads = threads
-        self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)
+        self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)  # logits() runs EVAL_BATCH at a time
 
-    def logits(self, images_u8):
-        # In batches of EVAL_BATCH (1,000), one of the batch-consistency sizes.
-        return self.model.logits(images_u8)
-
-    def bench_input(self, images_u8):
+    def prepare(self, images_u8):
         return self.model.prepare(images_u8)
 
-    def run(self, x):
+    def _forward(self, x):
         return self.model.run(x)
 
     def output_limits(self):

@@ -3,6 +3,7 @@ needs it and torch is installed; the edge side never needs it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -12,27 +13,36 @@ import torch
 
 from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.fsutil import sha256_file
-from toolkit.candidate import Candidate
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES, batched, to_float_input
+from toolkit.contract import to_float_input
+from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
+from toolkit.scoped import quantized_engine, torch_threads
 
 
 class TorchCandidate(Candidate):
     def __init__(self, module, name: str, runtime: str, precision: str, file: str | None, size_bytes: int | None,
-                 threads: int):
+                 threads: int, engine: str | None = None):
+        """threads: 0 all cores (toolkit.runtimes.candidate.resolve_threads); engine: the quantized
+        engine an int8 TorchScript module runs on. Both are set only inside `scope()`."""
         self.module, self.name, self.runtime, self.precision = module, name, runtime, precision
         self.file, self.size_bytes = file, size_bytes
-        if threads > 0:
-            torch.set_num_threads(threads)
+        self.threads, self.engine = resolve_threads(threads), engine
 
-    def logits(self, images_u8: np.ndarray) -> np.ndarray:
+    def scope(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch_threads(self.threads))
+        if self.engine:
+            stack.enter_context(quantized_engine(self.engine))
+        return stack
+
+    def prepare(self, images_u8: np.ndarray) -> np.ndarray:
+        return to_float_input(images_u8)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         try:
             with torch.inference_mode():
-                out = batched(lambda x: self.module(torch.from_numpy(x)).numpy(), to_float_input(images_u8), EVAL_BATCH)
+                return self.module(torch.from_numpy(x)).numpy()
         except Exception as exc:  # a TorchScript file with other inputs or outputs
             raise ToolkitError(f"{self.file}: PyTorch failed while running ({first_line(exc, 120)})") from None
-        if out.shape != (len(images_u8), NUM_CLASSES):
-            raise ToolkitError(f"{self.file}: output shape {list(out.shape)}, expected [{len(images_u8)}, {NUM_CLASSES}]")
-        return out
 
     def bench_input(self, images_u8):
         return torch.from_numpy(to_float_input(images_u8))
@@ -61,22 +71,17 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
 
 def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str | None = None) -> TorchCandidate:
     """Loaded from the very bytes that were hashed."""
-    import hashlib
-
-    from toolkit.runtime import read_model_bytes
-
-    data = read_model_bytes(path, sha256, "torchscript")
+    data, loaded_sha256 = read_model_bytes(path, sha256, "torchscript")
+    engine = "x86" if precision == "int8" else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quantized_engine(engine):
             warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load
-            if precision == "int8":
-                torch.backends.quantized.engine = "x86"
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:
         raise ToolkitError(f"{path}: not a loadable TorchScript model ({first_line(exc, 120)})") from None
     cand = TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
-                          path.stat().st_size, threads)
-    cand.loaded_sha256 = hashlib.sha256(data).hexdigest()
+                          path.stat().st_size, threads, engine=engine)
+    cand.loaded_sha256 = loaded_sha256
     return cand
 
 

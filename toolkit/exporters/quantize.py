@@ -300,9 +300,13 @@ def onnx_quant_params(path: Path) -> dict:
 def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
     """PyTorch FX static int8 (x86 back end, conv+ReLU fused) -> a traced TorchScript module
     taking float32 N×1×28×28 in [0, 1]."""
+    import contextlib
+
     import torch
 
-    with warnings.catch_warnings():
+    from toolkit.scoped import quantized_engine
+
+    with warnings.catch_warnings(), contextlib.ExitStack() as scope:
         warnings.simplefilter("ignore")  # torch.ao.quantization's DeprecationWarnings
         from torch.ao.quantization import QConfig, QConfigMapping
         from torch.ao.quantization.observer import (
@@ -313,7 +317,7 @@ def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
 
         if "x86" not in torch.backends.quantized.supported_engines:
             raise ExportError("this torch build has no x86 quantized engine")
-        torch.backends.quantized.engine = "x86"
+        scope.enter_context(quantized_engine("x86"))  # restored when this returns (toolkit.scoped)
         if config.method != "minmax":  # ExportConfig refuses it first: HistogramObserver is not ORT's method
             raise ExportError("TorchScript int8 calibrates by min/max only")
         act_observer = MinMaxObserver

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ToolkitError
-from toolkit.inspect import WIDE_COLUMNS, layer_cells
+from toolkit.inspect.profile import WIDE_COLUMNS, layer_cells
 
 MAX_FLIPS = 50
 

@@ -5,7 +5,7 @@ on ONNX Runtime's CPU provider (torch-free: numpy + onnxruntime).
   optimizations — the model's layers (named conv1, conv2, fc1 … by export) and what the runtime
   inserted (layout reorders, (de)quantize nodes) — with its median time per image over repeated
   profiled runs at verify's batch and thread count, its share, and the provider that ran it.
-- **Error** (`toolkit.layer_error`): per layer of the int8 model, SQNR, cosine and max |Δ| of its
+- **Error** (`toolkit.inspect.layer_error`): per layer of the int8 model, SQNR, cosine and max |Δ| of its
   output against the fp32 model's, accumulated and isolated; weight SQNR; scales; whether an int8
   kernel ran for it.
 - **Flips**: the test images whose top-1 the int8 model changed, and its confusion matrix.
@@ -23,7 +23,7 @@ import numpy as np
 from toolkit.manifest import check_hashes, confined_path, load_manifest
 from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.predict import softmax
-from toolkit.runtime import Model, SessionOptions, is_int8_kernel
+from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
 
 WARMUP_RUNS = 5
 
@@ -79,8 +79,8 @@ def _layer_time(layer: dict, model: dict) -> tuple[float, list]:
 
 def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None = None, batch: int = 256,
                 threads: int = 1, repeats: int = 20, n_images: int = 1000) -> dict:
-    from toolkit.layer_error import layer_errors
-    from toolkit.runtime import read_model_bytes
+    from toolkit.inspect.layer_error import layer_errors
+    from toolkit.runtimes.candidate import read_model_bytes
 
     manifest = load_manifest(folder)
     bad = {r["file"]: r["status"] for r in check_hashes(folder, manifest) if r["status"] != "ok"}
@@ -92,7 +92,7 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
         path = confined_path(folder, a["file"])
-        data[precision] = read_model_bytes(path, a["sha256"], "onnx")
+        data[precision] = read_model_bytes(path, a["sha256"], "onnx")[0]
         # the session verify uses: int8 without ORT's NCHWc layout (see SessionOptions.nchwc)
         options = SessionOptions(nchwc=precision != "int8")
         models[precision] = {"file": a["file"], **profile_model(path, images_u8, batch, threads, repeats, options,
@@ -153,7 +153,7 @@ def _executorch_error(folder: Path, manifest: dict, bad: dict, sample: np.ndarra
     for a in pte.values():
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
-    from toolkit.layer_error import error_stats
+    from toolkit.inspect.layer_error import error_stats
     from toolkit.runtimes.executorch import candidate
 
     logits = {p: candidate(folder, a, threads, "cpu", f"ExecuTorch {p}").logits(sample) for p, a in pte.items()}

@@ -7,7 +7,6 @@ and nothing else.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -20,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
-from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
-from toolkit.fsutil import regular_file
+from toolkit.contract import EVAL_BATCH, to_float_input, to_uint8_input
+from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
+from toolkit.runtimes.candidate import batched_logits, max_threads, read_model_bytes
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
-MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
 INT8_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear", "QLinearMatMul"}
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "AveragePool", "Integer", "FusedConv",
                "FusedGemm", "FusedMatMul", "NhwcMaxPool")
@@ -35,10 +33,6 @@ COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "QLinear", "QGemm", "MaxPool", "Average
 def is_int8_kernel(op: str) -> bool:
     """Whether an ONNX Runtime kernel (as its profiler names it) computes in int8."""
     return op.startswith(("QLinear", "NhwcQLinear")) or op in INT8_OPS
-
-
-def max_threads() -> int:
-    return os.cpu_count() or 1
 
 
 def onnxruntime_distributions() -> list[str]:
@@ -159,23 +153,6 @@ class SessionOptions:
         return so
 
 
-def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | None = None) -> bytes:
-    """The model's bytes, read once: what is hashed is exactly what is loaded. With `fmt` (a manifest
-    format), bytes of another format are refused (toolkit.formats)."""
-    path = regular_file(path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise ManifestError(f"{path}: SHA-256 changed since export: the file is not the one exported")
-    if fmt is not None:
-        from toolkit.formats import check_kind
-
-        check_kind(data, fmt, str(path))
-    return data
-
-
 MIN_SHARD = 16  # images per session below which a batch-parallel model runs the batch on one session
 
 
@@ -196,8 +173,7 @@ class Model:
         self.path = Path(path)
         self.provider = provider
         ep = select_provider(provider)
-        data = read_model_bytes(self.path, expected_sha256, fmt)
-        self.loaded_sha256 = hashlib.sha256(data).hexdigest()
+        data, self.loaded_sha256 = read_model_bytes(self.path, expected_sha256, fmt)
         shards = options.shards if provider == "cpu" else 1
         if shards > 1:
             options = replace(options, threads=1)
@@ -310,20 +286,10 @@ class Model:
             raise RuntimeUnavailable(f"{self.path.name}: ONNX Runtime left the CUDA provider while running")
 
     def logits(self, images_u8: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-        """Logits for uint8 images, `batch` at a time (the model's own batch if it fixes one)."""
-        x = self.prepare(images_u8)
-        if self.fixed_batch:
-            b = self.fixed_batch
-            pad = (-len(x)) % b
-            if pad:
-                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            out = np.concatenate([self.run(x[i : i + b]) for i in range(0, len(x), b)])[: len(images_u8)]
-        else:
-            out = np.concatenate([self.run(x[i : i + batch]) for i in range(0, len(x), batch)])
-        if out.shape != (len(images_u8), NUM_CLASSES):
-            raise ToolkitError(f"{self.path.name}: output shape {list(out.shape)} for {len(images_u8)} images, "
-                               f"expected [{len(images_u8)}, {NUM_CLASSES}]")
-        return out
+        """Logits for uint8 images, `batch` at a time (the model's own batch if it fixes one), checked
+        (toolkit.runtimes.candidate.batched_logits: the one batching every runtime shares)."""
+        return batched_logits(self.run, self.prepare(images_u8), len(images_u8), batch=batch,
+                              fixed_batch=self.fixed_batch, name=self.path.name)
 
     def node_events(self) -> list[dict]:
         """ORT's per-node kernel events, in run order: {'node', 'op', 'provider', 'us'} (session must be

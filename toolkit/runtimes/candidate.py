@@ -1,0 +1,128 @@
+"""One template for everything that turns test images into logits and can be timed: verify's rows,
+`--search`'s candidates, the benchmark's runners. A runtime implements two steps — `prepare` (uint8
+images to its own input) and `_forward` (one prepared batch to logits) — and inherits the one
+`logits()` that batches, pads a static batch, and checks the output's shape and finiteness once for
+every runtime. Also the one place a model's bytes are read: `read_model_bytes` returns them with
+their SHA-256, so what is hashed is what is loaded. No imports beyond numpy: both sides use it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES
+from toolkit.errors import ManifestError, ToolkitError
+from toolkit.fsutil import regular_file
+
+MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
+
+
+def max_threads() -> int:
+    return os.cpu_count() or 1
+
+
+def resolve_threads(threads: int) -> int:
+    """The one meaning of `threads` everywhere: 0 is all of this machine's cores, n > 0 is n."""
+    if not isinstance(threads, int) or threads < 0:
+        raise ToolkitError(f"threads must be 0 (all cores) or a positive count, not {threads!r}")
+    return threads or max_threads()
+
+
+def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | None = None) -> tuple[bytes, str]:
+    """(the model's bytes, their SHA-256), read once: what is hashed is exactly what is loaded. With
+    `expected_sha256`, other bytes are refused; with `fmt` (a manifest format), bytes of another
+    format are refused (toolkit.formats)."""
+    path = regular_file(path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise ManifestError(f"{path}: SHA-256 changed since export: the file is not the one exported")
+    if fmt is not None:
+        from toolkit.formats import check_kind
+
+        check_kind(data, fmt, str(path))
+    return data, sha256
+
+
+def checked_logits(out, n: int, name: str) -> np.ndarray:
+    """`out` as N×10 float logits for n images, or a one-line error naming `name` (wrong shape, or
+    images whose logits are NaN or infinite)."""
+    out = np.asarray(out)
+    if out.shape != (n, NUM_CLASSES):
+        raise ToolkitError(f"{name}: output shape {list(out.shape)} for {n} images, expected [{n}, {NUM_CLASSES}]")
+    bad = ~np.isfinite(out).all(1)
+    if bad.any():
+        raise ToolkitError(f"{name}: {int(bad.sum())} of {n} images give NaN or infinite logits")
+    return out
+
+
+def batched_logits(forward, x, n: int, *, batch: int, fixed_batch: int | None, name: str) -> np.ndarray:
+    """`forward` over prepared inputs `x` (n of them) in slices of `batch` — of `fixed_batch` exactly
+    for a static-batch model, the last slice padded with zeros and its padding dropped — then checked."""
+    if fixed_batch:
+        batch = fixed_batch
+        pad = (-n) % batch
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    out = np.concatenate([np.asarray(forward(x[i:i + batch])) for i in range(0, len(x), batch)])[:n]
+    return checked_logits(out, n, name)
+
+
+class Candidate(ABC):
+    """Something that turns uint8 test images into logits, and can be timed.
+
+    A runtime fills in `prepare` and `_forward`; `logits` is the same for all. `bench_input`/`run` are
+    what the timing loops call (by default the prepared input and `_forward`); `scope()` is the
+    context in which the candidate may change process-wide state (threads, engines), restored on exit."""
+
+    name: str  # e.g. "ONNX int8"
+    runtime: str  # e.g. "ORT CPU"
+    precision: str  # fp32 | int8
+    file: str | None
+    loaded_sha256: str | None = None  # SHA-256 of the bytes actually loaded, where a file was
+    fixed_batch: int | None = None  # a static-batch model's batch: logits() runs exactly that many at a time
+    consistency_batches: tuple = ()  # the batch sizes `consistency` compares
+
+    @abstractmethod
+    def prepare(self, images_u8: np.ndarray):
+        """uint8 N×28×28 -> this runtime's input for them."""
+
+    @abstractmethod
+    def _forward(self, x) -> np.ndarray:
+        """Logits of one prepared batch (its size: the model's fixed batch, or any up to EVAL_BATCH)."""
+
+    def logits(self, images_u8: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+        """Logits (N×10, finite) for uint8 images, `batch` at a time (a static-batch model's own batch)."""
+        return batched_logits(self._forward, self.prepare(images_u8), len(images_u8), batch=batch,
+                              fixed_batch=self.fixed_batch, name=self.file or self.name)
+
+    def bench_input(self, images_u8: np.ndarray):
+        """The runtime's own input for these images (timing excludes the conversion)."""
+        return self.prepare(images_u8)
+
+    def run(self, x) -> object:
+        """One timed call on a `bench_input`."""
+        return self._forward(x)
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """The process-wide state this candidate needs while it runs, set on entry, restored on exit."""
+        return contextlib.nullcontext()
+
+    def placement(self) -> dict | None:
+        return None
+
+    def output_limits(self) -> tuple | None:
+        """(lowest, highest, step) of an int8 output after dequantization, or None (a float output)."""
+        return None
+
+    def consistency(self, images_u8: np.ndarray, preds: np.ndarray) -> bool | None:
+        """Whether other batch sizes give `preds` again; None where not checked."""
+        return None
