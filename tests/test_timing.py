@@ -103,3 +103,29 @@ def test_verify_times_every_row_in_interleaved_rounds(onnx_family_export, tiny_e
     best = min(ran, key=lambda x: x["latency_us"]["p50"])
     assert f["batch1"] == best["id"] and f["throughput"] == max(ran, key=lambda x: x["throughput"])["id"]
     assert "fastest passing artifact on this machine" in r.output and "p50 range" in r.output
+
+
+def test_search_keeps_the_default_unless_a_candidate_wins_beyond_the_spread():
+    """--search's choice (toolkit.search.choose): the default recipe stays unless a passing candidate's
+    slowest round is faster than the default's fastest — exactly at the default's fastest is not enough."""
+    from toolkit.search import choose
+
+    def row(speeds, passed=True, int8_layers=3):
+        return {"speed_rounds": speeds, "passed": passed, "int8_layers": int8_layers}
+
+    default = row([0.90, 0.95, 1.00])
+    at = row([0.80, 0.85, 0.90])  # its slowest round ties the default's fastest: within the spread
+    assert choose([default, at], 0) == 0
+    past = row([0.80, 0.85, 0.8999])  # one step past
+    assert choose([default, past], 0) == 1
+    assert choose([default, row([0.5, 0.5, 0.8999], passed=False)], 0) == 0  # a failing one never wins
+    faster = row([0.60, 0.62, 0.64], int8_layers=1)
+    assert choose([default, past, faster], 0) == 2  # of those beyond the spread, the fastest
+    # the default fails its gates: the passing candidate with the most int8 layers is the one kept
+    failing_default = row([0.5, 0.5, 0.5], passed=False)
+    fewer = row([0.85, 0.88, 0.90], int8_layers=2)  # faster, but not beyond the spread
+    more = row([0.90, 0.95, 1.00], int8_layers=3)
+    assert choose([failing_default, fewer, more], 0) == 2
+    assert choose([failing_default, row([0.85, 0.86, 0.8999], int8_layers=2), more], 0) == 1
+    with pytest.raises(ValueError):
+        choose([failing_default], 0)

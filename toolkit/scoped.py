@@ -13,56 +13,51 @@ import os
 
 
 @contextlib.contextmanager
+def _swapped(get, put, value):
+    """`put(value)` inside, `put` of what `get()` returned before after (even on an error)."""
+    before = get()
+    put(value)
+    try:
+        yield
+    finally:
+        put(before)
+
+
 def torch_threads(n: int):
     """torch's intra-op threads set to n (> 0) inside, the previous count after."""
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return _swapped(torch.get_num_threads, torch.set_num_threads, n)
 
 
-@contextlib.contextmanager
 def quantized_engine(name: str | None):
     """torch's quantized engine (e.g. "x86") inside, the previous one after; None changes nothing."""
     if name is None:
-        yield
-        return
+        return contextlib.nullcontext()
     import torch
 
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = name
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = before
+    q = torch.backends.quantized
+    return _swapped(lambda: q.engine, lambda v: setattr(q, "engine", v), name)
 
 
-@contextlib.contextmanager
 def cudnn_benchmark(on: bool):
     """cuDNN's per-shape algorithm search switched on/off inside, restored after."""
     import torch
 
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
+    c = torch.backends.cudnn
+    return _swapped(lambda: c.benchmark, lambda v: setattr(c, "benchmark", v), on)
 
 
-@contextlib.contextmanager
 def logging_disabled(level: int):
     """Log records at `level` and below dropped inside (logging.disable), the previous setting after."""
-    before = logging.root.manager.disable
-    logging.disable(level)
-    try:
-        yield
-    finally:
-        logging.disable(before)
+    return _swapped(lambda: logging.root.manager.disable, logging.disable, level)
+
+
+def pil_max_pixels(n: int):
+    """Pillow's decompression-bomb limit set to n pixels inside, the previous limit after."""
+    from PIL import Image
+
+    return _swapped(lambda: Image.MAX_IMAGE_PIXELS, lambda v: setattr(Image, "MAX_IMAGE_PIXELS", v), n)
 
 
 @contextlib.contextmanager
@@ -76,16 +71,3 @@ def environ(name: str, value: str):
     finally:
         if before is None:
             os.environ.pop(name, None)
-
-
-@contextlib.contextmanager
-def pil_max_pixels(n: int):
-    """Pillow's decompression-bomb limit set to n pixels inside, the previous limit after."""
-    from PIL import Image
-
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = n
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = before

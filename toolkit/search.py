@@ -5,15 +5,17 @@ verify's gates, and timed on ONNX Runtime CPU (1 thread; batch-1 p50 and batch-2
 the candidates and fp32 interleaved round by round, medians). The fastest candidate that passes
 the gates is the export's int8 model; the whole table goes into the manifest under `search`.
 
-"Fastest" is one number: the geometric mean of the candidate's batch-1 p50 and batch-256 time per
-image, each relative to fp32's in the same rounds (below 1: faster than fp32). Candidates within
-3% of the fastest count as tied (this is the noise of one run here); among them the one with the
-most int8 layers wins."""
+"Speed" is one number per round: the geometric mean of the candidate's batch-1 p50 and batch-256 time
+per image, each relative to fp32's in the same round (below 1: faster than fp32); a candidate's speed
+is the median over rounds and its spread the range. The default recipe (what `export --quantize`
+writes without --search; if it fails the gates, the passing candidate with the most int8 layers) is
+kept unless a passing candidate is faster **beyond the spread**: its slowest round faster than the
+kept one's fastest round. Among such candidates the fastest wins (then the one with more int8 layers).
+A loaded machine widens the spreads and so keeps the default: noise cannot pick the shipped model."""
 
 from __future__ import annotations
 
 import itertools
-import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -25,10 +27,9 @@ from toolkit.config import Gates, QuantConfig
 from toolkit.errors import ExportError
 from toolkit.gates import Measurement, evaluate, saturation
 
-ROUNDS = 3
+ROUNDS = 5  # interleaved timing rounds (toolkit.timing), the spread of each candidate's speed over them
 LATENCY_ITERS = 200
 BATCH = 256
-TIE = 1.03  # speeds within 3% count as equal
 
 
 def later_layers(fp32_onnx: Path) -> tuple[list[str], bool]:
@@ -65,20 +66,44 @@ def describe(q: QuantConfig, layers: list[str], has_conv: bool) -> dict:
     return precisions
 
 
-def _time(runners: list, images_u8: np.ndarray) -> dict:
-    from toolkit.timing import latency_us, throughput
+def _time(runners: list, images_u8: np.ndarray, rounds: int = ROUNDS) -> dict:
+    """Every runner timed once per round, the runners interleaved (toolkit.timing's loops); per runner its
+    per-round p50, throughput and speed relative to runner 0 (fp32) in the same round; the machine's
+    load per round."""
+    from toolkit.timing import cpu_snapshot, latency_us, load_between, throughput
 
     x1 = [r.bench_input(images_u8[:1]) for r in runners]
     xb = [r.bench_input(images_u8[:BATCH]) for r in runners]
-    p50 = [[] for _ in runners]
-    tp = [[] for _ in runners]
-    for _ in range(ROUNDS):
-        for i, r in enumerate(runners):
-            p50[i].append(latency_us(r, x1[i], warmup=20, iters=LATENCY_ITERS)["p50"])
-            tp[i].append(throughput(r, xb[i], repeats=3))
-    return {"p50": [float(np.median(v)) for v in p50], "tp": [float(np.median(v)) for v in tp],
-            "p50_ratio": [float(np.median(np.array(v) / np.array(p50[0]))) for v in p50],
-            "tp_ratio": [float(np.median(np.array(v) / np.array(tp[0]))) for v in tp]}
+    p50 = np.zeros((len(runners), rounds))
+    tp = np.zeros((len(runners), rounds))
+    load = []
+    for k in range(rounds):
+        start = cpu_snapshot()
+        shift = k % len(runners)  # the order rotated each round: no runner always first
+        for i in list(range(len(runners)))[shift:] + list(range(len(runners)))[:shift]:
+            p50[i, k] = latency_us(runners[i], x1[i], warmup=20, iters=LATENCY_ITERS)["p50"]
+            tp[i, k] = throughput(runners[i], xb[i], repeats=3)
+        load.append(load_between(start, cpu_snapshot(), 1))
+    speed = np.sqrt((p50 / p50[0]) / (tp / tp[0]))  # per runner, per round
+    return {"p50": np.median(p50, 1).tolist(), "tp": np.median(tp, 1).tolist(),
+            "p50_ratio": np.median(p50 / p50[0], 1).tolist(), "tp_ratio": np.median(tp / tp[0], 1).tolist(),
+            "speed_rounds": speed.tolist(), "machine_load": load}
+
+
+def choose(rows: list[dict], default: int) -> int:
+    """Index of the candidate to ship among `rows` (each with `passed`, `speed_rounds` and `int8_layers`):
+    the default (`default`; if it fails, the passing one with the most int8 layers, then the faster) unless
+    a passing candidate's slowest round is faster than its fastest round; then the fastest of those."""
+    passing = [i for i, r in enumerate(rows) if r["passed"]]
+    if not passing:
+        raise ValueError("no candidate passes")
+    med = {i: float(np.median(rows[i]["speed_rounds"])) for i in passing}
+    kept = default if default in passing else max(passing, key=lambda i: (rows[i]["int8_layers"], -med[i]))
+    floor = min(rows[kept]["speed_rounds"])
+    beyond = [i for i in passing if max(rows[i]["speed_rounds"]) < floor]
+    if not beyond:
+        return kept
+    return min(beyond, key=lambda i: (med[i], -rows[i]["int8_layers"]))
 
 
 def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8: np.ndarray, labels: np.ndarray,
@@ -115,26 +140,29 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
     fp32_row = {"precision": {k: "fp32" for k in describe(base, layers, has_conv)}, "accuracy": ref_acc,
                 "agreement": 1.0, "flipped": 0, "passed": None, "reasons": ["the fp32 baseline"]}
     for k, row in enumerate([fp32_row] + rows):
+        speeds = timing["speed_rounds"][k]
         row.update(p50_us=timing["p50"][k], throughput=timing["tp"][k], p50_ratio=timing["p50_ratio"][k],
-                   throughput_ratio=timing["tp_ratio"][k],
-                   speed=math.sqrt(timing["p50_ratio"][k] / timing["tp_ratio"][k]))
-    passing = [r for r in rows if r["passed"]]
-    if not passing:
+                   throughput_ratio=timing["tp_ratio"][k], speed=float(np.median(speeds)), speed_rounds=speeds,
+                   speed_spread=[min(speeds), max(speeds)],
+                   int8_layers=sum(v != "fp32" for v in row["precision"].values()))
+    if not any(r["passed"] for r in rows):
         raise ExportError(f"--search: none of the {len(rows)} candidates passes verify's gates "
                           f"(best agreement {max(r['agreement'] for r in rows):.2%}); nothing was written")
-    # Within 3% of the fastest is a tie on this noisy machine: then the most int8 layers (the
-    # smallest model), then the faster.
-    fastest = min(r["speed"] for r in passing)
-    best = max((r for r in passing if r["speed"] <= fastest * TIE), key=lambda r: (
-        sum(v != "fp32" for v in r["precision"].values()), -r["speed"]))
+    default = next((i for i, r in enumerate(rows) if r["_config"] == base), -1)
+    best = rows[choose(rows, default)]
     for r in rows:
         r["chosen"] = r is best
-    chosen = best["_config"]
+        r["default"] = r["_config"] == base
     table = [{k: v for k, v in r.items() if k != "_config"} for r in [fp32_row] + rows]
-    return {"chosen": chosen, "table": table, "criterion": "lowest sqrt(p50 ratio × batch-256 time ratio) to fp32 "
-            "among candidates passing verify's gates; within 3% of it, the most int8 layers", "gates": {"int8_max_drop_points": gates.int8_max_drop_points,
-                                                                 "int8_min_agreement_pct": gates.int8_min_agreement_pct},
-            "timing": {"threads": 1, "batch": BATCH, "rounds": ROUNDS, "latency_iters": LATENCY_ITERS}}
+    return {"chosen": best["_config"], "table": table,
+            "criterion": "the default recipe (if it passes verify's gates; else the passing candidate with the most "
+                         "int8 layers) unless a passing candidate is faster beyond the spread over rounds (its slowest "
+                         "round's sqrt(p50 ratio × batch-256 time ratio) to fp32 below the kept one's fastest); then "
+                         "the fastest of those",
+            "gates": {"int8_max_drop_points": gates.int8_max_drop_points,
+                      "int8_min_agreement_pct": gates.int8_min_agreement_pct},
+            "timing": {"threads": 1, "batch": BATCH, "rounds": ROUNDS, "latency_iters": LATENCY_ITERS,
+                       "machine_load": timing["machine_load"]}}
 
 
 def _label(precision: dict) -> str:
@@ -143,13 +171,15 @@ def _label(precision: dict) -> str:
 
 def format_search(search: dict) -> str:
     layers = list(search["table"][0]["precision"])
-    head = [*layers, "acc %", "agree %", "flips", "p50 µs", "p50×", "img/s b256", "b256×", "speed", "gates"]
+    head = [*layers, "acc %", "agree %", "flips", "p50 µs", "p50×", "img/s b256", "b256×", "speed", "range", "gates"]
     rows = [head]
     for r in search["table"]:
-        gate = "baseline" if r["passed"] is None else ("PASS" if r["passed"] else "fail") + (" ← chosen" if r.get("chosen") else "")
+        gate = "baseline" if r["passed"] is None else ("PASS" if r["passed"] else "fail") + (
+            " (default)" if r.get("default") else "") + (" ← chosen" if r.get("chosen") else "")
         rows.append([*(r["precision"][k] for k in layers), f"{r['accuracy'] * 100:.2f}", f"{r['agreement'] * 100:.2f}",
                      str(r["flipped"]), f"{r['p50_us']:.1f}", f"{r['p50_ratio']:.2f}", f"{r['throughput']:,.0f}",
-                     f"{r['throughput_ratio']:.2f}", f"{r['speed']:.2f}", gate])
+                     f"{r['throughput_ratio']:.2f}", f"{r['speed']:.2f}",
+                     f"{r['speed_spread'][0]:.2f}–{r['speed_spread'][1]:.2f}", gate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < len(layers) or i == len(head) - 1 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
