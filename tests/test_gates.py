@@ -367,3 +367,37 @@ def test_torchscript_int8_activations_follow_the_reduce_range_decision():
     scale = {rr: float(torch_static_int8(model, calib, QuantConfig(reduce_range=rr))[1].state_dict()["conv1_input_scale_0"])
              for rr in (True, False)}
     assert scale[True] / scale[False] == pytest.approx(255 / 127, rel=1e-3)
+
+
+def test_search_never_ships_a_candidate_without_int8_kernels(tiny_export, monkeypatch):
+    """--search judges each candidate with verify's gates: one whose session ran no int8 kernel fails
+    (here: every candidate but the default reports none), so the kernel-less ones can never win."""
+    from toolkit.data import to_model_input, load_mnist
+    from toolkit.runtimes.onnxruntime import OnnxCandidate
+    from toolkit.search import run_search
+
+    mnist = load_mnist(tiny_export["data"], log=lambda s: None)
+    base = ExportConfig(quantize=True).quant
+    real = OnnxCandidate.placement
+    calls = []
+
+    def placement(self):
+        calls.append(self.path.name)
+        p = real(self)
+        return p if len(calls) == 1 else {**p, "int8_kernels": []}  # candidate 0 (the default) keeps its kernels
+
+    monkeypatch.setattr(OnnxCandidate, "placement", placement)
+    fp32 = tiny_export["out"] / "cnn_fp32.onnx"
+    from toolkit.runtimes.ort_session import Model
+
+    ref = Model(fp32).logits(mnist.test_images)
+    calib = to_model_input(mnist.train_images[:50])
+    loose = Gates(int8_max_drop_points=100, int8_min_agreement_pct=0, int8_max_clipped_top_pct=100)  # all but kernels
+    out = run_search(fp32, calib, base, mnist.test_images, mnist.test_labels, ref, gates=loose)
+    rows = out["table"][1:]
+    assert rows[0]["passed"] and rows[0]["chosen"] and out["chosen"] == base
+    assert all(not r["passed"] and any("int8 kernel" in why for why in r["reasons"]) for r in rows[1:])
+    calls.clear()
+    monkeypatch.setattr(OnnxCandidate, "placement", lambda self: {**real(self), "int8_kernels": []})
+    with pytest.raises(ExportError, match="none of the .* candidates passes"):
+        run_search(fp32, calib, base, mnist.test_images, mnist.test_labels, ref, gates=loose)
