@@ -18,7 +18,7 @@ import torch
 
 from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from toolkit.config import FORMATS, ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
+from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.gates import Measurement, evaluate
 from toolkit.targets import TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched

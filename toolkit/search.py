@@ -70,7 +70,7 @@ def _time(runners: list, images_u8: np.ndarray, rounds: int = ROUNDS) -> dict:
     """Every runner timed once per round, the runners interleaved (toolkit.timing's loops); per runner its
     per-round p50, throughput and speed relative to runner 0 (fp32) in the same round; the machine's
     load per round."""
-    from toolkit.timing import cpu_snapshot, latency_us, load_between, throughput
+    from toolkit.timing import cpu_snapshot, latency_us, load_between, rotated, throughput
 
     x1 = [r.bench_input(images_u8[:1]) for r in runners]
     xb = [r.bench_input(images_u8[:BATCH]) for r in runners]
@@ -79,8 +79,7 @@ def _time(runners: list, images_u8: np.ndarray, rounds: int = ROUNDS) -> dict:
     load = []
     for k in range(rounds):
         start = cpu_snapshot()
-        shift = k % len(runners)  # the order rotated each round: no runner always first
-        for i in list(range(len(runners)))[shift:] + list(range(len(runners)))[:shift]:
+        for i in rotated(list(range(len(runners))), k):
             p50[i, k] = latency_us(runners[i], x1[i], warmup=20, iters=LATENCY_ITERS)["p50"]
             tp[i, k] = throughput(runners[i], xb[i], repeats=3)
         load.append(load_between(start, cpu_snapshot(), 1))

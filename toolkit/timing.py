@@ -81,6 +81,12 @@ def cpu_snapshot(stat: Path = Path("/proc/stat")) -> tuple | None:
     return busy, steal, busy + idle + iowait + steal, max(cores, 1)
 
 
+def rotated(items: list, k: int) -> list:
+    """`items` in round k's order: rotated by k, so no one is always first or after the same neighbour."""
+    shift = k % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
 def load_between(a: tuple | None, b: tuple | None, own_cores: float) -> dict | None:
     """The machine's load between two snapshots: busy cores (all processes), steal %, and the busy
     cores beyond the `own_cores` this run keeps busy (other processes)."""

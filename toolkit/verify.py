@@ -180,7 +180,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     _measure_reference(run, reference_row, eager)
     rows = [reference_row] + _measure_rows(run, plan, log)
     run.machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), config.threads or 1))
-    _more_rounds(config, rows, plan, eager, reference_row, run.rounds, run.machine_load, test_images, log)
+    _more_rounds(run, plan, eager, reference_row, log)
     _judge_rows(run, rows, reference_row)
     return _result(run, rows, t_start)
 
@@ -358,7 +358,7 @@ def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
                                  *o["ref_accepts"])
     for key, value in m.items():
         setattr(row, key, value)
-    row.size_bytes = next((x["size_bytes"] for x in run.manifest["artifacts"] if x["file"] == a["file"]), None)
+    row.size_bytes = a["size_bytes"]
 
 
 def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
@@ -473,9 +473,10 @@ def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_im
         return timing.one_round(cand, test_images, throughput_batch, latency_iters)
 
 
-def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load, test_images, log) -> None:
-    """Rounds 2…N: every row that measured cleanly timed once per round, the rows interleaved (the
-    order rotated each round, so no row always runs first or after the same neighbour)."""
+def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
+    """Step 6, rounds 2…N: every row that measured cleanly timed once per round, the rows interleaved
+    (the order rotated each round, so no row always runs first or after the same neighbour)."""
+    config, rounds = run.config, run.rounds
     timed = [(row, spec, a) for row, spec, a in plan if row.id in rounds and row.status == "ok"]
     jobs = ([("ref", None, None)] if reference_row.id in rounds else []) + timed
     for k in range(1, config.rounds):
@@ -483,12 +484,11 @@ def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load,
             break
         log(f"timing round {k + 1} of {config.rounds}")
         start = timing.cpu_snapshot()
-        shift = k % len(jobs)
-        for row, spec, a in jobs[shift:] + jobs[:shift]:
+        for row, spec, a in timing.rotated(jobs, k):
             if row == "ref":
                 try:
                     with eager.scope():
-                        rounds[reference_row.id].append(timing.one_round(eager, test_images, config.throughput_batch,
+                        rounds[reference_row.id].append(timing.one_round(eager, run.test_images, config.throughput_batch,
                                                                          config.latency_iters))
                 except ToolkitError as exc:
                     reference_row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
@@ -497,13 +497,13 @@ def _more_rounds(config, rows, plan, eager, reference_row, rounds, machine_load,
                 continue
             try:
                 rounds[row.id].append(isolate.call(
-                    time_row, RUNTIMES.index(spec), str(config.folder), a, config.threads, test_images,
+                    time_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
                     config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s,
                     memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
                     what=f"{row.name} on {row.runtime}"))
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
-        machine_load.append(timing.load_between(start, timing.cpu_snapshot(), config.threads or 1))
+        run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), config.threads or 1))
 
 
 def _proc_status_mb(key: str) -> float | None:

@@ -53,6 +53,16 @@ class Written:
     top_level: list = field(default_factory=list)
 
 
+def each_precision(src: Sources, make) -> Written:
+    """What `make(precision)` (an `Artifact`, one top-level file) writes for each precision `src` asks for."""
+    written = Written()
+    for precision in src.precisions:
+        art = make(precision)
+        written.artifacts.append(art)
+        written.top_level.append(art.file)
+    return written
+
+
 def missing_dependency(fmt: str) -> str | None:
     """The one-line reason target `fmt` cannot be written here, or None."""
     from toolkit.runtimes import absent_modules

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.exporters import Artifact, Sources, Written
+from toolkit.exporters import Artifact, Sources, Written, each_precision
 from toolkit.exporters.artifact_meta import finalize_onnx
 from toolkit.exporters.torchscript import quiet_warnings
 
@@ -20,15 +20,8 @@ OPSET = 20  # what torch 2.14's exporter writes; ORT >= 1.17 runs it
 def export_onnx(src: Sources) -> Written:
     """<arch>_fp32.onnx from the PyTorch model; <arch>_int8.onnx from the staged fp32 one and the
     calibration images; each that `src.precisions` asks for."""
-    written = Written()
-    for precision in src.precisions:
-        if precision == "fp32":
-            art = export_fp32(src.model, src.stage, src.arch, src.metadata)
-        else:
-            art = export_int8(src.stage, src.arch, src.calib, src.quant, src.metadata)
-        written.artifacts.append(art)
-        written.top_level.append(art.file)
-    return written
+    return each_precision(src, lambda p: export_fp32(src.model, src.stage, src.arch, src.metadata) if p == "fp32"
+                          else export_int8(src.stage, src.arch, src.calib, src.quant, src.metadata))
 
 
 def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) -> Artifact:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.exporters import Artifact, Sources, Written
+from toolkit.exporters import Artifact, Sources, Written, each_precision
 from toolkit.exporters.artifact_meta import strip_torchscript
 
 
@@ -39,15 +39,8 @@ def load(path: Path):
 def export_torchscript(src: Sources) -> Written:
     """Each precision `src.precisions` asks for: fp32 traced (so it needs no toolkit code to load), int8
     through torch.ao's FX quantization on the calibration images."""
-    written = Written()
-    for precision in src.precisions:
-        if precision == "fp32":
-            art = export_fp32(src.model, src.stage, src.arch)
-        else:
-            art = export_int8(src.model, src.stage, src.arch, src.calib, src.quant)
-        written.artifacts.append(art)
-        written.top_level.append(art.file)
-    return written
+    return each_precision(src, lambda p: export_fp32(src.model, src.stage, src.arch) if p == "fp32"
+                          else export_int8(src.model, src.stage, src.arch, src.calib, src.quant))
 
 
 def export_fp32(model: torch.nn.Module, stage: Path, arch: str) -> Artifact:

@@ -13,7 +13,7 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Candidate, batched_logits, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[executorch]'"
 # Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
@@ -126,9 +126,7 @@ class ExecuTorchCandidate(Candidate):
         return dict(self._audit)
 
     def consistency(self, images_u8, preds):
-        x = to_float_input(images_u8)
-        return all(np.array_equal(batched_logits(self._forward, x, len(x), batch=b, fixed_batch=None,
-                                                 name=self.file).argmax(1), preds) for b in self.consistency_batches)
+        return all(np.array_equal(self.logits(images_u8, b).argmax(1), preds) for b in self.consistency_batches)
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> ExecuTorchCandidate:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Candidate, batched_logits, max_threads, read_model_bytes
+from toolkit.runtimes.candidate import Candidate, batched_logits, read_model_bytes, resolve_threads
 from toolkit.contract import NUM_CLASSES, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
@@ -33,7 +33,7 @@ def interpreter(data: bytes, threads: int, name: str):
 
     try:
         with native_output_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-            it = Interpreter(model_content=data, num_threads=threads or max_threads(),
+            it = Interpreter(model_content=data, num_threads=resolve_threads(threads),
                              experimental_default_delegate_latest_features=True)
             declared = declared_bytes(it)
             if declared > MAX_DECLARED_BYTES:  # checked before a byte of it is allocated

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from toolkit.contract import EVAL_BATCH, to_float_input, to_uint8_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
-from toolkit.runtimes.candidate import batched_logits, max_threads, read_model_bytes
+from toolkit.runtimes.candidate import batched_logits, max_threads, read_model_bytes, resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
@@ -124,7 +124,7 @@ class SessionOptions:
         """How many single-threaded sessions run a batch side by side (1: plain intra-op threading)."""
         if self.parallel != "batch" or self.profile:
             return 1
-        return self.threads or max_threads()
+        return resolve_threads(self.threads)
 
     def to_ort(self) -> ort.SessionOptions:
         levels = {

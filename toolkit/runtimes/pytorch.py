@@ -27,12 +27,10 @@ class TorchCandidate(Candidate):
         self.file, self.size_bytes = file, size_bytes
         self.threads, self.engine = resolve_threads(threads), engine
 
+    @contextlib.contextmanager
     def scope(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch_threads(self.threads))
-        if self.engine:
-            stack.enter_context(quantized_engine(self.engine))
-        return stack
+        with torch_threads(self.threads), quantized_engine(self.engine):
+            yield
 
     def prepare(self, images_u8: np.ndarray) -> np.ndarray:
         return to_float_input(images_u8)
