@@ -8,8 +8,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
 # may have no network, so no install step): the venv's if there is one, else python3.
-# Everything the demo shows: training, tests, plots, and the LiteRT and ExecuTorch targets.
-EXTRAS ?= train,test,plot,tflite,executorch
+# Everything the demo shows: training, tests, plots, the LiteRT and ExecuTorch targets, OpenVINO's rows.
+EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: demo test venv wheel clean bench gpu gpu-check arm-check mutation

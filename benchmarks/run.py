@@ -93,34 +93,6 @@ def compare(runners: list[Candidate], images, rounds, lat_iters, batches, baseli
     return out
 
 
-class OpenVinoCandidate(Candidate):
-    """A peer on the same ONNX file: OpenVINO's CPU plugin (benchmarks only: the `bench` extra),
-    latency hint, `threads` inference threads, its default precision (bf16 where the CPU has it)."""
-
-    runtime = "OpenVINO CPU"
-
-    def __init__(self, path: Path, precision: str, threads: int):
-        import openvino as ov
-
-        self.name, self.precision, self.file = f"ONNX {precision} (OpenVINO CPU)", precision, path.name
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_NUM_THREADS": max(threads, 1), "PERFORMANCE_HINT": "LATENCY"})
-        self.request = self.compiled.create_infer_request()
-        self.uint8 = self.compiled.inputs[0].get_element_type().get_type_name() == "u8"
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
-
-    def prepare(self, images_u8):
-        return np.ascontiguousarray(images_u8[:, None]) if self.uint8 else to_model_input(images_u8)
-
-    def _forward(self, x):
-        return np.asarray(self.run(x)[0])
-
-    def run(self, x):
-        return self.request.infer({0: x})
-
-
 def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: int, lat_iters: int):
     """Every deployment target's runtime on its own artifacts, interleaved in the same rounds: ONNX
     Runtime (.onnx), LiteRT + XNNPACK (.tflite), ExecuTorch + XNNPACK (.pte); ratios to ONNX fp32.
@@ -141,15 +113,8 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
                 continue
             runners.append(build(spec, folder, a, threads))
             runners[-1].name = name
-    import importlib.util
-
-    for a in (a for a in manifest["artifacts"] if a["format"] == "onnx"):
-        if importlib.util.find_spec("openvino") is None:
-            skipped[f"ONNX {a['precision']} (OpenVINO CPU)"] = "openvino not installed (pip install 'mnisttk[bench]')"
-        else:
-            runners.append(OpenVinoCandidate(folder / a["file"], a["precision"], threads))
     table = compare(runners, images, rounds, lat_iters, (256,), "ONNX fp32 (ORT CPU)")
-    notes = {r.name: f"OpenVINO ran it in {r.hint}" for r in runners if isinstance(r, OpenVinoCandidate)}
+    notes = {r.name: f"{r.runtime} ran it in {r.ran_precision}" for r in runners if r.ran_precision}
     return {"rows": table, "skipped": skipped, "notes": notes}
 
 

@@ -122,7 +122,8 @@ def main(argv=None) -> int:
                                  "--calibration-size", str(args.calibration_size), *data], log)
         rows.append(("export --quantize", code == 0, secs, "ok" if code == 0 else last_error(so, se)))
         if code == 0:
-            cuda_flag = ["--require-cuda"] if device == "cuda" else ["--device", "cpu"]
+            # OpenVINO's rows are CPU-only: nothing of the GPU path to prove there
+            cuda_flag = ["--require-cuda" if device == "cuda" else "--device=cpu", "--skip-runtime", "openvino"]
             for label, extra in (("verify (torch rows first)", []), ("verify --no-torch", ["--no-torch"])):
                 code, secs, so, se = sh(["verify", "--dir", str(out), *extra, *cuda_flag,
                                          "--json", str(out / f"verify{'-no-torch' if extra else ''}.json"), *data], log)

@@ -293,7 +293,7 @@ def test_same_checkpoint_same_bytes_anywhere_and_no_build_paths(tiny_export, tmp
         assert {"conv2", "fc1"} <= names and not any(n.metadata_props for n in model.graph.node)
 
 
-ALL_FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton")
+ALL_FORMATS = ("torchscript", "onnx", "ort", "tflite", "executorch", "triton", "openvino")
 
 
 def test_all_targets_are_written_listed_and_verified(all_targets, tiny_export):
@@ -301,10 +301,10 @@ def test_all_targets_are_written_listed_and_verified(all_targets, tiny_export):
     assert sorted(manifest["targets"]) == sorted(f"{f}-{p}" for f in ALL_FORMATS for p in ("fp32", "int8"))
     files = {a["file"] for a in manifest["artifacts"]}
     assert {"cnn_fp32.ort", "cnn_int8.ort", "triton/cnn_int8/1/model.onnx", "triton/cnn_fp32/1/model.onnx",
-            "cnn_fp32.tflite", "cnn_int8.tflite", "cnn_fp32.pte", "cnn_int8.pte"} <= files
+            "cnn_fp32.tflite", "cnn_int8.tflite", "cnn_fp32.pte", "cnn_int8.pte", "cnn_fp32.xml", "cnn_int8.xml"} <= files
     assert {f["file"] for f in manifest["support_files"]} == {
         "required_operators.config", "triton/cnn_fp32/config.pbtxt", "triton/cnn_int8/config.pbtxt",
-        "cnn_fp32.b256.tflite", "cnn_int8.b256.tflite"}
+        "cnn_fp32.b256.tflite", "cnn_int8.b256.tflite", "cnn_fp32.bin", "cnn_int8.bin"}
     config = (all_targets / "required_operators.config").read_text()
     assert "QLinearConv" in config and ".export-" not in config and str(all_targets) not in config  # no paths
     r = run("verify", "--dir", all_targets, "--data-dir", tiny_export["data"], "--json", "-", "--no-torch", *LOOSE)
@@ -398,7 +398,7 @@ def test_bad_targets_and_tampered_ort(all_targets, tiny_export, tmp_path):
 
     for bad in ("", "tflite,nope", "onnx,nope"):
         r = run("export", "--dir", tmp_path, "--targets", bad)
-        assert r.exit_code == 2 and "choose from torchscript, onnx, ort, tflite, executorch, triton or all" in r.output, r.output
+        assert r.exit_code == 2 and "choose from torchscript, onnx, ort, tflite, executorch, triton, openvino or all" in r.output, r.output
     out = tmp_path / "copy"
     shutil.copytree(all_targets, out)
     for name, row in (("cnn_int8.ort", "ORT format int8 on ORT CPU"), ("cnn_int8.tflite", "LiteRT int8 on LiteRT XNNPACK"),

@@ -22,6 +22,7 @@ from toolkit import __version__
 from toolkit.config import ARCH_NAMES, METHODS, ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import json_safe
+from toolkit.runtimes import RUNTIMES
 from toolkit.targets import KNOWN_TARGETS, TARGETS
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
@@ -409,9 +410,12 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
 
 
 def format_export(manifest: dict, out: Path) -> str:
+    from toolkit.manifest import deployed_bytes
+
     lines = [f"{'artifact':<28} {'format':<12} {'precision':<9} {'bytes':>8} {'test accuracy':>14}"]
     for a in manifest["artifacts"]:
-        lines.append(f"{a['file']:<28} {a['format']:<12} {a['precision']:<9} {a['size_bytes']:>8,} {a['test_accuracy']:>14.4f}")
+        lines.append(f"{a['file']:<28} {a['format']:<12} {a['precision']:<9} {deployed_bytes(manifest, a):>8,} "
+                     f"{a['test_accuracy']:>14.4f}")
     ref = manifest["reference"]
     lines.append(f"PyTorch eager fp32 (reference): {ref['pytorch_fp32_test_accuracy']:.4f}")
     for c in manifest["fp32_parity"]:
@@ -427,6 +431,8 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
               help="ONNX Runtime rows to run (repeatable; default both: cpu, cuda — cuda rows skip without a GPU).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
+@click.option("--skip-runtime", "skip_runtimes", multiple=True, type=click.Choice([s.id for s in RUNTIMES]),
+              help="Leave this runtime's rows out (repeatable), e.g. openvino: they are listed as skipped.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
               help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
@@ -463,7 +469,7 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.pass_context
 @toolkit_errors
 @merge_old_spellings
-def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
+def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
@@ -489,7 +495,8 @@ def verify(ctx, folder, data_dir, devices, no_torch, require_cuda, threads, batc
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                   int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio,
                   int8_max_clipped_top_pct=int8_max_clipped, int8_min_ood_agreement_pct=int8_min_ood_agreement)
-    config = VerifyConfig(folder=folder, runtimes=runtimes, require_cuda=require_cuda, threads=threads,
+    config = VerifyConfig(folder=folder, runtimes=runtimes, skip_runtimes=tuple(skip_runtimes), require_cuda=require_cuda,
+                          threads=threads,
                           throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
                           row_memory_mb=row_memory, rounds=rounds)
     from toolkit.manifest import load_manifest

@@ -138,6 +138,7 @@ class ExportConfig:
 class VerifyConfig:
     folder: Path = Path("exported")
     runtimes: tuple = ("torch", "cpu", "cuda")  # which rows to try; cuda rows skip (with a reason) if absent
+    skip_runtimes: tuple = ()  # runtime ids (toolkit.runtimes.RUNTIMES) whose rows are left out, e.g. "openvino"
     require_cuda: bool = False
     threads: int = 1  # CPU threads for every runtime: one core, the edge case, and stable timings
     throughput_batch: int = 256

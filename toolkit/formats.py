@@ -12,8 +12,8 @@ from toolkit.targets import TARGETS
 KIND_OF_FORMAT = {t.name: t.kind for t in TARGETS}
 KIND_NAMES = {"onnx": "an ONNX model (protobuf)", "ort": "an ONNX Runtime .ort model (flatbuffer ORTM)",
               "tflite": "a LiteRT model (flatbuffer TFL3)", "pte": "an ExecuTorch program (flatbuffer ET..)",
-              "zip": "a TorchScript archive (zip)"}
-SUFFIX_KIND = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".pte": "pte", ".pt": "zip"}
+              "zip": "a TorchScript archive (zip)", "ir": "an OpenVINO IR (XML)"}
+SUFFIX_KIND = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".pte": "pte", ".pt": "zip", ".xml": "ir"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -29,6 +29,8 @@ def sniff(data: bytes) -> str | None:
         return "pte"
     if data[:4] == b"PK\x03\x04":
         return "zip"
+    if data.lstrip()[:5] == b"<?xml":  # OpenVINO writes its IR with the XML declaration first
+        return "ir"
     # An ONNX ModelProto is a protobuf: its first byte is the tag of one of ModelProto's fields with
     # its wire type. Serializers write fields in number order, so ours and every common exporter
     # start 0x08 (ir_version); a model without it starts with a later field's tag.

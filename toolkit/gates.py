@@ -63,7 +63,9 @@ class Measurement:
     """What the gates look at for one artifact on one runtime. None: not measured (fails where a gate
     needs it) or, for the placement fields, not a question for this runtime."""
 
-    precision: str  # fp32 | int8
+    # fp32 | int8 | a reduced precision a runtime chose for an fp32 file (bf16, f16): judged as int8 is
+    # (accuracy drop, agreement, not-a-digit agreement), without the int8-only gates
+    precision: str
     flipped: int | None = None  # test images whose top-1 differs from the reference
     max_abs_logit_diff: float | None = None
     accuracy_drop_points: float | None = None  # reference accuracy minus this one, in points
@@ -102,14 +104,15 @@ def evaluate(m: Measurement, gates: Gates) -> list[Reason]:
             reasons.append(Reason(Gate.INT8_DROP, m.accuracy_drop_points, gates.int8_max_drop_points))
         if not _at_least(m.agreement_pct, gates.int8_min_agreement_pct):
             reasons.append(Reason(Gate.INT8_AGREEMENT, m.agreement_pct, gates.int8_min_agreement_pct))
+        if m.ood_agreement_pct is not None and not _at_least(m.ood_agreement_pct, gates.int8_min_ood_agreement_pct):
+            reasons.append(Reason(Gate.OOD_AGREEMENT, m.ood_agreement_pct, gates.int8_min_ood_agreement_pct))
+    if m.precision == "int8":  # what only a quantized model can get wrong
         if m.int8_kernels is not None and not m.int8_kernels:
             reasons.append(Reason(Gate.NO_INT8_KERNELS))
         if m.not_delegated:
             reasons.append(Reason(Gate.NOT_DELEGATED, list(m.not_delegated)))
         if m.clipped_top_pct is not None and not _within(m.clipped_top_pct, gates.int8_max_clipped_top_pct):
             reasons.append(Reason(Gate.SATURATION, m.clipped_top_pct, gates.int8_max_clipped_top_pct))
-        if m.ood_agreement_pct is not None and not _at_least(m.ood_agreement_pct, gates.int8_min_ood_agreement_pct):
-            reasons.append(Reason(Gate.OOD_AGREEMENT, m.ood_agreement_pct, gates.int8_min_ood_agreement_pct))
     if m.batch_consistent is False:
         reasons.append(Reason(Gate.BATCH_CONSISTENCY))
     if m.cpu_compute_ops:

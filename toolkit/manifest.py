@@ -62,6 +62,14 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
     return entry
 
 
+def deployed_bytes(manifest: dict, artifact: dict) -> int:
+    """What deploying this artifact ships, in bytes: its file and, for an OpenVINO IR, its weights
+    file (a LiteRT batch file is an alternative to the artifact, not a part of it)."""
+    weights = (artifact.get("weights") or {}).get("file")
+    extra = sum(f.get("size_bytes", 0) for f in manifest.get("support_files", []) if f["file"] == weights)
+    return artifact["size_bytes"] + extra
+
+
 def write_manifest(path: Path, manifest: dict) -> None:
     atomic_write_bytes(path, (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode())
 
@@ -156,6 +164,12 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
             batches.add(v["batch"])
             if support_sha.get(v["file"]) != v["sha256"]:
                 _fail(path, f"artifacts[{i}].batch_files[{j}] is not a listed support file with that SHA-256")
+        if a["format"] == "openvino" or "weights" in a:  # an IR's .bin: a support file, hashed like any other
+            if a["format"] != "openvino":
+                _fail(path, f"artifacts[{i}] is {a['format']}, which has no weights file")
+            _check_entry(path, a.get("weights"), f"artifacts[{i}].weights", {"file": str, "sha256": str})
+            if support_sha.get(a["weights"]["file"]) != a["weights"]["sha256"]:
+                _fail(path, f"artifacts[{i}].weights is not a listed support file with that SHA-256")
     files = [a["file"] for a in artifacts] + [manifest["reference"]["file"]] + [f["file"] for f in support]
     if len(set(files)) != len(files):
         _fail(path, "a file is listed twice")

@@ -15,11 +15,19 @@ _OPT, _REP = 1, 3
 _INT32, _INT64, _FLOAT, _BYTES, _STRING, _MSG = 5, 3, 2, 12, 9, 11
 _SCHEMA = {
     "AttributeProto": [("name", 1, _OPT, _STRING, None), ("f", 2, _OPT, _FLOAT, None), ("i", 3, _OPT, _INT64, None),
-                       ("ints", 8, _REP, _INT64, None), ("type", 20, _OPT, _INT32, None)],
+                       ("t", 5, _OPT, _MSG, "TensorProto"), ("g", 6, _OPT, _MSG, "GraphProto"),
+                       ("ints", 8, _REP, _INT64, None), ("tensors", 10, _REP, _MSG, "TensorProto"),
+                       ("graphs", 11, _REP, _MSG, "GraphProto"), ("type", 20, _OPT, _INT32, None),
+                       ("sparse_tensor", 22, _OPT, _MSG, "SparseTensorProto"),
+                       ("sparse_tensors", 23, _REP, _MSG, "SparseTensorProto")],
+    "StringStringEntryProto": [("key", 1, _OPT, _STRING, None), ("value", 2, _OPT, _STRING, None)],
     "TensorProto": [("dims", 1, _REP, _INT64, None), ("data_type", 2, _OPT, _INT32, None),
                     ("float_data", 4, _REP, _FLOAT, None), ("int32_data", 5, _REP, _INT32, None),
                     ("int64_data", 7, _REP, _INT64, None), ("name", 8, _OPT, _STRING, None),
-                    ("raw_data", 9, _OPT, _BYTES, None)],
+                    ("raw_data", 9, _OPT, _BYTES, None),
+                    ("external_data", 13, _REP, _MSG, "StringStringEntryProto"),
+                    ("data_location", 14, _OPT, _INT32, None)],
+    "SparseTensorProto": [("values", 1, _OPT, _MSG, "TensorProto"), ("indices", 2, _OPT, _MSG, "TensorProto")],
     "TensorTypeProto": [("elem_type", 1, _OPT, _INT32, None)],
     "TypeProto": [("tensor_type", 1, _OPT, _MSG, "TensorTypeProto")],
     "ValueInfoProto": [("name", 1, _OPT, _STRING, None), ("type", 2, _OPT, _MSG, "TypeProto")],
@@ -28,8 +36,12 @@ _SCHEMA = {
                   ("domain", 7, _OPT, _STRING, None)],
     "GraphProto": [("node", 1, _REP, _MSG, "NodeProto"), ("initializer", 5, _REP, _MSG, "TensorProto"),
                    ("input", 11, _REP, _MSG, "ValueInfoProto"), ("output", 12, _REP, _MSG, "ValueInfoProto"),
-                   ("value_info", 13, _REP, _MSG, "ValueInfoProto")],
-    "ModelProto": [("graph", 7, _OPT, _MSG, "GraphProto")],
+                   ("value_info", 13, _REP, _MSG, "ValueInfoProto"),
+                   ("sparse_initializer", 15, _REP, _MSG, "SparseTensorProto")],
+    "TrainingInfoProto": [("initialization", 1, _OPT, _MSG, "GraphProto"), ("algorithm", 2, _OPT, _MSG, "GraphProto")],
+    "FunctionProto": [("node", 7, _REP, _MSG, "NodeProto")],
+    "ModelProto": [("graph", 7, _OPT, _MSG, "GraphProto"), ("training_info", 20, _REP, _MSG, "TrainingInfoProto"),
+                   ("functions", 25, _REP, _MSG, "FunctionProto")],
 }
 # TensorProto.DataType -> numpy
 DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
@@ -58,6 +70,38 @@ def parse_model(data: bytes):
     model = _classes()["ModelProto"]()
     model.ParseFromString(data)
     return model
+
+
+EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def external_tensors(data: bytes) -> list[str]:
+    """The tensors of this ONNX model whose data is kept in another file (external data), wherever a
+    tensor can be: initializers, sparse initializers, node attributes, subgraphs at any depth, local
+    functions and training graphs. A runtime that loads a model from its bytes may look such a file up
+    relative to its working directory, or follow `../` and absolute paths out of any folder: mnisttk
+    refuses these models before a runtime sees them. ValueError: not a parsable ONNX model."""
+    try:
+        model = parse_model(data)
+    except Exception as exc:  # protobuf's DecodeError (also for nesting beyond its recursion limit)
+        raise ValueError(f"not a parsable ONNX model ({type(exc).__name__})") from None
+    found, graphs, nodes = [], [model.graph, *(g for t in model.training_info for g in (t.initialization, t.algorithm))], [
+        n for f in model.functions for n in f.node]
+
+    def tensors_of(sparse):
+        return [t for s in sparse for t in (s.values, s.indices)]
+
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            tensors = [*g.initializer, *tensors_of(g.sparse_initializer)]
+            nodes.extend(g.node)
+        else:
+            attrs = nodes.pop().attribute
+            tensors = [t for a in attrs for t in (a.t, *a.tensors, *tensors_of([a.sparse_tensor, *a.sparse_tensors]))]
+            graphs.extend(g for a in attrs for g in (a.g, *a.graphs))
+        found += [t.name or "(unnamed)" for t in tensors if t.data_location == EXTERNAL or len(t.external_data)]
+    return found
 
 
 def tensor_to_array(t) -> np.ndarray:

@@ -55,6 +55,9 @@ TARGETS = (
            needs=("executorch",), extra="executorch"),
     Target("triton", "Triton", "onnx", ("triton", "export_triton"), ("triton",), subpath=True,
            calibration_methods=ORT_METHODS),  # the int8 model.onnx, in a model repository
+    # OpenVINO's own format, its int8 from NNCF (not from ONNX Runtime's QDQ model)
+    Target("openvino", "OpenVINO IR", "ir", ("openvino_ir", "export_openvino"),
+           ("{arch}_{precision}.xml", "{arch}_{precision}.bin"), needs=("openvino", "nncf"), extra="openvino-ir"),
 )
 BY_NAME = {t.name: t for t in TARGETS}
 FORMATS = tuple(t.name for t in TARGETS)

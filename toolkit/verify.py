@@ -25,7 +25,7 @@ from toolkit.compare import compare_pair
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, score_fidelity
-from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, load_manifest, target_of
+from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
 from toolkit import ood, timing
@@ -65,6 +65,7 @@ class Row:
     device: str | None = None  # the ONNX Runtime provider ("cpu", "cuda") of an ORT row; None otherwise
     fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
     runtime_id: str | None = None  # the runtime's id (toolkit.runtimes.RuntimeSpec.id; torch/npz: the reference)
+    ran_precision: str | None = None  # what the runtime computed in, where it chose (OpenVINO: f32 or bf16)
     # int8 rows: how much of a quantized output sits at its limits (None: a float output), and how far
     # the reference's top-class probability moved (toolkit.gates.saturation / score_fidelity)
     saturation: dict | None = None
@@ -111,12 +112,15 @@ def measurement(row: Row) -> Measurement:
     """What the gates look at in a measured row (placement questions asked only of the runtimes they
     concern: int8 kernels of ONNX Runtime CPU rows, XNNPACK's delegate, CUDA's CPU fallback)."""
     placement = row.placement or {}
+    reduced = row.precision == "fp32" and row.ran_precision not in (None, "f32")  # e.g. OpenVINO in bf16
     return Measurement(
-        precision=row.precision, flipped=row.flipped, max_abs_logit_diff=row.max_abs_logit_diff,
+        precision=row.ran_precision if reduced else row.precision, flipped=row.flipped,
+        max_abs_logit_diff=row.max_abs_logit_diff,
         accuracy_drop_points=None if row.acc_diff is None else -row.acc_diff * 100,
         agreement_pct=None if row.agreement is None else row.agreement * 100,
         batch_consistent=row.batch_consistent,
-        int8_kernels=placement.get("int8_kernels", []) if row.device == "cpu" and placement else None,
+        int8_kernels=placement.get("int8_kernels", []) if placement and (
+            row.device == "cpu" or placement.get("backend") == "OpenVINO CPU") else None,
         not_delegated=placement.get("not_delegated", []) if placement.get("backend") == "XNNPACK" else [],
         cpu_compute_ops=placement.get("cpu_compute_ops") if row.device == "cuda" else None,
         latency_ratio=row.latency_ratio, measured=row.accuracy is not None,
@@ -270,6 +274,8 @@ def _plan_rows(run: _Run) -> list[tuple[Row, object, dict]]:
 def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
     """(status, reasons) of a row on runtime `spec` that this run does not measure, or None."""
     config = run.config
+    if spec.id in config.skip_runtimes:
+        return "skipped", ["not asked for (--skip-runtime)"]
     if spec.needs_torch and not run.have_torch:
         return "skipped", ["torch not installed" if "torch" in config.runtimes and not torch_available()
                            else "not asked for (--no-torch)"]
@@ -358,7 +364,7 @@ def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
                                  *o["ref_accepts"])
     for key, value in m.items():
         setattr(row, key, value)
-    row.size_bytes = a["size_bytes"]
+    row.size_bytes = deployed_bytes(run.manifest, a)  # an IR: its .xml and .bin
 
 
 def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
@@ -454,7 +460,7 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     with cand.scope():
         logits = np.asarray(cand.logits(test_images), dtype=np.float32)
         out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
-               "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(),
+               "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "ran_precision": cand.ran_precision,
                "output_limits": cand.output_limits(), "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
                "consistency_batches": list(cand.consistency_batches) or None}
         if non_digits is not None:
@@ -519,12 +525,14 @@ def _proc_status_mb(key: str) -> float | None:
 
 def _support_faults(manifest: dict, bad_files: dict) -> dict:
     """artifact file -> why its support files fail it: a Triton model's config.pbtxt, an .ort model's
-    required_operators.config, a LiteRT model's batch files, each changed or missing since export
-    (a Triton configuration the manifest does not list, unhashed, fails too)."""
+    required_operators.config, a LiteRT model's batch files, an OpenVINO IR's weights, each changed or
+    missing since export (a Triton configuration the manifest does not list, unhashed, fails too)."""
     faults: dict = {}
     listed = {f["file"] for f in manifest.get("support_files", [])}
     for a in manifest["artifacts"]:
         mine = [v["file"] for v in a.get("batch_files", [])]
+        if a["format"] == "openvino":
+            mine.append(a["weights"]["file"])
         if a["format"] == "triton":
             config = a["file"].rsplit("/", 2)[0] + "/config.pbtxt"
             mine.append(config)

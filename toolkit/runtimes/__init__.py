@@ -28,6 +28,9 @@ RUNTIMES = (
     RuntimeSpec("ORT CPU", "ort-cpu", ("onnx", "ort", "triton"), "onnxruntime", device="cpu", color="tab:green"),
     # The .ort format is for mobile/minimal CPU builds; Triton's model.onnx is the .onnx itself.
     RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple"),
+    # The same .onnx files on OpenVINO's CPU plugin, as Intel users deploy them (see runtimes/openvino.py)
+    RuntimeSpec("OpenVINO CPU", "openvino", ("onnx", "openvino"), "openvino", requires=("openvino",), extra="openvino",
+                color="tab:cyan"),
     RuntimeSpec("LiteRT XNNPACK", "litert", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert",
                 color="tab:orange"),
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)

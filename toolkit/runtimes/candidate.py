@@ -87,6 +87,9 @@ class Candidate(ABC):
     runtime: str  # e.g. "ORT CPU"
     precision: str  # fp32 | int8
     file: str | None
+    # the precision the runtime computed in, where it chooses one (OpenVINO: f32, or bf16 on CPUs that
+    # have it); None: the artifact's own
+    ran_precision: str | None = None
     loaded_sha256: str | None = None  # SHA-256 of the bytes actually loaded, where a file was
     fixed_batch: int | None = None  # a static-batch model's batch: logits() runs exactly that many at a time
     consistency_batches: tuple = ()  # the batch sizes `consistency` compares

@@ -1,0 +1,70 @@
+"""OpenVINO IR (`.xml` + `.bin`): what Intel users deploy. The fp32 IR is the staged fp32 ONNX model
+through OpenVINO's converter (weights kept in fp32: `compress_to_fp16=False`, so it is the same model);
+the int8 IR is NNCF's post-training quantization of that fp32 IR — OpenVINO's own int8 path, not a
+conversion of ONNX Runtime's QDQ model — calibrated on the same training images as every other int8
+artifact, each activation's range its min and max over all of them (NNCF's MINMAX estimator, so no
+score is clipped), symmetric (NNCF's performance preset), for the CPU.
+
+An int8 IR whose convolutions and linear layer OpenVINO's CPU plugin would not run in int8 is a failed
+export. The `.bin` is a support file, hashed in the manifest and named by its artifact (`weights`)."""
+
+from __future__ import annotations
+
+import logging
+
+from toolkit.errors import ExportError, first_line
+from toolkit.exporters import Artifact, Sources, Written
+from toolkit.fsutil import sha256_file
+from toolkit.quietfd import native_output_captured
+from toolkit.scoped import logging_disabled
+
+CALIB_BATCH = 100
+CALIBRATION = ("minmax: NNCF's post-training quantization of the fp32 IR (MINMAX range estimator: each "
+               "activation's min and max over all the calibration images; performance preset, CPU)")
+FLOAT_INPUT = [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28], "values": "pixel/255 in [0, 1]"}]
+
+
+def quantize_nncf(model, calib):
+    """NNCF's static int8 of an fp32 OpenVINO model, calibrated on `calib` (float N×1×28×28)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    nncf.set_log_level(logging.ERROR)
+    batches = [calib[i:i + CALIB_BATCH] for i in range(0, len(calib), CALIB_BATCH)]
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                         preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+                         advanced_parameters=AdvancedQuantizationParameters(
+                             activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX))
+
+
+def export_openvino(src: Sources) -> Written:
+    import openvino as ov
+
+    from toolkit.runtimes.openvino import compile_ir, int8_layers
+
+    written = Written()
+    onnx_fp32 = src.onnx_files["fp32"]
+    try:
+        with native_output_captured(), logging_disabled(logging.WARNING):  # NNCF's progress bars, torch's notes
+            fp32 = ov.convert_model(str(onnx_fp32))
+            models = {p: fp32 if p == "fp32" else quantize_nncf(fp32, src.calib) for p in src.precisions}
+            for precision, model in models.items():
+                ov.save_model(model, str(src.stage / f"{src.arch}_{precision}.xml"), compress_to_fp16=False)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"OpenVINO IR: conversion or NNCF quantization failed ({first_line(exc, 200)})") from None
+    for precision in models:
+        xml, weights = f"{src.arch}_{precision}.xml", f"{src.arch}_{precision}.bin"
+        fields = {"weights": {"file": weights, "sha256": sha256_file(src.stage / weights)}, "inputs": FLOAT_INPUT}
+        if precision == "int8":
+            compiled = compile_ir((src.stage / xml).read_bytes(), (src.stage / weights).read_bytes(), 1, xml)
+            layers = int8_layers(compiled)
+            if not layers:
+                raise ExportError(f"{xml}: OpenVINO's CPU plugin runs none of its layers in int8; export failed")
+            fields.update(int8_layers=layers, calibration_method=CALIBRATION)
+        written.artifacts.append(Artifact("openvino", precision, xml, fields=fields))
+        written.support.append((weights, "OpenVINO IR weights"))
+        written.top_level += [xml, weights]
+    return written

@@ -1,0 +1,196 @@
+"""The OpenVINO rows: the `.onnx` files, and the OpenVINO IR target's `.xml` + `.bin`, on OpenVINO's CPU
+plugin (`mnisttk[openvino]`), as Intel users deploy them. Edge side: numpy and openvino only, never torch.
+
+OpenVINO picks the precision it computes in (`INFERENCE_PRECISION_HINT`): f32 on most CPUs, bf16 on
+those with AMX or AVX-512 BF16, so an fp32 file may run in bf16. The row says which (`ran_precision`)
+and such a row is judged by the reduced-precision gates (accuracy drop, top-1 agreement), not by the
+fp32 ones that expect the reference's logits to the last digits. An int8 (QDQ) file runs its
+quantized layers on OpenVINO's own int8 kernels: the row lists them, and a row that ran none fails
+like an ONNX Runtime one.
+
+The model is read from the bytes that were hashed, written to a private folder of their own: an
+ONNX file whose tensors live in an external-data file is refused first (OpenVINO, reading bytes,
+looks such a file up from the working directory and follows `../` and absolute paths)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.contract import EVAL_BATCH, to_float_input
+from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.manifest import confined_path
+from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
+
+INSTALL_HINT = "pip install 'mnisttk[openvino]'"
+CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
+INT8_TYPES = {"u8", "i8"}
+COMPUTE_LAYERS = {"Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution"}
+TYPE_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _type_name(t) -> str:
+    name = t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+    return TYPE_NAMES.get(name, name)
+
+
+def _core():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeUnavailable(f"openvino is not installed ({INSTALL_HINT})") from None
+    return ov.Core()
+
+
+def _compiled(core, read, threads: int, name: str):
+    """`read()`'s model compiled for the CPU plugin: latency hint, `threads` inference threads (0: all
+    cores), OpenVINO's default precision for this CPU."""
+    try:
+        return core.compile_model(read(), "CPU", {"INFERENCE_NUM_THREADS": resolve_threads(threads),
+                                                  "PERFORMANCE_HINT": "LATENCY"})
+    except Exception as exc:
+        raise ToolkitError(f"{name}: not a model OpenVINO can compile ({first_line(exc, 160)})") from None
+
+
+def compile_onnx(data: bytes, threads: int, name: str):
+    """OpenVINO's compiled model for these ONNX bytes (refused if a tensor lives in another file)."""
+    from toolkit.onnx_proto import external_tensors
+
+    core = _core()
+    try:
+        outside = external_tensors(data)
+    except ValueError as exc:
+        raise ToolkitError(f"{name}: {exc}") from None
+    if outside:
+        raise ToolkitError(f"{name}: keeps tensors in an external-data file ({', '.join(outside[:3])}), which "
+                           "mnisttk refuses (unhashed, and read from outside the folder)")
+    with tempfile.TemporaryDirectory(prefix="mnisttk-ov-") as private:
+        path = os.path.join(private, "model.onnx")  # read by path: OpenVINO keeps a path's lookups in its folder
+        with open(path, "wb") as f:
+            f.write(data)
+        return _compiled(core, lambda: core.read_model(path), threads, name)
+
+
+def compile_ir(xml: bytes, weights: bytes, threads: int, name: str):
+    """OpenVINO's compiled model for an IR given as bytes: its XML and its weights (both hashed by the
+    caller; nothing else is read)."""
+    core = _core()
+    if not xml.lstrip()[:5] == b"<?xml":
+        raise ToolkitError(f"{name}: not an OpenVINO IR (XML)")
+    return _compiled(core, lambda: core.read_model(xml, weights), threads, name)
+
+
+def int8_layers(compiled) -> list[str]:
+    """The compute layers (convolutions, fully connected) that OpenVINO's CPU plugin runs in int8,
+    read from its runtime graph (each layer's `runtimePrecision`)."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else ""
+        runs = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+        if layer in COMPUTE_LAYERS and runs.lower() in INT8_TYPES:
+            out.append(f"{layer}:{op.get_friendly_name()}")
+    return out
+
+
+class _Input:
+    """A timed call's input: OpenVINO's tensor over the prepared images (bound once), and their count."""
+
+    def __init__(self, tensor, n: int):
+        self.tensor, self.n = tensor, n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class OpenVinoCandidate(Candidate):
+    runtime = "OpenVINO CPU"
+
+    def __init__(self, path: Path, precision: str, threads: int, sha256: str | None, name: str, file: str,
+                 weights: tuple | None = None):
+        """An .onnx file, or (with `weights`: its .bin's path and SHA-256) an IR's .xml."""
+        self.name, self.precision, self.file = name, precision, file
+        if weights is None:
+            data, self.loaded_sha256 = read_model_bytes(path, sha256, "onnx")
+            self.compiled = compile_onnx(data, threads, file)
+            from toolkit.onnx_proto import quantized_output_limits
+
+            self._limits = quantized_output_limits(data)  # a QDQ int8 file's dequantized output range
+        else:
+            data, self.loaded_sha256 = read_model_bytes(path, sha256, "openvino")
+            bin_data, _ = read_model_bytes(weights[0], weights[1])
+            self.compiled = compile_ir(data, bin_data, threads, file)
+            self._limits = None  # NNCF leaves the output in float
+        if len(self.compiled.inputs) != 1 or len(self.compiled.outputs) != 1:
+            raise ToolkitError(f"{file}: {len(self.compiled.inputs)} inputs and {len(self.compiled.outputs)} "
+                               "outputs; an mnisttk model has one of each")
+        self.request = self.compiled.create_infer_request()
+        import openvino
+
+        self._ov, self._bound = openvino, None
+        self.uint8 = _type_name(self.compiled.inputs[0].get_element_type()) == "u8"
+        self.ran_precision = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.consistency_batches = CONSISTENCY_BATCHES
+
+    def prepare(self, images_u8):
+        return np.ascontiguousarray(np.asarray(images_u8, np.uint8)[:, None]) if self.uint8 else to_float_input(images_u8)
+
+    def _bind(self, tensor) -> None:
+        # Binding an input of another shape costs OpenVINO a shape pass (~50 µs here, as much as the
+        # batch-1 inference itself): a timed loop binds once and then only runs.
+        if tensor is not self._bound:
+            self.request.set_input_tensor(tensor)
+            self._bound = tensor
+
+    def _forward(self, x):
+        self._bind(self._ov.Tensor(np.ascontiguousarray(x)))
+        self.request.infer()
+        return self.request.get_output_tensor(0).data.copy()  # the request reuses its output tensor
+
+    def bench_input(self, images_u8):
+        return _Input(self._ov.Tensor(self.prepare(images_u8)), len(images_u8))
+
+    def run(self, x):
+        self._bind(x.tensor)
+        self.request.infer()
+        return self.request.get_output_tensor(0).data
+
+    def placement(self) -> dict:
+        return {"backend": "OpenVINO CPU", "inference_precision": self.ran_precision,
+                "int8_kernels": int8_layers(self.compiled)}
+
+    def output_limits(self):
+        return self._limits
+
+    def _in_batches(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """Logits of `x`, `batch` at a time, through one input tensor bound once and refilled."""
+        out, tensor = [], None
+        for i in range(0, len(x), batch):
+            chunk = x[i:i + batch]
+            if tensor is None or tensor.shape[0] != len(chunk):  # the first chunk, and a shorter last one
+                tensor = self._ov.Tensor(np.empty_like(chunk))
+                self._bind(tensor)
+            tensor.data[:] = chunk
+            self.request.infer()
+            out.append(self.request.get_output_tensor(0).data.copy())
+        return np.concatenate(out)
+
+    def consistency(self, images_u8, preds):
+        x = self.prepare(images_u8)
+        return all(np.array_equal(self._in_batches(x, b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
+
+
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> OpenVinoCandidate:
+    weights = None
+    if artifact["format"] == "openvino":  # an IR: its weights are a support file the manifest hashed
+        w = artifact.get("weights")
+        if not isinstance(w, dict) or not isinstance(w.get("file"), str):
+            raise ManifestError(f"{artifact['file']}: an OpenVINO IR without its weights file in the manifest")
+        weights = (confined_path(folder, w["file"]), w.get("sha256"))
+    elif artifact["format"] != "onnx":
+        raise ManifestError(f"{artifact['file']}: OpenVINO rows run .onnx files and IR, not {artifact['format']}")
+    return OpenVinoCandidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
+                             artifact["sha256"], name, artifact["file"], weights)
