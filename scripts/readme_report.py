@@ -44,11 +44,30 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _join_wrapped(closing: str) -> str:
+    """Each closing line with its wrapped continuation lines (indented 4) joined back to it."""
+    out = []
+    for line in closing.split("\n"):
+        if line.startswith("    ") and out:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def block(text: str, report: dict) -> str:
-    """The report's table and its closing lines (gates, coverage, verdict); the per-row notes between
-    them stay in docs/verify-report.txt, which the README links."""
+    """The report's table and its closing lines (gates, coverage, verdict; the timing line without its
+    list of noisy rows); the per-row notes between them stay in docs/verify-report.txt, which the
+    README links."""
+    import textwrap
+
     parts = text.rstrip().split("\n\n")
-    shown = parts[0] + ("\n\n" + parts[-1] if len(parts) > 1 else "")
+    closing = []
+    for line in _join_wrapped(parts[-1]).split("\n") if len(parts) > 1 else []:
+        if line.startswith("timing:") and " — NOISY" in line:
+            line = line.split(" — NOISY")[0] + " — NOISY (which rows, by how much: docs/verify-report.txt)"
+        closing.append(textwrap.fill(line, 120, subsequent_indent="    ", break_on_hyphens=False))
+    shown = parts[0] + ("\n\n" + "\n".join(closing) if closing else "")
     return (f"{START}\n```\n{shown}\n```\n\n{summary(report)} Every row's notes (placement, saturation, "
             f"batch sizes): [docs/verify-report.txt](docs/verify-report.txt).\n{END}")
 

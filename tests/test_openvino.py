@@ -223,3 +223,27 @@ def test_an_int8_ir_openvino_would_run_in_float_fails_the_export(tiny_export, tm
     assert not out.exists() or not any(out.iterdir())  # nothing published
     monkeypatch.undo()
     assert run(*args).exit_code == 0 and (out / "cnn_int8.bin").is_file()
+
+
+def test_no_runtime_telemetry_writes_in_home(tiny_export, tmp_path):
+    """Imported plainly, openvino writes ~/intel/openvino_ga_cid and ~/intel/stats and sends a usage
+    event (NNCF and OpenVINO's converter too), and onnxruntime keeps a device id and an event cache in
+    ~/.cache/Microsoft/DeveloperTools. mnisttk leaves OpenVINO's telemetry out and opts out of ONNX
+    Runtime's: an export to ONNX and the IR and a verify of them leave a fresh HOME empty."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(tmp_path / "state")}
+    env.pop("CI", None)  # OpenVINO's own opt-out for CI jobs must not be what keeps it quiet here
+    env.pop("ORT_DISABLE_TELEMETRY", None)  # set in this process by importing toolkit: the child must set it
+    out = tmp_path / "out"
+    for args in (["export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", out, "--quantize",
+                  "--calibration-size", "100", "--targets", "onnx,openvino"],
+                 ["verify", "--dir", out, "--no-torch", *LOOSE_ALL]):
+        r = subprocess.run([sys.executable, "-m", "toolkit", *map(str, args), "--data-dir", str(tiny_export["data"])],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert not (home / "intel").exists() and list(home.iterdir()) == []

@@ -26,7 +26,10 @@ FLOAT_INPUT = [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 2
 
 def quantize_nncf(model, calib):
     """NNCF's static int8 of an fp32 OpenVINO model, calibrated on `calib` (float N×1×28×28)."""
-    import nncf
+    from toolkit.runtimes.openvino import telemetry_left_out
+
+    with telemetry_left_out():  # NNCF's telemetry: a stub, as OpenVINO's
+        import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
@@ -39,10 +42,9 @@ def quantize_nncf(model, calib):
 
 
 def export_openvino(src: Sources) -> Written:
-    import openvino as ov
+    from toolkit.runtimes.openvino import compile_ir, int8_layers, openvino_module
 
-    from toolkit.runtimes.openvino import compile_ir, int8_layers
-
+    ov = openvino_module()
     written = Written()
     onnx_fp32 = src.onnx_files["fp32"]
     try:

@@ -14,7 +14,9 @@ looks such a file up from the working directory and follows `../` and absolute p
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -37,12 +39,42 @@ def _type_name(t) -> str:
     return TYPE_NAMES.get(name, name)
 
 
-def _core():
+class _NoTelemetry:
+    """An import hook that makes `openvino_telemetry` absent. `import openvino` (and OpenVINO's
+    converter, and NNCF) would otherwise start OpenVINO's telemetry: write a client id and counters
+    under ~/intel and send a usage event over the network, unless the user opted out or the process
+    looks like CI. All three fall back to a stub when the package cannot be imported; mnisttk makes
+    them do so (a verify writes nothing outside what it is told to, and sends nothing)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "openvino_telemetry":
+            raise ModuleNotFoundError(f"No module named {name!r} (mnisttk leaves OpenVINO's telemetry out)", name=name)
+        return None
+
+
+@contextlib.contextmanager
+def telemetry_left_out():
+    """Inside: `openvino_telemetry` cannot be imported. Import openvino (and nncf) inside it."""
+    hook = _NoTelemetry()
+    sys.meta_path.insert(0, hook)
     try:
-        import openvino as ov
-    except ImportError:
-        raise RuntimeUnavailable(f"openvino is not installed ({INSTALL_HINT})") from None
-    return ov.Core()
+        yield
+    finally:
+        sys.meta_path.remove(hook)
+
+
+def openvino_module():
+    """The `openvino` module, imported with its telemetry left out (see _NoTelemetry)."""
+    with telemetry_left_out():
+        try:
+            import openvino
+        except ImportError:
+            raise RuntimeUnavailable(f"openvino is not installed ({INSTALL_HINT})") from None
+    return openvino
+
+
+def _core():
+    return openvino_module().Core()
 
 
 def _compiled(core, read, threads: int, name: str):
@@ -128,9 +160,7 @@ class OpenVinoCandidate(Candidate):
             raise ToolkitError(f"{file}: {len(self.compiled.inputs)} inputs and {len(self.compiled.outputs)} "
                                "outputs; an mnisttk model has one of each")
         self.request = self.compiled.create_infer_request()
-        import openvino
-
-        self._ov, self._bound = openvino, None
+        self._ov, self._bound = openvino_module(), None
         self.uint8 = _type_name(self.compiled.inputs[0].get_element_type()) == "u8"
         self.ran_precision = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.consistency_batches = CONSISTENCY_BATCHES
