@@ -9,6 +9,9 @@ import pytest
 from toolkit.data import IDX_FILES, encode_idx
 
 os.environ.setdefault("MNISTTK_OFFLINE", "1")  # tests never wait on the official download
+# OpenVINO's rows (a child each, ~0.5 s on the tiny set) only where a test is about them:
+# tests/test_openvino.py and the end-to-end report clear this (the `openvino_rows` fixture)
+os.environ.setdefault("MNISTTK_SKIP_RUNTIME", "openvino")
 
 
 def synthetic_arrays(n_train=120, n_test=40, seed=0):
@@ -142,3 +145,9 @@ def all_targets(tiny_export, tmp_path_factory):
                                   "--targets", "all", "--calibration-size", "100", "--data-dir", str(tiny_export["data"])])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture
+def openvino_rows(monkeypatch):
+    """verify runs OpenVINO's rows in this test (the suite leaves them out: MNISTTK_SKIP_RUNTIME)."""
+    monkeypatch.delenv("MNISTTK_SKIP_RUNTIME", raising=False)

@@ -19,7 +19,7 @@ def test_int8_within_gate_for_both_formats(real_export):
         assert ref - a["test_accuracy"] <= 0.003, a["file"]
 
 
-def test_verify_report_matches_independent_onnxruntime(real_export, real_mnist):
+def test_verify_report_matches_independent_onnxruntime(real_export, real_mnist, openvino_rows):
     r = CliRunner().invoke(main, ["verify", "--dir", str(real_export), "--json", str(real_export / "r.json")])
     assert r.exit_code == 0, r.output
     report = json.loads((real_export / "r.json").read_text())
@@ -33,6 +33,10 @@ def test_verify_report_matches_independent_onnxruntime(real_export, real_mnist):
         assert row["accuracy"] == float((preds == labels).mean())
         ref = np.load(real_export / "reference.npz")["logits"].argmax(1)
         assert row["flipped"] == int((preds != ref).sum())
+    # the same files on OpenVINO, over the whole test set: the fp32 one predicts as the reference does
+    rows = {r["id"]: r for r in report["rows"]}
+    assert rows["onnx-fp32@openvino"]["status"] == rows["onnx-int8@openvino"]["status"] == "ok"
+    assert rows["onnx-fp32@openvino"]["flipped"] == 0 and rows["onnx-int8@openvino"]["placement"]["int8_kernels"]
 
 
 def test_frame_filling_digits_are_normalised_and_mnist_passes_unchanged(real_export, real_mnist):

@@ -130,7 +130,7 @@ def verify_json(folder, data, *args):
     return r, {x["id"]: x for x in json.loads(r.stdout)["rows"]} if r.stdout.startswith("{") else {}
 
 
-def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export):
+def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export, openvino_rows):
     data = tiny_export["data"]
     _, rows = verify_json(supplier, data, *LOOSE_ALL)  # every runtime: the exact limits must hold on each row
     rows = {k: r for k, r in rows.items() if r["status"] != "skipped"}

@@ -314,7 +314,7 @@ def test_broken_data_files(tmp_path, case):
 # ------------------------------------------------------------------ artifacts swapped in, hash updated
 
 
-def test_wrong_io_onnx_and_external_data_fail_their_rows(exported, tiny_export, tmp_path):
+def test_wrong_io_onnx_and_external_data_fail_their_rows(exported, tiny_export, tmp_path, openvino_rows):
     import onnx
     from onnx import TensorProto, helper
 

@@ -16,6 +16,11 @@ from toolkit.onnx_proto import external_tensors
 from toolkit.verify import Row, measurement
 
 G = Gates()
+
+
+@pytest.fixture(autouse=True)
+def _with_openvino_rows(openvino_rows):
+    """Every test here is about OpenVINO's rows."""
 up = lambda x: math.nextafter(x, math.inf)  # noqa: E731
 
 
@@ -143,11 +148,14 @@ def test_an_onnx_file_pointing_outside_its_folder_is_refused_before_openvino_rea
     shutil.rmtree(supplier)
 
 
-def test_skip_runtime_leaves_that_runtimes_rows_out_and_says_so(supplier, tiny_export):
+def test_skip_runtime_leaves_that_runtimes_rows_out_and_says_so(supplier, tiny_export, monkeypatch):
     r, rows = verify_rows(supplier, tiny_export["data"], "--skip-runtime", "openvino")
     assert r.exit_code == 0
     for rid in ("onnx-fp32@openvino", "onnx-int8@openvino"):
         assert rows[rid]["status"] == "skipped" and rows[rid]["reasons"] == ["not asked for (--skip-runtime)"]
+    monkeypatch.setenv("MNISTTK_SKIP_RUNTIME", "openvino litert")  # the same from the environment
+    _, rows = verify_rows(supplier, tiny_export["data"])
+    assert rows["onnx-int8@openvino"]["status"] == "skipped" and rows["onnx-int8@ort-cpu"]["status"] == "ok"
     assert rows["onnx-int8@ort-cpu"]["status"] == "ok"  # the same file is still checked on ONNX Runtime
     bad = run("verify", "--dir", supplier, "--skip-runtime", "no-such-runtime")
     assert bad.exit_code == 2 and "no-such-runtime" in bad.output

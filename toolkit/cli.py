@@ -432,7 +432,9 @@ def format_export(manifest: dict, out: Path) -> str:
               help="ONNX Runtime rows to run (repeatable; default both: cpu, cuda — cuda rows skip without a GPU).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
 @click.option("--skip-runtime", "skip_runtimes", multiple=True, type=click.Choice([s.id for s in RUNTIMES]),
-              help="Leave this runtime's rows out (repeatable), e.g. openvino: they are listed as skipped.")
+              envvar="MNISTTK_SKIP_RUNTIME", show_envvar=True,
+              help="Leave this runtime's rows out (repeatable), e.g. openvino: they are listed as skipped. "
+                   "From the environment: space-separated ids.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
               help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
