@@ -36,7 +36,7 @@ def library_versions() -> dict:
     from toolkit.runtimes.ort_session import onnxruntime_distributions
 
     names = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy", "click", "ai-edge-litert",
-             "litert-torch", "ai-edge-quantizer", "executorch", "torchao")
+             "litert-torch", "ai-edge-quantizer", "executorch", "torchao", "openvino", "nncf")
     return {"python": platform.python_version(), **{n: _version(n) for n in names},
             "onnxruntime_distributions": onnxruntime_distributions(), "mnisttk": __version__}
 
