@@ -108,10 +108,8 @@ def compile_onnx(data: bytes, threads: int, name: str):
 
 def compile_ir(xml: bytes, weights: bytes, threads: int, name: str):
     """OpenVINO's compiled model for an IR given as bytes: its XML and its weights (both hashed by the
-    caller; nothing else is read)."""
+    caller, the XML's kind checked by toolkit.formats; nothing else is read)."""
     core = _core()
-    if not xml.lstrip()[:5] == b"<?xml":
-        raise ToolkitError(f"{name}: not an OpenVINO IR (XML)")
     return _compiled(core, lambda: core.read_model(xml, weights), threads, name)
 
 
@@ -140,6 +138,7 @@ class _Input:
 
 class OpenVinoCandidate(Candidate):
     runtime = "OpenVINO CPU"
+    consistency_batches = CONSISTENCY_BATCHES
 
     def __init__(self, path: Path, precision: str, threads: int, sha256: str | None, name: str, file: str,
                  weights: tuple | None = None):
@@ -163,7 +162,6 @@ class OpenVinoCandidate(Candidate):
         self._ov, self._bound = openvino_module(), None
         self.uint8 = _type_name(self.compiled.inputs[0].get_element_type()) == "u8"
         self.ran_precision = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.consistency_batches = CONSISTENCY_BATCHES
 
     def prepare(self, images_u8):
         return np.ascontiguousarray(np.asarray(images_u8, np.uint8)[:, None]) if self.uint8 else to_float_input(images_u8)
@@ -176,9 +174,7 @@ class OpenVinoCandidate(Candidate):
             self._bound = tensor
 
     def _forward(self, x):
-        self._bind(self._ov.Tensor(np.ascontiguousarray(x)))
-        self.request.infer()
-        return self.request.get_output_tensor(0).data.copy()  # the request reuses its output tensor
+        return self._in_batches(x, len(x))
 
     def bench_input(self, images_u8):
         return _Input(self._ov.Tensor(self.prepare(images_u8)), len(images_u8))
@@ -205,7 +201,7 @@ class OpenVinoCandidate(Candidate):
                 self._bind(tensor)
             tensor.data[:] = chunk
             self.request.infer()
-            out.append(self.request.get_output_tensor(0).data.copy())
+            out.append(self.request.get_output_tensor(0).data.copy())  # the request reuses its output tensor
         return np.concatenate(out)
 
     def consistency(self, images_u8, preds):
