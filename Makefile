@@ -10,6 +10,8 @@ TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # may have no network, so no install step): the venv's if there is one, else python3.
 # Everything the demo shows: training, tests, plots, the LiteRT and ExecuTorch targets, OpenVINO's rows.
 EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir
+# Free disk the install needs: the venv is ~7.4 GiB, and pip unpacks wheels beside it.
+VENV_GIB ?= 9
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: demo test venv wheel clean bench gpu gpu-check arm-check mutation
@@ -17,6 +19,8 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Error: $(PYTHON) is older than 3.11"; exit 2; }
+	@test -x $(PY) || [ "$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}')" -ge $(VENV_GIB) ] || { \
+	  echo "Error: $$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}') GiB free here; the venv needs about $(VENV_GIB) GiB (torch's CUDA wheels)"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_RANGE)
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
