@@ -45,11 +45,68 @@ def test_calibration_keeps_what_it_was_asked_to_keep_and_rejects_noise_and_blobs
     assert not ood.decide(rule, images[:5], weak)["accepted"].any()
 
 
-@pytest.mark.parametrize("damage", [{"version": 2}, {"limits": {"energy_min": "x"}}, {"logit_model": {"means": [[0]]}}])
+@pytest.mark.parametrize("damage", [{"version": 3}, {"version": True}, {"limits": {"energy_min": "x"}},
+                                    {"logit_model": {"means": [[0]]}}, {"drop": "endpoints_max"}])
 def test_a_malformed_rule_is_refused(damage):
     rule = ood.calibrate(*_digits(200))
+    if "drop" in damage:  # a version-2 rule without one of its stroke limits
+        damage = {"limits": {k: v for k, v in rule["limits"].items() if k != damage["drop"]}}
     with pytest.raises(ValueError):
         ood.check_rule({**rule, **damage})
+
+
+def _shapes():
+    yy, xx = np.mgrid[:28, :28]
+    bar = np.zeros((28, 28), bool)
+    bar[13:16, 6:22] = True
+    plus = bar | bar.T
+    grid = np.zeros((28, 28), bool)
+    grid[4:24:6, 4:23] = True
+    grid[4:23, 4:24:6] = True
+    diagonals = ((np.abs(yy - xx) <= 1) | (np.abs(yy + xx - 27) <= 1)) & (yy > 5) & (yy < 23)
+    return {"ring": np.abs(np.hypot(yy - 14, xx - 14) - 7) < 1.3, "bar": bar, "plus": plus,
+            "eight": (np.abs(np.hypot(yy - 9, xx - 14) - 5) < 1.2) | (np.abs(np.hypot(yy - 19, xx - 14) - 5) < 1.2),
+            "grid": grid, "star": plus | diagonals,
+            "diamond": np.abs(yy - 14) + np.abs(xx - 14) == 7}  # one pixel wide: joined only at corners
+
+
+def test_stroke_features_count_holes_ends_and_junctions():
+    shapes = _shapes()
+    f = ood.stroke_features(np.stack([255 * v.astype(np.uint8) for v in shapes.values()]))
+    got = {name: (f["euler"][i], f["endpoints"][i], f["junctions"][i]) for i, name in enumerate(shapes)}
+    assert got == {"ring": (0, 0, 0), "bar": (1, 2, 0), "plus": (1, 4, 1), "eight": (-1, 0, 2),
+                   "grid": (-8, 0, 12), "star": (1, 8, 2), "diamond": (0, 0, 0)}  # grid: one piece, nine holes
+
+
+@pytest.mark.parametrize("check,limit,feature,step", [("euler", "euler_min", "euler", 1),
+                                                       ("endpoints", "endpoints_max", "endpoints", -1),
+                                                       ("junctions", "junctions_max", "junctions", -1)])
+def test_stroke_checks_hold_at_their_limit_and_fail_one_step_past(check, limit, feature, step):
+    images, logits = _digits(200)
+    rule = ood.calibrate(images, logits)
+    star = 255 * _shapes()["star"][None].astype(np.uint8)
+    value = float(ood.stroke_features(star)[feature][0])
+    loose = {"euler_min": -100.0, "endpoints_max": 100.0, "junctions_max": 100.0, "thickness_max": 1.0,
+             "page_ink_max": 1.0, "ink_fraction": [0.0, 1.0]}
+    for lim, accepted in ((value, True), (value + step, False)):
+        r = {**rule, "limits": {**rule["limits"], **loose, limit: lim}}
+        d = ood.decide(r, star, logits[:1])
+        assert bool(d["accepted"][0]) is accepted and (check in d["failed"][0]) is not accepted
+        if not accepted:
+            assert ood.explain(r, d, 0)["failed"] == [{"check": check, "value": value, "limit": lim,
+                                                      "rule": "≥" if step > 0 else "≤"}]
+
+
+def test_a_version_1_rule_is_still_applied_as_written():
+    images, logits = _digits(200)
+    rule = ood.calibrate(images, logits)
+    v1 = {**rule, "version": 1, "limits": {k: v for k, v in rule["limits"].items() if k not in ood.STROKE_LIMITS}}
+    assert ood.check_rule(v1) == v1
+    star = 255 * _shapes()["star"][None].astype(np.uint8)
+    loose = {"thickness_max": 1.0, "page_ink_max": 1.0, "ink_fraction": [0.0, 1.0]}
+    d1 = ood.decide({**v1, "limits": {**v1["limits"], **loose}}, star, logits[:1])
+    d2 = ood.decide({**rule, "limits": {**rule["limits"], **loose}}, star, logits[:1])
+    assert d1["accepted"][0] and not d2["accepted"][0] and "endpoints" in d2["failed"][0]
 
 
 def test_the_rule_travels_in_the_manifest_and_the_onnx_metadata(onnx_family_export):

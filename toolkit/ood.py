@@ -13,7 +13,14 @@ metadata (`mnisttk_ood`):
 - `thickness`: share of ink pixels whose 3×3 neighbourhood is all ink; pen strokes are thin;
 - `page_ink`: share of the image predict received (after its background removal and denoising)
   above Otsu's ink threshold; a digit on paper is a small part of its page, noise and textures half.
-  For a 28×28 image (MNIST, the calibration digits) it is measured on the image itself.
+  For a 28×28 image (MNIST, the calibration digits) it is measured on the image itself;
+- the strokes' shape (rule version 2), on the 28×28 ink (> 127): `euler`, its Euler number with
+  8-connected ink (pieces minus holes: a digit has at most two holes, a scribble that crosses itself
+  many), from Gray's 2×2 bit-quad counts (Q1 − Q3 − 2·Q_diagonal) / 4 on the image padded by one
+  pixel; `endpoints` and `junctions` of its skeleton (Zhang–Suen thinning, both sub-iterations, until
+  nothing changes): skeleton pixels with exactly one skeleton neighbour of eight, and those whose
+  clockwise ring of eight neighbours has three or more background→skeleton steps. Pen strokes that end
+  or meet more often than any digit's are a scribble's.
 Each limit is a quantile of the calibration digits, chosen so that together they keep the asked
 share of them (`keep`, 99% by default); the kept share measured on the calibration digits is stored
 beside the limits. Nothing here is tuned on non-digits. Edge side: numpy only.
@@ -23,12 +30,15 @@ from __future__ import annotations
 
 import numpy as np
 
-RULE_VERSION = 1
+RULE_VERSION = 2
+RULE_VERSIONS = (1, 2)  # version 1 (no stroke checks) is still read and applied as it was written
 INK = 127  # a pixel is ink above this (uint8, light ink on dark)
 # How the 1% a rule may reject of the calibration digits is shared between its checks (each a one-sided
 # quantile; the ink fraction two-sided): the logit checks get most, as they see every kind of image.
-BUDGET = {"energy": 0.35, "logit_distance": 0.35, "ink_fraction_low": 0.05, "ink_fraction_high": 0.1,
-          "thickness": 0.1, "page_ink": 0.05}
+# The stroke counts are integers: a limit at a quantile rejects at most its share (ties are kept).
+BUDGET = {"energy": 0.225, "logit_distance": 0.225, "ink_fraction_low": 0.05, "ink_fraction_high": 0.1,
+          "thickness": 0.1, "page_ink": 0.05, "euler": 0.08, "endpoints": 0.09, "junctions": 0.08}
+STROKE_LIMITS = ("euler_min", "endpoints_max", "junctions_max")
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -55,9 +65,67 @@ def page_ink(img: np.ndarray) -> float:
     return float((img > max(otsu(img), MIN_INK_LEVEL)).mean())
 
 
+def _ring_codes(b: np.ndarray) -> np.ndarray:
+    """Each pixel's eight neighbours (P2..P9: north, then clockwise) as the bits 0..7 of a uint8."""
+    p = np.pad(b, ((0, 0), (1, 1), (1, 1)))
+    h, w = b.shape[1:]
+    code = np.zeros(b.shape, np.uint8)
+    for bit, (dy, dx) in enumerate(((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))):
+        code |= p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w].astype(np.uint8) << bit
+    return code
+
+
+def _ring_tables() -> dict:
+    """Per 8-bit neighbour code: its count, its 0→1 steps around the ring, and Zhang–Suen's removals."""
+    bits = (np.arange(256)[:, None] >> np.arange(8)) & 1
+    count = bits.sum(1)
+    steps = ((bits == 0) & (np.roll(bits, -1, axis=1) == 1)).sum(1)
+    p2, p4, p6, p8 = bits[:, 0], bits[:, 2], bits[:, 4], bits[:, 6]
+    base = (count >= 2) & (count <= 6) & (steps == 1)
+    return {"count": count.astype(np.uint8), "steps": steps.astype(np.uint8),
+            "remove": (base & ~(p2 & p4 & p6).astype(bool) & ~(p4 & p6 & p8).astype(bool),
+                       base & ~(p2 & p4 & p8).astype(bool) & ~(p2 & p6 & p8).astype(bool))}
+
+
+_TABLES = _ring_tables()
+
+
+def skeleton(ink: np.ndarray) -> np.ndarray:
+    """Zhang–Suen thinning of N×H×W boolean ink, both sub-iterations until nothing changes."""
+    b = np.array(ink, dtype=bool)
+    changed = True
+    while changed:
+        changed = False
+        for remove in _TABLES["remove"]:
+            rm = b & remove[_ring_codes(b)]
+            if rm.any():
+                b &= ~rm
+                changed = True
+    return b
+
+
+def euler_number(ink: np.ndarray) -> np.ndarray:
+    """Pieces minus holes of N×H×W boolean ink, 8-connected (Gray's bit quads, padded by one pixel)."""
+    p = np.pad(np.asarray(ink, dtype=np.int8), ((0, 0), (1, 1), (1, 1)))
+    a, b, c, d = p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]
+    s = a + b + c + d
+    diagonal = (s == 2) & (a == d)
+    return ((s == 1).sum((1, 2)) - (s == 3).sum((1, 2)) - 2 * diagonal.sum((1, 2))) // 4
+
+
+def stroke_features(images_u8: np.ndarray) -> dict:
+    """euler, endpoints and junctions of each 28×28 image's ink (float arrays, one value an image)."""
+    ink = np.asarray(images_u8) > INK
+    sk = skeleton(ink)
+    code = _ring_codes(sk)
+    return {"euler": euler_number(ink).astype(np.float64),
+            "endpoints": (sk & (_TABLES["count"][code] == 1)).sum((1, 2)).astype(np.float64),
+            "junctions": (sk & (_TABLES["steps"][code] >= 3)).sum((1, 2)).astype(np.float64)}
+
+
 def image_features(images_u8: np.ndarray, page: np.ndarray | None = None) -> dict:
-    """ink_fraction, thickness and page_ink of each 28×28 image (uint8 N×28×28); `page`: page_ink as
-    predict measured it on the image it received (None: measured on the 28×28 images)."""
+    """ink_fraction, thickness, page_ink and the stroke features of each 28×28 image (uint8 N×28×28);
+    `page`: page_ink as predict measured it on the image it received (None: measured on the 28×28 images)."""
     ink = np.asarray(images_u8) > INK
     n = len(ink)
     frac = ink.reshape(n, -1).mean(1)
@@ -70,7 +138,8 @@ def image_features(images_u8: np.ndarray, page: np.ndarray | None = None) -> dic
     thick = np.where(n_ink > 0, core.reshape(n, -1).sum(1) / np.maximum(n_ink, 1), 0.0)
     if page is None:
         page = np.array([page_ink(im) for im in np.asarray(images_u8, dtype=np.float64)])
-    return {"ink_fraction": frac, "thickness": thick, "page_ink": np.asarray(page, dtype=np.float64)}
+    return {"ink_fraction": frac, "thickness": thick, "page_ink": np.asarray(page, dtype=np.float64),
+            **stroke_features(images_u8)}
 
 
 def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
@@ -102,6 +171,9 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> 
                          float(np.quantile(f["ink_fraction"], 1 - q["ink_fraction_high"]))],
         "thickness_max": float(np.quantile(f["thickness"], 1 - q["thickness"])),
         "page_ink_max": float(np.quantile(f["page_ink"], 1 - q["page_ink"])),
+        "euler_min": float(np.quantile(f["euler"], q["euler"], method="lower")),
+        "endpoints_max": float(np.quantile(f["endpoints"], 1 - q["endpoints"], method="higher")),
+        "junctions_max": float(np.quantile(f["junctions"], 1 - q["junctions"], method="higher")),
     }
     rule = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
             "calibration": {"images": int(len(z)), "split": "train"}}
@@ -122,6 +194,9 @@ def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarr
         "thickness": f["thickness"] <= lim["thickness_max"],
         "page_ink": f["page_ink"] <= lim["page_ink_max"],
     }
+    if "euler_min" in lim:  # version 2
+        checks.update(euler=f["euler"] >= lim["euler_min"], endpoints=f["endpoints"] <= lim["endpoints_max"],
+                      junctions=f["junctions"] <= lim["junctions_max"])
     ok = np.ones(len(f["energy"]), dtype=bool)
     for v in checks.values():
         ok &= v
@@ -134,19 +209,21 @@ def explain(rule: dict, decision: dict, i: int) -> dict:
     f, lim = decision["features"], rule["limits"]
     limits = {"energy": ("≥", lim["energy_min"]), "logit_distance": ("≤", lim["logit_distance_max"]),
               "ink_fraction": ("in", lim["ink_fraction"]), "thickness": ("≤", lim["thickness_max"]),
-              "page_ink": ("≤", lim["page_ink_max"])}
+              "page_ink": ("≤", lim["page_ink_max"]), "euler": ("≥", lim.get("euler_min")),
+              "endpoints": ("≤", lim.get("endpoints_max")), "junctions": ("≤", lim.get("junctions_max"))}
     return {"failed": [{"check": name, "value": round(float(f[name][i]), 4), "limit": limits[name][1],
                         "rule": limits[name][0]} for name in decision["failed"][i]]}
 
 
 def check_rule(rule) -> dict:
     """A rule read from a manifest or model metadata (untrusted): its shape, or ValueError."""
-    if not isinstance(rule, dict) or rule.get("version") != RULE_VERSION:
-        raise ValueError("not a version-1 not-a-digit rule")
+    if not isinstance(rule, dict) or type(rule.get("version")) is not int or rule["version"] not in RULE_VERSIONS:
+        raise ValueError(f"not a version {' or '.join(map(str, RULE_VERSIONS))} not-a-digit rule")
     lim, model = rule.get("limits"), rule.get("logit_model")
     try:
         vals = [float(lim["energy_min"]), float(lim["logit_distance_max"]), float(lim["thickness_max"]),
-                float(lim["page_ink_max"]), *(float(v) for v in lim["ink_fraction"])]
+                float(lim["page_ink_max"]), *(float(v) for v in lim["ink_fraction"]),
+                *(float(lim[k]) for k in (STROKE_LIMITS if rule["version"] >= 2 else ()))]
         means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
         raise ValueError("its limits or logit model are malformed") from None
