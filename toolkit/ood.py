@@ -65,14 +65,21 @@ def page_ink(img: np.ndarray) -> float:
     return float((img > max(otsu(img), MIN_INK_LEVEL)).mean())
 
 
-def _ring_codes(b: np.ndarray) -> np.ndarray:
-    """Each pixel's eight neighbours (P2..P9: north, then clockwise) as the bits 0..7 of a uint8."""
-    p = np.pad(b, ((0, 0), (1, 1), (1, 1)))
-    h, w = b.shape[1:]
-    code = np.zeros(b.shape, np.uint8)
-    for bit, (dy, dx) in enumerate(((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))):
-        code |= p[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w].astype(np.uint8) << bit
+_RING = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))  # P2..P9: north, then clockwise
+
+
+def _ring_codes(padded: np.ndarray) -> np.ndarray:
+    """Each inner pixel's eight neighbours (P2..P9) as the bits 0..7 of a uint8; `padded`: N×(H+2)×(W+2)
+    uint8 0/1 with a zero border."""
+    h, w = padded.shape[1] - 2, padded.shape[2] - 2
+    code = np.zeros((len(padded), h, w), np.uint8)
+    for bit, (dy, dx) in enumerate(_RING):
+        code |= padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] << bit
     return code
+
+
+def _padded(b: np.ndarray) -> np.ndarray:
+    return np.pad(np.asarray(b, dtype=np.uint8), ((0, 0), (1, 1), (1, 1)))
 
 
 def _ring_tables() -> dict:
@@ -91,17 +98,22 @@ _TABLES = _ring_tables()
 
 
 def skeleton(ink: np.ndarray) -> np.ndarray:
-    """Zhang–Suen thinning of N×H×W boolean ink, both sub-iterations until nothing changes."""
-    b = np.array(ink, dtype=bool)
-    changed = True
-    while changed:
-        changed = False
+    """Zhang–Suen thinning of N×H×W boolean ink, both sub-iterations until nothing changes (each image
+    on its own: one that stopped changing is left out of the next passes)."""
+    p = _padded(ink)
+    active = np.arange(len(p))
+    while len(active):
+        changed = np.zeros(len(active), bool)
         for remove in _TABLES["remove"]:
-            rm = b & remove[_ring_codes(b)]
-            if rm.any():
-                b &= ~rm
-                changed = True
-    return b
+            q = p[active]
+            rm = q[:, 1:-1, 1:-1].astype(bool) & remove[_ring_codes(q)]
+            hit = rm.any((1, 2))
+            if hit.any():
+                q[:, 1:-1, 1:-1] &= ~rm
+                p[active] = q
+                changed |= hit
+        active = active[changed]
+    return p[:, 1:-1, 1:-1].astype(bool)
 
 
 def euler_number(ink: np.ndarray) -> np.ndarray:
@@ -117,7 +129,7 @@ def stroke_features(images_u8: np.ndarray) -> dict:
     """euler, endpoints and junctions of each 28×28 image's ink (float arrays, one value an image)."""
     ink = np.asarray(images_u8) > INK
     sk = skeleton(ink)
-    code = _ring_codes(sk)
+    code = _ring_codes(_padded(sk))
     return {"euler": euler_number(ink).astype(np.float64),
             "endpoints": (sk & (_TABLES["count"][code] == 1)).sum((1, 2)).astype(np.float64),
             "junctions": (sk & (_TABLES["steps"][code] >= 3)).sum((1, 2)).astype(np.float64)}
