@@ -102,6 +102,7 @@ def test_a_version_1_rule_is_still_applied_as_written():
     rule = ood.calibrate(images, logits)
     v1 = {**rule, "version": 1, "limits": {k: v for k, v in rule["limits"].items() if k not in ood.STROKE_LIMITS}}
     assert ood.check_rule(v1) == v1
+    v1["limits"]["euler_min"] = "x"  # not a version-1 limit: never read
     star = 255 * _shapes()["star"][None].astype(np.uint8)
     loose = {"thickness_max": 1.0, "page_ink_max": 1.0, "ink_fraction": [0.0, 1.0]}
     d1 = ood.decide({**v1, "limits": {**v1["limits"], **loose}}, star, logits[:1])

@@ -206,7 +206,7 @@ def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarr
         "thickness": f["thickness"] <= lim["thickness_max"],
         "page_ink": f["page_ink"] <= lim["page_ink_max"],
     }
-    if "euler_min" in lim:  # version 2
+    if rule["version"] >= 2:  # the stroke checks (a version-1 rule's other keys are never read)
         checks.update(euler=f["euler"] >= lim["euler_min"], endpoints=f["endpoints"] <= lim["endpoints_max"],
                       junctions=f["junctions"] <= lim["junctions_max"])
     ok = np.ones(len(f["energy"]), dtype=bool)
