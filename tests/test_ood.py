@@ -163,14 +163,19 @@ def test_without_metadata_the_manifest_beside_the_model_gives_the_rule(onnx_fami
 
 
 def test_verify_reports_int8_accept_reject_agreement(onnx_family_export, tiny_export, tmp_path):
-    r = run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE, "--json")
+    r = run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+            "--json", tmp_path / "v.json")
     assert r.exit_code == 0, r.output
-    rows = [x for x in json.loads(r.stdout)["rows"] if x["status"] == "ok" and not x["is_reference"]]
+    rows = [x for x in json.loads((tmp_path / "v.json").read_text())["rows"] if x["status"] == "ok" and not x["is_reference"]]
     for x in rows:
         o = x["ood"]
         assert o["non_digits"] == 400 and o["agreement_pct"] == min(o["test_agreement_pct"], o["non_digit_agreement_pct"])
         if x["precision"] == "fp32":  # the same logits as the reference: the same decisions
             assert o["agreement_pct"] == 100.0
+        else:  # and the report says it, in words
+            assert (f"{x['name']} on {x['runtime']}: not-a-digit decisions as the reference's on "
+                    f"{o['test_agreement_pct']:.2f}% of test images and {o['non_digit_agreement_pct']:.2f}% of 400 "
+                    "non-digits") in " ".join(r.stdout.split())
 
 
 @pytest.mark.e2e

@@ -98,6 +98,13 @@ def _notes(result: dict) -> list[str]:
             notes.append(f"{label}: {_placement(r['placement'])}")
         if r.get("precision") == "int8" and r.get("accuracy") is not None and not r.get("is_reference"):
             notes.append(f"{label}: {_scores(r)}")
+        o = r.get("ood")
+        if o and not r.get("is_reference") and (r.get("precision") == "int8" or o["agreement_pct"] < 100):
+            notes.append(f"{label}: not-a-digit decisions as the reference's on {o['test_agreement_pct']:.2f}% of "
+                         f"test images and {o['non_digit_agreement_pct']:.2f}% of {o['non_digits']} non-digits "
+                         f"(digits accepted {o['test_accepted_pct']:.2f}%, reference {o['reference_test_accepted_pct']:.2f}%;"
+                         f" non-digits rejected {o['non_digits_rejected_pct']:.2f}%, reference "
+                         f"{o['reference_non_digits_rejected_pct']:.2f}%)")
         if r.get("batch_consistent") is not None:
             sizes = "/".join(str(b) for b in r.get("consistency_batches") or (1, 2, 7, 64, 1000))
             notes.append(f"{label}: batch sizes {sizes} {'agree' if r['batch_consistent'] else 'DISAGREE'}")
