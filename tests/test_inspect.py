@@ -58,6 +58,14 @@ def test_isolation_finds_the_damaged_layer(exported, tiny_export):
     assert layers["fc1"]["isolated"]["sqnr_db"] > layers["conv2"]["isolated"]["sqnr_db"] + 15
     assert layers["fc1"]["accumulated"]["sqnr_db"] < layers["fc1"]["isolated"]["sqnr_db"] - 10
     assert "most error on its own: conv2" in r.stderr
+    # the damaged int8 model's logits are 1.5× the float model's: its not-a-digit decisions move, by image
+    nd = json.loads(r.stdout)["not_a_digit"]
+    for part, n in (("test", 40), ("non_digits", 400)):
+        p = nd[part]
+        assert p["images"] == n and p["agreement"] == pytest.approx(1 - p["n_changed"] / n)
+        assert len(p["changed"]) == min(p["n_changed"], 20) and all(c["fp32"] != c["int8"] for c in p["changed"])
+    assert nd["test"]["n_changed"] + nd["non_digits"]["n_changed"] > 0
+    assert "not-a-digit decisions (the export's rule): int8 as fp32 on" in " ".join(r.stderr.split())
 
 
 def test_markdown_and_plot(exported, tiny_export):

@@ -9,6 +9,8 @@ on ONNX Runtime's CPU provider (torch-free: numpy + onnxruntime).
   output against the fp32 model's, accumulated and isolated; weight SQNR; scales; whether an int8
   kernel ran for it.
 - **Flips**: the test images whose top-1 the int8 model changed, and its confusion matrix.
+- **Not a digit**: with the export's rule (toolkit.ood), how often the int8 model's accept/reject
+  decisions are the fp32 model's, on the test set and the synthetic non-digits, and which images changed.
 """
 
 from __future__ import annotations
@@ -136,7 +138,37 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         confusion = confusion.tolist()
     return {"schema_version": 2, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio,
             "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion,
-            "executorch": _executorch_error(folder, manifest, bad, sample, threads)}
+            "executorch": _executorch_error(folder, manifest, bad, sample, threads),
+            "not_a_digit": _ood_decisions(folder, manifest, images_u8, fp32_logits, int8_logits, fp32_model, int8_model)}
+
+
+MAX_CHANGED = 20  # decisions listed by image; the counts cover them all
+
+
+def _ood_decisions(folder: Path, manifest: dict, images_u8, fp32_logits, int8_logits, fp32_model, int8_model):
+    """int8 against fp32 under the export's not-a-digit rule, or None when the export has none."""
+    from toolkit import ood
+
+    if manifest.get("ood") is None:
+        return None
+    try:
+        rule = ood.check_rule(manifest["ood"])
+    except ValueError as exc:
+        raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
+    non_digits = ood.non_digit_images()
+    out = {}
+    for name, images, z32, z8 in (("test", images_u8, fp32_logits, int8_logits),
+                                  ("non_digits", non_digits, fp32_model.logits(non_digits), int8_model.logits(non_digits))):
+        features = ood.image_features(images)
+        a32 = ood.decide(rule, images, z32, features=features)["accepted"]
+        a8 = ood.decide(rule, images, z8, features=features)["accepted"]
+        changed = np.flatnonzero(a32 != a8)
+        out[name] = {"images": int(len(images)), "agreement": float((a32 == a8).mean()),
+                     "fp32_accepted": float(a32.mean()), "int8_accepted": float(a8.mean()),
+                     "changed": [{"index": int(i), "fp32": "accepted" if a32[i] else "rejected",
+                                  "int8": "accepted" if a8[i] else "rejected"} for i in changed[:MAX_CHANGED]],
+                     "n_changed": int(len(changed))}
+    return out
 
 
 def _executorch_error(folder: Path, manifest: dict, bad: dict, sample: np.ndarray, threads: int) -> dict | None:
@@ -216,6 +248,15 @@ def format_inspect(result: dict, top: int = 12) -> str:
                           for f in flips[:4])
         lines.append(f"  int8 changed {len(flips)} of {result['n_test']:,} test predictions" + (f": {shown}" if flips else "")
                      + (" …" if len(flips) > 4 else ""))
+        nd = result.get("not_a_digit")
+        if nd:
+            t, n = nd["test"], nd["non_digits"]
+            shown = ", ".join(f"#{c['index']} {c['fp32']}→{c['int8']}" for c in t["changed"][:4])
+            lines.append(f"  not-a-digit decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images"
+                         f" ({t['n_changed']} changed{': ' + shown if shown else ''}{' …' if t['n_changed'] > 4 else ''})"
+                         f" and {n['agreement']:.2%} of {n['images']} synthetic non-digits; accepted: test "
+                         f"{t['int8_accepted']:.2%} (fp32 {t['fp32_accepted']:.2%}), non-digits {n['int8_accepted']:.2%} "
+                         f"(fp32 {n['fp32_accepted']:.2%})")
         et = result.get("executorch")
         if et and "logits" in et:
             lines.append(f"  ExecuTorch {et['files']['int8']} vs {et['files']['fp32']}: logits SQNR {et['logits']['sqnr_db']:.1f} dB, "

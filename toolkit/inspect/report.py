@@ -21,6 +21,12 @@ def format_markdown(result: dict) -> str:
     out += ["| " + " | ".join(layer_cells(layer, wide=True)) + " |" for layer in err["layers"]]
     out += ["", f"Logits SQNR {err['logits']['sqnr_db']:.1f} dB; top-1 agreement {err['int8_agreement']:.2%}; "
             f"int8 changed {len(result['flips'])} of {result['n_test']:,} test predictions.", ""]
+    nd = result.get("not_a_digit")
+    if nd:
+        t, n = nd["test"], nd["non_digits"]
+        out += [f"Not-a-digit decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images "
+                f"({t['n_changed']} changed) and {n['agreement']:.2%} of {n['images']} synthetic non-digits "
+                f"({n['n_changed']} changed).", ""]
     for precision, m in result["models"].items():
         out += [f"**{m['file']}** ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels "
                 f"(batch {m['batch']}, {m['threads']} thread(s), median of {m['repeats']} runs)", "",
