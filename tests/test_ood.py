@@ -200,3 +200,26 @@ def test_predict_on_pages_keeps_digits_and_rejects_noise(real_export, real_mnist
         assert res["non_digits"][kind]["rejected"] >= 95, kind
     assert res["non_digits"]["shapes"]["rejected"] >= 50
     assert res["non_digits"]["scribbles"]["rejected"] >= 30  # the stroke checks: 8% without them (docs/predict.md)
+
+
+def test_export_calibrates_the_rule_at_the_keep_rate_asked(tiny_export, tmp_path):
+    from toolkit.config import ExportConfig
+    from toolkit.errors import ExportError
+
+    out = tmp_path / "e"
+    r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", out, "--data-dir", tiny_export["data"],
+            "--targets", "onnx", "--not-a-digit-keep", "0.9")
+    assert r.exit_code == 0, r.output
+    rule = json.loads((out / "manifest.json").read_text())["ood"]
+    default = json.loads((tiny_export["out"] / "manifest.json").read_text())["ood"]
+    assert rule["keep_target"] == 0.9 and default["keep_target"] == 0.99
+    assert rule["calibration"]["kept"] < default["calibration"]["kept"]
+    assert rule["limits"]["energy_min"] > default["limits"]["energy_min"]
+    for ok in (0.5, 0.9999):
+        assert ExportConfig(not_a_digit_keep=ok).not_a_digit_keep == ok
+    for bad in (0.4999, 1.0):
+        with pytest.raises(ExportError, match="--not-a-digit-keep"):
+            ExportConfig(not_a_digit_keep=bad)
+        r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", tmp_path / "x",
+                "--data-dir", tiny_export["data"], "--not-a-digit-keep", bad)
+        assert r.exit_code == 2 and "--not-a-digit-keep" in r.output and not (tmp_path / "x").exists()

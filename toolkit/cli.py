@@ -361,6 +361,9 @@ def format_train_result(result: dict) -> str:
                    "int8/fp32), score each on the test set under verify's gates, time it, keep the fastest that passes.")
 @click.option("--keep-fp32", "keep_fp32", default="", metavar="LAYERS",
               help="Comma list of later layers (e.g. conv2,fc1) the int8 ONNX model leaves in fp32.")
+@click.option("--not-a-digit-keep", "keep", type=click.FloatRange(0.5, 1, max_open=True), default=EXPORT.not_a_digit_keep,
+              show_default=True, help="Share of the calibration digits predict's not-a-digit rule accepts: lower "
+                                      "rejects more non-digits and more digits (trade-off measured in docs/predict.md).")
 @gate_options
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
@@ -375,7 +378,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
            activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
-           int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct):
+           int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct,
+           keep=EXPORT.not_a_digit_keep):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -397,7 +401,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                           gates=Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                                       int8_min_agreement_pct=int8_min_agreement,
                                       int8_max_clipped_top_pct=int8_max_clipped,
-                                      int8_min_ood_agreement_pct=int8_min_ood_agreement))
+                                      int8_min_ood_agreement_pct=int8_min_ood_agreement),
+                          not_a_digit_keep=keep)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded

@@ -115,8 +115,13 @@ class ExportConfig:
     formats: tuple = DEFAULT_FORMATS  # --targets: which formats to write (onnx always)
     search: bool = False  # --search: measure per-layer precision choices, keep the fastest that passes
     gates: Gates = Gates()  # verify's gates: fp32 parity at export, and what --search's candidates must pass
+    # the share of calibration digits the not-a-digit rule accepts (toolkit.ood): lower rejects more
+    # non-digits and more real digits (docs/predict.md measures the trade-off)
+    not_a_digit_keep: float = 0.99
 
     def __post_init__(self):
+        if not 0.5 <= self.not_a_digit_keep < 1:
+            raise ExportError(f"--not-a-digit-keep must be at least 0.5 and below 1, not {self.not_a_digit_keep}")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise ExportError(f"unknown target {unknown[0]!r}; choose from {', '.join(FORMATS)} or all")

@@ -161,7 +161,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     # "not a digit": the rule calibrated on training digits only, in the manifest and in each ONNX
     # file's metadata (mnisttk_ood), so an integrator applies the same rule; the reference keeps the
     # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
-    ood_rule = _calibrate_ood(model, data.train_images)
+    ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":"))}
     stage_obj = Stage(out)
@@ -318,12 +318,12 @@ def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> d
 OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)
 
 
-def _calibrate_ood(model, train_images: np.ndarray) -> dict:
+def _calibrate_ood(model, train_images: np.ndarray, keep: float) -> dict:
     """The not-a-digit rule from training digits only (never the test set, never non-digits)."""
     n = min(OOD_CALIBRATION_IMAGES, len(train_images))
     idx = np.sort(np.random.default_rng(0).choice(len(train_images), n, replace=False))
     images = train_images[idx]
-    return ood.calibrate(images, _eager_logits(model, to_model_input(images)))
+    return ood.calibrate(images, _eager_logits(model, to_model_input(images)), keep=keep)
 
 
 def _calibration_method(fmt: str, quant) -> str:
