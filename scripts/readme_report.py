@@ -68,8 +68,8 @@ def block(text: str, report: dict) -> str:
             line = line.split(" — NOISY")[0] + " — NOISY (which rows, by how much: docs/verify-report.txt)"
         closing.append(textwrap.fill(line, 120, subsequent_indent="    ", break_on_hyphens=False))
     shown = parts[0] + ("\n\n" + "\n".join(closing) if closing else "")
-    return (f"{START}\n```\n{shown}\n```\n\n{summary(report)} Every row's notes (placement, saturation, "
-            f"batch sizes): [docs/verify-report.txt](docs/verify-report.txt).\n{END}")
+    return (f"{START}\n```\n{shown}\n```\n\n{summary(report)} Every row's notes (placement, saturation, not-a-digit "
+            f"decisions, batch sizes): [docs/verify-report.txt](docs/verify-report.txt).\n{END}")
 
 
 def main() -> int:
