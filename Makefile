@@ -19,8 +19,8 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Error: $(PYTHON) is older than 3.11"; exit 2; }
-	@test -x $(PY) || [ "$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}')" -ge $(VENV_GIB) ] || { \
-	  echo "Error: $$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}') GiB free here; the venv needs about $(VENV_GIB) GiB (torch's CUDA wheels)"; exit 2; }
+	@test -x $(PY) || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge $(VENV_GIB) ] || { \
+	  echo "Error: $$free GiB free here; the venv needs about $(VENV_GIB) GiB (torch's CUDA wheels)"; exit 2; }; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_RANGE)
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch

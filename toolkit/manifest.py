@@ -62,6 +62,19 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
     return entry
 
 
+def ood_rule(manifest: dict, folder: Path) -> dict | None:
+    """The export's not-a-digit rule (toolkit.ood), checked; None when it has none. A malformed one
+    is a ManifestError: verify and inspect judge by it."""
+    from toolkit import ood
+
+    if manifest.get("ood") is None:
+        return None
+    try:
+        return ood.check_rule(manifest["ood"])
+    except ValueError as exc:
+        raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
+
+
 def deployed_bytes(manifest: dict, artifact: dict) -> int:
     """What deploying this artifact ships, in bytes: its file and, for an OpenVINO IR, its weights
     file (a LiteRT batch file is an alternative to the artifact, not a part of it)."""

@@ -118,7 +118,7 @@ def skeleton(ink: np.ndarray) -> np.ndarray:
 
 def euler_number(ink: np.ndarray) -> np.ndarray:
     """Pieces minus holes of N×H×W boolean ink, 8-connected (Gray's bit quads, padded by one pixel)."""
-    p = np.pad(np.asarray(ink, dtype=np.int8), ((0, 0), (1, 1), (1, 1)))
+    p = _padded(ink)
     a, b, c, d = p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]
     s = a + b + c + d
     diagonal = (s == 2) & (a == d)

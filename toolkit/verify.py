@@ -25,7 +25,8 @@ from toolkit.compare import compare_pair
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, score_fidelity
-from toolkit.manifest import KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, target_of
+from toolkit.manifest import (KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, ood_rule,
+                              target_of)
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
 from toolkit import ood, timing
@@ -222,12 +223,7 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
                            f"than the one loaded here ({test_sha256[:12]}…); refused")
     run = _Run(config, folder, manifest, test_images, labels, ref["logits"], have_torch, bad_files, integrity, golden,
                outputs)
-    rule = manifest.get("ood")
-    if rule is not None:
-        try:
-            rule = ood.check_rule(rule)
-        except ValueError as exc:
-            raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
+    rule = ood_rule(manifest, folder)
     if rule is not None and ref["non_digit_logits"] is not None:
         # the reference's decisions and the images' own features: once for every row
         non_digits = ood.non_digit_images()

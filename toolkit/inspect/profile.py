@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.manifest import check_hashes, confined_path, load_manifest
+from toolkit.manifest import check_hashes, confined_path, load_manifest, ood_rule
 from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.predict import softmax
 from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
@@ -149,12 +149,9 @@ def _ood_decisions(folder: Path, manifest: dict, images_u8, fp32_logits, int8_lo
     """int8 against fp32 under the export's not-a-digit rule, or None when the export has none."""
     from toolkit import ood
 
-    if manifest.get("ood") is None:
+    rule = ood_rule(manifest, folder)
+    if rule is None:
         return None
-    try:
-        rule = ood.check_rule(manifest["ood"])
-    except ValueError as exc:
-        raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
     non_digits = ood.non_digit_images()
     out = {}
     for name, images, z32, z8 in (("test", images_u8, fp32_logits, int8_logits),
