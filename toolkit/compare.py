@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.config import Gates
-from toolkit.gates import Measurement, evaluate
+from toolkit.gates import REDUCED_PRECISIONS, Measurement, evaluate, judged_precision
 from toolkit.metrics import paired_accuracy_diff
 from toolkit.outputs import Outputs, OutputsError
 
@@ -58,6 +58,18 @@ def compare_pair(base_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray
     return cell
 
 
+def _judged_precision(rid: str, a: dict, b: dict) -> str:
+    """The precision a row of two runs is compared at: a runtime's reduced default (e.g. OpenVINO's bf16)
+    takes the reduced-precision gates only where both runs ran that row at the default in the precision
+    its id names (onnx-fp32@openvino-bf16); anything else, the artifact's own precision's gates."""
+    judged = {judged_precision(r["precision"], r.get("arithmetic"), r.get("ran_precision")) for r in (a, b)}
+    if len(judged) == 1:
+        p = judged.pop()
+        if p in REDUCED_PRECISIONS and rid.endswith(f"-{p}"):
+            return p
+    return a["precision"]
+
+
 def _ratio(a, b):
     return None if not a or not b else b / a
 
@@ -83,9 +95,9 @@ def compare_runs(runs: list[Outputs], gates: Gates) -> dict:
                 why = [f"{_name(run.path)}: {_absent(run, rid)}" for run in (base, other) if rid not in run.logits]
                 row["cells"].append({"run": k, "status": "absent", "reasons": why})
                 continue
-            cell = {"run": k, **compare_pair(base.logits[rid], other.logits[rid], base.labels, info["precision"],
-                                             gates)}
             b_row, o_row = base.rows[rid], other.rows[rid]
+            cell = {"run": k, **compare_pair(base.logits[rid], other.logits[rid], base.labels,
+                                             _judged_precision(rid, b_row, o_row), gates)}
             cell["latency_ratio"] = _ratio((b_row.get("latency_us") or {}).get("p50"),
                                            (o_row.get("latency_us") or {}).get("p50"))
             cell["throughput_ratio"] = _ratio(b_row.get("throughput"), o_row.get("throughput"))

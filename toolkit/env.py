@@ -10,6 +10,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import __version__
+from toolkit.errors import ToolkitError
 
 
 def _version(dist: str) -> str | None:
@@ -60,16 +61,39 @@ def environment() -> dict:
         "executorch": _version("executorch"),
         "ai_edge_litert": _version("ai-edge-litert"),  # LiteRT's interpreter: the .tflite rows
         "litert_torch": _version("litert-torch"),  # the .tflite converter (export)
+        "ai_edge_quantizer": _version("ai-edge-quantizer"),  # the .tflite int8 quantizer (export)
+        "openvino": _version("openvino"),  # OpenVINO's CPU runtime (rows) and converter (IR export)
+        "nncf": _version("nncf"),  # the OpenVINO IR's int8 quantizer (export)
+        "onnxscript": _version("onnxscript"),  # torch.onnx's exporter
         "numpy": _version("numpy"),
         "cpu": cpu_flags(),
+        # each runtime's CPU-dependent choice for an fp32 file on this machine, where it makes one
+        "default_precision": _default_precisions(),
         "gpus": _gpus(),
         "executable": sys.executable,
     }
 
 
+def _default_precisions() -> dict:
+    """runtime label -> the precision it computes an fp32 file in on this CPU when nothing is asked, for
+    the installed runtimes that choose one (OpenVINO: f32, or bf16 on AVX-512 BF16/AMX CPUs)."""
+    from toolkit import isolate
+    from toolkit.runtimes import RUNTIMES, missing, reduced_default_at
+
+    out = {}
+    for i, spec in enumerate(RUNTIMES):
+        if spec.reduced_default and not missing(spec):
+            try:  # in a bounded child: importing a runtime must not hang or crash `env`
+                out[spec.label] = isolate.call(reduced_default_at, i, timeout_s=60, memory_mb=None,
+                                               what=f"{spec.label}'s default precision") or "f32"
+            except ToolkitError as exc:  # the runtime cannot start here: say so, not crash the report
+                out[spec.label] = f"unknown ({str(exc)[:80]})"
+    return out
+
+
 def format_environment(env: dict) -> str:
     cpu = env["cpu"]
-    flags = [name for name in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if cpu.get(name)]
+    flags = cpu.get("flags") or []
     ort = ", ".join(env["onnxruntime"]) or "not installed"
     if env["onnxruntime_mixed_install"]:
         ort += "  <- MIXED INSTALL: keep one (`make gpu` for the CUDA build)"
@@ -84,6 +108,13 @@ def format_environment(env: dict) -> str:
         ("executorch", env["executorch"] or "not installed (.pte export and rows: pip install 'mnisttk[executorch]')"),
         ("ai-edge-litert", env["ai_edge_litert"] or "not installed (.tflite rows, predict: pip install 'mnisttk[litert]')"),
         ("litert-torch", env["litert_torch"] or "not installed (.tflite export: pip install 'mnisttk[tflite]')"),
+        ("ai-edge-quantizer", env["ai_edge_quantizer"] or "not installed (.tflite int8: pip install 'mnisttk[tflite]')"),
+        ("openvino", env["openvino"] or "not installed (OpenVINO rows: pip install 'mnisttk[openvino]')"),
+        ("nncf", env["nncf"] or "not installed (OpenVINO IR int8: pip install 'mnisttk[openvino-ir]')"),
+        ("onnxscript", env["onnxscript"] or "not installed (ONNX export: pip install 'mnisttk[train]')"),
+        *((f"{label} fp32 default", precision + ("" if precision == "f32" else
+                                                 " (verify adds a row for it beside the exact f32 one)"))
+          for label, precision in env["default_precision"].items()),
         ("cpu", f"{cpu['model']}, {cpu['cores']} cores; {', '.join(flags) or 'no AVX2'}"),
         ("gpu", ", ".join(env["gpus"]) or "none found (nvidia-smi)"),
     ]

@@ -20,7 +20,7 @@ from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.gates import Measurement, evaluate
-from toolkit.targets import TARGETS, possible_names
+from toolkit.targets import BY_NAME, TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
@@ -71,17 +71,24 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> np.ndarray:
+def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> tuple[np.ndarray, dict]:
     """An artifact's test logits, on the runtime verify runs it on (the registry's CPU runtime for its
-    format: toolkit.runtimes.RUNTIMES), through the same template and checks."""
+    format: toolkit.runtimes.RUNTIMES), through the same template and checks, with the arithmetic asked
+    for and run. An fp32 file always asks for exact fp32 arithmetic (never a runtime's reduced default on
+    this CPU, such as OpenVINO's bf16): the runtime refuses if it cannot give it."""
     from toolkit.runtimes import RUNTIMES, build
+    from toolkit.runtimes.candidate import Arithmetic
 
     spec = next(s for s in RUNTIMES if art.fmt in s.formats and s.device in (None, "cpu"))
     artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields}
     try:
-        cand = build(spec, stage, artifact, 0)
+        cand = build(spec, stage, artifact, 0, arithmetic=Arithmetic.EXACT)
         with cand.scope():
-            return cand.logits(images_u8)
+            logits = cand.logits(images_u8)
+        ran = {"runtime": spec.label, "arithmetic": cand.arithmetic.value,
+               "ran_precision": cand.ran_precision or art.precision, "precision_settings": dict(cand.precision_settings),
+               "input_dtype": cand.input_dtype()}
+        return logits, ran
     except ExportError:
         raise
     except ToolkitError as exc:
@@ -142,6 +149,7 @@ class _Export:
     quant_info: dict | None = None
     search: dict | None = None
     calib: np.ndarray | None = None
+    input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
 
     def add(self, written: Written) -> None:
         self.artifacts += written.artifacts
@@ -209,8 +217,12 @@ def _write_fp32(ex: _Export, log) -> None:
 
 
 def _check_fp32(ex: _Export, art: Artifact) -> None:
-    ex.test_logits[art.file] = _artifact_logits(art, ex.stage, ex.data.test_images)
-    ex.checks.append(_compare(art.file, ex.test_logits[art.file], ex.ref_logits))
+    ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images)
+    ex.input_dtypes[art.file] = ran.pop("input_dtype")
+    if ran["arithmetic"] != "exact" or ran["ran_precision"] not in ("fp32", "f32"):  # never called exact otherwise
+        raise ExportError(f"{art.file}: {ran['runtime']} ran it in {ran['ran_precision']} ({ran['arithmetic']}), not "
+                          "exact fp32; its parity cannot be checked; nothing was written")
+    ex.checks.append({**_compare(art.file, ex.test_logits[art.file], ex.ref_logits), **ran})
     _check_parity(ex.checks[-1], ex.config.gates)
 
 
@@ -246,6 +258,14 @@ def _write_other_targets(ex: _Export, log) -> None:
         log(f"{fmt}: {', '.join(a.file for a in written.artifacts)} ({time.perf_counter() - t0:.1f} s)")
 
 
+def _check_io(entry: dict, seen: str | None) -> None:
+    """The manifest's input entry must be what the written file takes, as its runtime read it back."""
+    said = entry["inputs"][0]["dtype"]
+    if seen is None or said != seen:
+        raise ExportError(f"{entry['file']}: the manifest would say it takes {said}, but its runtime reads an input "
+                          f"of {seen or 'unknown type'}; nothing was written")
+
+
 def _score(ex: _Export) -> dict:
     """Step 4: every artifact's test-set accuracy, on its own runtime (recorded in the manifest)."""
     accuracy = {}
@@ -253,7 +273,8 @@ def _score(ex: _Export) -> dict:
         if art.copy and art.source in ex.test_logits:  # the very bytes of a file already scored
             ex.test_logits[art.file] = ex.test_logits[art.source]
         if art.file not in ex.test_logits:
-            ex.test_logits[art.file] = _artifact_logits(art, ex.stage, ex.data.test_images)
+            ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images)
+            ex.input_dtypes[art.file] = ran["input_dtype"]
         accuracy[art.file] = classification_metrics(ex.labels, ex.test_logits[art.file].argmax(1))["accuracy"]
     return accuracy
 
@@ -274,8 +295,9 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         qparams = art.quant_params if art.source is None else sources[art.source].quant_params
         entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
                                       OPSET if art.fmt != "torchscript" else None, accuracy[art.file],
-                                      config.quant.uint8_input and art.fmt != "torchscript" and art.precision == "int8",
+                                      config.quant.uint8_input and BY_NAME[art.fmt].uint8_input and art.precision == "int8",
                                       file=art.file, extra=fields))
+        _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source))
     return {
         "schema_version": MANIFEST_VERSION,
         "mnisttk_version": __version__,

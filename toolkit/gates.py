@@ -122,6 +122,18 @@ def evaluate(m: Measurement, gates: Gates) -> list[Reason]:
     return reasons
 
 
+REDUCED_PRECISIONS = ("bf16", "f16")  # what a runtime may choose to compute an fp32 file in
+
+
+def judged_precision(precision: str, arithmetic: str | None = None, ran_precision: str | None = None) -> str:
+    """The precision a row is judged at: its artifact's, except for an fp32 file that a row ran at the
+    runtime's default (arithmetic "default") and the runtime computed in less (bf16, f16): that
+    precision, judged by the reduced-precision gates. An exact row is always judged as fp32."""
+    if precision == "fp32" and arithmetic == "default" and ran_precision not in (None, "f32", "fp32"):
+        return str(ran_precision)
+    return precision
+
+
 def latency_ratio(p50_us: float | None, reference_p50_us: float | None) -> float | None:
     """A row's batch-1 p50 over the reference row's (above 1: slower than the reference)."""
     if not p50_us or not reference_p50_us:

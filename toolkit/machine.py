@@ -8,19 +8,33 @@ import platform
 from pathlib import Path
 
 
-def cpu_flags() -> dict:
-    flags = set()
+# The CPU features that change what a runtime chooses to run: int8 kernel families (VNNI, AMX-INT8,
+# dot-product and i8mm on ARM) and reduced float modes (OpenVINO's bf16 default on AVX-512 BF16 and AMX,
+# f16 on AVX-512 FP16 / AMX-FP16, ARM's bf16 fast-math and SVE/SME kernels). Each is recorded with
+# every figure, so a result can be told apart from one made on another CPU.
+X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile",
+             "amx_int8", "amx_bf16", "amx_fp16")
+ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve", "sve2", "sme")
+CPU_FLAGS = X86_FLAGS + ARM_FLAGS
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The CPU's model, cores, and whether it has each of CPU_FLAGS (x86's `flags` line, ARM's
+    `Features` line of /proc/cpuinfo), with `flags`: those it has, in CPU_FLAGS's order."""
+    flags: set = set()
     model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("flags", "features") and not flags:  # every core lists the same
+                flags = set(value.split())
+            elif key == "model name" and value.strip():
+                model = value.strip()
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags}
+    have = {name: name in flags for name in CPU_FLAGS}
+    return {"model": model, "cores": os.cpu_count(), **have, "flags": [n for n in CPU_FLAGS if have[n]]}
 
 
 def machine_info(gpu_name: str | None = None) -> dict:

@@ -31,6 +31,7 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # 10,000 images × 10 logits × 40 rows is a
 MAX_IMAGES = 1_000_000
 MAX_ROWS = 256
 NUM_CLASSES = 10
+RAN_PRECISIONS = (None, "f32", "fp32", "bf16", "f16", "int8")  # what a row may say its runtime computed in
 
 
 class OutputsError(ToolkitError):
@@ -79,7 +80,7 @@ def _canonical(doc: dict) -> bytes:
 
 # what each saved row keeps of verify's row (besides its logits)
 ROW_FIELDS = ("id", "name", "runtime", "precision", "fmt", "file", "status", "accuracy", "latency_us", "throughput",
-              "loaded_sha256", "is_reference")
+              "loaded_sha256", "is_reference", "arithmetic", "ran_precision")
 
 
 def build(result: dict, logits: dict, labels: np.ndarray, test_sha256: str, artifact_sha256: dict) -> dict:
@@ -165,6 +166,9 @@ def load(path) -> Outputs:
         seen.add(r["id"])
         if r.get("precision") not in ("fp32", "int8"):
             raise OutputsError(f"{path}: row {r['id']}: precision {r.get('precision')!r}")
+        if r.get("arithmetic") not in (None, "exact", "default") or r.get("ran_precision") not in RAN_PRECISIONS:
+            raise OutputsError(f"{path}: row {r['id']}: arithmetic {r.get('arithmetic')!r} / ran_precision "
+                               f"{r.get('ran_precision')!r} is not one mnisttk writes")
         if "logits" in r:
             x = _decode(r["logits"], f"{path}: row {r['id']}", (n, NUM_CLASSES))
             if not np.isfinite(x).all():

@@ -22,7 +22,8 @@ def _placement(p: dict | None) -> str:
         return took + ("; outside it (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
     if p.get("backend") == "OpenVINO CPU":  # the precision it computed in, and its int8 layers
         layers = [k.split(":", 1)[-1] for k in p.get("int8_kernels") or []]
-        return (f"computed in {p.get('inference_precision')}; "
+        asked = "exact f32 asked for" if p.get("arithmetic") == "exact" else "OpenVINO's default for this CPU"
+        return (f"computed in {p.get('inference_precision')} ({asked}); "
                 + (f"int8 layers: {', '.join(layers)}" if layers else "no int8 layers"))
     nodes = ", ".join(f"{k} {v}" for k, v in sorted(p.get("providers", {}).items(), key=lambda kv: -kv[1]))
     int8 = "int8 kernels: " + "/".join(p["int8_kernels"]) if p.get("int8_kernels") else "no int8 kernels"

@@ -30,6 +30,14 @@ def torch_threads(n: int):
     return _swapped(torch.get_num_threads, torch.set_num_threads, n)
 
 
+def float32_matmul_precision(value: str):
+    """torch's fp32 matmul precision ("highest": fp32 arithmetic; "high"/"medium" allow TF32/bf16) inside,
+    the previous setting after."""
+    import torch
+
+    return _swapped(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, value)
+
+
 def quantized_engine(name: str | None):
     """torch's quantized engine (e.g. "x86") inside, the previous one after; None changes nothing."""
     if name is None:

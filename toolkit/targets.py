@@ -32,6 +32,9 @@ class Target:
     # --calibration-method values its int8 can honour with the same meaning as ONNX Runtime's: min/max
     # over the calibration set everywhere; entropy and percentile exist only in ONNX Runtime's quantizer
     calibration_methods: tuple = ("minmax",)
+    # its int8 file takes raw uint8 pixels under --uint8-input (the ONNX model's folded input, and the
+    # files made from it); the others take what their own exporter records
+    uint8_input: bool = False
 
     def __post_init__(self):
         if len(self.exporter) != 2:
@@ -45,16 +48,16 @@ TARGETS = (
     Target("torchscript", "TorchScript", "zip", ("torchscript", "export_torchscript"), ("{arch}_{precision}.torchscript.pt",),
            default=True, primary=True),
     Target("onnx", "ONNX", "onnx", ("onnx", "export_onnx"), ("{arch}_{precision}.onnx",), default=True, primary=True,
-           calibration_methods=ORT_METHODS),  # always: the source of the others
+           calibration_methods=ORT_METHODS, uint8_input=True),  # always: the source of the others
     Target("ort", "ORT format", "ort", ("ort", "export_ort"), ("{arch}_{precision}.ort", "required_operators.config"),
-           calibration_methods=ORT_METHODS),  # ORT Mobile's format
+           calibration_methods=ORT_METHODS, uint8_input=True),  # ORT Mobile's format
     Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
            ("{arch}_{precision}.tflite", "{arch}_{precision}.b256.tflite"),
            needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite"),
     Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), ("{arch}_{precision}.pte",),
            needs=("executorch",), extra="executorch"),
     Target("triton", "Triton", "onnx", ("triton", "export_triton"), ("triton",), subpath=True,
-           calibration_methods=ORT_METHODS),  # the int8 model.onnx, in a model repository
+           calibration_methods=ORT_METHODS, uint8_input=True),  # the int8 model.onnx, in a model repository
     # OpenVINO's own format, its int8 from NNCF (not from ONNX Runtime's QDQ model)
     Target("openvino", "OpenVINO IR", "ir", ("openvino_ir", "export_openvino"),
            ("{arch}_{precision}.xml", "{arch}_{precision}.bin"), needs=("openvino", "nncf"), extra="openvino-ir"),

@@ -17,14 +17,15 @@ from typing import Callable
 import numpy as np
 
 from toolkit import isolate
-from toolkit.runtimes import RUNTIMES, missing
+from toolkit.runtimes import RUNTIMES, missing, reduced_default_at
+from toolkit.runtimes.candidate import Arithmetic, resolve_threads
 from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.compare import compare_pair
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.outputs import Outputs, OutputsError
-from toolkit.gates import Measurement, evaluate, latency_ratio, saturation, score_fidelity
+from toolkit.gates import Measurement, evaluate, judged_precision, latency_ratio, saturation, score_fidelity
 from toolkit.manifest import (KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, ood_rule,
                               target_of)
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
@@ -67,6 +68,11 @@ class Row:
     fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
     runtime_id: str | None = None  # the runtime's id (toolkit.runtimes.RuntimeSpec.id; torch/npz: the reference)
     ran_precision: str | None = None  # what the runtime computed in, where it chose (OpenVINO: f32 or bf16)
+    # what the row asked of the runtime (toolkit.runtimes.candidate.Arithmetic): "exact" (an fp32 file in
+    # fp32, judged by the fp32 gates) or "default" (what the runtime picks on this CPU), and the runtime
+    # settings that asked for it
+    arithmetic: str = Arithmetic.EXACT.value
+    precision_settings: dict | None = None
     # int8 rows: how much of a quantized output sits at its limits (None: a float output), and how far
     # the reference's top-class probability moved (toolkit.gates.saturation / score_fidelity)
     saturation: dict | None = None
@@ -113,9 +119,10 @@ def measurement(row: Row) -> Measurement:
     """What the gates look at in a measured row (placement questions asked only of the runtimes they
     concern: int8 kernels of ONNX Runtime CPU rows, XNNPACK's delegate, CUDA's CPU fallback)."""
     placement = row.placement or {}
-    reduced = row.precision == "fp32" and row.ran_precision not in (None, "f32")  # e.g. OpenVINO in bf16
+    # an fp32 file a runtime computed in less (OpenVINO's bf16 default) is judged as reduced precision
+    # only in the row that asked for the default: an exact row that did not run in f32 stays at fp32's gates
     return Measurement(
-        precision=row.ran_precision if reduced else row.precision, flipped=row.flipped,
+        precision=judged_precision(row.precision, row.arithmetic, row.ran_precision), flipped=row.flipped,
         max_abs_logit_diff=row.max_abs_logit_diff,
         accuracy_drop_points=None if row.acc_diff is None else -row.acc_diff * 100,
         agreement_pct=None if row.agreement is None else row.agreement * 100,
@@ -184,7 +191,7 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     snapshot = timing.cpu_snapshot()
     _measure_reference(run, reference_row, eager)
     rows = [reference_row] + _measure_rows(run, plan, log)
-    run.machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), config.threads or 1))
+    run.machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), resolve_threads(config.threads)))
     _more_rounds(run, plan, eager, reference_row, log)
     _judge_rows(run, rows, reference_row)
     return _result(run, rows, t_start)
@@ -256,15 +263,32 @@ def _plan_rows(run: _Run) -> list[tuple[Row, object, dict]]:
     with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
     plan = []
     for spec in RUNTIMES:
+        skip = _skip_reason(run, spec)
+        reduced = None if skip else _reduced_default(spec)
         for fmt in spec.formats:
             for a in (a for a in run.manifest["artifacts"] if a["format"] == fmt):
                 row = Row(row_label(fmt, a["precision"]), spec.label, a["precision"], a["file"], device=spec.device,
                           fmt=fmt, runtime_id=spec.id)
-                skip = _skip_reason(run, spec)
                 if skip:
                     row.status, row.reasons = skip
                 plan.append((row, spec, a))
+                if reduced and a["precision"] == "fp32":  # what a user who sets nothing gets on this CPU
+                    plan.append((Row(row.name, f"{spec.label} {reduced}", "fp32", a["file"], device=spec.device,
+                                     fmt=fmt, runtime_id=f"{spec.id}-{reduced}", arithmetic=Arithmetic.DEFAULT.value),
+                                 spec, a))
     return plan
+
+
+def _reduced_default(spec) -> str | None:
+    """The precision `spec` computes an fp32 file in on this CPU by default, where not fp32 (asked of the
+    runtime in a bounded child); None where it is fp32, or the question cannot be answered here."""
+    if not spec.reduced_default:
+        return None
+    try:
+        return isolate.call(reduced_default_at, RUNTIMES.index(spec), timeout_s=60,
+                            what=f"{spec.label}'s default precision")
+    except ToolkitError:
+        return None  # the runtime cannot start: its rows fail on their own, with the reason
 
 
 def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
@@ -339,7 +363,7 @@ def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
     config = run.config
     m = isolate.call(measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
                      config.throughput_batch, config.latency_iters, run.ood and run.ood["non_digits"],
-                     timeout_s=config.row_timeout_s, memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                     arithmetic=row.arithmetic, timeout_s=config.row_timeout_s, memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
                      what=f"{row.name} on {row.runtime}")
     logits = m.pop("logits").astype(np.float64)  # finite: the runtime template checked them
     limits = m.pop("output_limits", None)
@@ -432,7 +456,8 @@ def _against_golden(row: Row, logits: np.ndarray, golden: Outputs, artifact_sha2
         return {"status": "fail", "failed_gates": ["bytes"], "reasons": [
             f"{golden.path} ran other bytes (SHA-256 {str(saved.get('artifact_sha256'))[:12]}…) than "
             f"{row.file} ({artifact_sha256[:12]}…)"]}
-    return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels, row.precision, gates)
+    return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels,
+                        judged_precision(row.precision, row.arithmetic, row.ran_precision), gates)
 
 
 def _ood_agreement(mine: np.ndarray, nd_mine: np.ndarray, ref: np.ndarray, nd_ref_ok: np.ndarray) -> dict:
@@ -448,15 +473,18 @@ def _ood_agreement(mine: np.ndarray, nd_mine: np.ndarray, ref: np.ndarray, nd_re
 
 
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-                throughput_batch: int, latency_iters: int, non_digits: np.ndarray | None = None) -> dict:
+                throughput_batch: int, latency_iters: int, non_digits: np.ndarray | None = None, *,
+                arithmetic: str = Arithmetic.EXACT.value) -> dict:
     """One row's measurements, in the child process that toolkit.isolate bounds: the artifact's test
-    logits (float32), latency, throughput, the loaded bytes' hash, placement and batch consistency."""
+    logits (float32), latency, throughput, the loaded bytes' hash, placement, batch consistency, and the
+    arithmetic asked for and run."""
     rss_start = _proc_status_mb("VmRSS")
-    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
+    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
     with cand.scope():
         logits = np.asarray(cand.logits(test_images), dtype=np.float32)
         out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
                "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "ran_precision": cand.ran_precision,
+               "arithmetic": cand.arithmetic.value, "precision_settings": dict(cand.precision_settings),
                "output_limits": cand.output_limits(), "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
                "consistency_batches": list(cand.consistency_batches) or None}
         if non_digits is not None:
@@ -468,9 +496,9 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
 
 
 def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-             throughput_batch: int, latency_iters: int) -> dict:
+             throughput_batch: int, latency_iters: int, *, arithmetic: str = Arithmetic.EXACT.value) -> dict:
     """One more timing round of a row, in its own bounded child (the artifact loaded afresh)."""
-    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads)
+    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
     with cand.scope():
         return timing.one_round(cand, test_images, throughput_batch, latency_iters)
 
@@ -500,12 +528,13 @@ def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
             try:
                 rounds[row.id].append(isolate.call(
                     time_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
-                    config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s,
+                    config.throughput_batch, config.latency_iters, arithmetic=row.arithmetic,
+                    timeout_s=config.row_timeout_s,
                     memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
                     what=f"{row.name} on {row.runtime}"))
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
-        run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), config.threads or 1))
+        run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), resolve_threads(config.threads)))
 
 
 def _proc_status_mb(key: str) -> float | None:

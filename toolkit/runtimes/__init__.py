@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from toolkit.runtimes.candidate import Arithmetic
 from toolkit.targets import row_label
 
 
@@ -21,6 +22,9 @@ class RuntimeSpec:
     requires: tuple = ()  # modules it imports (an optional extra): without them its rows are skipped
     extra: str | None = None  # the pip extra that installs them
     color: str = "tab:gray"  # the report plot's colour for its rows (red is kept for failed rows)
+    # its module has `reduced_default()`: the precision it computes an fp32 file in on this CPU when
+    # nothing is asked, where that is not fp32 (verify adds a row for it beside the exact one)
+    reduced_default: bool = False
 
 
 RUNTIMES = (
@@ -30,7 +34,7 @@ RUNTIMES = (
     RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple"),
     # The same .onnx files on OpenVINO's CPU plugin, as Intel users deploy them (see runtimes/openvino.py)
     RuntimeSpec("OpenVINO CPU", "openvino", ("onnx", "openvino"), "openvino", requires=("openvino",), extra="openvino",
-                color="tab:cyan"),
+                color="tab:cyan", reduced_default=True),
     RuntimeSpec("LiteRT XNNPACK", "litert", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert",
                 color="tab:orange"),
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
@@ -52,7 +56,23 @@ def missing(spec: RuntimeSpec) -> str | None:
     return f"{', '.join(absent)} not installed (pip install 'mnisttk[{spec.extra}]')" if absent else None
 
 
-def build(spec: RuntimeSpec, folder, artifact: dict, threads: int):
+def build(spec: RuntimeSpec, folder, artifact: dict, threads: int, *, arithmetic: Arithmetic = Arithmetic.EXACT):
+    """A row's candidate. `arithmetic`: EXACT (the file's own precision, asked for explicitly: what
+    every check of exactness uses) or DEFAULT (what the runtime does on this CPU when nothing is asked)."""
     module = importlib.import_module(f"toolkit.runtimes.{spec.module}")
     name = row_label(artifact["format"], artifact["precision"])
-    return module.candidate(folder, artifact, threads, spec.device, name)
+    return module.candidate(folder, artifact, threads, spec.device, name, arithmetic=Arithmetic(arithmetic))
+
+
+def reduced_default(spec: RuntimeSpec) -> str | None:
+    """The precision `spec` computes an fp32 file in on this CPU when nothing is asked, where that is not
+    fp32 (e.g. "bf16"); None where it is fp32 or the runtime has no such choice. Imports the runtime:
+    call it in a bounded child (toolkit.isolate) where the parent should stay light."""
+    if not spec.reduced_default:
+        return None
+    return importlib.import_module(f"toolkit.runtimes.{spec.module}").reduced_default()
+
+
+def reduced_default_at(spec_index: int) -> str | None:
+    """reduced_default of RUNTIMES[spec_index] (a module-level function a child process can run)."""
+    return reduced_default(RUNTIMES[spec_index])

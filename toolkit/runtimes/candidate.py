@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,16 @@ from toolkit.errors import ManifestError, ToolkitError
 from toolkit.fsutil import regular_file
 
 MAX_MODEL_BYTES = 256 * 1024 * 1024  # ours are tens of KB; anything this big is not an MNIST model
+
+
+class Arithmetic(str, Enum):
+    """What a row asks of a runtime that chooses the arithmetic it runs an fp32 file in (OpenVINO's
+    `INFERENCE_PRECISION_HINT`: bf16 on CPUs with AVX-512 BF16 or AMX, f16 on AVX-512 FP16 / AMX-FP16
+    ones; ONNX Runtime's bf16 fast-math GEMMs on aarch64). Never left to the machine: a check of
+    exactness asks for EXACT, a row that shows what a user gets asks for DEFAULT, and both record what ran."""
+
+    EXACT = "exact"  # the file's own precision, asked for explicitly (an fp32 file: fp32 arithmetic)
+    DEFAULT = "default"  # nothing asked: what the runtime does on this CPU for a user who sets nothing
 
 
 def max_threads() -> int:
@@ -90,6 +101,10 @@ class Candidate(ABC):
     # the precision the runtime computed in, where it chooses one (OpenVINO: f32, or bf16 on CPUs that
     # have it); None: the artifact's own
     ran_precision: str | None = None
+    arithmetic: Arithmetic = Arithmetic.EXACT  # what was asked of the runtime (see Arithmetic)
+    # the runtime settings that asked for it, as the runtime spells them (e.g. {"INFERENCE_PRECISION_HINT":
+    # "f32"}); empty: the runtime has no such switch, and computes an fp32 file in fp32
+    precision_settings: dict = {}
     loaded_sha256: str | None = None  # SHA-256 of the bytes actually loaded, where a file was
     fixed_batch: int | None = None  # a static-batch model's batch: logits() runs exactly that many at a time
     consistency_batches: tuple = ()  # the batch sizes `consistency` compares
@@ -121,6 +136,12 @@ class Candidate(ABC):
 
     def placement(self) -> dict | None:
         return None
+
+    def input_dtype(self) -> str:
+        """The dtype the loaded artifact itself takes (numpy's name: float32, uint8, int8), read from the
+        runtime where it declares one; by default what `prepare` feeds it, which it ran on."""
+        x = self.prepare(np.zeros((1, 28, 28), np.uint8))
+        return str(getattr(x, "dtype", "")).removeprefix("torch.")
 
     def output_limits(self) -> tuple | None:
         """(lowest, highest, step) of an int8 output after dequantization, or None (a float output)."""

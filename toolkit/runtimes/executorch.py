@@ -1,7 +1,10 @@
 """The ExecuTorch rows: `.pte` programs on ExecuTorch's runtime with the XNNPACK delegate.
 ExecuTorch's Python runtime imports torch, so these rows need torch and `mnisttk[executorch]`;
 without them verify skips the rows and says why. (`executorch-numpy-runtime`, a torch-free
-runtime, needs Python >= 3.12 and ExecuTorch 1.3 programs: see the README.)"""
+runtime, needs Python >= 3.12 and ExecuTorch 1.3 programs: see the README.)
+
+Arithmetic: the XNNPACK delegate runs an fp32 program in fp32 (an fp16 delegate is a choice made at
+export, which mnisttk never makes): EXACT and DEFAULT are the same request here."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[executorch]'"
 # Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
@@ -21,6 +24,7 @@ SHAPE_OPS = {"aten::sym_size", "executorch_prim::et_view", "aten::view_copy", "a
              "executorch_prim::add", "executorch_prim::mul", "executorch_prim::floordiv", "aten::sym_numel"}
 MAX_BATCH = EVAL_BATCH  # the largest batch a program is memory-planned for (export's dynamic batch bound)
 CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
+SCALAR_TYPES = {0: "uint8", 1: "int8", 6: "float32"}  # ExecuTorch's ScalarType codes (c10's numbering)
 
 
 def quiet_torch_logs() -> None:
@@ -110,6 +114,12 @@ class ExecuTorchCandidate(Candidate):
     def prepare(self, images_u8):
         return to_float_input(images_u8)
 
+    def input_dtype(self) -> str:
+        """The program's declared input dtype (its memory-planned input tensor's ScalarType)."""
+        code = self.method.metadata.input_tensor_meta(0).dtype()
+        value = getattr(code, "value", code)
+        return SCALAR_TYPES.get(value, str(code)) if isinstance(value, int) else str(code)
+
     def _forward(self, x: np.ndarray) -> np.ndarray:
         return self._execute(self.torch.from_numpy(x)).numpy()
 
@@ -129,6 +139,7 @@ class ExecuTorchCandidate(Candidate):
         return all(np.array_equal(self.logits(images_u8, b).argmax(1), preds) for b in self.consistency_batches)
 
 
-def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> ExecuTorchCandidate:
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,
+              arithmetic: Arithmetic = Arithmetic.EXACT) -> ExecuTorchCandidate:
     return ExecuTorchCandidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
                                artifact["sha256"], name, artifact["file"])

@@ -4,7 +4,11 @@ XNNPACK delegate. Edge side: numpy and ai_edge_litert only, never torch.
 A `.tflite` from litert-torch has a static batch (its converter bakes the batch into the reshapes:
 a dynamic-batch file converts but cannot run), so export writes one file per batch size it needs:
 the artifact at batch 1, and `batch_files` (e.g. batch 256, for throughput and bulk runs), each
-hashed in the manifest. Bulk inputs run in chunks of the largest batch, the last chunk padded."""
+hashed in the manifest. Bulk inputs run in chunks of the largest batch, the last chunk padded.
+
+Arithmetic: XNNPACK computes an fp32 file in fp32 unless its delegate is built with fp16 forced
+(LiteRT's Python interpreter exposes no such switch, and mnisttk sets none): EXACT and DEFAULT are
+the same request here, and the row records none."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Candidate, batched_logits, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, batched_logits, read_model_bytes, resolve_threads
 from toolkit.contract import NUM_CLASSES, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
@@ -180,6 +184,9 @@ class LiteRTCandidate(Candidate):
     def placement(self):
         return delegation(self.programs[1].it)
 
+    def input_dtype(self) -> str:
+        return self.programs[1].dtype.name  # an int8 file may take int8 (the template quantizes for it)
+
     def output_limits(self):
         lut = self.programs[1]._lut  # an int8 output's 256 dequantized values
         if lut is None:
@@ -192,7 +199,8 @@ class LiteRTCandidate(Candidate):
         return all(np.array_equal(self._through(p, x).argmax(1), preds) for p in self.programs.values())
 
 
-def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> LiteRTCandidate:
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,
+              arithmetic: Arithmetic = Arithmetic.EXACT) -> LiteRTCandidate:
     # The artifact is always the file the manifest names, at batch 1; a batch file only adds a larger
     # batch (the manifest's validation refuses one that claims batch 1 or a batch twice).
     files = {1: (confined_path(folder, artifact["file"]), artifact["sha256"])}

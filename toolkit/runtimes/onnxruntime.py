@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Candidate
+from toolkit.runtimes.candidate import Arithmetic, Candidate
 from toolkit.contract import EVAL_BATCH
 from toolkit.errors import ManifestError
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
-from toolkit.runtimes.ort_session import Model, SessionOptions
+from toolkit.runtimes.ort_session import PRECISION_SETTINGS, Model, SessionOptions
 
 CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes whose predictions must agree
 
@@ -34,6 +34,9 @@ class OnnxCandidate(Candidate):
         self.loaded_sha256 = self.model.loaded_sha256
         self.fixed_batch = self.model.fixed_batch
         self.threads = threads
+        self.precision_settings = dict(PRECISION_SETTINGS)  # fp32 arithmetic, asked for on every CPU
+        if provider == "cuda":
+            self.precision_settings["use_tf32"] = "0"  # see ort_session.Model: TF32 would move fp32 logits
         self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)  # logits() runs EVAL_BATCH at a time
 
     def prepare(self, images_u8):
@@ -61,7 +64,8 @@ class OnnxCandidate(Candidate):
         return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
-def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> OnnxCandidate:
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,
+              arithmetic: Arithmetic = Arithmetic.EXACT) -> OnnxCandidate:
     path = confined_path(folder, artifact["file"], subpath=artifact["format"] in SUBPATH_FORMATS)
     cand = OnnxCandidate(path, artifact["precision"], provider, threads, artifact["sha256"], name=name,
                          file=artifact["file"], fmt=artifact["format"])

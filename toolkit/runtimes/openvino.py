@@ -2,11 +2,14 @@
 plugin (`mnisttk[openvino]`), as Intel users deploy them. Edge side: numpy and openvino only, never torch.
 
 OpenVINO picks the precision it computes in (`INFERENCE_PRECISION_HINT`): f32 on most CPUs, bf16 on
-those with AMX or AVX-512 BF16, so an fp32 file may run in bf16. The row says which (`ran_precision`)
-and such a row is judged by the reduced-precision gates (accuracy drop, top-1 agreement), not by the
-fp32 ones that expect the reference's logits to the last digits. An int8 (QDQ) file runs its
-quantized layers on OpenVINO's own int8 kernels: the row lists them, and a row that ran none fails
-like an ONNX Runtime one.
+those with AVX-512 BF16 or AMX, f16 on those with AVX-512 FP16 / AMX-FP16 where OpenVINO chooses it.
+mnisttk never leaves that choice to the machine: an EXACT candidate asks for f32
+(`INFERENCE_PRECISION_HINT=f32`) and refuses to run if OpenVINO reports anything else — export's
+parity check and verify's fp32 rows use it, judged by the fp32 gates — and a DEFAULT candidate asks
+for nothing and records what OpenVINO chose: verify's second row for an fp32 file where this CPU's
+default is not f32 (`reduced_default`), judged by the reduced-precision gates. An int8 (QDQ or NNCF)
+file runs at OpenVINO's default, its quantized layers on OpenVINO's own int8 kernels: the row lists
+them, and a row that ran none fails like an ONNX Runtime one.
 
 The model is read from the bytes that were hashed, written to a private folder of their own: an
 ONNX file whose tensors live in an external-data file is refused first (OpenVINO, reading bytes,
@@ -25,7 +28,7 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[openvino]'"
 CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
@@ -77,17 +80,41 @@ def _core():
     return openvino_module().Core()
 
 
-def _compiled(core, read, threads: int, name: str):
+# What an EXACT candidate asks of the CPU plugin: fp32 arithmetic (not the bf16/f16 OpenVINO would pick
+# on a CPU that has it), and no dynamic quantization of activations (OpenVINO's CPU plugin may quantize
+# a fully connected layer's input on the fly; 0 switches it off).
+EXACT_SETTINGS = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
+
+def precision_settings(arithmetic: Arithmetic) -> dict:
+    """The CPU plugin's settings that ask for `arithmetic` (DEFAULT: none)."""
+    return dict(EXACT_SETTINGS) if Arithmetic(arithmetic) is Arithmetic.EXACT else {}
+
+
+def default_precision() -> str:
+    """The precision OpenVINO's CPU plugin computes an fp32 model in on this CPU when nothing is asked
+    (f32, bf16, f16), read from the plugin without compiling anything."""
+    return _type_name(_core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def reduced_default() -> str | None:
+    """This CPU's default precision for an fp32 file where it is not f32 (bf16 on AVX-512 BF16 and AMX
+    CPUs), else None: verify shows such a default as a row of its own beside the exact one."""
+    precision = default_precision()
+    return None if precision == "f32" else precision
+
+
+def _compiled(core, read, threads: int, name: str, settings: dict | None = None):
     """`read()`'s model compiled for the CPU plugin: latency hint, `threads` inference threads (0: all
-    cores), OpenVINO's default precision for this CPU."""
+    cores), and `settings` (toolkit's precision request: EXACT_SETTINGS, or none for OpenVINO's default)."""
     try:
         return core.compile_model(read(), "CPU", {"INFERENCE_NUM_THREADS": resolve_threads(threads),
-                                                  "PERFORMANCE_HINT": "LATENCY"})
+                                                  "PERFORMANCE_HINT": "LATENCY", **(settings or {})})
     except Exception as exc:
         raise ToolkitError(f"{name}: not a model OpenVINO can compile ({first_line(exc, 160)})") from None
 
 
-def compile_onnx(data: bytes, threads: int, name: str):
+def compile_onnx(data: bytes, threads: int, name: str, settings: dict | None = None):
     """OpenVINO's compiled model for these ONNX bytes (refused if a tensor lives in another file)."""
     from toolkit.onnx_proto import external_tensors
 
@@ -103,14 +130,14 @@ def compile_onnx(data: bytes, threads: int, name: str):
         path = os.path.join(private, "model.onnx")  # read by path: OpenVINO keeps a path's lookups in its folder
         with open(path, "wb") as f:
             f.write(data)
-        return _compiled(core, lambda: core.read_model(path), threads, name)
+        return _compiled(core, lambda: core.read_model(path), threads, name, settings)
 
 
-def compile_ir(xml: bytes, weights: bytes, threads: int, name: str):
+def compile_ir(xml: bytes, weights: bytes, threads: int, name: str, settings: dict | None = None):
     """OpenVINO's compiled model for an IR given as bytes: its XML and its weights (both hashed by the
     caller, the XML's kind checked by toolkit.formats; nothing else is read)."""
     core = _core()
-    return _compiled(core, lambda: core.read_model(xml, weights), threads, name)
+    return _compiled(core, lambda: core.read_model(xml, weights), threads, name, settings)
 
 
 def int8_layers(compiled) -> list[str]:
@@ -141,19 +168,25 @@ class OpenVinoCandidate(Candidate):
     consistency_batches = CONSISTENCY_BATCHES
 
     def __init__(self, path: Path, precision: str, threads: int, sha256: str | None, name: str, file: str,
-                 weights: tuple | None = None):
-        """An .onnx file, or (with `weights`: its .bin's path and SHA-256) an IR's .xml."""
+                 weights: tuple | None = None, *, arithmetic: Arithmetic = Arithmetic.EXACT):
+        """An .onnx file, or (with `weights`: its .bin's path and SHA-256) an IR's .xml. `arithmetic`:
+        EXACT asks for the file's own precision (an fp32 file: f32), DEFAULT asks for nothing."""
         self.name, self.precision, self.file = name, precision, file
+        # an int8 file has no exact float arithmetic to ask for: its float parts run as a user's would
+        exact = Arithmetic(arithmetic) is Arithmetic.EXACT and precision == "fp32"
+        self.arithmetic = Arithmetic.EXACT if exact else Arithmetic.DEFAULT
+        self.precision_settings = precision_settings(Arithmetic.EXACT if exact else Arithmetic.DEFAULT)
+        settings = self.precision_settings
         if weights is None:
             data, self.loaded_sha256 = read_model_bytes(path, sha256, "onnx")
-            self.compiled = compile_onnx(data, threads, file)
+            self.compiled = compile_onnx(data, threads, file, settings)
             from toolkit.onnx_proto import quantized_output_limits
 
             self._limits = quantized_output_limits(data)  # a QDQ int8 file's dequantized output range
         else:
             data, self.loaded_sha256 = read_model_bytes(path, sha256, "openvino")
             bin_data, _ = read_model_bytes(weights[0], weights[1])
-            self.compiled = compile_ir(data, bin_data, threads, file)
+            self.compiled = compile_ir(data, bin_data, threads, file, settings)
             self._limits = None  # NNCF leaves the output in float
         if len(self.compiled.inputs) != 1 or len(self.compiled.outputs) != 1:
             raise ToolkitError(f"{file}: {len(self.compiled.inputs)} inputs and {len(self.compiled.outputs)} "
@@ -162,6 +195,9 @@ class OpenVinoCandidate(Candidate):
         self._ov, self._bound = openvino_module(), None
         self.uint8 = _type_name(self.compiled.inputs[0].get_element_type()) == "u8"
         self.ran_precision = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if exact and self.ran_precision != "f32":  # asked for f32 and not given it: never called exact
+            raise ToolkitError(f"{file}: asked OpenVINO for exact f32 arithmetic, but it computes in "
+                               f"{self.ran_precision}; this fp32 file cannot be checked exactly here")
 
     def prepare(self, images_u8):
         return np.ascontiguousarray(np.asarray(images_u8, np.uint8)[:, None]) if self.uint8 else to_float_input(images_u8)
@@ -186,6 +222,7 @@ class OpenVinoCandidate(Candidate):
 
     def placement(self) -> dict:
         return {"backend": "OpenVINO CPU", "inference_precision": self.ran_precision,
+                "arithmetic": self.arithmetic.value, "settings": dict(self.precision_settings),
                 "int8_kernels": int8_layers(self.compiled)}
 
     def output_limits(self):
@@ -209,7 +246,8 @@ class OpenVinoCandidate(Candidate):
         return all(np.array_equal(self._in_batches(x, b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
 
 
-def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> OpenVinoCandidate:
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,
+              arithmetic: Arithmetic = Arithmetic.EXACT) -> OpenVinoCandidate:
     weights = None
     if artifact["format"] == "openvino":  # an IR: its weights are a support file the manifest hashed
         w = artifact.get("weights")
@@ -219,4 +257,4 @@ def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: s
     elif artifact["format"] != "onnx":
         raise ManifestError(f"{artifact['file']}: OpenVINO rows run .onnx files and IR, not {artifact['format']}")
     return OpenVinoCandidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
-                             artifact["sha256"], name, artifact["file"], weights)
+                             artifact["sha256"], name, artifact["file"], weights, arithmetic=arithmetic)

@@ -14,8 +14,11 @@ import torch
 from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.fsutil import sha256_file
 from toolkit.contract import to_float_input
-from toolkit.runtimes.candidate import Candidate, read_model_bytes, resolve_threads
-from toolkit.scoped import quantized_engine, torch_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
+from toolkit.scoped import float32_matmul_precision, quantized_engine, torch_threads
+
+# fp32 arithmetic asked for (torch's default; a process that lowered it must not lower a row's)
+PRECISION_SETTINGS = {"float32_matmul_precision": "highest"}
 
 
 class TorchCandidate(Candidate):
@@ -26,10 +29,12 @@ class TorchCandidate(Candidate):
         self.module, self.name, self.runtime, self.precision = module, name, runtime, precision
         self.file, self.size_bytes = file, size_bytes
         self.threads, self.engine = resolve_threads(threads), engine
+        self.precision_settings = dict(PRECISION_SETTINGS)
 
     @contextlib.contextmanager
     def scope(self):
-        with torch_threads(self.threads), quantized_engine(self.engine):
+        with torch_threads(self.threads), quantized_engine(self.engine), \
+                float32_matmul_precision(PRECISION_SETTINGS["float32_matmul_precision"]):
             yield
 
     def prepare(self, images_u8: np.ndarray) -> np.ndarray:
@@ -83,7 +88,8 @@ def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str 
     return cand
 
 
-def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str) -> TorchCandidate:
+def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,
+              arithmetic: Arithmetic = Arithmetic.EXACT) -> TorchCandidate:
     from toolkit.manifest import confined_path
 
     return torchscript_candidate(confined_path(folder, artifact["file"]), artifact["precision"], threads,
