@@ -160,9 +160,15 @@ def test_three_runs_give_one_matrix(tmp_path):
     assert r.exit_code == 1, r.output
     res = json.loads((tmp_path / "c.json").read_text())
     cells = {row["id"]: [c["status"] for c in row["cells"]] for row in res["rows"]}
-    assert cells == {"onnx-fp32@ort-cpu": ["ok", "ok"], "onnx-int8@ort-cpu": ["fail", "absent"]}
+    # the phone has no int8 outputs: a row in one run only fails, unless --allow-missing names it
+    assert cells == {"onnx-fp32@ort-cpu": ["ok", "ok"], "onnx-int8@ort-cpu": ["fail", "fail"]}
     assert "onnx-int8@ort-cpu on pi.json: accuracy drop 2.00 points > 0.30; agreement 98.00% < 99.5%" in r.output
+    assert "onnx-int8@ort-cpu on phone.json: outputs in one run only" in r.output
     assert "[1] pi.json" in r.output and "[2] phone.json" in r.output
+    r = run("compare", files[0], files[2], "--allow-missing", "onnx-int8*", "--json", tmp_path / "c2.json")
+    assert r.exit_code == 0, r.output
+    cell = json.loads((tmp_path / "c2.json").read_text())["rows"][1]["cells"][0]
+    assert cell["status"] == "absent" and cell["missing"] and "allowed by --allow-missing" in cell["reasons"]
 
 
 def test_verify_saves_outputs_and_a_golden_run_judges_image_by_image(onnx_family_export, tiny_export, tmp_path):
@@ -244,7 +250,8 @@ def test_compare_needs_no_torch(onnx_family_export, tiny_export, tmp_path):
     host = tmp_path / "host.json"
     assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
                "--save-outputs", host).exit_code == 0
-    shutil.copy(host, tmp_path / "again.json")
+    assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+               "--save-outputs", tmp_path / "again.json").exit_code == 0
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from click.testing import CliRunner
         from toolkit.cli import main

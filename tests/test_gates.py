@@ -12,7 +12,7 @@ import pytest
 from helpers import LOOSE, LOOSE_ALL, run
 from toolkit.config import ExportConfig, Gates
 from toolkit.errors import ExportError, ManifestError
-from toolkit.gates import Gate, Measurement, evaluate, latency_ratio
+from toolkit.gates import Gate, Measurement, evaluate, judged_precision, latency_ratio
 from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, TARGETS
 
 G = Gates()
@@ -130,14 +130,28 @@ def verify_json(folder, data, *args):
     return r, {x["id"]: x for x in json.loads(r.stdout)["rows"]} if r.stdout.startswith("{") else {}
 
 
-def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export, openvino_rows):
+def _judged_fp32(r: dict) -> bool:
+    """A row the fp32 gates judge: an fp32 file run exact (a default row in bf16 takes the reduced gates)."""
+    return r["precision"] == "fp32" and judged_precision(r["precision"], r["arithmetic"], r["ran_precision"]) == "fp32"
+
+
+@pytest.mark.parametrize("cpu", ["this", "bf16-default"])
+def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past(supplier, tiny_export, openvino_rows,
+                                                                                 cpu, monkeypatch, request):
+    if cpu == "bf16-default":  # the same limits on a CPU whose OpenVINO default is bf16 (a double here)
+        from doubles import bf16_cpu
+
+        request.getfixturevalue("in_process")
+        bf16_cpu(monkeypatch)
     data = tiny_export["data"]
     _, rows = verify_json(supplier, data, *LOOSE_ALL)  # every runtime: the exact limits must hold on each row
-    rows = {k: r for k, r in rows.items() if r["status"] != "skipped"}
-    fp32 = max(r["max_abs_logit_diff"] for r in rows.values() if r["precision"] == "fp32" and not r["is_reference"])
-    agree = min(r["agreement"] * 100 for r in rows.values() if r["precision"] == "int8")
-    drop = max(-r["acc_diff"] * 100 for r in rows.values() if r["precision"] == "int8")
-    ood = min(r["ood"]["agreement_pct"] for r in rows.values() if r["precision"] == "int8")
+    rows = {k: r for k, r in rows.items() if r["status"] != "skipped" and not r["is_reference"]}
+    assert cpu == "this" or rows["onnx-fp32@openvino-bf16"]["arithmetic"] == "default"
+    fp32 = max(r["max_abs_logit_diff"] for r in rows.values() if _judged_fp32(r))
+    reduced = [r for r in rows.values() if not _judged_fp32(r)]  # int8 files, and fp32 files' default rows
+    agree = min(r["agreement"] * 100 for r in reduced)
+    drop = max(-r["acc_diff"] * 100 for r in reduced)
+    ood = min(r["ood"]["agreement_pct"] for r in reduced)
     exact = ["--fp32-atol", repr(fp32), "--int8-min-agreement", repr(agree), "--int8-max-drop", repr(max(drop, 0.0)),
              "--int8-max-clipped", "100", "--int8-min-ood-agreement", repr(ood)]
     r, _ = verify_json(supplier, data, *exact)
@@ -145,10 +159,11 @@ def test_verify_gates_hold_exactly_at_the_measured_values_and_fail_one_step_past
     if ood < 100:
         r, got = verify_json(supplier, data, *exact[:-1], repr(up(ood)))
         assert r.exit_code == 1 and any("ood_agreement" in x["failed_gates"] for x in got.values())
-        assert not any("ood_agreement" in x["failed_gates"] for x in got.values() if x["precision"] == "fp32")
+        assert not any("ood_agreement" in x["failed_gates"] for x in got.values() if _judged_fp32(x))
     if fp32 > 0:
         r, got = verify_json(supplier, data, *exact[2:], "--fp32-atol", repr(down(fp32)))
         assert r.exit_code == 1 and any("fp32_logits" in x["failed_gates"] for x in got.values())
+        assert not any("fp32_logits" in x["failed_gates"] for x in got.values() if not _judged_fp32(x))
     if agree < 100:  # (a tiny export may agree 100%: no step past within the option's range)
         r, got = verify_json(supplier, data, *exact[:2], *exact[4:], "--int8-min-agreement", repr(up(agree)))
         assert r.exit_code == 1 and any("int8_agreement" in x["failed_gates"] for x in got.values())

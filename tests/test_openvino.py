@@ -35,7 +35,7 @@ def test_the_onnx_files_are_verified_on_openvino(supplier, tiny_export):
     assert r.exit_code == 0, r.output
     fp32, int8 = rows["onnx-fp32@openvino"], rows["onnx-int8@openvino"]
     assert fp32["status"] == int8["status"] == "ok" and fp32["runtime"] == "OpenVINO CPU"
-    assert fp32["ran_precision"] in ("f32", "bf16", "f16") and fp32["flipped"] == 0
+    assert fp32["ran_precision"] == "f32" and fp32["arithmetic"] == "exact" and fp32["flipped"] == 0
     assert fp32["loaded_sha256"] == next(a["sha256"] for a in json.loads((supplier / "manifest.json").read_text())[
         "artifacts"] if a["file"] == "cnn_fp32.onnx")
     assert int8["placement"]["int8_kernels"], "OpenVINO ran the QDQ model's layers in int8"
@@ -57,10 +57,10 @@ def test_a_precision_openvino_chose_is_judged_by_the_reduced_precision_gates():
     past = Measurement("bf16", flipped=7, max_abs_logit_diff=0.3,
                        accuracy_drop_points=up(G.int8_max_drop_points), agreement_pct=100.0)
     assert [r.gate for r in evaluate(past, G)] == [Gate.INT8_DROP]
-    # the row -> measurement mapping: bf16 is reduced, f32 (or no choice) keeps the fp32 gates
-    row = Row("ONNX fp32", "OpenVINO CPU", "fp32", "cnn_fp32.onnx", accuracy=0.9, flipped=7, max_abs_logit_diff=0.3,
+    # the row -> measurement mapping: a default row in bf16 is reduced, f32 (or no choice) keeps the fp32 gates
+    row = Row("ONNX fp32", "OpenVINO CPU bf16", "fp32", "cnn_fp32.onnx", accuracy=0.9, flipped=7, max_abs_logit_diff=0.3,
               acc_diff=0.0, agreement=0.999, placement={"backend": "OpenVINO CPU", "int8_kernels": []},
-              ran_precision="bf16")
+              ran_precision="bf16", arithmetic="default")
     assert measurement(row).precision == "bf16" and evaluate(measurement(row), G) == []
     row.ran_precision = "f32"
     assert [r.gate for r in evaluate(measurement(row), G)] == [Gate.FP32_FLIPS, Gate.FP32_LOGITS]

@@ -133,7 +133,7 @@ def check_outputs(outputs: list, protected: list = ()) -> None:
             try:
                 with open(path, "rb") as f:
                     json.loads(f.read(MAX_REPORT_BYTES + 1)[:MAX_REPORT_BYTES])
-            except (ValueError, OSError):
+            except (ValueError, OSError, RecursionError):  # deeply nested JSON: not a report of ours either
                 raise ToolkitError(f"{option} {path}: exists and is not a JSON file; refusing to overwrite it "
                                    "(remove it, or choose another name)") from None
         _check_output_path(path)
@@ -583,21 +583,27 @@ def _check_output_path(path) -> None:
 @json_option("The comparison")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
+@click.option("--allow-missing", "allow_missing", multiple=True, metavar="ROW",
+              help="Accept a row (an id or a pattern: 'torchscript-*') that has outputs in one run only; "
+                   "without it such a row fails the comparison. Repeatable.")
 @quiet_option
 @click.pass_context
 @toolkit_errors
-def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, md_path):
+def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, md_path, allow_missing):
     """Compare saved verify outputs (`verify --save-outputs`) of the same artifacts: two machines,
     two versions or two runs. Every run after the first is judged against the first, per artifact
     and runtime: agreement, the flipped test images, max |Δlogit|, accuracy with an exact McNemar
     test, latency and throughput as ratios (shown, never gated). Outputs from different test sets or
-    of different artifact bytes are refused. Exit 0 when every artifact compared is within the gates,
-    1 when one is not (or an input is refused), 2 on usage errors. Needs no torch.
+    of different artifact bytes, outputs without their artifact's hash and a run compared with itself
+    are refused. A row with outputs in one run only (it failed or was skipped on the other) fails
+    unless --allow-missing names it. Exit 0 when every artifact compared is within the gates, 1 when
+    one is not (or an input is refused), 2 on usage errors. Needs no torch.
 
     \b
     Example:
         mnisttk compare host.json device.json
         mnisttk compare host.json pi4.json phone.json --markdown fleet.md
+        mnisttk compare host.json edge.json --allow-missing 'torchscript-*' --allow-missing 'executorch-*'
     """
     from toolkit import compare as cmp
     from toolkit.outputs import load
@@ -610,7 +616,7 @@ def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, 
     check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown")], list(files))
     gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                   int8_min_agreement_pct=int8_min_agreement)
-    result = cmp.compare_runs([load(f) for f in files], gates)
+    result = cmp.compare_runs([load(f) for f in files], gates, tuple(allow_missing))
     click.echo(cmp.format_table(result), err=json_to_stdout(json_out) or md_to_stdout)
     emit_json(result, json_out)
     if md_to_stdout:
@@ -780,6 +786,9 @@ def pipeline(ctx, arch, epochs, seed, device, data_dir, out, calibration_size, t
                int8_min_ood_agreement=int8_min_ood_agreement)
 
 
+INSPECT_TIMEOUT_S = 900.0  # the full 10,000-image inspect takes about a minute here; a hung model stops here
+
+
 @main.command(short_help="Why the int8 model is what it is: per-layer error and per-node time.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out,
               show_default=True, help="Folder with manifest.json and the artifacts (an int8 ONNX model among them).")
@@ -826,8 +835,12 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
     check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png")],
                   _export_files(folder, manifest))
     mnist = load_mnist(data_dir, log=log)
-    result = run_inspect(folder, mnist.test_images, mnist.test_labels, batch=batch, threads=threads, repeats=repeats,
-                         n_images=n_images)
+    from toolkit import isolate
+
+    # the models are a supplier's: their runtime work runs in a child with verify's bounds, scaled to the work
+    result = isolate.call(run_inspect, folder, mnist.test_images, mnist.test_labels, batch=batch, threads=threads,
+                          repeats=repeats, n_images=n_images, timeout_s=INSPECT_TIMEOUT_S,
+                          memory_mb=isolate.DEFAULT_MEMORY_MB, what="inspect's runtime work")
     emit_json(result, json_out)
     click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes

@@ -22,16 +22,26 @@ MAX_LISTED_FLIPS = 1000  # flipped indices kept per cell in JSON (the count is a
 
 
 def check_comparable(base: Outputs, other: Outputs) -> None:
-    """Refuse, in one line naming the files, runs on different test sets or of different bytes."""
+    """Refuse, in one line naming the files, runs on different test sets, of different bytes, a row
+    whose outputs do not say which bytes they came from, and a run compared with itself."""
+    if other.doc.get("sha256") == base.doc.get("sha256"):
+        raise OutputsError(f"{other.path} is the same run as {base.path} (document SHA-256 "
+                           f"{str(base.doc.get('sha256'))[:12]}…): compare two runs; refused")
     if other.test_sha256 != base.test_sha256 or not np.array_equal(other.labels, base.labels):
         raise OutputsError(f"{other.path} was run on another test set (SHA-256 {other.test_sha256[:12]}…) than "
                            f"{base.path} ({base.test_sha256[:12]}…); refused")
     theirs = other.rows
     for rid, row in base.rows.items():
-        a, b = row.get("artifact_sha256"), (theirs.get(rid) or {}).get("artifact_sha256")
-        if a and b and a != b:
-            raise OutputsError(f"{rid}: {other.path} ran other bytes (SHA-256 {b[:12]}…) than {base.path} "
-                               f"({a[:12]}…); refused")
+        if row.get("is_reference") or rid not in theirs:
+            continue
+        a, b = row.get("artifact_sha256"), theirs[rid].get("artifact_sha256")
+        for run, digest in ((base, a), (other, b)):
+            if rid in run.logits and not (isinstance(digest, str) and len(digest) == 64):
+                raise OutputsError(f"{rid}: {run.path} gives outputs without the SHA-256 of the artifact that made "
+                                   "them; refused")
+        if a != b and rid in base.logits and rid in other.logits:
+            raise OutputsError(f"{rid}: {other.path} ran other bytes (SHA-256 {str(b)[:12]}…) than {base.path} "
+                               f"({str(a)[:12]}…); refused")
 
 
 def compare_pair(base_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray, precision: str,
@@ -74,9 +84,21 @@ def _ratio(a, b):
     return None if not a or not b else b / a
 
 
-def compare_runs(runs: list[Outputs], gates: Gates) -> dict:
-    """Every run after the first against the first, per row present in both with outputs (the
-    reference row is reference.npz itself everywhere, so it is not compared)."""
+def _cpu_dependent(rid: str) -> bool:
+    """A runtime's default-precision row (onnx-fp32@openvino-bf16): it exists only on CPUs with that mode."""
+    from toolkit.gates import REDUCED_PRECISIONS
+
+    return any(rid.endswith(f"-{p}") for p in REDUCED_PRECISIONS)
+
+
+def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = ()) -> dict:
+    """Every run after the first against the first, per row (the reference row is reference.npz itself
+    everywhere, so it is not compared). A row with outputs in one run and none in the other (it failed,
+    was skipped, or is not there) fails the comparison unless a pattern of `allow_missing` (fnmatch, on
+    the row id) names it; a runtime's default-precision row absent from a run whose CPU has no such mode
+    is only noted."""
+    from fnmatch import fnmatchcase
+
     if len(runs) < 2:
         raise OutputsError("compare needs at least two outputs files")
     base = runs[0]
@@ -93,7 +115,18 @@ def compare_runs(runs: list[Outputs], gates: Gates) -> dict:
         for k, other in enumerate(runs[1:], 1):
             if rid not in base.logits or rid not in other.logits:
                 why = [f"{_name(run.path)}: {_absent(run, rid)}" for run in (base, other) if rid not in run.logits]
-                row["cells"].append({"run": k, "status": "absent", "reasons": why})
+                one_side = rid in base.logits or rid in other.logits
+                allowed = any(fnmatchcase(rid, pat) for pat in allow_missing)
+                no_such_mode = _cpu_dependent(rid) and any(rid not in run.rows for run in (base, other))
+                status = "fail" if one_side and not allowed and not no_such_mode else "absent"
+                if no_such_mode:
+                    why.append("a runtime's default-precision row: it exists only on CPUs with that mode")
+                elif allowed:
+                    why.append("allowed by --allow-missing")
+                row["cells"].append({"run": k, "status": status, "reasons": why, "missing": True})
+                if status == "fail":
+                    failed.append(f"{rid} on {_name(other.path)}: outputs in one run only ({'; '.join(why)}); "
+                                  f"--allow-missing {rid} to accept")
                 continue
             b_row, o_row = base.rows[rid], other.rows[rid]
             cell = {"run": k, **compare_pair(base.logits[rid], other.logits[rid], base.labels,
@@ -130,8 +163,8 @@ def _absent(run: Outputs, rid: str) -> str:
 # ---- rendering --------------------------------------------------------------------------------------
 
 def _fmt_cell_short(c: dict) -> str:
-    if c["status"] == "absent":
-        return "—"
+    if c.get("missing"):
+        return "MISSING" if c["status"] == "fail" else "—"
     state = "FAIL" if c["status"] == "fail" else "ok"
     return f"{state} {c['agreement'] * 100:.2f}% {c['flipped']}fl {c['max_abs_logit_diff']:.0e}"
 
@@ -142,8 +175,8 @@ def _pair_lines(result: dict) -> list[list[str]]:
     lines = [head]
     for r in result["rows"]:
         c = r["cells"][0]
-        if c["status"] == "absent":
-            lines.append([r["id"], "absent"] + ["—"] * (len(head) - 2))
+        if c.get("missing"):
+            lines.append([r["id"], "MISSING" if c["status"] == "fail" else "absent"] + ["—"] * (len(head) - 2))
             continue
         lines.append([r["id"], "FAIL" if c["status"] == "fail" else "ok", f"{c['agreement'] * 100:.2f}",
                       str(c["flipped"]), f"{c['max_abs_logit_diff']:.1e}", f"{c['accuracy_base'] * 100:.2f}",
@@ -171,8 +204,9 @@ def _notes(result: dict) -> list[str]:
     for r in result["rows"]:
         for c in r["cells"]:
             where = f"{r['id']} [{c['run']}]"
-            if c["status"] == "absent":
-                notes.append(f"{where}: not compared ({'; '.join(c['reasons'])})")
+            if c.get("missing"):
+                state = "FAIL: outputs in one run only" if c["status"] == "fail" else "not compared"
+                notes.append(f"{where}: {state} ({'; '.join(c['reasons'])})")
                 continue
             if c["flipped"]:
                 shown = ", ".join(str(i) for i in c["flipped_indices"][:20])

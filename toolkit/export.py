@@ -172,7 +172,10 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":"))}
-    stage_obj = Stage(out)
+    try:
+        stage_obj = Stage(out)
+    except OSError as exc:  # the journal key refused (JournalKeyError), or the folder not writable
+        raise ExportError(f"{exc.strerror or exc}; nothing was written") from None
     try:
         ex = _Export(config, data, model, arch, stage_obj.new, data.test_labels.astype(np.int64), ref_logits, metadata,
                      quant=config.quant)
@@ -322,10 +325,14 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
 
 def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> dict:
     """Step 6: the manifest written last, and the stage published into the folder in one switch; what
-    an earlier export left that this one does not list is removed, and said."""
+    the previous export wrote (its manifest lists it, with the same bytes) that this one does not list
+    is removed, and said; anything else in the folder stays, and what could be an export's file but is
+    not the previous export's is named."""
     write_manifest(ex.stage / MANIFEST_NAME, manifest)
     names = sorted(p.name for p in ex.stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
-    stale = [n for n in possible_names(ex.arch) if n not in names]
+    stale, foreign = stale_names(out, [n for n in possible_names(ex.arch) if n not in names])
+    if foreign:
+        log(f"left {len(foreign)} file(s) that no mnisttk export listed with these bytes: {', '.join(foreign)}")
     try:
         removed = publish(stage_obj, names, stale)
     except OSError as exc:
@@ -335,6 +342,73 @@ def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> d
     if removed:  # the manifest no longer lists them: say so rather than delete silently
         log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
     return manifest
+
+
+def stale_names(out: Path, candidates: list[str]) -> tuple[list[str], list[str]]:
+    """(names to remove, names to leave) among `candidates` present in `out`: a name is removed only when
+    the folder's previous manifest lists it and every file under it still has the size and SHA-256 that
+    manifest recorded (a folder: every file in it listed, no link anywhere). The user's own files with an
+    export's names, and files changed since, are left."""
+    import os
+
+    present = [n for n in candidates if os.path.lexists(out / n)]
+    if not present:
+        return [], []
+    listed = _previous_files(out)
+    remove, leave = [], []
+    for name in present:
+        path = out / name
+        if path.is_symlink():
+            leave.append(name)
+        elif path.is_dir():
+            files = [p for p in path.rglob("*")]
+            rels = [p.relative_to(out).as_posix() for p in files if not p.is_dir() or p.is_symlink()]
+            ok = bool(rels) and not any(p.is_symlink() for p in files) and all(_unchanged(out, r, listed) for r in rels)
+            (remove if ok else leave).append(name)
+        else:
+            (remove if _unchanged(out, name, listed) else leave).append(name)
+    return remove, leave
+
+
+def _previous_files(out: Path) -> dict:
+    """relative path -> (size, SHA-256) of every file the folder's current manifest lists (artifacts and
+    support files); empty where there is no readable manifest of ours."""
+    from toolkit.manifest import MAX_MANIFEST_BYTES
+
+    path = out / MANIFEST_NAME
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MANIFEST_BYTES:
+            return {}
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out_files = {}
+    for group in ("artifacts", "support_files"):
+        entries = doc.get(group)
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("sha256"), str) and \
+                    isinstance(e.get("size_bytes"), int):
+                out_files[e["file"]] = (e["size_bytes"], e["sha256"])
+    return out_files
+
+
+def _unchanged(out: Path, rel: str, listed: dict) -> bool:
+    """Whether `rel` is a regular file with the size and SHA-256 the previous manifest listed."""
+    import stat
+
+    if rel not in listed:
+        return False
+    size, sha = listed[rel]
+    try:
+        st = (out / rel).lstat()
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(st.st_mode) and st.st_size == size and sha256_file(out / rel, size) == sha
+    except OSError:  # unreadable, or grew while read: not provably the previous export's
+        return False
 
 
 OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)

@@ -11,10 +11,20 @@ from pathlib import Path
 from typing import Iterator
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+class TooLarge(OSError):
+    """A file read for hashing grew past the bound it was read under."""
+
+
+def sha256_file(path: str | os.PathLike, max_bytes: int | None = None) -> str:
+    """The file's SHA-256; with `max_bytes`, TooLarge as soon as more than that has been read (a file
+    that is, or grows, larger is never hashed to its end)."""
     h = hashlib.sha256()
+    seen = 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
+            seen += len(block)
+            if max_bytes is not None and seen > max_bytes:
+                raise TooLarge(f"{path}: more than {max_bytes:,} bytes")
             h.update(block)
     return h.hexdigest()
 

@@ -232,18 +232,35 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number a manifest may hold")
 
 
+MAX_LISTED_BYTES = 256 * 1024 * 1024  # any file a manifest lists: ours are KB to a few MB
+
+
 def check_hashes(folder: Path, manifest: dict) -> list[dict]:
-    """One record per listed file (artifacts and the reference): ok, missing or changed."""
+    """One record per listed file (artifacts, the reference, support files): ok, missing or changed.
+    Each file's size is checked against the manifest's (and a bound) before a byte is hashed, and the
+    hash reads no more than that size: a huge or sparse file listed there is refused at once."""
+    from toolkit.fsutil import TooLarge
+
     entries = [*manifest["artifacts"], {"file": manifest["reference"]["file"], "sha256": manifest["reference"]["sha256"]},
                *manifest.get("support_files", [])]
     results = []
     for entry in entries:
         path = confined_path(folder, entry["file"], subpath="/" in entry["file"])
+        size = entry.get("size_bytes")
         if not path.is_file():
             status = "not a regular file" if path.exists() else "missing"
         else:
             try:
-                status = "ok" if sha256_file(path) == entry["sha256"] else "changed"
+                actual = path.stat().st_size
+                bound = size if isinstance(size, int) and not isinstance(size, bool) else MAX_LISTED_BYTES
+                if actual > MAX_LISTED_BYTES:
+                    status = f"changed ({actual:,} bytes, more than any file mnisttk reads)"
+                elif actual != bound and bound != MAX_LISTED_BYTES:
+                    status = f"changed ({actual:,} bytes where the manifest says {size:,})"
+                else:
+                    status = "ok" if sha256_file(path, min(bound, MAX_LISTED_BYTES)) == entry["sha256"] else "changed"
+            except TooLarge:
+                status = "changed (it grew while being read)"
             except OSError as exc:
                 status = f"unreadable ({exc.strerror or exc})"
         results.append({"file": entry["file"], "status": status})

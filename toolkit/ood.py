@@ -232,16 +232,32 @@ def check_rule(rule) -> dict:
     if not isinstance(rule, dict) or type(rule.get("version")) is not int or rule["version"] not in RULE_VERSIONS:
         raise ValueError(f"not a version {' or '.join(map(str, RULE_VERSIONS))} not-a-digit rule")
     lim, model = rule.get("limits"), rule.get("logit_model")
+    if not isinstance(lim, dict) or not isinstance(model, dict):
+        raise ValueError("its limits or logit model are missing")
+    scalars = ["energy_min", "logit_distance_max", "thickness_max", "page_ink_max",
+               *(STROKE_LIMITS if rule["version"] >= 2 else ())]
+    for key in scalars:  # a number, as export writes it: never a string, a list or a bool
+        if not _number(lim.get(key)):
+            raise ValueError(f"its limit {key} is {_kind(lim.get(key))}, not a number")
+    ink = lim.get("ink_fraction")
+    if not (isinstance(ink, list) and len(ink) == 2 and all(_number(v) for v in ink) and ink[0] <= ink[1]):
+        raise ValueError(f"its limit ink_fraction is {_kind(ink)}, not a [low, high] range of two numbers")
     try:
-        vals = [float(lim["energy_min"]), float(lim["logit_distance_max"]), float(lim["thickness_max"]),
-                float(lim["page_ink_max"]), *(float(v) for v in lim["ink_fraction"]),
-                *(float(lim[k]) for k in (STROKE_LIMITS if rule["version"] >= 2 else ()))]
+        vals = [float(lim[k]) for k in scalars] + [float(v) for v in ink]
         means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
         raise ValueError("its limits or logit model are malformed") from None
     if means.shape != (10, 10) or prec.shape != (10, 10) or not np.isfinite(vals + [means.sum(), prec.sum()]).all():
         raise ValueError("its limits or logit model are malformed")
     return rule
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _kind(v) -> str:
+    return "missing" if v is None else f"a {type(v).__name__}" if not isinstance(v, list) else f"a list of {len(v)}"
 
 
 def non_digits(n: int = 400, seed: int = 0) -> dict:

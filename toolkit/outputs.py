@@ -27,9 +27,15 @@ from toolkit.fsutil import json_safe
 
 KIND = "mnisttk-outputs"
 SCHEMA_VERSION = 1
-MAX_FILE_BYTES = 512 * 1024 * 1024  # 10,000 images × 10 logits × 40 rows is about 60 MB
+MAX_FILE_BYTES = 256 * 1024 * 1024  # 10,000 images × 10 logits × 40 rows is about 16 MB
 MAX_IMAGES = 1_000_000
 MAX_ROWS = 256
+# Bounds on the whole file, checked before anything is decoded (a per-array bound alone lets a few MB
+# of compressed rows inflate past memory): the bytes all its arrays decode to, its JSON objects and
+# arrays (ours: ~20 a row), and its nesting (ours: 5 deep).
+MAX_DECODED_BYTES = 512 * 1024 * 1024
+MAX_CONTAINERS = 100_000
+MAX_DEPTH = 32
 NUM_CLASSES = 10
 RAN_PRECISIONS = (None, "f32", "fp32", "bf16", "f16", "int8")  # what a row may say its runtime computed in
 
@@ -137,9 +143,20 @@ def load(path) -> Outputs:
 
     p = regular_file(path, OutputsError, "an outputs file", MAX_FILE_BYTES)
     try:
-        doc = json.loads(p.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise OutputsError(f"{path}: not a readable outputs file ({exc.strerror or exc})") from None
+    # JSON's containers cost ~100 bytes of memory each for 2 bytes of file: bounded before parsing
+    if raw.count(b"{") + raw.count(b"[") > MAX_CONTAINERS:
+        raise OutputsError(f"{path}: more than {MAX_CONTAINERS:,} JSON objects and arrays: not an outputs file of "
+                           "mnisttk's; refused")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise OutputsError(f"{path}: not a readable outputs file ({str(exc).splitlines()[0][:120]})") from None
+    del raw
+    if _depth(doc) > MAX_DEPTH:
+        raise OutputsError(f"{path}: JSON nested more than {MAX_DEPTH} deep: not an outputs file of mnisttk's; refused")
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise OutputsError(f"{path}: not an mnisttk outputs file (make one with `mnisttk verify --save-outputs`)")
     if doc.get("schema_version") != SCHEMA_VERSION:
@@ -156,6 +173,15 @@ def load(path) -> Outputs:
         raise OutputsError(f"{path}: n_test {n!r} is not an image count")
     if not isinstance(doc.get("test_sha256"), str) or not isinstance(rows, list) or len(rows) > MAX_ROWS:
         raise OutputsError(f"{path}: no test_sha256 or no list of rows")
+    for i, r in enumerate(rows):
+        if isinstance(r, dict):
+            _check_types(path, i, r)
+    _check_types(path, None, doc)
+    with_logits = sum(1 for r in rows if isinstance(r, dict) and "logits" in r)
+    decoded = n + with_logits * n * NUM_CLASSES * 4
+    if decoded > MAX_DECODED_BYTES:
+        raise OutputsError(f"{path}: its {with_logits} rows of {n:,} images would decode to {decoded:,} bytes, more "
+                           f"than the {MAX_DECODED_BYTES:,} an outputs file may hold; refused")
     labels = _decode(doc.get("labels"), f"{path}: labels", (n,))
     if labels.max(initial=0) >= NUM_CLASSES:
         raise OutputsError(f"{path}: labels outside 0-9")
@@ -175,6 +201,53 @@ def load(path) -> Outputs:
                 raise OutputsError(f"{path}: row {r['id']}: logits that are not finite")
             logits[r["id"]] = x
     return Outputs(str(path), doc, labels.astype(np.int64), logits)
+
+
+def _depth(obj) -> int:
+    """How deep JSON containers nest in `obj` (iterative: a deep document cannot exhaust the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
+_NUMBER = (int, float)
+# field -> the types it may have in an outputs file (None allowed everywhere: not measured)
+_ROW_TYPES = {"name": str, "runtime": str, "fmt": str, "file": str, "status": str, "artifact_sha256": str,
+              "loaded_sha256": str, "is_reference": bool, "accuracy": _NUMBER, "throughput": _NUMBER,
+              "latency_us": dict}
+_DOC_TYPES = {"machine": dict, "mnisttk": str, "created": str, "threads": int, "throughput_batch": int,
+              "passed": bool}
+_MACHINE_TYPES = {"cpu": dict, "arch": str, "note": str, "onnxruntime": str}
+
+
+def _check_types(path, i, obj) -> None:
+    """OutputsError naming the field whose value has a type no outputs file of mnisttk's has."""
+    if not isinstance(obj, dict):
+        raise OutputsError(f"{path}: row {i} is not an object")
+    where = f"{path}: " + (f"row {obj.get('id', i)!s:.60}: " if i is not None else "")
+    checks = [(obj, _ROW_TYPES if i is not None else _DOC_TYPES, "")]
+    if i is None and isinstance(obj.get("machine"), dict):
+        checks.append((obj["machine"], _MACHINE_TYPES, "machine."))
+        cpu = obj["machine"].get("cpu")
+        if isinstance(cpu, dict) and cpu.get("model") is not None and not isinstance(cpu["model"], str):
+            raise OutputsError(f"{where}field machine.cpu.model is {type(cpu['model']).__name__}, not a string")
+    for o, types, prefix in checks:
+        for key, want in types.items():
+            v = o.get(key)
+            bad = v is not None and (not isinstance(v, want) or (want is not bool and isinstance(v, bool)
+                                                                 and want in (int, _NUMBER)))
+            if bad:
+                raise OutputsError(f"{where}field {prefix}{key} is {type(v).__name__}, which it never is; refused")
+    lat = obj.get("latency_us") if i is not None else None
+    if isinstance(lat, dict) and any(v is not None and (not isinstance(v, _NUMBER) or isinstance(v, bool))
+                                     for v in lat.values()):
+        raise OutputsError(f"{where}field latency_us holds a value that is not a number; refused")
 
 
 def _version() -> str:

@@ -106,6 +106,8 @@ def read_with_pillow(path: Path) -> np.ndarray:
             with Image.open(path, formats=PIL_FORMATS) as img:
                 check_dimensions(img.width, img.height, str(path))  # before decoding a single pixel
                 img.load()
+                if img.mode in WIDE_MODES:  # 16-bit, 32-bit integer, float: scaled, never clipped
+                    return to_uint8(np.asarray(img), str(path))
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     rgba = img.convert("RGBA")
                     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -117,6 +119,35 @@ def read_with_pillow(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a PNG, JPEG, BMP, GIF, TIFF, WebP or PGM image, nor a .npy array") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode ({first_line(exc, 100)})") from None
+
+
+# Pillow's single-channel modes wider than 8 bits: its convert("L") clips them at 255 (a 16-bit scan or a
+# float image in [0, 1] would read as blank or black), so they are scaled here instead
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_uint8(arr: np.ndarray, name: str) -> np.ndarray:
+    """A single-channel image of any integer or float type as uint8, scaled by its type's range: 16-bit
+    0-65535 and float 0-1 (or 0-255) onto 0-255; 32-bit integers by the widest of 8/16/32 bits their
+    values fit; values outside every nominal range (negative, or floats past 255) by their own min-max."""
+    a = np.asarray(arr)
+    if a.ndim != 2:
+        raise ImageError(f"{name}: not a single-channel image")
+    x = a.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ImageError(f"{name}: image holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and a.dtype.kind == "f" and hi <= 1.0:
+        top = 1.0
+    elif lo >= 0 and hi <= 255 and (a.dtype.kind == "f" or a.dtype.itemsize >= 4):
+        top = 255.0  # 32-bit values (or floats) that stay in 8 bits
+    elif lo >= 0 and hi <= 65535 and a.dtype.kind in "ui":
+        top = 65535.0
+    elif lo >= 0 and a.dtype.kind in "ui" and hi <= 2 ** 32 - 1:
+        top = 2.0 ** 32 - 1
+    else:  # negative values, or floats beyond 255: their own range
+        x, top = x - lo, (hi - lo) or 1.0
+    return np.clip(np.rint(x * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
 def check_dimensions(width: int, height: int, name: str) -> None:

@@ -9,8 +9,14 @@ therefore sees the previous export or the new one, never a mixture.
 
 A folder is untrusted input: only `export` recovers, and only from a journal that this user's
 mnisttk wrote itself (an HMAC under a key kept outside the folder, bound to the stage's path),
-naming plain entries of the folder; anything else is left alone and reported. Read-only verbs
-(verify, inspect, predict) never recover, lock or clean up.
+naming plain entries of the folder; a staging folder is removed only when it carries this user's
+signed stage mark (`STAGE.json`, written when the stage was made), never by its name or a `pid` file;
+anything else is left alone and reported. Read-only verbs (verify, inspect, predict) never recover,
+lock or clean up.
+
+The key (`$XDG_STATE_HOME/mnisttk/journal.key`, else `~/.local/state/…`) is 32 random bytes created
+0600 in a 0700 folder and read with O_NOFOLLOW and O_NONBLOCK: a link, a FIFO, a file of another size
+or one that others can read is refused in one line (JournalKeyError), never followed or used.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Callable
 STAGE_PREFIX = ".export-"
 LOCK_NAME = ".lock"
 JOURNAL_NAME = "JOURNAL.json"
+MARK_NAME = "STAGE.json"
+KEY_BYTES = 32
 _rename = os.replace  # publishing's own renames (tests fail or kill the Nth one)
 
 
@@ -87,20 +95,49 @@ def _key_path() -> Path:
     return Path(state) / "mnisttk" / "journal.key"
 
 
-def _journal_key(create: bool) -> bytes | None:
-    """This user's secret for journals (32 random bytes, mode 0600, outside any export folder)."""
-    path = _key_path()
+class JournalKeyError(OSError):
+    """The journal key exists but is not a private regular file of 32 bytes: refused, never used."""
+
+
+def _read_key(path: Path) -> bytes | None:
+    """The key at `path`, None if there is none; JournalKeyError if something else is there."""
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        data = path.read_bytes()
-        if len(data) == 32:
-            return data
-    except OSError:
-        pass
-    if not create:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JournalKeyError(exc.errno, f"the journal key {path} is a symbolic link; refused (remove it)") from None
+        raise JournalKeyError(exc.errno, f"the journal key {path} cannot be read ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise JournalKeyError(errno.EINVAL, f"the journal key {path} is not a regular file; refused (remove it)")
+        if st.st_mode & 0o077:
+            raise JournalKeyError(errno.EPERM, f"the journal key {path} is readable by others (mode "
+                                               f"{stat.S_IMODE(st.st_mode):04o}); refused (chmod 600 it, or remove it)")
+        data = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) != KEY_BYTES:
+        raise JournalKeyError(errno.EINVAL, f"the journal key {path} is {len(data)} bytes, not {KEY_BYTES}; refused "
+                                            "(remove it: a new one is made)")
+    return data
+
+
+def _journal_key(create: bool) -> bytes | None:
+    """This user's secret for journals and stage marks (32 random bytes, mode 0600 in a 0700 folder,
+    outside any export folder). None: there is none (and `create` is off, or no home can hold one)."""
+    path = _key_path()
+    data = _read_key(path)
+    if data is not None or not create:
+        return data
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = os.urandom(32)
+        key = os.urandom(KEY_BYTES)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key)
@@ -109,6 +146,29 @@ def _journal_key(create: bool) -> bytes | None:
         return _journal_key(create=False)  # another export made it this very moment
     except OSError:
         return None  # no writable home: journals are written unsigned and never acted on
+
+
+def _mark_mac(key: bytes, stage_dir: Path, pid) -> str:
+    message = json.dumps(["mnisttk-stage", str(Path(stage_dir).resolve()), pid]).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _signed_stage(stage_dir: Path) -> tuple[bool, str]:
+    """Whether this user's mnisttk made this staging folder (its signed mark), and why not."""
+    mark = stage_dir / MARK_NAME
+    if not mark.is_file() or mark.is_symlink():
+        return False, "it has no stage mark of mnisttk's"
+    try:
+        doc = json.loads(mark.read_bytes()[:4096])
+        key = _journal_key(create=False)
+    except (OSError, ValueError, RecursionError) as exc:
+        return False, str(exc) if isinstance(exc, JournalKeyError) else "its stage mark is unreadable"
+    if key is None:
+        return False, f"the journal key ({_key_path()}) is missing, so its mark cannot be checked"
+    if not (isinstance(doc, dict) and isinstance(doc.get("mac"), str)
+            and hmac.compare_digest(doc["mac"], _mark_mac(key, stage_dir, doc.get("pid")))):
+        return False, "its stage mark was not written by this user's mnisttk for this folder"
+    return True, ""
 
 
 def _journal_mac(key: bytes, stage_dir: Path, journal: dict) -> str:
@@ -131,7 +191,7 @@ def _trusted_journal(stage_dir: Path, raw: bytes) -> tuple[dict | None, str]:
     """The journal if this user's mnisttk wrote it for this very stage, else (None, why not)."""
     try:
         journal = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, "its journal is not JSON"
     if not isinstance(journal, dict):
         return None, "its journal is not an object"
@@ -139,9 +199,14 @@ def _trusted_journal(stage_dir: Path, raw: bytes) -> tuple[dict | None, str]:
     if not (isinstance(replace, list) and isinstance(existed, list) and isinstance(journal.get("committed"), bool)
             and all(_plain_name(n) for n in replace) and all(n in replace for n in existed)):
         return None, "its journal is malformed or names paths outside the folder"
-    key = _journal_key(create=False)
+    try:
+        key = _journal_key(create=False)
+    except JournalKeyError as exc:
+        return None, str(exc)
+    if key is None:
+        return None, f"the journal key ({_key_path()}) is missing, so its journal cannot be checked"
     mac = journal.get("mac")
-    if key is None or not isinstance(mac, str) or not hmac.compare_digest(mac, _journal_mac(key, stage_dir, journal)):
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _journal_mac(key, stage_dir, journal)):
         return None, "its journal was not written by this user's mnisttk for this folder"
     return journal, ""
 
@@ -190,6 +255,14 @@ class Stage:
         self.dir = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=self.out))
         self._lock = _try_lock(self.dir / LOCK_NAME)
         (self.dir / "pid").write_text(str(os.getpid()))
+        try:  # the mark that lets a later export remove this folder if this one dies (see recover)
+            key = _journal_key(create=True)
+        except JournalKeyError:
+            self.close()
+            raise
+        if key is not None:
+            pid = os.getpid()
+            (self.dir / MARK_NAME).write_text(json.dumps({"pid": pid, "mac": _mark_mac(key, self.dir, pid)}))
         self.new = self.dir / "new"
         self.new.mkdir()
         self.old = self.dir / "old"
@@ -299,6 +372,12 @@ def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]
     for stage in stages:
         if not (stage / "pid").exists() and _age_s(stage) < 3600:
             continue  # being set up by a live export this very moment
+        signed, why = _signed_stage(stage)
+        if not signed and not os.path.lexists(stage / JOURNAL_NAME):  # not ours: not even locked (no file made)
+            what = f"left {stage.name} alone: {why} (nothing was changed)"
+            done.append(what)
+            log(what)
+            continue
         try:
             lock = _try_lock(stage / LOCK_NAME)
         except OSError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from toolkit.errors import ExportError, first_line
+from toolkit.errors import ExportError
 from toolkit.exporters import Artifact, Sources, Written
 from toolkit.fsutil import sha256_file
 from toolkit.quietfd import native_output_captured
@@ -56,7 +56,9 @@ def export_openvino(src: Sources) -> Written:
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"OpenVINO IR: conversion or NNCF quantization failed ({first_line(exc, 200)})") from None
+        from toolkit.runtimes.openvino import reason
+
+        raise ExportError(f"OpenVINO IR: conversion or NNCF quantization failed ({reason(exc, 200)})") from None
     for precision in models:
         xml, weights = f"{src.arch}_{precision}.xml", f"{src.arch}_{precision}.bin"
         fields = {"weights": {"file": weights, "sha256": sha256_file(src.stage / weights)}, "inputs": FLOAT_INPUT}

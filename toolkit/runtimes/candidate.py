@@ -44,10 +44,14 @@ def resolve_threads(threads: int) -> int:
     return threads or max_threads()
 
 
-def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | None = None) -> tuple[bytes, str]:
+def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | None = None, *,
+                     model: bool = True) -> tuple[bytes, str]:
     """(the model's bytes, their SHA-256), read once: what is hashed is exactly what is loaded. With
     `expected_sha256`, other bytes are refused; with `fmt` (a manifest format), bytes of another
-    format are refused (toolkit.formats)."""
+    format are refused (toolkit.formats). A model (`model`: not a weights file) whose bytes are ONNX
+    and keep a tensor in an external-data file is refused before any runtime sees it: ONNX Runtime
+    resolves such a file against the working directory, OpenVINO follows `../` and absolute paths, so
+    the model would read files the manifest never listed."""
     path = regular_file(path, ToolkitError, "an mnisttk model", MAX_MODEL_BYTES, missing="no such model file")
     try:
         data = path.read_bytes()
@@ -60,7 +64,27 @@ def read_model_bytes(path: Path, expected_sha256: str | None = None, fmt: str | 
         from toolkit.formats import check_kind
 
         check_kind(data, fmt, str(path))
+    if model:
+        refuse_external_data(data, str(path))
     return data, sha256
+
+
+def refuse_external_data(data: bytes, name: str) -> None:
+    """ToolkitError in one line if these bytes are an ONNX model with a tensor kept outside them."""
+    from toolkit.formats import sniff
+    from toolkit.onnx_proto import external_tensors
+
+    if sniff(data) not in ("onnx", None):  # another kind of file: no ONNX external data in it
+        return
+    try:
+        outside = external_tensors(data)
+    except ValueError:
+        if sniff(data) == "onnx":
+            raise ToolkitError(f"{name}: not a parsable ONNX model; refused") from None
+        return  # not ONNX at all: the runtime refuses it in its own words
+    if outside:
+        raise ToolkitError(f"{name}: keeps tensors in an external-data file ({', '.join(outside[:3])}), which "
+                           "mnisttk refuses (unhashed, and read from outside what the manifest lists)")
 
 
 def checked_logits(out, n: int, name: str) -> np.ndarray:

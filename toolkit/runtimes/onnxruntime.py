@@ -35,8 +35,8 @@ class OnnxCandidate(Candidate):
         self.fixed_batch = self.model.fixed_batch
         self.threads = threads
         self.precision_settings = dict(PRECISION_SETTINGS)  # fp32 arithmetic, asked for on every CPU
-        if provider == "cuda":
-            self.precision_settings["use_tf32"] = "0"  # see ort_session.Model: TF32 would move fp32 logits
+        if provider == "cuda":  # TF32 convolutions would move fp32 logits: what the provider opened with
+            self.precision_settings["use_tf32"] = (self.model.cuda_options or {}).get("use_tf32", "provider default")
         self.consistency_batches = (*CONSISTENCY_BATCHES, EVAL_BATCH)  # logits() runs EVAL_BATCH at a time
 
     def prepare(self, images_u8):

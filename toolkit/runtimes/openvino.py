@@ -111,7 +111,18 @@ def _compiled(core, read, threads: int, name: str, settings: dict | None = None)
         return core.compile_model(read(), "CPU", {"INFERENCE_NUM_THREADS": resolve_threads(threads),
                                                   "PERFORMANCE_HINT": "LATENCY", **(settings or {})})
     except Exception as exc:
-        raise ToolkitError(f"{name}: not a model OpenVINO can compile ({first_line(exc, 160)})") from None
+        raise ToolkitError(f"{name}: not a model OpenVINO can compile ({reason(exc)})") from None
+
+
+_LOCATION = ("Exception from ", "Check '", "FrontEnd API failed with", "Summary:")
+
+
+def reason(exc: BaseException, limit: int = 160) -> str:
+    """OpenVINO's message without the source locations it starts with ("Exception from src/…cpp:84:",
+    "Check 'false' failed at …"): the lines that say what is wrong, joined on one line."""
+    lines = [ln.strip(" -") for ln in str(exc).splitlines() if ln.strip(" -")]
+    said = [ln for ln in lines if not ln.startswith(_LOCATION)]
+    return ("; ".join(said) or first_line(exc, limit))[:limit]
 
 
 def compile_onnx(data: bytes, threads: int, name: str, settings: dict | None = None):
@@ -185,7 +196,7 @@ class OpenVinoCandidate(Candidate):
             self._limits = quantized_output_limits(data)  # a QDQ int8 file's dequantized output range
         else:
             data, self.loaded_sha256 = read_model_bytes(path, sha256, "openvino")
-            bin_data, _ = read_model_bytes(weights[0], weights[1])
+            bin_data, _ = read_model_bytes(weights[0], weights[1], model=False)
             self.compiled = compile_ir(data, bin_data, threads, file, settings)
             self._limits = None  # NNCF leaves the output in float
         if len(self.compiled.inputs) != 1 or len(self.compiled.outputs) != 1:

@@ -209,6 +209,8 @@ class Model:
                                            "ONNX Runtime fell back to the CPU")
                 continue
             self.session = session
+            # what the CUDA provider was asked for (use_tf32 "0": fp32 convolutions in fp32), as it opened
+            self.cuda_options = dict(providers[0][1]) if provider == "cuda" else None
             break
         if self.session is None:
             raise error

@@ -66,7 +66,11 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
     if not path.is_file():
         raise ManifestError(f"checkpoint {name} not in {folder} (needed for the PyTorch eager row; copy it there, "
                             "or --no-torch uses reference.npz)")
-    if sha256_file(path) != info["sha256"]:
+    from toolkit.checkpoint import MAX_CHECKPOINT_BYTES
+    from toolkit.fsutil import regular_file
+
+    regular_file(path, ManifestError, "a checkpoint", MAX_CHECKPOINT_BYTES)
+    if sha256_file(path, MAX_CHECKPOINT_BYTES) != info["sha256"]:
         raise ManifestError(f"{path}: SHA-256 differs from the one the artifacts were exported from")
     model = model_from_checkpoint(load_checkpoint(path), str(path))
     return TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
