@@ -45,7 +45,7 @@ demo: wheel
 # PYTHONSAFEPATH: neither pytest nor the tests' child interpreters put the checkout on sys.path, so
 # `toolkit` is the installed wheel's (tests/test_install.py checks it).
 test: wheel
-	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15
 
 bench: wheel
 	$(PIP) install -q -c $(VENV)/constraints.txt ".[bench]"

@@ -83,7 +83,7 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
         (folder / name).write_bytes(data)
         a = dict(artifact, sha256=sha256_bytes(data), size_bytes=len(data))
         try:
-            m = isolate.call(measure_row, _spec_index(artifact["format"]), str(folder), a, 1, images, 8, 5,
+            m = isolate.call(measure_row, _spec_index(artifact["format"]), str(folder), a, 1, images,
                              timeout_s=60, memory_mb=2048, what=f"mutant {i}")
         except ToolkitError as exc:  # Bounded (timeout, crash, memory) included: a FAIL row in verify
             outcomes[type(exc).__name__] += 1

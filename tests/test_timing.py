@@ -129,3 +129,43 @@ def test_search_keeps_the_default_unless_a_candidate_wins_beyond_the_spread():
     assert choose([failing_default, row([0.85, 0.86, 0.8999], int8_layers=2), more], 0) == 1
     with pytest.raises(ValueError):
         choose([failing_default], 0)
+
+
+def test_idle_cores_are_the_ones_other_processes_leave(tmp_path):
+    a = _stat(tmp_path, "a", busy=0, idle=0, steal=0)
+    assert timing.idle_cores(a, _stat(tmp_path, "q", busy=10, idle=190, steal=0)) == (2, 0.1)  # quiet
+    assert timing.idle_cores(a, _stat(tmp_path, "h", busy=100, idle=100, steal=0)) == (1, 1.0)  # one core busy
+    assert timing.idle_cores(a, _stat(tmp_path, "f", busy=200, idle=0, steal=0)) == (1, 2.0)  # never below one
+    assert timing.idle_cores(None, None)[1] is None  # unreadable: every core counts as idle
+
+
+class _Clocked:
+    """A runtime double whose each call costs `cpu` s of this process's CPU time and `wall` s of wall time."""
+
+    def __init__(self, cpu: float, wall: float):
+        self.cpu, self.wall, self.calls = cpu, wall, 0
+
+    def run(self, x):
+        self.calls += 1
+        end = timing.time.perf_counter() + self.wall
+        c0 = timing.time.process_time()
+        while timing.time.process_time() - c0 < self.cpu:  # burn CPU for `cpu`
+            pass
+        while timing.time.perf_counter() < end:  # then wait (descheduled, as under load) for the rest
+            timing.time.sleep(0.0005)
+
+
+def test_throughput_counts_cpu_seconds_in_loops_of_at_least_25_ms():
+    x = np.zeros((10, 1, 28, 28), np.float32)
+    busy = _Clocked(cpu=0.002, wall=0.006)  # two thirds of each call spent waiting for a core
+    tp = timing.throughput_loops(busy, x, loops=3)
+    assert busy.calls >= 1 + 3 * 4  # a warm-up, then each loop at least 25 ms of 6 ms calls
+    assert tp["wall"] < tp["cpu"] and tp["cpu"] / tp["wall"] > 1.8  # waiting is not charged to the artifact
+    assert timing.THROUGHPUT_LOOP_S >= 0.025 and timing.THROUGHPUT_LOOPS >= 3
+
+
+def test_a_round_keeps_wall_throughput_beside_the_cpu_figure():
+    rounds = [{"latency_us": {"p50": 10.0, "p95": 11.0, "p99": 12.0}, "throughput": t, "throughput_wall": w}
+              for t, w in ((100.0, 50.0), (110.0, 90.0), (90.0, 80.0))]
+    s = timing.summarize(rounds)
+    assert s["throughput"] == 100.0 and s["throughput_wall"] == 80.0

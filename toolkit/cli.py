@@ -274,9 +274,12 @@ def data(data_dir, grid, json_out):
               help="Progress bars (default: only when stderr is a terminal; the per-epoch lines always).")
 @click.option("--cuda-graph/--no-cuda-graph", default=True, show_default=True,
               help="On a GPU, capture the training step as a CUDA graph (same math, fewer launches).")
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=None,
+              help="torch's CPU threads (0: every core). Default: the cores other processes leave idle at start.")
 @toolkit_errors
 @merge_old_spellings
-def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None):
+def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None,
+          threads=None):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -303,7 +306,8 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
     if progress is None:
         progress = sys.stderr.isatty()  # carriage-return frames have no place in a log file
-    model, result = run_training(config, mnist, dev, log=log, progress=progress and not _QUIET, cuda_graph=cuda_graph)
+    model, result = run_training(config, mnist, dev, log=log, progress=progress and not _QUIET, cuda_graph=cuda_graph,
+                                 threads=threads)
     save_checkpoint(out, checkpoint_payload(model, result))
     result["checkpoint"] = str(out)
     emit_json({"schema_version": 1, **result}, json_out)
@@ -443,9 +447,9 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
               help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
-@click.option("--expect", "expect", multiple=True, type=click.Choice(KNOWN_TARGETS),
+@click.option("--expect", "expect", multiple=True, type=click.Choice(KNOWN_TARGETS), metavar="TARGET",
               help="A target the export must hold and this run must check (repeatable), e.g. --expect onnx-int8: "
-                   "fail if it is missing or its row was skipped.")
+                   f"fail if it is missing or its row was skipped. One of: {', '.join(KNOWN_TARGETS)}.")
 @click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), default=VERIFY.row_timeout_s,
               show_default=True, help="Seconds one row may take; a row over it (a hung runtime) is a FAIL row.")
 @click.option("--row-memory", type=click.IntRange(min=64), default=VERIFY.row_memory_mb, show_default=True,
@@ -863,7 +867,7 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
 @toolkit_errors
 def env(json_out):
     """Show what this machine offers: mnisttk, Python, torch, onnxruntime (and which build, or a mixed
-    install), execution providers, executorch, CPU flags (AVX2/AVX-512/VNNI), GPUs. Torch-free.
+    install), execution providers, every runtime and converter, CPU flags, GPUs. Torch-free.
 
     \b
     Example:

@@ -232,9 +232,11 @@ def _gates_line(result: dict) -> str:
 
 
 def format_table(result: dict) -> str:
+    from toolkit.width import fit
+
     lines = _grid(_pair_lines(result) if len(result["runs"]) == 2 else _matrix_lines(result))
-    return "\n".join(lines + [""] + _notes(result) + ["", _gates_line(result),
-                                                      f"{result['n_test']:,} test images", verdict(result)])
+    return fit("\n".join(lines + [""] + _notes(result) + ["", _gates_line(result),
+                                                          f"{result['n_test']:,} test images", verdict(result)]))
 
 
 def format_markdown(result: dict) -> str:

@@ -25,9 +25,10 @@ def describe(mnist: MNIST) -> dict:
 def format_description(info: dict) -> str:
     lines = [f"source: {info['source']}",
              f"canonical MNIST: {'yes' if info['canonical_mnist'] else 'no (hashes differ from the official set)'}"]
-    lines.append(f"{'split':<6} {'images':>7}  " + " ".join(f"{d:>5}" for d in range(10)) + "  sha256")
+    lines.append(f"{'split':<6} {'images':>7}  " + " ".join(f"{d:>5}" for d in range(10)) + "  sha256 (--json: all of it)")
     for split, s in info["splits"].items():
-        lines.append(f"{split:<6} {s['images']:>7}  " + " ".join(f"{c:>5}" for c in s["class_counts"]) + f"  {s['sha256']}")
+        lines.append(f"{split:<6} {s['images']:>7}  " + " ".join(f"{c:>5}" for c in s["class_counts"])
+                     + f"  {s['sha256'][:32]}…")
     if "grid" in info:
         lines.append(f"grid: {info['grid']}")
     return "\n".join(lines)

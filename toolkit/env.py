@@ -118,5 +118,7 @@ def format_environment(env: dict) -> str:
         ("cpu", f"{cpu['model']}, {cpu['cores']} cores; {', '.join(flags) or 'no AVX2'}"),
         ("gpu", ", ".join(env["gpus"]) or "none found (nvidia-smi)"),
     ]
+    from toolkit.width import fit
+
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return fit("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

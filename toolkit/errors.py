@@ -21,6 +21,10 @@ class ManifestError(ToolkitError):
     """The manifest or an artifact it lists is missing or does not match."""
 
 
+class CheckpointAbsent(ManifestError):
+    """The export's checkpoint is not in its folder: verify's reference is then reference.npz."""
+
+
 class RuntimeUnavailable(ToolkitError):
     """An execution provider or device that was asked for is not there."""
 

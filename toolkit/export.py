@@ -8,6 +8,7 @@ they were.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,7 @@ class _Export:
     search: dict | None = None
     calib: np.ndarray | None = None
     input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
+    checkpoint_file: str | None = None  # the checkpoint's name in the export folder, where it is there
 
     def add(self, written: Written) -> None:
         self.artifacts += written.artifacts
@@ -184,6 +186,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
             _write_int8(ex, indices, log)
         _write_other_targets(ex, log)
         accuracy = _score(ex)
+        ex.checkpoint_file = _checkpoint_copy(config.checkpoint, ckpt_sha, out, ex.stage, log)
         manifest = _manifest(ex, accuracy, ckpt_sha, test_acc, ood_rule)
         return _publish(stage_obj, ex, manifest, out, log)
     except ExportError:
@@ -306,7 +309,8 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "mnisttk_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arch": ex.arch,
-        "checkpoint": {"path": str(config.checkpoint), "sha256": ckpt_sha, "test_accuracy": test_acc},
+        "checkpoint": {"path": str(config.checkpoint), "file": ex.checkpoint_file, "sha256": ckpt_sha,
+                       "test_accuracy": test_acc},
         "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
                       "pytorch_fp32_test_accuracy": classification_metrics(labels, ex.ref_logits.argmax(1))["accuracy"],
                       "test_sha256": ex.data.sha256["test"]},
@@ -342,6 +346,33 @@ def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> d
     if removed:  # the manifest no longer lists them: say so rather than delete silently
         log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
     return manifest
+
+
+def _checkpoint_copy(checkpoint: Path, sha: str, out: Path, stage: Path, log) -> str | None:
+    """The checkpoint travels with the export: its name in the folder, copied into the stage when it
+    lives elsewhere (verify's PyTorch eager row reads it from the folder). Never over another file of
+    that name the user has there: then it stays out, and verify's reference is reference.npz."""
+    import shutil
+
+    name = Path(checkpoint).name
+    here = out / name
+    try:
+        if here.resolve() == Path(checkpoint).resolve():
+            return name  # already in the folder
+    except (OSError, RuntimeError):
+        pass
+    from toolkit.config import ARCH_NAMES
+
+    if name in (MANIFEST_NAME, REFERENCE_NAME) or any(name in possible_names(a) for a in ARCH_NAMES) or \
+            name.startswith("."):
+        log(f"checkpoint {name}: its name is one an export writes; not copied into {out}")
+        return None
+    if os.path.lexists(here) and not (here.is_file() and not here.is_symlink() and sha256_file(here) == sha):
+        log(f"checkpoint not copied: {here} is another file (left as it was); verify's reference will be "
+            "reference.npz")
+        return None
+    shutil.copyfile(checkpoint, stage / name)
+    return name
 
 
 def stale_names(out: Path, candidates: list[str]) -> tuple[list[str], list[str]]:

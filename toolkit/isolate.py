@@ -70,6 +70,17 @@ def prepare(preload: tuple = ()) -> None:
     _context(tuple(preload))
 
 
+def warm_up() -> None:
+    """Start the forkserver (and its preloaded imports) now, so that the first real call does not wait
+    for it; errors are left to that call to report."""
+    if IN_PROCESS:
+        return
+    try:
+        call(len, (), timeout_s=120, memory_mb=None, what="the children's start-up")
+    except ToolkitError:
+        pass
+
+
 def _vm_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:

@@ -37,6 +37,7 @@ COLUMNS = ["row", "runtime", "status", "acc %", "prec %", "rec %", "agree %", "f
 NARROW = ["row", "runtime", "status", "acc %", "agree %", "flips", "max|Δlogit|", "Δacc pts [95% CI]", "p50 µs",
           "img/s", "KiB"]
 WIDTH = 120
+SHORT = {"max|Δlogit|": "max|Δ|"}  # headers shortened in the default (120-column) table
 
 
 def row_cells(r: dict) -> list[str]:
@@ -44,7 +45,9 @@ def row_cells(r: dict) -> list[str]:
     ci = r.get("acc_diff_ci95")
     delta = "—" if r.get("acc_diff") is None or r.get("is_reference") else (
         f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f},{ci[1] * 100:+.2f}]")
-    status = "FAIL" if r["status"] == "fail" else "ref" if r.get("is_reference") else r["status"]
+    # "skip", not "skipped": the default table fits 120 columns (every row's reason is in its notes)
+    status = "FAIL" if r["status"] == "fail" else "ref" if r.get("is_reference") else \
+        "skip" if r["status"] == "skipped" else r["status"]
     return [
         r["name"], r["runtime"], status, _pct(r.get("accuracy")), _pct(r.get("macro_precision")),
         _pct(r.get("macro_recall")), _pct(r.get("agreement")), "—" if r.get("flipped") is None else str(r["flipped"]),
@@ -143,7 +146,8 @@ def format_table(result: dict, wide: bool = False) -> str:
     if not wide:
         columns = NARROW if not result["gates"].get("max_latency_ratio") else NARROW[:-1] + ["lat×"]
     keep = [COLUMNS.index(c) for c in columns]
-    cells = [columns] + [[row_cells(r)[i] for i in keep] for r in result["rows"]]
+    shown = [SHORT.get(c, c) for c in columns] if not wide else columns  # the narrow table's short headers
+    cells = [shown] + [[row_cells(r)[i] for i in keep] for r in result["rows"]]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -158,6 +162,11 @@ def format_table(result: dict, wide: bool = False) -> str:
     text.append(f"{result['n_test']:,} test images; latency at batch 1, throughput at batch {result['throughput_batch']}, "
                 f"{result['threads']} thread(s); {result['seconds']:.1f} s")
     text += _timing_lines(result)
+    phases = (result.get("timing") or {}).get("phases_s")
+    if wide and phases:  # where the wall time went
+        cpu = (result.get("timing") or {}).get("cpu_s")
+        text.append("time by phase: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+                    + (f"; {cpu:.1f} CPU s in all" if cpu is not None else ""))
     text.append(verdict(result))
     if not wide:
         import textwrap

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import time
 from dataclasses import asdict
@@ -142,6 +143,23 @@ def make_step(model, optimizer, criterion, x, y, batch_size, cuda_graph: bool, l
     return EagerStep(model, optimizer, criterion, x, y, batch_size)
 
 
+def choose_threads(threads: int | None, log: Callable[[str], None] = lambda s: None) -> tuple[int, str]:
+    """torch's CPU threads for training and why: `threads` as asked (0: every core), or by default the
+    cores other processes leave idle now (torch's default of every core ran 5-17× slower than one
+    thread when another process kept one of two cores busy: its threads wait on each other)."""
+    from toolkit.runtimes.candidate import resolve_threads
+    from toolkit.timing import sample_idle_cores
+
+    if threads is not None:
+        n = resolve_threads(threads)
+        return n, f"{n} (asked for{': every core' if threads == 0 else ''})"
+    n, busy = sample_idle_cores()
+    cores = os.cpu_count() or 1
+    why = (f"{n} of {cores} cores: the ones idle at start ({busy:.1f} busy with other processes; --threads to choose)"
+           if busy is not None else f"{n} (every core; this machine's load is unreadable)")
+    return n, why
+
+
 def train(
     config: TrainConfig,
     data: MNIST,
@@ -149,14 +167,20 @@ def train(
     log: Callable[[str], None] = lambda s: None,
     progress: bool = True,
     cuda_graph: bool = True,
+    threads: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train per `config`; returns the model (eval mode, on the CPU) and a result dict
     with per-epoch history and labelled train/test metrics. On a GPU, cuDNN's per-shape algorithm
-    search is on while it trains, and as it was after (toolkit.scoped)."""
-    from toolkit.scoped import cudnn_benchmark
+    search is on while it trains, and as it was after (toolkit.scoped). `threads`: torch's CPU threads
+    (0: every core; None: the cores idle at start, see choose_threads), set only while it trains."""
+    from toolkit.scoped import cudnn_benchmark, torch_threads
 
-    with cudnn_benchmark(True) if device.type == "cuda" else contextlib.nullcontext():
-        return _train(config, data, device, log, progress, cuda_graph)
+    n, why = choose_threads(threads)
+    log(f"CPU threads: {why}")
+    with cudnn_benchmark(True) if device.type == "cuda" else contextlib.nullcontext(), torch_threads(n):
+        model, result = _train(config, data, device, log, progress, cuda_graph)
+    result["threads"], result["threads_chosen"] = n, why
+    return model, result
 
 
 def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress: bool,

@@ -8,7 +8,9 @@ each runs come from the registry in `toolkit.runtimes`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.compare import compare_pair
-from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
+from toolkit.errors import CheckpointAbsent, ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, judged_precision, latency_ratio, saturation, score_fidelity
 from toolkit.manifest import (KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, ood_rule,
@@ -63,6 +65,7 @@ class Row:
     placement: dict | None = None
     batch_consistent: bool | None = None
     consistency_batches: list | None = None  # the batch sizes compared
+    consistency_images: int | None = None  # on how many test images (see consistency_sample)
     is_reference: bool = False
     device: str | None = None  # the ONNX Runtime provider ("cpu", "cuda") of an ORT row; None otherwise
     fmt: str | None = None  # the artifact's target format (toolkit.targets); None for the reference row
@@ -82,7 +85,8 @@ class Row:
     golden: dict | None = None
     # timing rounds (toolkit.timing): latency_us and throughput are medians over them
     latency_rounds_us: list | None = None  # batch-1 p50 of each round
-    throughput_rounds: list | None = None  # images/s at the throughput batch, each round
+    throughput_rounds: list | None = None  # images per CPU-second at the throughput batch, each round
+    throughput_wall: float | None = None  # images per wall second (median over the rounds), beside it
     latency_spread_us: list | None = None  # [min, max] of latency_rounds_us
     throughput_spread: list | None = None
     # memory of the row's child process: its peak RSS, and how far it grew while the row ran
@@ -175,6 +179,8 @@ class _Run:
     ood: dict | None = None  # rule, non_digits, their features, the reference's accept decisions
     rounds: dict = field(default_factory=dict)  # row id -> its timing rounds (toolkit.timing.one_round)
     machine_load: list = field(default_factory=list)
+    phases: dict = field(default_factory=dict)  # where the wall time went, in seconds (timing.phases_s)
+    child_cpu_s: float = 0.0  # CPU seconds the rows' children used (each says its own)
 
 
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
@@ -183,18 +189,57 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     """Measure and judge every row: the steps below, in order. `golden`: another run's saved outputs
     (toolkit.outputs) that each row is also judged against, image by image; `outputs`: a dict this fills
     with row id -> logits (float32) of every row that produced them, for `--save-outputs`."""
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), os.times()
     check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
     run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs)
-    reference_row, eager = _reference_row(run)
-    plan = _plan_rows(run)
-    snapshot = timing.cpu_snapshot()
-    _measure_reference(run, reference_row, eager)
+    run.phases["open"] = time.perf_counter() - t_start  # manifest, hashes, reference, not-a-digit features
+    _start_children(run)
+    with _phase(run, "reference"):  # while the children's forkserver starts on the other core
+        reference_row, eager = _reference_row(run)
+        _measure_reference(run, reference_row, eager)
+    with _phase(run, "plan"):
+        plan = _plan_rows(run)
     rows = [reference_row] + _measure_rows(run, plan, log)
-    run.machine_load.append(timing.load_between(snapshot, timing.cpu_snapshot(), resolve_threads(config.threads)))
-    _more_rounds(run, plan, eager, reference_row, log)
-    _judge_rows(run, rows, reference_row)
-    return _result(run, rows, t_start)
+    _timing_rounds(run, plan, eager, reference_row, log)
+    with _phase(run, "judge"):
+        _judge_rows(run, rows, reference_row)
+    return _result(run, rows, t_start, cpu_start)
+
+
+def _start_children(run: _Run) -> None:
+    """The bounded children's forkserver, with the modules this run's rows import (torch, ExecuTorch's:
+    seconds), started now on another core while this process makes the reference's logits."""
+    import threading
+
+    preload = [m for spec in RUNTIMES if not _skip_reason(run, spec) for m in spec.preload]
+    # toolkit.verify itself: each child unpickles measure_row/time_row from it
+    isolate.prepare(tuple(dict.fromkeys((["torch"] if run.have_torch else []) + preload + ["toolkit.verify"])))
+    threading.Thread(target=isolate.warm_up, name="mnisttk-forkserver", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _phase(run, name: str):
+    """Adds the block's wall seconds to run.phases[name] (the JSON's timing.phases_s)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if run is not None:
+            run.phases[name] = run.phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _child_call(run, fn, *args, **kwargs):
+    """isolate.call, its wall time split into the child's own phases (which it returns in
+    `phases_s`) and the rest: the child's start-up and the transfer of its inputs and results."""
+    t0 = time.perf_counter()
+    out = isolate.call(fn, *args, **kwargs)
+    wall = time.perf_counter() - t0
+    phases = out.pop("phases_s", {}) if isinstance(out, dict) else {}
+    run.child_cpu_s += out.pop("cpu_s", 0.0) if isinstance(out, dict) else 0.0
+    for name, seconds in phases.items():
+        run.phases[name] = run.phases.get(name, 0.0) + seconds
+    run.phases["child_startup"] = run.phases.get("child_startup", 0.0) + max(0.0, wall - sum(phases.values()))
+    return out
 
 
 def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, golden, outputs) -> _Run:
@@ -253,6 +298,9 @@ def _reference_row(run: _Run) -> tuple[Row, object]:
         try:
             eager = eager_candidate(run.manifest, run.folder, run.config.threads)
             reference_row.file = eager.file
+        except CheckpointAbsent as exc:  # a layout choice, not a fault: the saved reference logits stand in
+            reference_row.runtime, reference_row.runtime_id = "reference.npz", "npz"
+            reference_row.reasons.append(f"{exc}: the reference is reference.npz (live PyTorch eager not run)")
         except ToolkitError as exc:
             reference_row.fail(str(exc))
     return reference_row, eager
@@ -262,8 +310,9 @@ def _plan_rows(run: _Run) -> list[tuple[Row, object, dict]]:
     """Step 3: one row per artifact × runtime that runs its format (toolkit.runtimes.RUNTIMES), each
     with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
     plan = []
+    skips = {spec.id: _skip_reason(run, spec) for spec in RUNTIMES}
     for spec in RUNTIMES:
-        skip = _skip_reason(run, spec)
+        skip = skips[spec.id]
         reduced = None if skip else _reduced_default(spec)
         for fmt in spec.formats:
             for a in (a for a in run.manifest["artifacts"] if a["format"] == fmt):
@@ -310,14 +359,13 @@ def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
 
 
 def _measure_reference(run: _Run, reference_row: Row, eager) -> None:
-    """Step 4: the reference row's accuracy (from reference.npz), and live eager's drift from it and its
-    first timing round."""
+    """Step 4: the reference row's accuracy (from reference.npz), and live eager's drift from it (its
+    timing comes with the rows', in the rounds)."""
     if eager is not None:
         try:
             with eager.scope():
                 live = eager.logits(run.test_images).astype(np.float64)
-                run.rounds[reference_row.id] = [timing.one_round(eager, run.test_images, run.config.throughput_batch,
-                                                                 run.config.latency_iters)]
+            run.rounds[reference_row.id] = []
             drift = float(np.abs(live - run.ref_logits).max())
             if not drift <= run.config.gates.fp32_max_abs_logit_diff:
                 reference_row.fail(f"checkpoint's eager logits differ from reference.npz by {drift:.2e}")
@@ -329,12 +377,20 @@ def _measure_reference(run: _Run, reference_row: Row, eager) -> None:
         run.outputs[reference_row.id] = run.ref_logits.astype(np.float32)
 
 
+def _parallel_children(run: _Run) -> int:
+    """How many rows' untimed work (accuracy pass, consistency, not-a-digit) runs at once: the cores
+    over the threads each uses, at most 2. Timing never overlaps anything: it has its own rounds."""
+    return max(1, min(2, (os.cpu_count() or 1) // resolve_threads(run.config.threads)))
+
+
 def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row]:
-    """Step 5: every planned row that can run, measured in its own bounded child process (toolkit.isolate);
-    a changed or missing file (or support file) fails its row without running it."""
+    """Step 5: every planned row that can run, measured in its own bounded child process (toolkit.isolate),
+    up to _parallel_children of them at once; a changed or missing file (or support file) fails its row
+    without running it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     support_faults = _support_faults(run.manifest, run.bad_files)
-    if any(row.status == "ok" for row, _, _ in plan):
-        isolate.prepare(("torch",) if run.have_torch else ())
+    jobs = []
     for row, spec, a in plan:
         if row.status != "ok":
             continue
@@ -344,27 +400,44 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
             continue
         for fault in support_faults.get(row.file, ()):
             row.fail(fault)
-        if row.status == "FAIL":
-            continue
+        if row.status != "FAIL":
+            jobs.append((row, spec, a))
+
+    def child(job):
+        row, spec, a = job
         log(f"verifying {row.name} on {row.runtime}")
         try:
-            _measure_row(run, row, spec, a)
-        except RuntimeUnavailable as exc:
-            row.reasons.append(str(exc))
-            row.status = "FAIL" if run.config.require_cuda or spec.device != "cuda" else "skipped"
+            return _row_child(run, row, spec, a), None
         except ToolkitError as exc:
-            row.fail(first_line(exc, 300))
+            return None, exc
+
+    with ThreadPoolExecutor(_parallel_children(run), thread_name_prefix="mnisttk-row") as pool:
+        for (row, spec, a), (m, exc) in zip(jobs, pool.map(child, jobs)):  # results in the plan's order
+            if isinstance(exc, RuntimeUnavailable):
+                row.reasons.append(str(exc))
+                row.status = "FAIL" if run.config.require_cuda or spec.device != "cuda" else "skipped"
+            elif exc is not None:
+                row.fail(first_line(exc, 300))
+            else:
+                try:
+                    _measure_row(run, row, a, m)
+                except ToolkitError as err:
+                    row.fail(first_line(err, 300))
     return [row for row, _, _ in plan]
 
 
-def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
-    """One row: its child's measurements, and from its logits accuracy, agreement, saturation, the
-    golden comparison and the not-a-digit agreement."""
+def _row_child(run: _Run, row: Row, spec, a: dict) -> dict:
     config = run.config
-    m = isolate.call(measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
-                     config.throughput_batch, config.latency_iters, run.ood and run.ood["non_digits"],
-                     arithmetic=row.arithmetic, timeout_s=config.row_timeout_s, memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
-                     what=f"{row.name} on {row.runtime}")
+    return _child_call(run, measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
+                       run.ood and run.ood["non_digits"], arithmetic=row.arithmetic, timeout_s=config.row_timeout_s,
+                       memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                       what=f"{row.name} on {row.runtime}")
+
+
+def _measure_row(run: _Run, row: Row, a: dict, m: dict) -> None:
+    """One row from its child's measurements `m`: accuracy, agreement, saturation, the golden comparison
+    and the not-a-digit agreement."""
+    config = run.config
     logits = m.pop("logits").astype(np.float64)  # finite: the runtime template checked them
     limits = m.pop("output_limits", None)
     if run.outputs is not None:
@@ -375,7 +448,7 @@ def _measure_row(run: _Run, row: Row, spec, a: dict) -> None:
     if row.precision == "int8":
         row.saturation = saturation(logits, limits)
         row.score_fidelity = score_fidelity(logits, run.ref_logits)
-    run.rounds[row.id] = [m.pop("round")]
+    run.rounds[row.id] = []
     nd_logits = m.pop("non_digit_logits", None)
     if run.ood is not None and nd_logits is not None:
         o = run.ood
@@ -400,7 +473,7 @@ def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
         judge(row, run.config.gates)
 
 
-def _result(run: _Run, rows: list[Row], t_start: float) -> dict:
+def _result(run: _Run, rows: list[Row], t_start: float, cpu_start=None) -> dict:
     """Step 8: the verdict (failed rows, --expect targets this run did not check, a golden file nothing
     was judged against) and the report's JSON."""
     config, artifacts = run.config, run.manifest["artifacts"]
@@ -426,7 +499,9 @@ def _result(run: _Run, rows: list[Row], t_start: float) -> dict:
         "failed_rows": failed,
         "rows": row_dicts,
         "timing": {"rounds": config.rounds, "latency_iters": config.latency_iters, "machine_load": run.machine_load,
-                   "noisy": timing.noise(run.machine_load, row_dicts)},
+                   "noisy": timing.noise(run.machine_load, row_dicts),
+                   "phases_s": {k: round(v, 3) for k, v in sorted(run.phases.items(), key=lambda kv: -kv[1])},
+                   "cpu_s": _cpu_seconds(cpu_start, run.child_cpu_s)},
         "fastest": timing.fastest(row_dicts),
         "integrity": run.integrity,
         "targets": list(run.manifest["targets"]),
@@ -473,43 +548,92 @@ def _ood_agreement(mine: np.ndarray, nd_mine: np.ndarray, ref: np.ndarray, nd_re
 
 
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-                throughput_batch: int, latency_iters: int, non_digits: np.ndarray | None = None, *,
-                arithmetic: str = Arithmetic.EXACT.value) -> dict:
-    """One row's measurements, in the child process that toolkit.isolate bounds: the artifact's test
-    logits (float32), latency, throughput, the loaded bytes' hash, placement, batch consistency, and the
-    arithmetic asked for and run."""
+                non_digits: np.ndarray | None = None, *, arithmetic: str = Arithmetic.EXACT.value) -> dict:
+    """One row's untimed measurements, in the child process that toolkit.isolate bounds: the artifact's
+    test logits (float32), the loaded bytes' hash, placement, batch consistency, and the arithmetic asked
+    for and run (its timing: time_row, in the rounds)."""
     rss_start = _proc_status_mb("VmRSS")
-    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
+    phases: dict = {}
+    clock = _Clock(phases)
+    with clock("load"):
+        cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
     with cand.scope():
-        logits = np.asarray(cand.logits(test_images), dtype=np.float32)
-        out = {"logits": logits, "round": timing.one_round(cand, test_images, throughput_batch, latency_iters),
-               "loaded_sha256": cand.loaded_sha256, "placement": cand.placement(), "ran_precision": cand.ran_precision,
+        with clock("accuracy_pass"):
+            logits = np.asarray(cand.logits(test_images), dtype=np.float32)
+        with clock("placement"):
+            placement, limits = cand.placement(), cand.output_limits()
+        with clock("consistency"):
+            idx = consistency_sample(logits)
+            consistent = cand.consistency(test_images[idx], logits.argmax(1)[idx])
+        out = {"logits": logits,
+               "loaded_sha256": cand.loaded_sha256, "placement": placement, "ran_precision": cand.ran_precision,
                "arithmetic": cand.arithmetic.value, "precision_settings": dict(cand.precision_settings),
-               "output_limits": cand.output_limits(), "batch_consistent": cand.consistency(test_images, logits.argmax(1)),
-               "consistency_batches": list(cand.consistency_batches) or None}
+               "output_limits": limits, "batch_consistent": consistent,
+               "consistency_batches": list(cand.consistency_batches) or None, "consistency_images": int(len(idx))}
         if non_digits is not None:
-            out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
+            with clock("not_a_digit"):
+                out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
+    out["phases_s"], out["cpu_s"] = phases, time.process_time()  # a forked child's CPU time starts at 0
     peak = _proc_status_mb("VmHWM")
     out["peak_rss_mb"] = peak
     out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
     return out
 
 
+CONSISTENCY_CLOSEST = 500  # the test images nearest a decision (smallest top-2 logit margin) ...
+CONSISTENCY_RANDOM = 500  # ... and a seeded sample of the rest: the images each other batch size re-runs
+
+
+def consistency_sample(logits: np.ndarray) -> np.ndarray:
+    """The test images the other batch sizes re-run (sorted indices): those whose top two logits are
+    closest — where a batch-dependent kernel's rounding would flip a prediction first — and a seeded
+    sample of the rest. The full set runs once, at the evaluation batch, in the accuracy pass; re-running
+    all of it at batch 1, 2, 7 and 64 was most of verify's time (19 of 53 s for 14 artifacts here)."""
+    n = len(logits)
+    if n <= CONSISTENCY_CLOSEST + CONSISTENCY_RANDOM:
+        return np.arange(n)
+    top2 = np.sort(np.asarray(logits, dtype=np.float64), axis=1)[:, -2:]
+    closest = np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:CONSISTENCY_CLOSEST]
+    rest = np.setdiff1d(np.arange(n), closest)
+    sample = np.random.default_rng(0).choice(rest, CONSISTENCY_RANDOM, replace=False)
+    return np.sort(np.concatenate([closest, sample]))
+
+
 def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
              throughput_batch: int, latency_iters: int, *, arithmetic: str = Arithmetic.EXACT.value) -> dict:
     """One more timing round of a row, in its own bounded child (the artifact loaded afresh)."""
-    cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
-    with cand.scope():
-        return timing.one_round(cand, test_images, throughput_batch, latency_iters)
+    phases: dict = {}
+    clock = _Clock(phases)
+    with clock("load"):
+        cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
+    with cand.scope(), clock("timing_rounds"):
+        out = timing.one_round(cand, test_images, throughput_batch, latency_iters)
+    return {**out, "phases_s": phases, "cpu_s": time.process_time()}
 
 
-def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
-    """Step 6, rounds 2…N: every row that measured cleanly timed once per round, the rows interleaved
-    (the order rotated each round, so no row always runs first or after the same neighbour)."""
+class _Clock:
+    """`with clock(name):` adds the block's wall seconds to phases[name]."""
+
+    def __init__(self, phases: dict):
+        self.phases = phases
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
+    """Step 6, rounds 1…N: every row that measured cleanly (and the live reference) timed once per round,
+    one at a time, the rows interleaved (the order rotated each round, so no row always runs first or
+    after the same neighbour); each round's machine load recorded."""
     config, rounds = run.config, run.rounds
     timed = [(row, spec, a) for row, spec, a in plan if row.id in rounds and row.status == "ok"]
     jobs = ([("ref", None, None)] if reference_row.id in rounds else []) + timed
-    for k in range(1, config.rounds):
+    for k in range(config.rounds):
         if not jobs:
             break
         log(f"timing round {k + 1} of {config.rounds}")
@@ -517,7 +641,7 @@ def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
         for row, spec, a in timing.rotated(jobs, k):
             if row == "ref":
                 try:
-                    with eager.scope():
+                    with eager.scope(), _phase(run, "timing_rounds"):
                         rounds[reference_row.id].append(timing.one_round(eager, run.test_images, config.throughput_batch,
                                                                          config.latency_iters))
                 except ToolkitError as exc:
@@ -526,8 +650,9 @@ def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
             if row.status != "ok":
                 continue
             try:
-                rounds[row.id].append(isolate.call(
-                    time_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
+                rounds[row.id].append(_child_call(  # the images a round times, not the whole test set
+                    run, time_row, RUNTIMES.index(spec), str(run.folder), a, config.threads,
+                    run.test_images[:max(1, config.throughput_batch)],
                     config.throughput_batch, config.latency_iters, arithmetic=row.arithmetic,
                     timeout_s=config.row_timeout_s,
                     memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
@@ -535,6 +660,15 @@ def _more_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> None:
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
         run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), resolve_threads(config.threads)))
+
+
+def _cpu_seconds(start, children: float) -> float | None:
+    """CPU seconds since `start` (os.times()) of this process, and `children`'s (the rows' children, forked
+    from the forkserver: not this process's children, so each reports its own)."""
+    if start is None:
+        return None
+    now = os.times()
+    return round(sum(now[i] - start[i] for i in range(2)) + children, 2)
 
 
 def _proc_status_mb(key: str) -> float | None:

@@ -274,4 +274,6 @@ def format_inspect(result: dict, top: int = 12) -> str:
         lines.append("")
     if result.get("int8_over_fp32_node_time"):
         lines.append(f"int8 kernel time is {result['int8_over_fp32_node_time']:.2f}× fp32's")
-    return "\n".join(lines).rstrip()
+    from toolkit.width import fit
+
+    return fit("\n".join(lines).rstrip())

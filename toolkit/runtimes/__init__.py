@@ -25,6 +25,9 @@ class RuntimeSpec:
     # its module has `reduced_default()`: the precision it computes an fp32 file in on this CPU when
     # nothing is asked, where that is not fp32 (verify adds a row for it beside the exact one)
     reduced_default: bool = False
+    # modules its rows import that cost seconds each time (ExecuTorch's, ~2-4 s): imported once in the
+    # bounded children's forkserver when a run has such rows, so each child starts with them
+    preload: tuple = ()
 
 
 RUNTIMES = (
@@ -34,12 +37,13 @@ RUNTIMES = (
     RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple"),
     # The same .onnx files on OpenVINO's CPU plugin, as Intel users deploy them (see runtimes/openvino.py)
     RuntimeSpec("OpenVINO CPU", "openvino", ("onnx", "openvino"), "openvino", requires=("openvino",), extra="openvino",
-                color="tab:cyan", reduced_default=True),
+                color="tab:cyan", reduced_default=True, preload=("toolkit.runtimes.openvino_preload",)),
     RuntimeSpec("LiteRT XNNPACK", "litert", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert",
                 color="tab:orange"),
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
     RuntimeSpec("ExecuTorch XNNPACK", "executorch", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
-                extra="executorch", color="tab:brown"),
+                extra="executorch", color="tab:brown",
+                preload=("torch", "executorch.runtime", "executorch.exir._serialize._program")),
 )
 
 

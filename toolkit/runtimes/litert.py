@@ -115,6 +115,10 @@ class Program:
             scale, zero = self.out["quantization"]
             codes = np.arange(256, dtype=np.uint8).view(out_dtype).astype(np.float32)
             self._lut = (codes - np.float32(zero)) * np.float32(scale)
+            # the timed call dequantizes straight from the interpreter's output tensor (a view, no copy)
+            # into one buffer made here: no allocation and no copy per call
+            self._out_view = self.it.tensor(self._out)
+            self._buf = np.empty([int(d) for d in self.out["shape"]], np.float32)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float [0, 1] images in the model's input type (int8 models take int8: scale, zero point)."""
@@ -125,10 +129,20 @@ class Program:
         return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.dtype)
 
     def run(self, xq: np.ndarray) -> np.ndarray:
+        """Logits of one prepared batch, in an array of their own."""
         self._set(self._in, xq)
         self._invoke()
         y = self._get(self._out)
         return y if self._lut is None else self._lut.take(y.view(np.uint8))  # take: 0.3 µs less than []
+
+    def run_timed(self, xq: np.ndarray) -> np.ndarray:
+        """As `run`, but an int8 output is dequantized into the program's own buffer, which the next
+        call overwrites: the timed loops' call (they keep no result)."""
+        self._set(self._in, xq)
+        self._invoke()
+        if self._lut is None:
+            return self._get(self._out)
+        return self._lut.take(self._out_view().view(np.uint8), out=self._buf)
 
 
 class _Batch:
@@ -179,7 +193,7 @@ class LiteRTCandidate(Candidate):
         return _Batch(program, program.quantize(x) if program else x)
 
     def run(self, x):
-        return x.program.run(x.data) if x.program else self._through(self.bulk, x.data)
+        return x.program.run_timed(x.data) if x.program else self._through(self.bulk, x.data)
 
     def placement(self):
         return delegation(self.programs[1].it)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from toolkit.errors import ManifestError, ToolkitError, first_line
+from toolkit.errors import CheckpointAbsent, ManifestError, ToolkitError, first_line
 from toolkit.fsutil import sha256_file
 from toolkit.contract import to_float_input
 from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
@@ -61,11 +62,14 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
     from toolkit.manifest import confined_path
 
     info = manifest["checkpoint"]
-    name = Path(info["path"]).name
+    name = info["file"] if "file" in info else Path(info["path"]).name  # older manifests: the path's name
+    if not isinstance(name, str) or not name:
+        raise CheckpointAbsent(f"the export's checkpoint ({Path(str(info.get('path'))).name}) is not in {folder}")
     path = confined_path(folder, name, "checkpoint")
+    if not os.path.lexists(path):
+        raise CheckpointAbsent(f"checkpoint {name} not in {folder}")
     if not path.is_file():
-        raise ManifestError(f"checkpoint {name} not in {folder} (needed for the PyTorch eager row; copy it there, "
-                            "or --no-torch uses reference.npz)")
+        raise ManifestError(f"checkpoint {name} in {folder} is not a regular file")
     from toolkit.checkpoint import MAX_CHECKPOINT_BYTES
     from toolkit.fsutil import regular_file
 
