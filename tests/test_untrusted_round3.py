@@ -367,3 +367,26 @@ def test_an_openvino_failure_is_one_line_that_says_what_is_wrong():
         compile_onnx(model.SerializeToString(), 1, "m.onnx")
     text = str(info.value)
     assert "\n" not in text and "Exception from" not in text and "NoSuchOp" in text, text
+
+
+# ---------------------------------------------------------------- the working directory is not code
+
+
+def test_packages_in_the_working_directory_are_never_imported_by_the_children(supplier, tiny_export, tmp_path):
+    """Python starts the children's forkserver as `python -c …`, which puts the working directory first
+    on sys.path: run from a supplier's folder holding `toolkit/` or `numpy/`, every row's child would
+    import (and run) them. The forkserver starts with PYTHONSAFEPATH, so they stay data."""
+    import subprocess
+    import sys
+
+    evil = tmp_path / "evil"
+    for pkg in ("toolkit", "numpy", "onnxruntime"):
+        (evil / pkg).mkdir(parents=True)
+        (evil / pkg / "__init__.py").write_text(f"open({str(tmp_path / ('ran-' + pkg))!r}, 'w').write('x')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    script = Path(sys.executable).with_name("mnisttk")  # the console script a user runs
+    for args in (["env"], ["verify", "--dir", str(supplier), "--data-dir", str(tiny_export["data"]), "--no-torch",
+                           *LOOSE]):
+        r = subprocess.run([str(script), *args], cwd=evil, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(tmp_path.glob("ran-*"))

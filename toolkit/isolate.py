@@ -60,8 +60,39 @@ def _context(preload: tuple = ()):
             if "torch" in sys.modules:
                 preload = ("torch", *preload)
             ctx.set_forkserver_preload(["toolkit.isolate", "numpy", "onnxruntime", *dict.fromkeys(preload)])
+            _start_forkserver()
         _CONTEXT = ctx
     return _CONTEXT
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver with the working directory kept off its sys.path. Python starts it as
+    `python -c …`, which puts the working directory first on sys.path (3.11 ignores the parent's path
+    there): a `toolkit/`, `numpy/` or `torch/` folder where the user runs mnisttk — a supplier's folder —
+    would be imported, and run, by every row's child. PYTHONSAFEPATH keeps it off; the folder that
+    holds this `toolkit` is put on PYTHONPATH when it is not an installed one (a source checkout)."""
+    import site
+    from multiprocessing import forkserver
+    from pathlib import Path
+
+    import toolkit
+    from toolkit.scoped import environ
+
+    root = str(Path(toolkit.__file__).resolve().parent.parent)
+    installed = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in installed and root not in path:
+        path.insert(0, root)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(path)  # for the server's start only: restored below
+    try:
+        with environ("PYTHONSAFEPATH", "1"):
+            forkserver.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def prepare(preload: tuple = ()) -> None:
