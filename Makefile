@@ -14,7 +14,7 @@ EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir
 VENV_GIB ?= 9
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: demo test venv wheel clean bench gpu gpu-check arm-check mutation
+.PHONY: demo test test-quick lint venv wheel clean bench gpu gpu-check arm-check mutation browser-check
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
@@ -44,8 +44,22 @@ demo: wheel
 
 # PYTHONSAFEPATH: neither pytest nor the tests' child interpreters put the checkout on sys.path, so
 # `toolkit` is the installed wheel's (tests/test_install.py checks it).
-test: wheel
+test: wheel lint
 	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15
+
+# ruff (pyflakes, pycodestyle) over the tree and mypy over toolkit/, configured in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check toolkit tests scripts benchmarks
+	$(VENV)/bin/mypy
+
+# The inner loop (about a minute): the gates, timing, compare and outputs, the CPU-choice policy through
+# its doubles, the third hostile corpus and the 120-column check, on the tiny synthetic export; no real
+# MNIST, no LiteRT or ExecuTorch export. `make test` is the whole proof.
+QUICK := tests/test_gates.py tests/test_timing.py tests/test_compare.py tests/test_cpu_choices.py \
+	tests/test_untrusted_round3.py tests/test_width.py tests/test_train_threads.py
+test-quick: wheel
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q -x -m "not e2e" \
+	  --deselect tests/test_cpu_choices.py::test_every_manifest_input_entry_is_what_the_written_file_takes $(QUICK)
 
 bench: wheel
 	$(PIP) install -q -c $(VENV)/constraints.txt ".[bench]"
@@ -67,6 +81,11 @@ gpu-check:
 # Not part of `make test`: it installs Debian packages (as root) and takes about 20 minutes.
 arm-check: wheel
 	bash scripts/arm_check.sh
+
+# verify --html in a real headless browser (Debian's chromium; `apt-get install chromium`): a screenshot of
+# exported/'s report (make demo first), checked for a visible verdict and table. Not in `make test`.
+browser-check: wheel
+	$(PY) scripts/browser_check.py $(BROWSER_CHECK_DIR)
 
 # Mutation testing (mutmut) of the gate, compare/outputs hash and timing code: its score and survivors
 # are printed; a surviving mutant is a gate a broken line would not trip. Minutes, so not in `make test`.

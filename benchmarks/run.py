@@ -135,7 +135,8 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
         if a["format"] == "onnx":
             sess = cand.model.session
             feed, names = {cand.model.input_name: x}, [cand.model.output_name]
-            bare = (lambda sess=sess, feed=feed, names=names: sess.run(names, feed))
+            def bare(sess=sess, feed=feed, names=names):
+                return sess.run(names, feed)
         else:
             prog = cand.programs[1]  # the batch-1 program bench_input chose, and its quantized input
             interp, inp, out, xq = prog.it, prog.inp["index"], prog.out["index"], x.data
@@ -408,7 +409,8 @@ def markdown(res) -> str:
             continue
         out += [f"**{title}** (batch-1 latency p50/p99; throughput; ratios to fp32 at the same thread count, "
                 "measured in the same rounds)", "",
-                "| model | threads | p50 µs | p99 µs | p50 / fp32 | img/s b64 | img/s b256 | img/s b1000 | b256 / fp32 | best batch: % of fp32 peak |",
+                "| model | threads | p50 µs | p99 µs | p50 / fp32 | img/s b64 | img/s b256 | img/s b1000 | b256 / fp32 "
+                "| best batch: % of fp32 peak |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for threads, rows in res[section].items():
             for name, r in rows.items():
@@ -444,7 +446,8 @@ def markdown(res) -> str:
         out += ["**Calibration** (ONNX int8, default recipe otherwise; training images only)", "",
                 "| method | images | int8 test acc | agreement with fp32 | quantize time |", "|---|---|---|---|---|"]
         for r in res["calibration"]:
-            out.append(f"| {r['method']} | {r['size']:,} | {r['accuracy'] * 100:.2f}% | {r['agreement'] * 100:.2f}% | {r['seconds']:.1f} s |")
+            out.append(f"| {r['method']} | {r['size']:,} | {r['accuracy'] * 100:.2f}% | {r['agreement'] * 100:.2f}% "
+                       f"| {r['seconds']:.1f} s |")
         out.append("")
     if res.get("verify"):
         v = res["verify"]

@@ -1,7 +1,6 @@
 """Outputs that travel: `verify --save-outputs`, `verify --golden` and `mnisttk compare`."""
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap

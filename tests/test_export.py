@@ -359,7 +359,8 @@ def test_litert_rows_run_without_torch(all_targets, tiny_export):
 
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib.util, json
-        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch" else orig(name, *a))(importlib.util.find_spec)
+        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch"
+                                    else orig(name, *a))(importlib.util.find_spec)
         from click.testing import CliRunner
         from toolkit.cli import main
         r = CliRunner().invoke(main, ["verify", "--dir", r"{all_targets}", "--data-dir", r"{tiny_export['data']}",

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 import toolkit.runtimes.ort_session as rt
-from helpers import run
+from helpers import LOOSE, run
 
 ROOT = Path(__file__).resolve().parent.parent
-from helpers import LOOSE
 
 
 

@@ -90,7 +90,8 @@ def test_predict_never_imports_torch(digits, tiny_export):
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from click.testing import CliRunner
         from toolkit.cli import main
-        r = CliRunner().invoke(main, ["predict", r"{files['png']}", r"{files['npy']}", "--model", r"{tiny_export['out'] / 'cnn_int8.onnx'}"])
+        r = CliRunner().invoke(main, ["predict", r"{files['png']}", r"{files['npy']}", "--model",
+                                      r"{tiny_export['out'] / 'cnn_int8.onnx'}"])
         assert r.exit_code in (0, 3), r.output  # the not-a-digit rule ran too (3: it rejected an image)
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
     """) + third_party_check({"click", "numpy", "onnxruntime", "PIL"}) + textwrap.dedent("""

@@ -188,7 +188,8 @@ def test_runtime_and_verify_never_import_torch(exported, tiny_export):
     # inspect uses to read and edit ONNX graphs without the onnx package)
     code = BLOCK_TORCH + textwrap.dedent(f"""
         import importlib.util
-        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch" else orig(name, *a))(importlib.util.find_spec)
+        importlib.util.find_spec = (lambda orig: lambda name, *a: None if name.split(".")[0] == "torch"
+                                    else orig(name, *a))(importlib.util.find_spec)
         import toolkit.runtimes.ort_session
         from click.testing import CliRunner
         from toolkit.cli import main

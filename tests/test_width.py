@@ -35,9 +35,11 @@ def test_what_the_verbs_print_fits(supplier, tiny_export, tmp_path):
     r = run("inspect", "--dir", supplier, "--data-dir", data, "--repeats", "2", "--images", "40")
     assert r.exit_code == 0, r.output
     outputs.append(r.stdout)
-    outputs += [run("data", "--data-dir", data).stdout, run("env").stdout]
-    np.save(tmp_path / "d.npy", np.zeros((28, 28), np.uint8))
-    outputs.append(run("predict", tmp_path / "d.npy", "--model", supplier / "cnn_int8.onnx").stdout)
+    outputs += [run("data", "--data-dir", data).output, run("env").output]
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255  # a "1"
+    np.save(tmp_path / "d.npy", digit)
+    outputs.append(run("predict", tmp_path / "d.npy", "--model", supplier / "cnn_int8.onnx").output)
     for text in outputs:
         assert text.strip() and not too_wide(text), too_wide(text)
 

@@ -106,7 +106,7 @@ INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_REPORT_BYTES = 64 * 1024 * 1024  # an existing --json file larger than this is not a report of ours
 
 
-def check_outputs(outputs: list, protected: list = ()) -> None:
+def check_outputs(outputs: list, protected: tuple | list = ()) -> None:
     """Before any work: each (option, path, kind) output is a file that can be written, and never an
     input. `protected`: paths the verb reads (images, a model, an export's listed files). kind: "json",
     "markdown" or "png". A path in a folder that does not exist is refused (no folder tree is made)."""
@@ -303,7 +303,8 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     check_outputs([("--json", json_out, "json")], [out])
     mnist = load_mnist(data_dir, log=log)
     log(f"data: {mnist.source}")
-    log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, Adam lr {lr}, seed {seed}")
+    log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, "
+        f"Adam lr {lr}, seed {seed}")
     if progress is None:
         progress = sys.stderr.isatty()  # carriage-return frames have no place in a log file
     model, result = run_training(config, mnist, dev, log=log, progress=progress and not _QUIET, cuda_graph=cuda_graph,
@@ -446,7 +447,8 @@ def format_export(manifest: dict, out: Path) -> str:
                    "From the environment: space-separated ids.")
 @click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
 @click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
-              help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a batch as one single-threaded session per thread.")
+              help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a "
+                   "batch as one single-threaded session per thread.")
 @click.option("--expect", "expect", multiple=True, type=click.Choice(KNOWN_TARGETS), metavar="TARGET",
               help="A target the export must hold and this run must check (repeatable), e.g. --expect onnx-int8: "
                    f"fail if it is missing or its row was skipped. One of: {', '.join(KNOWN_TARGETS)}.")
@@ -466,6 +468,8 @@ def format_export(manifest: dict, out: Path) -> str:
 @click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The report as one self-contained page: verdict, table, plot, notes, the changed test images.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
               help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
 @click.option("--save-outputs", "outputs_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -484,7 +488,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
-           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct):
+           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -529,7 +533,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
         raise click.UsageError("--json and --markdown cannot both go to stdout")
     # an unwritable report path, or one that would overwrite what is verified, fails before the run
     check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png"),
-                   ("--save-outputs", outputs_path, "json")],
+                   ("--save-outputs", outputs_path, "json"), ("--html", html_path, "html")],
                   _export_files(folder, manifest) + ([golden_path] if golden_path else []))
     from toolkit import outputs as saved_outputs
 
@@ -560,6 +564,16 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
             write_plot(result, plot_path)
         except OSError as exc:
             raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
+    if html_path:
+        from toolkit.html_report import write_html
+        from toolkit.manifest import confined_path
+        from toolkit.reference import read_reference
+
+        ref = read_reference(confined_path(folder, manifest["reference"]["file"]), len(mnist.test_labels))
+        try:
+            write_html(result, mnist.test_images, mnist.test_labels, ref["logits"].argmax(1), html_path)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write {html_path}: {exc.strerror or exc}") from None
     ctx.exit(0 if result["passed"] else 1)
 
 
@@ -726,7 +740,9 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
 
                 why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}"
                                 for c in r["not_a_digit"]["failed"])
-                click.echo(f"{printable(r['file'])}: not a digit ({why}; the model's best guess: {r['digit']})")
+                from toolkit.width import fit
+
+                click.echo(fit(f"{printable(r['file'])}: not a digit ({why}; the model's best guess: {r['digit']})"))
             else:
                 click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
     errors = any("error" in r for r in results)

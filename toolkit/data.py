@@ -287,7 +287,8 @@ def convert_pickle(pickle_gz: bytes, expected_sha256: str | None = PYPI_PICKLE_S
     def images(x: np.ndarray) -> np.ndarray:
         k = np.asarray(x, dtype=np.float64) * 256.0
         rounded = np.rint(k)
-        if x.ndim != 2 or x.shape[1] != 784 or np.abs(k - rounded).max(initial=0) > 1e-3 or rounded.max(initial=0) > 255 or rounded.min(initial=0) < 0:
+        if (x.ndim != 2 or x.shape[1] != 784 or np.abs(k - rounded).max(initial=0) > 1e-3
+                or rounded.max(initial=0) > 255 or rounded.min(initial=0) < 0):
             raise DataError("mnist.pkl.gz: pixels are not k/256 values of 784-pixel images")
         return rounded.astype(np.uint8).reshape(-1, 28, 28)
 

@@ -11,7 +11,7 @@ from toolkit.errors import DataError
 
 
 def describe(mnist: MNIST) -> dict:
-    info = {"source": mnist.source, "directory": str(mnist.directory), "canonical_mnist": mnist.canonical, "splits": {}}
+    info: dict = {"source": mnist.source, "directory": str(mnist.directory), "canonical_mnist": mnist.canonical, "splits": {}}
     for split in ("train", "test"):
         images, labels = mnist.split(split)
         info["splits"][split] = {
@@ -49,7 +49,7 @@ def write_grid(mnist: MNIST, path: Path, rows: int = 6, cols: int = 10) -> Path:
     for i in range(min(rows * cols, len(images))):
         r, c = divmod(i, cols)
         x0, y0 = c * (cell + 4) * scale, r * (cell + pad) * scale
-        tile = Image.fromarray(images[i]).resize((cell * scale, cell * scale), Image.NEAREST)
+        tile = Image.fromarray(images[i]).resize((cell * scale, cell * scale), Image.Resampling.NEAREST)
         sheet.paste(tile, (x0, y0 + pad * scale))
         draw.text((x0 + 2, y0 + 4), f"label {labels[i]}", fill=0)
     try:

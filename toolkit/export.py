@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -146,7 +146,7 @@ class _Export:
     support: list = field(default_factory=list)  # (relative path, role)
     test_logits: dict = field(default_factory=dict)  # artifact file -> its test logits
     checks: list = field(default_factory=list)  # fp32 parity, one per fp32 artifact checked
-    quant: object = None  # the int8 recipe (--search may change it)
+    quant: Any = None  # the int8 recipe (--search may change it)
     quant_info: dict | None = None
     search: dict | None = None
     calib: np.ndarray | None = None
@@ -386,7 +386,8 @@ def stale_names(out: Path, candidates: list[str]) -> tuple[list[str], list[str]]
     if not present:
         return [], []
     listed = _previous_files(out)
-    remove, leave = [], []
+    remove: list[str] = []
+    leave: list[str] = []
     for name in present:
         path = out / name
         if path.is_symlink():

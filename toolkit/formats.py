@@ -52,5 +52,5 @@ def check_kind(data: bytes, fmt: str, name: str) -> None:
         return
     got = sniff(data)
     if got != want:
-        found = KIND_NAMES.get(got, "not a model file mnisttk knows")
+        found = KIND_NAMES.get(got or "", "not a model file mnisttk knows")
         raise ManifestError(f"{name}: listed as {fmt}, but its bytes are {found}; refused")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from toolkit.config import Gates
 
@@ -31,8 +32,8 @@ class Gate(str, Enum):
 @dataclass(frozen=True)
 class Reason:
     gate: Gate
-    value: object = None
-    limit: object = None
+    value: Any = None
+    limit: Any = None
 
     def text(self) -> str:
         v, lim = self.value, self.limit

@@ -122,7 +122,8 @@ def _check_entry(path: Path, entry, where: str, keys: dict) -> None:
         value = entry[key]
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) if kind is int else isinstance(value, kind)
         if not ok:
-            _fail(path, f"{where}.{key} is {json.dumps(value)[:40]}, not {'a non-negative integer' if kind is int else 'a ' + kind.__name__}")
+            want = "a non-negative integer" if kind is int else "a " + kind.__name__
+            _fail(path, f"{where}.{key} is {json.dumps(value)[:40]}, not {want}")
     if "sha256" in keys and not _HEX64.fullmatch(entry["sha256"]):
         _fail(path, f"{where}.sha256 is not 64 lower-case hex digits")
 

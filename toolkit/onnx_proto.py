@@ -13,7 +13,7 @@ import numpy as np
 # message name -> [(field name, number, label, type, message type name)]
 _OPT, _REP = 1, 3
 _INT32, _INT64, _FLOAT, _BYTES, _STRING, _MSG = 5, 3, 2, 12, 9, 11
-_SCHEMA = {
+_SCHEMA: dict[str, list] = {
     "AttributeProto": [("name", 1, _OPT, _STRING, None), ("f", 2, _OPT, _FLOAT, None), ("i", 3, _OPT, _INT64, None),
                        ("t", 5, _OPT, _MSG, "TensorProto"), ("g", 6, _OPT, _MSG, "GraphProto"),
                        ("ints", 8, _REP, _INT64, None), ("tensors", 10, _REP, _MSG, "TensorProto"),

@@ -28,6 +28,8 @@ beside the limits. Nothing here is tuned on non-digits. Edge side: numpy only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 RULE_VERSION = 2
@@ -187,8 +189,8 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> 
         "endpoints_max": float(np.quantile(f["endpoints"], 1 - q["endpoints"], method="higher")),
         "junctions_max": float(np.quantile(f["junctions"], 1 - q["junctions"], method="higher")),
     }
-    rule = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
-            "calibration": {"images": int(len(z)), "split": "train"}}
+    rule: dict[str, Any] = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
+                            "calibration": {"images": int(len(z)), "split": "train"}}
     rule["calibration"]["kept"] = float(decide(rule, images_u8, z)["accepted"].mean())
     return rule
 

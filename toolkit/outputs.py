@@ -18,6 +18,7 @@ import hashlib
 import json
 import zlib
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def _encode(a: np.ndarray) -> dict:
             "data": base64.b64encode(zlib.compress(shuffled, 9)).decode("ascii")}
 
 
-_DTYPES = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
+_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u1")}
 
 
 def _decode(d, what: str, shape: tuple) -> np.ndarray:
@@ -218,12 +219,12 @@ def _depth(obj) -> int:
 
 _NUMBER = (int, float)
 # field -> the types it may have in an outputs file (None allowed everywhere: not measured)
-_ROW_TYPES = {"name": str, "runtime": str, "fmt": str, "file": str, "status": str, "artifact_sha256": str,
+_ROW_TYPES: dict[str, Any] = {"name": str, "runtime": str, "fmt": str, "file": str, "status": str, "artifact_sha256": str,
               "loaded_sha256": str, "is_reference": bool, "accuracy": _NUMBER, "throughput": _NUMBER,
               "latency_us": dict}
-_DOC_TYPES = {"machine": dict, "mnisttk": str, "created": str, "threads": int, "throughput_batch": int,
+_DOC_TYPES: dict[str, Any] = {"machine": dict, "mnisttk": str, "created": str, "threads": int, "throughput_batch": int,
               "passed": bool}
-_MACHINE_TYPES = {"cpu": dict, "arch": str, "note": str, "onnxruntime": str}
+_MACHINE_TYPES: dict[str, Any] = {"cpu": dict, "arch": str, "note": str, "onnxruntime": str}
 
 
 def _check_types(path, i, obj) -> None:
@@ -231,7 +232,7 @@ def _check_types(path, i, obj) -> None:
     if not isinstance(obj, dict):
         raise OutputsError(f"{path}: row {i} is not an object")
     where = f"{path}: " + (f"row {obj.get('id', i)!s:.60}: " if i is not None else "")
-    checks = [(obj, _ROW_TYPES if i is not None else _DOC_TYPES, "")]
+    checks: list[tuple[dict, dict[str, Any], str]] = [(obj, _ROW_TYPES if i is not None else _DOC_TYPES, "")]
     if i is None and isinstance(obj.get("machine"), dict):
         checks.append((obj["machine"], _MACHINE_TYPES, "machine."))
         cpu = obj["machine"].get("cpu")

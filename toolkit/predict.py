@@ -16,6 +16,8 @@ Preprocessing, the way MNIST digits were made:
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import warnings
 from pathlib import Path
@@ -46,7 +48,8 @@ KEEP_COMPONENT = 0.1  # a component with this share of the main one's ink, besid
 
 def read_pgm(data: bytes, name: str) -> np.ndarray:
     """Binary (P5) or ASCII (P2) PGM as uint8 grayscale."""
-    tokens, pos = [], 0
+    tokens: list = []
+    pos = 0
     magic = data[:2]
     if magic not in (b"P5", b"P2"):
         raise ImageError(f"{name}: not a PGM file")
@@ -108,11 +111,12 @@ def read_with_pillow(path: Path) -> np.ndarray:
                 img.load()
                 if img.mode in WIDE_MODES:  # 16-bit, 32-bit integer, float: scaled, never clipped
                     return to_uint8(np.asarray(img), str(path))
+                flat: Any = img
                 if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                     rgba = img.convert("RGBA")
                     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    img = Image.alpha_composite(white, rgba)
-                return np.asarray(img.convert("L"), dtype=np.uint8)
+                    flat = Image.alpha_composite(white, rgba)
+                return np.asarray(flat.convert("L"), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: image too large (over {MAX_PIXELS:,} pixels; refused as a decompression bomb)") from None
     except Image.UnidentifiedImageError:
@@ -441,10 +445,10 @@ def _folder_images(folder: Path, recursive: bool) -> tuple[list[Path], str | Non
     return sorted(found), None
 
 
-def expand_inputs(paths: list[str], recursive: bool = False) -> list[str]:
+def expand_inputs(paths: list[str], recursive: bool = False) -> list:
     """Files as given; a folder becomes its image files (by suffix, sorted; `recursive` descends).
     A folder that gives none becomes a FolderProblem saying why, so it gets its own error line."""
-    out = []
+    out: list = []
     for p in paths:
         path = Path(p)
         try:
@@ -485,7 +489,10 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
     is one batch. `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and
     returning logits. `rule`: the export's not-a-digit rule (toolkit.ood); with it, an image it rejects
     has status "not_a_digit" and the checks it failed, with their values and limits."""
-    results, images, slots, pages = [], [], [], []
+    results: list[dict[str, Any]] = []
+    images: list = []
+    slots: list[int] = []
+    pages: list = []
     for p in paths:
         if isinstance(p, FolderProblem):
             results.append({"file": str(p).split(": ", 1)[0], "error": str(p)})
@@ -522,7 +529,7 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
             digit = int(pr.argmax())
             results[slot].update(status="digit", digit=digit, probability=float(pr[digit]),
                                  probabilities=[round(float(v), 6) for v in pr])
-            if decision is not None and not decision["accepted"][i]:
+            if rule is not None and decision is not None and not decision["accepted"][i]:
                 results[slot]["status"] = "not_a_digit"
                 results[slot]["not_a_digit"] = explain(rule, decision, i)
             if min_confidence is not None:
@@ -578,19 +585,19 @@ def predictable_kind(model_path: Path) -> str:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     kind = sniff(head)
     if kind not in PREDICT_KINDS:
-        found = KIND_NAMES.get(kind, "not a model file mnisttk knows")
+        found = KIND_NAMES.get(kind or "", "not a model file mnisttk knows")
         raise ToolkitError(f"{path}: {found}; predict runs ONNX (.onnx), ORT format (.ort) and LiteRT (.tflite) "
                            "models (verify runs the others)")
     return kind
 
 
-def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple[np.ndarray | None, str]:
+def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple:
     """(logits, SHA-256 of the bytes loaded) for uint8 N×28×28 images (run where toolkit.isolate bounds it);
     batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None))."""
     if kind == "tflite":
         from toolkit.runtimes.litert import LiteRTCandidate
 
-        model = LiteRTCandidate({1: (Path(model_path), None)}, "", 0, "LiteRT", Path(model_path).name)
+        model: Any = LiteRTCandidate({1: (Path(model_path), None)}, "", 0, "LiteRT", Path(model_path).name)
     else:
         from toolkit.runtimes.ort_session import Model
 

@@ -297,7 +297,7 @@ def _is_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-def publish(stage: Stage, order: list[str], remove: list[str] = ()) -> list[str]:
+def publish(stage: Stage, order: list[str], remove: tuple | list = ()) -> list[str]:
     """Move `stage.new/<name>` for each name in `order` into `stage.out` (the last one, the manifest,
     is the switch), then delete `remove`. A name may be a folder (a model repository): the old one is
     moved aside into the stage, the new one moved in. Returns the names removed. Raises OSError after
@@ -364,7 +364,7 @@ def recover(out: Path, log: Callable[[str], None] = lambda s: None) -> list[str]
     re-checked against the folder before anything moves. Returns what was done, one line each
     (also logged)."""
     out = Path(out)
-    done = []
+    done: list[str] = []
     try:
         stages = [p for p in out.iterdir() if p.name.startswith(STAGE_PREFIX) and _is_dir(p)]
     except OSError:

@@ -42,7 +42,7 @@ SHORT = {"max|Δlogit|": "max|Δ|"}  # headers shortened in the default (120-col
 
 def row_cells(r: dict) -> list[str]:
     lat = r.get("latency_us") or {}
-    ci = r.get("acc_diff_ci95")
+    ci = r.get("acc_diff_ci95") or [0.0, 0.0]
     delta = "—" if r.get("acc_diff") is None or r.get("is_reference") else (
         f"{r['acc_diff'] * 100:+.2f} [{ci[0] * 100:+.2f},{ci[1] * 100:+.2f}]")
     # "skip", not "skipped": the default table fits 120 columns (every row's reason is in its notes)

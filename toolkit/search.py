@@ -44,7 +44,7 @@ def later_layers(fp32_onnx: Path) -> tuple[list[str], bool]:
 
 
 def candidates(base: QuantConfig, layers: list[str], has_conv: bool) -> list[QuantConfig]:
-    firsts = ("fp32", "im2col", "int8") if has_conv else (base.first_conv,)
+    firsts: tuple[str, ...] = ("fp32", "im2col", "int8") if has_conv else (base.first_conv,)
     if base.quant_format != "qdq":
         firsts = tuple(f for f in firsts if f != "im2col")
     out = []
@@ -115,7 +115,8 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
     configs = candidates(base, layers, has_conv)
     ref_pred = ref_logits.argmax(1)
     ref_acc = float((ref_pred == labels).mean())
-    rows, runners = [], [OnnxCandidate(fp32_onnx, "fp32", "cpu", 1)]
+    rows: list[dict] = []
+    runners = [OnnxCandidate(fp32_onnx, "fp32", "cpu", 1)]
     with tempfile.TemporaryDirectory(prefix="mnisttk-search-") as tmp:
         for i, q in enumerate(configs):
             path = Path(tmp) / f"candidate_{i}.onnx"

@@ -190,7 +190,7 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
     torch.manual_seed(config.seed)
     # channels_last: oneDNN's NHWC conv and max-pool kernels are 2-4× faster than NCHW
     # for these 8/16-channel maps (same math); the fused Adam is one kernel for all params.
-    model = build_model(config.arch).to(device, memory_format=torch.channels_last)
+    model = build_model(config.arch).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=device.type == "cuda")
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)

@@ -55,7 +55,7 @@ def _message(toks: list[str], i: int, end: str | None) -> tuple[dict, int]:
             raise _Bad(f"field {name} has no value")
         if toks[i] == "[":
             i += 1
-            items = []
+            items: list = []
             while toks[i] != "]":
                 if toks[i] == "{":
                     item, i = _message(toks, i + 1, "}")
@@ -67,8 +67,8 @@ def _message(toks: list[str], i: int, end: str | None) -> tuple[dict, int]:
                     i += 1
             value, i = items, i + 1
         elif toks[i] == "{":
-            value, i = _message(toks, i + 1, "}")
-            value, i = [value], i + 1
+            message, i = _message(toks, i + 1, "}")
+            value, i = [message], i + 1
         else:
             value, i = [_value(toks[i])], i + 1
         fields.setdefault(name, []).extend(value)

@@ -53,6 +53,7 @@ class Row:
     agreement: float | None = None
     flipped: int | None = None
     flipped_indices: list | None = None  # test-set indices whose top-1 differs from the reference
+    flipped_predictions: list | None = None  # this row's top-1 on each of them (the reference's: its logits)
     max_abs_logit_diff: float | None = None
     acc_diff: float | None = None
     acc_diff_ci95: list | None = None
@@ -114,6 +115,7 @@ def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits:
     row.agreement = float((preds == ref_preds).mean())
     flipped = np.flatnonzero(preds != ref_preds)
     row.flipped, row.flipped_indices = int(len(flipped)), flipped.tolist()
+    row.flipped_predictions = preds[flipped].tolist()  # this row's answer on each, the reference's is ref_preds
     row.max_abs_logit_diff = float(np.abs(logits.astype(np.float64) - ref_logits).max())
     d = paired_accuracy_diff(labels, preds, ref_preds)
     row.acc_diff, row.acc_diff_ci95, row.mcnemar_p = d["diff"], d["ci95"], d["mcnemar_p"]
@@ -306,7 +308,7 @@ def _reference_row(run: _Run) -> tuple[Row, object]:
     return reference_row, eager
 
 
-def _plan_rows(run: _Run) -> list[tuple[Row, object, dict]]:
+def _plan_rows(run: _Run) -> list[tuple]:
     """Step 3: one row per artifact × runtime that runs its format (toolkit.runtimes.RUNTIMES), each
     with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
     plan = []
@@ -379,7 +381,11 @@ def _measure_reference(run: _Run, reference_row: Row, eager) -> None:
 
 def _parallel_children(run: _Run) -> int:
     """How many rows' untimed work (accuracy pass, consistency, not-a-digit) runs at once: the cores
-    over the threads each uses, at most 2. Timing never overlaps anything: it has its own rounds."""
+    over the threads each uses, at most 2. Timing never overlaps anything: it has its own rounds. Rows
+    run in this process (isolate.IN_PROCESS, for tests) run one at a time: a runtime's native-output
+    capture swaps this process's file descriptors, which two threads must not do at once."""
+    if isolate.IN_PROCESS:
+        return 1
     return max(1, min(2, (os.cpu_count() or 1) // resolve_threads(run.config.threads)))
 
 

@@ -5,6 +5,8 @@ over the targets asked for, in the registry's order (toolkit.targets)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,10 @@ class Sources:
     stage: Path
     arch: str
     precisions: tuple = ("fp32",)
-    model: object = None  # torch.nn.Module, eval mode
+    model: Any = None  # torch.nn.Module, eval mode
     onnx_files: dict = field(default_factory=dict)  # precision -> staged .onnx path
-    calib: object = None  # np.ndarray, or None without --quantize
-    quant: object = None  # toolkit.config.QuantConfig of the int8 artifacts
+    calib: Any = None  # np.ndarray, or None without --quantize
+    quant: Any = None  # toolkit.config.QuantConfig of the int8 artifacts
     metadata: dict = field(default_factory=dict)  # stamped into ONNX files (toolkit.exporters.artifact_meta)
 
 

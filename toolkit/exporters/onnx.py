@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.errors import ExportError
 from toolkit.exporters import Artifact, Sources, Written, each_precision
 from toolkit.exporters.artifact_meta import finalize_onnx
 from toolkit.exporters.torchscript import quiet_warnings
@@ -36,6 +37,8 @@ def export_fp32(model: torch.nn.Module, stage: Path, arch: str, metadata: dict) 
             dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
             external_data=False,  # one self-contained file: no side .onnx.data for the edge
         )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
     proto = program.model_proto
     finalize_onnx(proto, {**metadata, "precision": "fp32"}, uint8_input=False)
     onnx.checker.check_model(proto, full_check=True)

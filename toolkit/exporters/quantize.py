@@ -321,7 +321,8 @@ def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
         if config.method != "minmax":  # ExportConfig refuses it first: HistogramObserver is not ORT's method
             raise ExportError("TorchScript int8 calibrates by min/max only")
         act_observer = MinMaxObserver
-        activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=config.resolved_reduce_range())
+        activation = act_observer.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine,
+                                            reduce_range=config.resolved_reduce_range())
         if config.per_channel:
             weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
         else:
@@ -359,6 +360,7 @@ def torch_quant_params(quantized) -> dict:
     for name, buf in quantized.named_buffers():
         if "scale" in name and buf.numel() == 1:
             zp_name = name.replace("scale", "zero_point")
-            zp = dict(quantized.named_buffers()).get(zp_name)
-            params[name.replace("_scale", "")] = {"scale": [float(buf)], "zero_point": [int(zp) if zp is not None else 0], "dtype": "quint8"}
+            zero = dict(quantized.named_buffers()).get(zp_name)
+            params[name.replace("_scale", "")] = {"scale": [float(buf)], "zero_point": [int(zero) if zero is not None else 0],
+                                                  "dtype": "quint8"}
     return params

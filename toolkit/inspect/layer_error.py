@@ -221,13 +221,13 @@ def layer_errors(fp32_bytes: bytes, int8_bytes: bytes, x_fp32: np.ndarray, x_int
         raise ToolkitError("the int8 model has no quantized Conv/Gemm/MatMul layer to inspect")
     fp32_out = fp32_model.graph.output[0].name
     int8_out = int8_model.graph.output[0].name
-    ref = _run(_session(with_outputs(fp32_bytes, [l.fp32_output for l in layers]), threads), x_fp32,
-               [fp32_out] + [l.fp32_output for l in layers])
+    ref = _run(_session(with_outputs(fp32_bytes, [layer.fp32_output for layer in layers]), threads), x_fp32,
+               [fp32_out] + [layer.fp32_output for layer in layers])
     ref_top1 = ref[fp32_out].argmax(1)
     weight_names = [layer.weight_dq for layer in layers if layer.weight_dq]
     dequantized = _run(_session(with_outputs(int8_bytes, weight_names), threads), x_int8[:1], weight_names)
-    full = _run(_session(with_outputs(int8_bytes, [l.output for l in layers]), threads), x_int8,
-                [int8_out] + [l.output for l in layers])
+    full = _run(_session(with_outputs(int8_bytes, [layer.output for layer in layers]), threads), x_int8,
+                [int8_out] + [layer.output for layer in layers])
     fp32_inits = onnx_proto.initializers(fp32_model.graph)
     out = []
     for layer in layers:

@@ -78,8 +78,8 @@ def write_plot(result: dict, images_u8: np.ndarray, path: Path) -> None:
     entries += [(label("int8", n), n["us_per_image"], "tab:orange") for n in int8["nodes"][:7]]
     y = np.arange(len(entries))
     ax.barh(y, [e[1] for e in entries], color=[e[2] for e in entries])
-    for i, (label, _, _) in enumerate(entries):
-        ax.text(0, i, " " + label[:46], va="center", fontsize=7)
+    for i, (text, _, _) in enumerate(entries):
+        ax.text(0, i, " " + text[:46], va="center", fontsize=7)
     ax.invert_yaxis()
     ax.set_yticks([])
     ax.set_xlabel(f"µs per image (batch {fp32['batch']}, {fp32['threads']} thread)")

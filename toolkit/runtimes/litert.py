@@ -185,7 +185,7 @@ class LiteRTCandidate(Candidate):
     def _through(self, program: Program, x: np.ndarray) -> np.ndarray:
         """Float images through one static-batch program (the template's batching, at its batch)."""
         return batched_logits(lambda chunk: program.run(program.quantize(chunk)), x, len(x), batch=program.batch,
-                              fixed_batch=program.batch, name=self.file)
+                              fixed_batch=program.batch, name=self.file or self.name)
 
     def bench_input(self, images_u8):
         x = to_float_input(images_u8)

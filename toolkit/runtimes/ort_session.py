@@ -6,6 +6,8 @@ and nothing else.
 
 from __future__ import annotations
 
+from typing import Any
+
 import contextlib
 import io
 import json
@@ -192,7 +194,7 @@ class Model:
         attempts = [[("CUDAExecutionProvider", {"use_tf32": "0", **cuda_opts}), "CPUExecutionProvider"],
                     [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]] if provider == "cuda" else [[ep]]
         error: ToolkitError | None = None
-        self.session = None
+        self.session: Any = None
         for providers in attempts:
             try:
                 # ORT print()s an "EP Error ... Falling back" banner to stdout and falls back to the
@@ -210,17 +212,18 @@ class Model:
                 continue
             self.session = session
             # what the CUDA provider was asked for (use_tf32 "0": fp32 convolutions in fp32), as it opened
-            self.cuda_options = dict(providers[0][1]) if provider == "cuda" else None
+            first = providers[0]
+            self.cuda_options = dict(first[1]) if provider == "cuda" and isinstance(first, tuple) else None
             break
         if self.session is None:
-            raise error
+            raise error or ToolkitError(f"{self.path}: ONNX Runtime cannot load it")
         if hasattr(self.session, "disable_fallback"):
             self.session.disable_fallback()  # a failing CUDA run raises instead of moving to the CPU
         self._check_io()
         self.providers_used = self.session.get_providers()
         # Batch-parallel: the same bytes in more single-threaded sessions, and threads to drive them.
         self._shards = [self.session] + [self._open(data, options, providers) for _ in range(shards - 1)]
-        self._pool = ThreadPoolExecutor(shards - 1, thread_name_prefix="mnisttk-shard") if shards > 1 else None
+        self._pool: Any = ThreadPoolExecutor(shards - 1, thread_name_prefix="mnisttk-shard") if shards > 1 else None
 
     def _open(self, data: bytes, options: SessionOptions, providers: list) -> ort.InferenceSession:
         so = options.to_ort()

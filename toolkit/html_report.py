@@ -1,0 +1,116 @@
+"""`verify --html FILE`: the report as one self-contained page a person can look at — the verdict, the
+table, the plot, each row's notes, and the test images an int8 (or reduced-precision) row changed,
+drawn as thumbnails with both predictions. Everything is inside the file (images as data: URIs); it
+loads nothing from anywhere. Edge side: numpy, Pillow for the thumbnails, matplotlib for the plot
+where installed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.report import COLUMNS, _notes, row_cells, verdict
+
+MAX_THUMBNAILS = 48  # changed test images drawn per report (every index is in the JSON)
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#111}table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}td:nth-child(-n+3),th{text-align:left}
+tr.fail td{background:#fde2e2}tr.ref td{background:#eef}h1 .pass{color:#060}h1 .fail{color:#a00}
+figure{display:inline-block;margin:4px;text-align:center;font-size:12px}figure img{image-rendering:pixelated}
+ul.notes{font-size:13px}"""
+
+
+def _png(data: np.ndarray, scale: int = 3) -> str:
+    """A uint8 grey image as a PNG data: URI, `scale`× larger (nearest neighbour)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(data, np.uint8)).resize((data.shape[1] * scale, data.shape[0] * scale),
+                                                             Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plot_uri(result: dict) -> str | None:
+    """The report's plot (toolkit.report.write_plot) as a data: URI, or None without matplotlib."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    from toolkit.report import write_plot
+
+    with tempfile.TemporaryDirectory(prefix="mnisttk-html-") as tmp:
+        path = Path(tmp) / "plot.png"
+        write_plot(result, path)
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _changed(result: dict, images: np.ndarray, labels: np.ndarray | None) -> list[str]:
+    """Figures for the test images the non-exact rows changed: the image, the reference's and the row's
+    digit (and the true one), at most MAX_THUMBNAILS."""
+    ref = next((r for r in result["rows"] if r.get("is_reference")), None)
+    out: list[str] = []
+    for r in result["rows"]:
+        if r.get("is_reference") or not r.get("flipped_indices") or not r.get("flipped_predictions"):
+            continue
+        for idx, pred in zip(r["flipped_indices"], r["flipped_predictions"]):
+            if len(out) >= MAX_THUMBNAILS:
+                return out
+            truth = f", true {int(labels[idx])}" if labels is not None else ""
+            ref_pred = _reference_prediction(ref, idx)
+            out.append(f'<figure><img src="{_png(images[idx])}" alt="test image {idx}" width="84" height="84">'
+                       f"<figcaption>#{idx}: {html.escape(r['name'])} on {html.escape(r['runtime'])}<br>"
+                       f"reference {ref_pred} → {pred}{truth}</figcaption></figure>")
+    return out
+
+
+def _reference_prediction(ref: dict | None, idx: int) -> str:
+    preds = (ref or {}).get("predictions")
+    return str(preds[idx]) if preds is not None else "?"
+
+
+def render(result: dict, images: np.ndarray, labels: np.ndarray | None = None,
+           reference_predictions: np.ndarray | None = None) -> str:
+    """The whole page, as text."""
+    if reference_predictions is not None:
+        result = {**result, "rows": [dict(r, predictions=reference_predictions.tolist()) if r.get("is_reference")
+                                     else r for r in result["rows"]]}
+    passed = result["passed"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = []
+    for r in result["rows"]:
+        cls = "fail" if r["status"] == "fail" else "ref" if r.get("is_reference") else ""
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells(r))
+        body.append(f'<tr class="{cls}" id="{html.escape(r["id"])}">{cells}</tr>')
+    plot = _plot_uri(result)
+    changed = _changed(result, images, labels)
+    cpu = (result.get("machine") or {}).get("cpu", {}).get("model", "?")
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>mnisttk verify: " + ("PASS" if passed else "FAIL") + "</title>", f"<style>{CSS}</style></head><body>",
+        f'<h1>mnisttk verify: <span class="{"pass" if passed else "fail"}">{html.escape(verdict(result))}</span></h1>',
+        f"<p>{result['n_test']:,} test images on {html.escape(cpu)}; latency at batch 1, throughput at batch "
+        f"{result['throughput_batch']} (images per CPU-second), {result['threads']} thread(s); "
+        f"{result['seconds']:.1f} s.</p>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>",
+    ]
+    if plot:
+        parts.append(f'<h2>Accuracy against latency</h2><img src="{plot}" alt="accuracy against batch-1 latency" '
+                     'style="max-width:100%">')
+    parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in _notes(result))
+                 + "</ul>")
+    if changed:
+        parts.append(f"<h2>Test images a row changed (first {len(changed)})</h2>" + "".join(changed))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_html(result: dict, images: np.ndarray, labels: np.ndarray | None, reference_predictions: np.ndarray | None,
+               path: Path) -> None:
+    from toolkit.fsutil import atomic_write_bytes
+
+    atomic_write_bytes(path, render(result, images, labels, reference_predictions).encode("utf-8"))
