@@ -106,3 +106,81 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
             assert np.isfinite(logits).all() and row.batch_consistent is not False
     print(f"\n{name}: {n} mutants -> {dict(outcomes)}")
     assert sum(outcomes.values()) == n
+
+
+# ---------------------------------------------------------------- outputs files and not-a-digit rules
+
+_ODD_VALUES = [None, "x", 1, -1, 1.5, True, [], [1], {}, {"a": 1}, "9" * 70, 10 ** 12]
+
+
+def _mutate_json(doc, rng, hashed: bool):
+    """A copy of a JSON document with one value somewhere replaced by an odd one (or a key dropped), the
+    document hash recomputed when `hashed` (as a forger would): what is left to catch it is the types."""
+    import copy
+
+    from toolkit import outputs
+
+    doc = copy.deepcopy(doc)
+    paths, stack = [], [((), doc)]
+    while stack:
+        path, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if k in ("data", "sha256") and isinstance(v, str):
+                continue  # an array's payload: damaged payloads are the other tests' business
+            paths.append((path, k))
+            stack.append(((*path, k), v))
+    parent_path, key = paths[int(rng.integers(len(paths)))]
+    parent = doc
+    for k in parent_path:
+        parent = parent[k]
+    if isinstance(parent, dict) and rng.random() < 0.2:
+        del parent[key]
+    else:
+        parent[key] = _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+    if hashed and isinstance(doc, dict):
+        doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest() if doc.get("kind") else None
+    return doc
+
+
+def test_mutated_outputs_files_end_in_a_comparison_or_one_line(onnx_family_export, tiny_export, tmp_path):
+    """compare reads another machine's file: each mutant (an odd value anywhere, the hash recomputed)
+    ends in PASS, FAIL or one `Error:` line — never a traceback."""
+    import json
+
+    from helpers import LOOSE, run
+
+    host = tmp_path / "host.json"
+    assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+               "--save-outputs", host).exit_code == 0
+    doc = json.loads(host.read_bytes())
+    rng = np.random.default_rng(7)
+    codes = Counter()
+    for i in range(max(12, N * 3)):
+        bad = tmp_path / f"m{i}.json"
+        try:
+            bad.write_text(json.dumps(_mutate_json(doc, rng, hashed=True)))
+        except (TypeError, ValueError):
+            continue
+        r = run("compare", host, bad)
+        assert r.exit_code in (0, 1) and "Traceback" not in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        codes[r.exit_code] += 1
+    assert codes[1] > 0  # most odd values are refused
+
+
+def test_mutated_not_a_digit_rules_are_one_line_or_applied(exported, tiny_export):
+    """A manifest's rule with an odd value anywhere: verify applies it or says in one line that it is
+    malformed, never a traceback."""
+    import json
+
+    from helpers import LOOSE, run
+
+    manifest = json.loads((exported / "manifest.json").read_text())
+    rng = np.random.default_rng(11)
+    for _ in range(max(6, N)):
+        m = dict(manifest, ood=_mutate_json(manifest["ood"], rng, hashed=False))
+        (exported / "manifest.json").write_text(json.dumps(m))
+        r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE)
+        assert r.exit_code in (0, 1) and "Traceback" not in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
