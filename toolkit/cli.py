@@ -738,11 +738,11 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
                 def lim(v):
                     return f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, list) else f"{v:.3g}"
 
-                why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}"
-                                for c in r["not_a_digit"]["failed"])
-                from toolkit.width import fit
-
-                click.echo(fit(f"{printable(r['file'])}: not a digit ({why}; the model's best guess: {r['digit']})"))
+                # one line per file: the first failed check with its value, the others by name (all: --json)
+                failed = r["not_a_digit"]["failed"]
+                why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}" for c in failed[:1])
+                more = f"; also {', '.join(c['check'] for c in failed[1:])}" if len(failed) > 1 else ""
+                click.echo(f"{printable(r['file'])}: not a digit ({why}{more}; best guess {r['digit']})")
             else:
                 click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
     errors = any("error" in r for r in results)
