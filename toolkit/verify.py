@@ -196,14 +196,14 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs)
     run.phases["open"] = time.perf_counter() - t_start  # manifest, hashes, reference, not-a-digit features
     _start_children(run)
-    with _phase(run, "reference"):  # while the children's forkserver starts on the other core
+    with _Clock(run.phases)("reference"):  # while the children's forkserver starts on the other core
         reference_row, eager = _reference_row(run)
         _measure_reference(run, reference_row, eager)
-    with _phase(run, "plan"):
+    with _Clock(run.phases)("plan"):
         plan = _plan_rows(run)
     rows = [reference_row] + _measure_rows(run, plan, log)
     _timing_rounds(run, plan, eager, reference_row, log)
-    with _phase(run, "judge"):
+    with _Clock(run.phases)("judge"):
         _judge_rows(run, rows, reference_row)
     return _result(run, rows, t_start, cpu_start)
 
@@ -217,17 +217,6 @@ def _start_children(run: _Run) -> None:
     # toolkit.verify itself: each child unpickles measure_row/time_row from it
     isolate.prepare(tuple(dict.fromkeys((["torch"] if run.have_torch else []) + preload + ["toolkit.verify"])))
     threading.Thread(target=isolate.warm_up, name="mnisttk-forkserver", daemon=True).start()
-
-
-@contextlib.contextmanager
-def _phase(run, name: str):
-    """Adds the block's wall seconds to run.phases[name] (the JSON's timing.phases_s)."""
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        if run is not None:
-            run.phases[name] = run.phases.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _child_call(run, fn, *args, **kwargs):
@@ -647,7 +636,7 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
         for row, spec, a in timing.rotated(jobs, k):
             if row == "ref":
                 try:
-                    with eager.scope(), _phase(run, "timing_rounds"):
+                    with eager.scope(), _Clock(run.phases)("timing_rounds"):
                         rounds[reference_row.id].append(timing.one_round(eager, run.test_images, config.throughput_batch,
                                                                          config.latency_iters))
                 except ToolkitError as exc:
