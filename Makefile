@@ -52,14 +52,14 @@ lint: venv
 	$(VENV)/bin/ruff check toolkit tests scripts benchmarks
 	$(VENV)/bin/mypy
 
-# The inner loop (about a minute): the gates, timing, compare and outputs, the CPU-choice policy through
+# The inner loop (1 min 45 s here): the gates, timing, compare and outputs, the CPU-choice policy through
 # its doubles, the third hostile corpus and the 120-column check, on the tiny synthetic export; no real
 # MNIST, no LiteRT or ExecuTorch export. `make test` is the whole proof.
 QUICK := tests/test_gates.py tests/test_timing.py tests/test_compare.py tests/test_cpu_choices.py \
 	tests/test_untrusted_round3.py tests/test_width.py tests/test_train_threads.py
 test-quick: wheel
 	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q -x -m "not e2e" \
-	  --deselect tests/test_cpu_choices.py::test_every_manifest_input_entry_is_what_the_written_file_takes $(QUICK)
+	  -k "not every_manifest_input_entry and not litert_batch_file and not search_never_ships" $(QUICK)
 
 bench: wheel
 	$(PIP) install -q -c $(VENV)/constraints.txt ".[bench]"
