@@ -207,8 +207,33 @@ def format_markdown(result: dict) -> str:
 RUNTIME_COLORS = {"PyTorch eager": "black", "reference.npz": "black", **{s.label: s.color for s in RUNTIMES}}
 
 
+def _runtime_of(label: str) -> str:
+    """The registry's runtime for a row's runtime label ("OpenVINO CPU bf16": a default row of "OpenVINO CPU")."""
+    return max((rt for rt in RUNTIME_COLORS if label == rt or label.startswith(rt + " ")), key=len, default=label)
+
+
+def _color(label: str) -> str:
+    return RUNTIME_COLORS.get(_runtime_of(label), "tab:gray")
+
+
+NICE_TICKS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 2000, 5000, 10000)
+
+
 def write_plot(result: dict, path: Path) -> None:
-    """Accuracy against batch-1 p50 latency per row, the 95% interval as error bars (needs matplotlib)."""
+    """Accuracy against batch-1 p50 latency per row, with the 95% interval of each row's accuracy
+    difference to the reference (needs matplotlib)."""
+    import matplotlib.pyplot as plt
+
+    from toolkit.fsutil import atomic_path
+
+    fig = plot_figure(result)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_figure(result: dict):
+    """The plot as a matplotlib Figure (write_plot saves it; tests read its legend and axes)."""
     try:
         import matplotlib
 
@@ -216,8 +241,6 @@ def write_plot(result: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]')") from None
-    from toolkit.fsutil import atomic_path
-
     import math
 
     fig, ax = plt.subplots(figsize=(10, 5))
@@ -228,9 +251,11 @@ def write_plot(result: dict, path: Path) -> None:
             continue
         x, y = r["latency_us"]["p50"], r["accuracy"] * 100
         lo, hi = r.get("acc_diff_ci95") or [0.0, 0.0]
-        # The interval is on Δ = accuracy - reference accuracy; drawn around this row's accuracy.
-        err = [[max(0.0, y - (ref_acc + lo) * 100)], [max(0.0, (ref_acc + hi) * 100 - y)]]
-        color = "tab:red" if r["status"] == "fail" else RUNTIME_COLORS.get(r["runtime"], "tab:gray")
+        # The bar spans the reference's accuracy plus the 95% interval of this row's difference to it
+        # (paired bootstrap): where this row's accuracy may lie, judged against the reference.
+        base = ref_acc if ref_acc is not None else r["accuracy"]
+        err = [[max(0.0, y - (base + lo) * 100)], [max(0.0, (base + hi) * 100 - y)]]
+        color = "tab:red" if r["status"] == "fail" else _color(r["runtime"])
         ax.errorbar(x, y, yerr=err, fmt="s" if r["precision"] == "int8" else "o", capsize=4, color=color)
         points.append((x, y, f"{r['name']} ({r['runtime']})"))
     # Rows that land on one spot (same accuracy, latency within 8%) share one label.
@@ -251,11 +276,14 @@ def write_plot(result: dict, path: Path) -> None:
     # What the colours, markers and lines mean: a legend of proxies (one per runtime drawn, per precision)
     from matplotlib.lines import Line2D
 
-    drawn = {r["runtime"] for r in result["rows"] if r.get("latency_us") and r.get("accuracy") is not None}
+    drawn = {_runtime_of(r["runtime"]) for r in result["rows"] if r.get("latency_us") and r.get("accuracy") is not None}
     handles = [Line2D([], [], color=RUNTIME_COLORS.get(rt, "tab:gray"), marker="o", ls="", label=rt)
                for rt in RUNTIME_COLORS if rt in drawn]
-    handles += [Line2D([], [], color="k", marker="o", ls="", mfc="none", label="fp32"),
-                Line2D([], [], color="k", marker="s", ls="", mfc="none", label="int8")]
+    # filled, as the points are; black: the marker says the precision, the colour the runtime
+    handles += [Line2D([], [], color="k", marker="o", ls="", label="fp32"),
+                Line2D([], [], color="k", marker="s", ls="", label="int8"),
+                Line2D([], [], color="k", marker="|", ls="", markersize=12,
+                       label="reference accuracy + 95% CI of the difference")]
     if any(r["status"] == "fail" for r in result["rows"]):
         handles.append(Line2D([], [], color="tab:red", marker="o", ls="", label="failed a gate"))
     g = result["gates"]
@@ -269,15 +297,22 @@ def write_plot(result: dict, path: Path) -> None:
         handles.append(Line2D([], [], color="tab:red", ls=":", label=f"latency gate: {g['max_latency_ratio']:g}× ref"))
     ax.legend(handles=handles, loc="lower left", fontsize=7.5, framealpha=0.85)
     ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
+    if points:  # ticks at round values across the whole range, the fastest point included, one size
+        xs = [p[0] for p in points]
+        lo_x, hi_x = min(xs) / 1.25, max(xs) * 1.25
+        ax.set_xlim(lo_x, hi_x)
+        ticks = [t for t in NICE_TICKS if lo_x <= t <= hi_x]
+        if len(ticks) < 3:
+            ticks = sorted({round(v, 1) for v in (lo_x * 1.1, math.sqrt(lo_x * hi_x), hi_x / 1.1)})
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.tick_params(axis="both", which="major", labelsize=8)
     ax.set_xlabel("batch-1 latency p50 (µs, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("mnisttk verify: accuracy vs latency (bars: 95% CI of Δ to reference)")
+    ax.set_title("mnisttk verify: accuracy against batch-1 latency")
     ax.grid(True, alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    return fig
