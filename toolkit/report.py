@@ -303,7 +303,7 @@ def plot_figure(result: dict):
         xs = [p[0] for p in points]
         lo_x, hi_x = min(xs) / 1.25, max(xs) * 1.25
         ax.set_xlim(lo_x, hi_x)
-        ticks = [t for t in NICE_TICKS if lo_x <= t <= hi_x]
+        ticks: list[float] = [t for t in NICE_TICKS if lo_x <= t <= hi_x]
         if len(ticks) < 3:
             ticks = sorted({round(v, 1) for v in (lo_x * 1.1, math.sqrt(lo_x * hi_x), hi_x / 1.1)})
         ax.xaxis.set_major_locator(FixedLocator(ticks))
