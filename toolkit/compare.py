@@ -86,8 +86,6 @@ def _ratio(a, b):
 
 def _cpu_dependent(rid: str) -> bool:
     """A runtime's default-precision row (onnx-fp32@openvino-bf16): it exists only on CPUs with that mode."""
-    from toolkit.gates import REDUCED_PRECISIONS
-
     return any(rid.endswith(f"-{p}") for p in REDUCED_PRECISIONS)
 
 

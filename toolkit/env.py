@@ -77,15 +77,13 @@ def environment() -> dict:
 def _default_precisions() -> dict:
     """runtime label -> the precision it computes an fp32 file in on this CPU when nothing is asked, for
     the installed runtimes that choose one (OpenVINO: f32, or bf16 on AVX-512 BF16/AMX CPUs)."""
-    from toolkit import isolate
-    from toolkit.runtimes import RUNTIMES, missing, reduced_default_at
+    from toolkit.runtimes import RUNTIMES, ask_reduced_default, missing
 
     out = {}
-    for i, spec in enumerate(RUNTIMES):
+    for spec in RUNTIMES:
         if spec.reduced_default and not missing(spec):
-            try:  # in a bounded child: importing a runtime must not hang or crash `env`
-                out[spec.label] = isolate.call(reduced_default_at, i, timeout_s=60, memory_mb=None,
-                                               what=f"{spec.label}'s default precision") or "f32"
+            try:
+                out[spec.label] = ask_reduced_default(spec) or "f32"
             except ToolkitError as exc:  # the runtime cannot start here: say so, not crash the report
                 out[spec.label] = f"unknown ({str(exc)[:80]})"
     return out

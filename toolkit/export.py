@@ -380,8 +380,6 @@ def stale_names(out: Path, candidates: list[str]) -> tuple[list[str], list[str]]
     the folder's previous manifest lists it and every file under it still has the size and SHA-256 that
     manifest recorded (a folder: every file in it listed, no link anywhere). The user's own files with an
     export's names, and files changed since, are left."""
-    import os
-
     present = [n for n in candidates if os.path.lexists(out / n)]
     if not present:
         return [], []
@@ -435,11 +433,8 @@ def _unchanged(out: Path, rel: str, listed: dict) -> bool:
     size, sha = listed[rel]
     try:
         st = (out / rel).lstat()
-    except OSError:
-        return False
-    try:
         return stat.S_ISREG(st.st_mode) and st.st_size == size and sha256_file(out / rel, size) == sha
-    except OSError:  # unreadable, or grew while read: not provably the previous export's
+    except OSError:  # gone, unreadable, or grew while read: not provably the previous export's
         return False
 
 

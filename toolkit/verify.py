@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from toolkit import isolate
-from toolkit.runtimes import RUNTIMES, missing, reduced_default_at
+from toolkit.runtimes import RUNTIMES, ask_reduced_default, missing
 from toolkit.runtimes.candidate import Arithmetic, resolve_threads
 from toolkit.targets import row_label
 from toolkit.runtimes import build as build_candidate
@@ -211,12 +212,13 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
 def _start_children(run: _Run) -> None:
     """The bounded children's forkserver, with the modules this run's rows import (torch, ExecuTorch's:
     seconds), started now on another core while this process makes the reference's logits."""
-    import threading
-
     preload = [m for spec in RUNTIMES if not _skip_reason(run, spec) for m in spec.preload]
     # toolkit.verify itself: each child unpickles measure_row/time_row from it
     isolate.prepare(tuple(dict.fromkeys((["torch"] if run.have_torch else []) + preload + ["toolkit.verify"])))
     threading.Thread(target=isolate.warm_up, name="mnisttk-forkserver", daemon=True).start()
+
+
+_ACCOUNTING = threading.Lock()
 
 
 def _child_call(run, fn, *args, **kwargs):
@@ -226,10 +228,12 @@ def _child_call(run, fn, *args, **kwargs):
     out = isolate.call(fn, *args, **kwargs)
     wall = time.perf_counter() - t0
     phases = out.pop("phases_s", {}) if isinstance(out, dict) else {}
-    run.child_cpu_s += out.pop("cpu_s", 0.0) if isinstance(out, dict) else 0.0
-    for name, seconds in phases.items():
-        run.phases[name] = run.phases.get(name, 0.0) + seconds
-    run.phases["child_startup"] = run.phases.get("child_startup", 0.0) + max(0.0, wall - sum(phases.values()))
+    cpu = out.pop("cpu_s", 0.0) if isinstance(out, dict) else 0.0
+    with _ACCOUNTING:  # rows' children report from two threads at once (_measure_rows)
+        run.child_cpu_s += cpu
+        for name, seconds in phases.items():
+            run.phases[name] = run.phases.get(name, 0.0) + seconds
+        run.phases["child_startup"] = run.phases.get("child_startup", 0.0) + max(0.0, wall - sum(phases.values()))
     return out
 
 
@@ -322,11 +326,8 @@ def _plan_rows(run: _Run) -> list[tuple]:
 def _reduced_default(spec) -> str | None:
     """The precision `spec` computes an fp32 file in on this CPU by default, where not fp32 (asked of the
     runtime in a bounded child); None where it is fp32, or the question cannot be answered here."""
-    if not spec.reduced_default:
-        return None
     try:
-        return isolate.call(reduced_default_at, RUNTIMES.index(spec), timeout_s=60,
-                            what=f"{spec.label}'s default precision")
+        return ask_reduced_default(spec)
     except ToolkitError:
         return None  # the runtime cannot start: its rows fail on their own, with the reason
 

@@ -80,3 +80,14 @@ def reduced_default(spec: RuntimeSpec) -> str | None:
 def reduced_default_at(spec_index: int) -> str | None:
     """reduced_default of RUNTIMES[spec_index] (a module-level function a child process can run)."""
     return reduced_default(RUNTIMES[spec_index])
+
+
+def ask_reduced_default(spec: RuntimeSpec) -> str | None:
+    """reduced_default, asked in a bounded child (importing a runtime must not hang or crash the verb
+    that asks); ToolkitError (toolkit.isolate's) where the runtime cannot start."""
+    from toolkit import isolate
+
+    if not spec.reduced_default:
+        return None
+    return isolate.call(reduced_default_at, RUNTIMES.index(spec), timeout_s=60, memory_mb=None,
+                        what=f"{spec.label}'s default precision")

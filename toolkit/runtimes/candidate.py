@@ -74,12 +74,13 @@ def refuse_external_data(data: bytes, name: str) -> None:
     from toolkit.formats import sniff
     from toolkit.onnx_proto import external_tensors
 
-    if sniff(data) not in ("onnx", None):  # another kind of file: no ONNX external data in it
+    kind = sniff(data)
+    if kind not in ("onnx", None):  # another kind of file: no ONNX external data in it
         return
     try:
         outside = external_tensors(data)
     except ValueError:
-        if sniff(data) == "onnx":
+        if kind == "onnx":
             raise ToolkitError(f"{name}: not a parsable ONNX model; refused") from None
         return  # not ONNX at all: the runtime refuses it in its own words
     if outside:
