@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from toolkit.data import DIGITS
 from toolkit.errors import CheckpointError
 from toolkit.fsutil import atomic_write_bytes, regular_file
-from toolkit.model import ARCHS, build_model
+from toolkit import arch as arch_mod
+from toolkit.arch import ArchRef
 
 FORMAT = "mnisttk-checkpoint"
 FORMAT_VERSION = 1
@@ -47,8 +49,16 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnisttk checkpoint (no '{FORMAT}' marker)")
     arch = ckpt.get("arch")
-    if not isinstance(arch, str) or arch not in ARCHS:
-        raise CheckpointError(f"{path}: unknown arch {str(arch)[:40]!r}; choose one of {', '.join(ARCHS)}")
+    if not isinstance(arch, str) or (arch not in arch_mod.BUILTINS and "arch_ref" not in ckpt):
+        raise CheckpointError(f"{path}: unknown arch {str(arch)[:40]!r}; choose one of {', '.join(arch_mod.BUILTINS)} "
+                              "or a model file (no 'arch_ref' recorded)")
+    ref = arch_mod.ref_of(ckpt, str(path))
+    if arch != ref.stem:
+        raise CheckpointError(f"{path}: arch {arch[:40]!r} does not match its reference {ref.spec[:80]!r}")
+    classes = ckpt.get("classes", list(DIGITS))
+    if not (isinstance(classes, (list, tuple)) and 2 <= len(classes) <= 256
+            and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)):
+        raise CheckpointError(f"{path}: 'classes' is not a list of 2 to 256 class names")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of names to tensors")
@@ -61,9 +71,16 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> torch.nn.Module:
-    """The model with the checkpoint's weights; every tensor must fit by name and shape, and be finite."""
-    model = build_model(ckpt["arch"])
+def checkpoint_classes(ckpt: dict) -> tuple:
+    return tuple(ckpt.get("classes", DIGITS))
+
+
+def model_from_checkpoint(ckpt: dict, source: str = "checkpoint", given: ArchRef | None = None) -> torch.nn.Module:
+    """The model with the checkpoint's weights; every tensor must fit by name and shape, and be finite.
+    A user model's code runs only if it is unchanged since training or named again (`given`:
+    toolkit.arch.trusted)."""
+    ref = arch_mod.trusted(arch_mod.ref_of(ckpt, source), given, source)
+    model = arch_mod.build(ref, len(checkpoint_classes(ckpt)))
     expected = model.state_dict()
     state = ckpt["state_dict"]
     missing = [k for k in expected if k not in state]
@@ -75,7 +92,10 @@ def model_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> torch.nn.Mo
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"{source}: weights do not fit arch {ckpt['arch']!r}: {name} is "
                                   f"{list(tensor.shape)} in the checkpoint, {list(expected[name].shape)} in the model")
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+        if tensor.dtype != expected[name].dtype:
+            raise CheckpointError(f"{source}: tensor {name} is {tensor.dtype} in the checkpoint, "
+                                  f"{expected[name].dtype} in the model")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values (or is not float): "
                                   "the training diverged; retrain (e.g. with a smaller --lr)")
     model.load_state_dict(state)

@@ -77,21 +77,44 @@ def toolkit_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except ToolkitError as exc:
-            raise click.ClickException(printable(str(exc))) from None
-        except ModuleNotFoundError as exc:  # an edge install (no [train] extra) asked to train or export
-            if (exc.name or "").split(".")[0] not in TRAIN_STACK:
-                raise
-            raise click.ClickException(
-                f"`mnisttk {click.get_current_context().info_name}` needs the training stack ({exc.name} is not "
-                "installed): pip install 'mnisttk[train]' (`mnisttk env` shows what is here)") from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; existing files were left as they were") from None
-        except OSError as exc:  # a name too long, a folder gone mid-run: one line, never a traceback
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(printable(f"{where}{exc.strerror or exc}")) from None
+        except (ToolkitError, ModuleNotFoundError, KeyboardInterrupt, OSError) as exc:
+            _debug_traceback(exc)
+            return _one_line(exc)
 
     return wrapper
+
+
+def _debug_traceback(exc: BaseException) -> None:
+    """MNISTTK_DEBUG=1: the whole chain behind an `Error:` line (what `from None` hides included) on
+    stderr, for a bug report; the one line follows as always."""
+    if os.environ.get("MNISTTK_DEBUG") != "1":
+        return
+    import traceback
+
+    seen: set = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # the context `from None` suppressed, shown again
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
+    click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+
+
+def _one_line(exc: BaseException):
+    """A caught error as click's one `Error:` line (exit 1)."""
+    if isinstance(exc, ToolkitError):
+        raise click.ClickException(printable(str(exc))) from None
+    if isinstance(exc, ModuleNotFoundError):  # an edge install (no [train] extra) asked to train or export
+        if (exc.name or "").split(".")[0] not in TRAIN_STACK:
+            raise exc
+        raise click.ClickException(
+            f"`mnisttk {click.get_current_context().info_name}` needs the training stack ({exc.name} is not "
+            "installed): pip install 'mnisttk[train]' (`mnisttk env` shows what is here)") from None
+    if isinstance(exc, KeyboardInterrupt):
+        raise click.ClickException("interrupted; existing files were left as they were") from None
+    assert isinstance(exc, OSError)  # a name too long, a folder gone mid-run: one line, never a traceback
+    where = f"{exc.filename}: " if exc.filename else ""
+    raise click.ClickException(printable(f"{where}{exc.strerror or exc}")) from None
 
 
 def printable(text: str) -> str:
@@ -252,9 +275,15 @@ def data(data_dir, grid, json_out):
         click.echo(format_description(info))
 
 
-@main.command(short_help="Train the CNN (or MLP) with the seed's recipe; test-set metrics.")
-@click.option("--arch", type=click.Choice(ARCH_NAMES), default=TRAIN.arch, show_default=True,
-              help="cnn: the seed's CNN; mlp: its feed-forward contrast.")
+ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FILE.py:NAME or package.module:NAME, "
+             "a class or factory returning an nn.Module that maps N×1×28×28 floats to N×C logits (docs/your-model.md).")
+
+
+@main.command(short_help="Train the CNN, the MLP or your own model; test-set metrics.")
+@click.option("--arch", default=TRAIN.arch, show_default=True, metavar="ARCH", help=ARCH_HELP)
+@click.option("--arch-args", default="", metavar="JSON", help="Keyword arguments for your model, a JSON object.")
+@click.option("--classes", default=None, metavar="NAMES",
+              help="Comma list of class names, label k is the k-th (default: classes.txt beside the data, else 0..C-1).")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN.batch_size, show_default=True,
               help="Training batch (the seed's 60).")
@@ -279,7 +308,7 @@ def data(data_dir, grid, json_out):
 @toolkit_errors
 @merge_old_spellings
 def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None,
-          threads=None):
+          threads=None, arch_args="", classes=None):
     """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
 
     \b
@@ -291,9 +320,11 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     from toolkit.train import TrainConfig, checkpoint_payload, select_device
     from toolkit.train import train as run_training
 
-    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    from toolkit.arch import parse
+
+    config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     dev = select_device(device)
-    out = out or Path("exported") / f"{arch}.pt"
+    out = out or Path("exported") / f"{parse(arch, arch_args).stem}.pt"
     from toolkit.fsutil import check_writable_dir
 
     try:
@@ -301,8 +332,8 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     except OSError as exc:
         raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     check_outputs([("--json", json_out, "json")], [out])
-    mnist = load_mnist(data_dir, log=log)
-    log(f"data: {mnist.source}")
+    mnist = load_mnist(data_dir, log=log, classes=classes)
+    log(f"data: {mnist.source}, {mnist.num_classes} classes")
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, "
         f"Adam lr {lr}, seed {seed}")
     if progress is None:
@@ -325,7 +356,7 @@ def format_train_result(result: dict) -> str:
         f"{'split':<6} {'accuracy':>9} {'macro precision':>16} {'macro recall':>13}",
         f"{'train':<6} {tr['accuracy']:>9.4f} {tr['macro_precision']:>16.4f} {tr['macro_recall']:>13.4f}",
         f"{'TEST':<6} {te['accuracy']:>9.4f} {te['macro_precision']:>16.4f} {te['macro_recall']:>13.4f}",
-        "test confusion matrix (rows: true digit, columns: predicted):",
+        "test confusion matrix (rows: true class, columns: predicted):",
     ]
     lines += ["  " + " ".join(f"{v:>5}" for v in row) for row in te["confusion_matrix"]]
     lines.append(f"checkpoint: {result['checkpoint']}")
@@ -337,7 +368,7 @@ def format_train_result(result: dict) -> str:
               show_default=True, help="Checkpoint from `mnisttk train`.")
 @click.option("--dir", "out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
               help="Folder the artifacts, reference and manifest are published into.")
-@click.option("--quantize", is_flag=True, help="Also write static int8 ONNX and TorchScript models.")
+@click.option("--quantize", is_flag=True, help="Also write a static int8 model of every target asked for.")
 @click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
               help="Training images used to calibrate (never test images).")
 @click.option("--calibration-method", type=click.Choice(METHODS), default=QUANT.method, show_default=True,
@@ -372,6 +403,11 @@ def format_train_result(result: dict) -> str:
 @gate_options
 @click.option("--allow-other-test-set", is_flag=True,
               help="Export even though the loaded MNIST test set is not the one the checkpoint was scored on.")
+@click.option("--arch", "arch_spec", default=None, metavar="ARCH",
+              help="Your model's source named again (FILE.py:NAME): needed when the file changed since training.")
+@click.option("--arch-args", default="", metavar="JSON", help="With --arch: its keyword arguments (default: the recorded ones).")
+@click.option("--require-all", is_flag=True,
+              help="Fail when a converter cannot take the model (default: that target is listed as not exportable).")
 @data_dir_option
 @json_option("The manifest")
 @quiet_option
@@ -384,7 +420,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct,
-           keep=EXPORT.not_a_digit_keep):
+           keep=EXPORT.not_a_digit_keep, arch_spec=None, arch_args="", require_all=False):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -407,7 +443,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                                       int8_min_agreement_pct=int8_min_agreement,
                                       int8_max_clipped_top_pct=int8_max_clipped,
                                       int8_min_ood_agreement_pct=int8_min_ood_agreement),
-                          not_a_digit_keep=keep)
+                          not_a_digit_keep=keep, arch=arch_spec, arch_args=arch_args, require_all=require_all)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -430,8 +466,12 @@ def format_export(manifest: dict, out: Path) -> str:
     lines.append(f"PyTorch eager fp32 (reference): {ref['pytorch_fp32_test_accuracy']:.4f}")
     for c in manifest["fp32_parity"]:
         lines.append(f"parity {c['artifact']}: max |Δlogit| {c['max_abs_logit_diff']:.2e}, {c['flipped']} flipped")
+    for e in manifest.get("not_exported", []):
+        lines.append(f"{e['target']}: not exportable: {e['reason']}")  # wrapped to 120 columns by fit
     lines.append(f"manifest: {out / 'manifest.json'}")
-    return "\n".join(lines)
+    from toolkit.width import fit
+
+    return fit("\n".join(lines))
 
 
 @main.command(short_help='Prove every artifact matches the float model: gates, evidence, exit code.')
@@ -566,10 +606,11 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
             raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
     if html_path:
         from toolkit.html_report import write_html
-        from toolkit.manifest import confined_path
+        from toolkit.manifest import classes_of, confined_path
         from toolkit.reference import read_reference
 
-        ref = read_reference(confined_path(folder, manifest["reference"]["file"]), len(mnist.test_labels))
+        ref = read_reference(confined_path(folder, manifest["reference"]["file"]), len(mnist.test_labels),
+                             len(classes_of(manifest)))
         try:
             write_html(result, mnist.test_images, mnist.test_labels, ref["logits"].argmax(1), html_path)
         except OSError as exc:
@@ -716,7 +757,9 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
     loaded = {"sha256": sha}
     from toolkit.predict import find_rule
 
-    rule, source = (None, "switched off (--accept-all)") if accept_all else find_rule(model_path, sha, metadata)
+    found, source = find_rule(model_path, sha, metadata)
+    classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
+    rule, source = (None, "switched off (--accept-all)") if accept_all else (found, source)
     if rule is None and not accept_all:
         log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
 
@@ -725,7 +768,7 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         return out
 
     results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed,
-                            rule=rule)
+                            rule=rule, classes=classes)
     emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
                "provider": provider, "not_a_digit_rule": source if rule is None else f"from {source}",
                "results": results}, json_out)
@@ -742,9 +785,11 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
                 failed = r["not_a_digit"]["failed"]
                 why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}" for c in failed[:1])
                 more = f"; also {', '.join(c['check'] for c in failed[1:])}" if len(failed) > 1 else ""
-                click.echo(f"{printable(r['file'])}: not a digit ({why}{more}; best guess {r['digit']})")
+                n = len(r["probabilities"])
+                what = "a digit" if r["label"] == str(r["digit"]) and n == 10 else f"one of the {n} classes"
+                click.echo(f"{printable(r['file'])}: not {what} ({why}{more}; best guess {printable(r['label'])})")
             else:
-                click.echo(f"{printable(r['file'])}: {r['digit']} (p={r['probability']:.3f}{low})")
+                click.echo(f"{printable(r['file'])}: {printable(r['label'])} (p={r['probability']:.3f}{low})")
     errors = any("error" in r for r in results)
     sys.exit(1 if errors else 3 if any(r.get("status") == "not_a_digit" for r in results) else 0)
 

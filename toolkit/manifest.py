@@ -35,24 +35,24 @@ def target_of(artifact: dict) -> str:
     return f"{artifact['format']}-{artifact['precision']}"
 
 
-def io_spec(fmt: str, precision: str, uint8_input: bool) -> dict:
+def io_spec(fmt: str, precision: str, uint8_input: bool, num_classes: int = 10) -> dict:
     dtype = "uint8" if uint8_input else "float32"
     value = "raw pixels 0-255" if uint8_input else "pixel/255 in [0, 1]"
     name = "input" if fmt == "torchscript" else "image"
     return {"inputs": [{"name": name, "dtype": dtype, "shape": ["batch", 1, 28, 28], "values": value}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]}
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", num_classes]}]}
 
 
 def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | None, opset: int | None,
                    test_accuracy: float, uint8_input: bool = False, file: str | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, num_classes: int = 10) -> dict:
     entry = {
         "file": file or path.name,
         "format": fmt,
         "precision": precision,
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
-        **io_spec(fmt, precision, uint8_input),
+        **io_spec(fmt, precision, uint8_input, num_classes),
         "opset": opset,
         "test_accuracy": test_accuracy,
     }
@@ -60,6 +60,11 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
         entry["quant_params"] = quant_params
     entry.update(extra or {})  # a target's own fields: its I/O, delegation, batch files
     return entry
+
+
+def classes_of(manifest: dict) -> tuple:
+    """The export's class names (label k is the k-th); MNIST's digits where it records none."""
+    return tuple(manifest.get("classes") or (str(d) for d in range(10)))
 
 
 def ood_rule(manifest: dict, folder: Path) -> dict | None:
@@ -203,6 +208,17 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
     extra = [t for t in listed if t not in targets]
     if extra:
         _fail(path, f"artifact of target {extra[0]} was not asked for in 'targets'")
+    skipped = manifest.get("not_exported", [])
+    if not isinstance(skipped, list):
+        _fail(path, "'not_exported' is not a list")
+    for i, e in enumerate(skipped):
+        _check_entry(path, e, f"not_exported[{i}]", {"target": str, "reason": str})
+        if e["target"] not in KNOWN_TARGETS or e["target"] in targets or len(e["reason"]) > 400:
+            _fail(path, f"not_exported[{i}] is not a known target left out of 'targets' with a short reason")
+    classes = manifest.get("classes")
+    if classes is not None and not (isinstance(classes, list) and 2 <= len(classes) <= 256
+                                    and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)):
+        _fail(path, "'classes' is not a list of 2 to 256 class names")
     if manifest.get("calibration") is not None and not any(t.endswith("-int8") for t in targets):
         _fail(path, "it records a calibration but no int8 target")
     return manifest

@@ -16,9 +16,12 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int = N
     )
 
 
-def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int = NUM_CLASSES) -> dict:
+def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int | None = None) -> dict:
     """Accuracy, macro precision and macro recall (a class never predicted scores precision 0,
-    as torchmetrics and scikit-learn do) and the confusion matrix."""
+    as torchmetrics and scikit-learn do) and the confusion matrix (C×C: `num_classes`, else the
+    highest label or prediction + 1, at least MNIST's 10)."""
+    if num_classes is None:
+        num_classes = max(NUM_CLASSES, int(np.max(labels, initial=0)) + 1, int(np.max(preds, initial=0)) + 1)
     cm = confusion_matrix(labels, preds, num_classes)
     tp = np.diag(cm).astype(np.float64)
     predicted = cm.sum(axis=0)

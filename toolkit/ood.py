@@ -166,14 +166,15 @@ def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
     return out
 
 
-def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> dict:
+def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, classes: tuple | None = None) -> dict:
     """The rule, from MNIST digits only (the training split at export): limits at quantiles of the
     digits' own features, sized so that about `keep` of them pass every check."""
     z = np.asarray(logits, dtype=np.float64)
     pred = z.argmax(1)
-    means = np.stack([z[pred == c].mean(0) if (pred == c).any() else z.mean(0) for c in range(10)])
+    c_n = z.shape[1]  # the classes: 10 on MNIST
+    means = np.stack([z[pred == c].mean(0) if (pred == c).any() else z.mean(0) for c in range(c_n)])
     centred = z - means[pred]
-    cov = centred.T @ centred / max(len(z) - 10, 1) + 1e-6 * np.eye(10)
+    cov = centred.T @ centred / max(len(z) - c_n, 1) + 1e-6 * np.eye(c_n)
     model = {"means": means.round(6).tolist(), "precision": np.linalg.inv(cov).round(8).tolist()}
     f = {**logit_features(z, model), **image_features(images_u8)}
     miss = 1.0 - keep
@@ -192,6 +193,8 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99) -> 
     rule: dict[str, Any] = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
                             "calibration": {"images": int(len(z)), "split": "train"}}
     rule["calibration"]["kept"] = float(decide(rule, images_u8, z)["accepted"].mean())
+    if classes is not None and tuple(classes) != tuple(str(d) for d in range(10)):
+        rule["classes"] = list(classes)  # the dataset's class names: predict speaks of them, not of digits
     return rule
 
 
@@ -249,9 +252,21 @@ def check_rule(rule) -> dict:
         means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
         raise ValueError("its limits or logit model are malformed") from None
-    if means.shape != (10, 10) or prec.shape != (10, 10) or not np.isfinite(vals + [means.sum(), prec.sum()]).all():
+    c_n = means.shape[0] if means.ndim == 2 else 0
+    names = rule.get("classes")
+    if names is not None and not (isinstance(names, list) and len(names) == c_n
+                                  and all(isinstance(n, str) and 0 < len(n) <= 64 and n.isprintable() for n in names)):
+        raise ValueError("its class names are not one printable name per class")
+    if not 2 <= c_n <= 256 or means.shape != (c_n, c_n) or prec.shape != (c_n, c_n) or \
+            not np.isfinite(vals + [means.sum(), prec.sum()]).all():
         raise ValueError("its limits or logit model are malformed")
     return rule
+
+
+def class_names(rule: dict | None, n: int) -> tuple:
+    """The class names a rule carries (a dataset other than MNIST's digits), else 0..n-1."""
+    names = (rule or {}).get("classes")
+    return tuple(names) if isinstance(names, list) and len(names) == n else tuple(str(k) for k in range(n))
 
 
 def _number(v) -> bool:

@@ -91,7 +91,7 @@ ROW_FIELDS = ("id", "name", "runtime", "precision", "fmt", "file", "status", "ac
 
 
 def build(result: dict, logits: dict, labels: np.ndarray, test_sha256: str, artifact_sha256: dict) -> dict:
-    """The outputs document of one verify run. `logits`: row id -> (n, 10) logits of the rows that
+    """The outputs document of one verify run. `logits`: row id -> (n, C) logits of the rows that
     produced them; `artifact_sha256`: file -> its SHA-256 in the manifest."""
     rows = []
     for r in result["rows"]:
@@ -104,6 +104,7 @@ def build(result: dict, logits: dict, labels: np.ndarray, test_sha256: str, arti
            "machine": result.get("machine"), "threads": result.get("threads"),
            "throughput_batch": result.get("throughput_batch"), "passed": result.get("passed"),
            "test_sha256": test_sha256, "n_test": int(len(labels)),
+           "num_classes": int(next(iter(logits.values())).shape[1]) if logits else NUM_CLASSES,
            "labels": _encode(np.asarray(labels, dtype=np.uint8)), "rows": rows}
     doc["sha256"] = hashlib.sha256(_canonical(doc)).hexdigest()
     return doc
@@ -178,14 +179,17 @@ def load(path) -> Outputs:
         if isinstance(r, dict):
             _check_types(path, i, r)
     _check_types(path, None, doc)
+    c_n = doc.get("num_classes", NUM_CLASSES)  # files without it: MNIST's 10
+    if type(c_n) is not int or not 2 <= c_n <= 256:
+        raise OutputsError(f"{path}: num_classes {str(c_n)[:20]!r} is not a class count from 2 to 256")
     with_logits = sum(1 for r in rows if isinstance(r, dict) and "logits" in r)
-    decoded = n + with_logits * n * NUM_CLASSES * 4
+    decoded = n + with_logits * n * c_n * 4
     if decoded > MAX_DECODED_BYTES:
         raise OutputsError(f"{path}: its {with_logits} rows of {n:,} images would decode to {decoded:,} bytes, more "
                            f"than the {MAX_DECODED_BYTES:,} an outputs file may hold; refused")
     labels = _decode(doc.get("labels"), f"{path}: labels", (n,))
-    if labels.max(initial=0) >= NUM_CLASSES:
-        raise OutputsError(f"{path}: labels outside 0-9")
+    if labels.max(initial=0) >= c_n:
+        raise OutputsError(f"{path}: labels outside 0-{c_n - 1}")
     logits, seen = {}, set()
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not isinstance(r.get("id"), str) or r["id"] in seen:
@@ -197,7 +201,7 @@ def load(path) -> Outputs:
             raise OutputsError(f"{path}: row {r['id']}: arithmetic {r.get('arithmetic')!r} / ran_precision "
                                f"{r.get('ran_precision')!r} is not one mnisttk writes")
         if "logits" in r:
-            x = _decode(r["logits"], f"{path}: row {r['id']}", (n, NUM_CLASSES))
+            x = _decode(r["logits"], f"{path}: row {r['id']}", (n, c_n))
             if not np.isfinite(x).all():
                 raise OutputsError(f"{path}: row {r['id']}: logits that are not finite")
             logits[r["id"]] = x

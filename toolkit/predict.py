@@ -483,7 +483,7 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 
 
 def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
-                  save_dir: Path | None = None, rule: dict | None = None) -> list[dict]:
+                  save_dir: Path | None = None, rule: dict | None = None, classes: tuple | None = None) -> list[dict]:
     """One result per file: {'file', 'status', 'digit', 'probability', 'probabilities'[, 'not_a_digit',
     'low_confidence', 'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference
     is one batch. `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and
@@ -525,9 +525,12 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
             from toolkit.ood import decide, explain
 
             decision = decide(rule, batch, np.asarray(logits), np.array(pages))
+        from toolkit.ood import class_names
+
+        names = classes if classes and len(classes) == probs.shape[1] else class_names(rule, probs.shape[1])
         for i, (slot, pr) in enumerate(zip(slots, probs)):
             digit = int(pr.argmax())
-            results[slot].update(status="digit", digit=digit, probability=float(pr[digit]),
+            results[slot].update(status="digit", digit=digit, label=names[digit], probability=float(pr[digit]),
                                  probabilities=[round(float(v), 6) for v in pr])
             if rule is not None and decision is not None and not decision["accepted"][i]:
                 results[slot]["status"] = "not_a_digit"

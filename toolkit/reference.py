@@ -22,13 +22,13 @@ REQUIRED = {"logits.npy", "labels.npy", "test_sha256.npy"}
 NPY_HEADER_MAX = 1024  # a .npy header is 128 bytes or so
 
 
-def _member_limit(name: str, n_test: int) -> int:
-    return NPY_HEADER_MAX + {"logits.npy": n_test * 10 * 8, "labels.npy": n_test * 8,
-                             "non_digit_logits.npy": N_NON_DIGITS * 10 * 8}.get(name, 1024)
+def _member_limit(name: str, n_test: int, c: int) -> int:
+    return NPY_HEADER_MAX + {"logits.npy": n_test * c * 8, "labels.npy": n_test * 8,
+                             "non_digit_logits.npy": N_NON_DIGITS * c * 8}.get(name, 1024)
 
 
-def read_reference(path: Path, n_test: int) -> dict:
-    """{'logits': float64 n×10, 'labels': int64 n, 'test_sha256': str}; ManifestError in one line otherwise."""
+def read_reference(path: Path, n_test: int, num_classes: int = 10) -> dict:
+    """{'logits': float64 n×C (C: the export's classes), 'labels': int64 n, 'test_sha256': str}; ManifestError in one line otherwise."""
     path = Path(path)
 
     def bad(what: str):
@@ -44,7 +44,7 @@ def read_reference(path: Path, n_test: int) -> dict:
         if unknown:
             raise bad(f"unexpected member {sorted(unknown)[0]!r}")
         for name, info in infos.items():
-            limit = _member_limit(name, n_test)
+            limit = _member_limit(name, n_test, num_classes)
             if info.file_size > limit:
                 raise bad(f"{name} declares {info.file_size:,} bytes, more than {limit:,} for {n_test:,} test images")
         missing = REQUIRED - set(infos)
@@ -52,7 +52,7 @@ def read_reference(path: Path, n_test: int) -> dict:
             raise bad(f"no {sorted(missing)[0][:-4]!r} array")
         arrays = {}
         for name, info in infos.items():
-            limit = _member_limit(name, n_test)
+            limit = _member_limit(name, n_test, num_classes)
             try:
                 with zf.open(info) as f:
                     raw = f.read(limit + 1)  # the directory may lie: never read past the bound
@@ -64,8 +64,8 @@ def read_reference(path: Path, n_test: int) -> dict:
             except Exception as exc:  # zlib.error, BadZipFile, ValueError from np.load (pickles refused)
                 raise bad(f"{name}: {first_line(exc, 80)}") from None
     logits, labels, sha = arrays["logits"], arrays["labels"], arrays["test_sha256"]
-    if logits.dtype.kind != "f" or logits.shape != (n_test, 10):
-        raise bad(f"logits are {logits.dtype} {list(logits.shape)}, expected float [{n_test}, 10]")
+    if logits.dtype.kind != "f" or logits.shape != (n_test, num_classes):
+        raise bad(f"logits are {logits.dtype} {list(logits.shape)}, expected float [{n_test}, {num_classes}]")
     if not np.isfinite(logits).all():
         raise bad("logits hold NaN or infinite values")
     if labels.dtype.kind not in "iu" or labels.shape != (n_test,):
@@ -73,7 +73,8 @@ def read_reference(path: Path, n_test: int) -> dict:
     if sha.dtype.kind != "U" or sha.shape != () or not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
         raise bad("test_sha256 is not one SHA-256 string")
     nd = arrays.get("non_digit_logits")
-    if nd is not None and (nd.dtype.kind != "f" or nd.shape != (N_NON_DIGITS, 10) or not np.isfinite(nd).all()):
-        raise bad(f"non_digit_logits are {nd.dtype} {list(nd.shape)}, expected finite float [{N_NON_DIGITS}, 10]")
+    if nd is not None and (nd.dtype.kind != "f" or nd.shape != (N_NON_DIGITS, num_classes) or not np.isfinite(nd).all()):
+        raise bad(f"non_digit_logits are {nd.dtype} {list(nd.shape)}, expected finite float "
+                  f"[{N_NON_DIGITS}, {num_classes}]")
     return {"logits": logits.astype(np.float64), "labels": labels.astype(np.int64), "test_sha256": str(sha),
             "non_digit_logits": None if nd is None else nd.astype(np.float64)}

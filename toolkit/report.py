@@ -135,8 +135,10 @@ def _scores(r: dict) -> str:
 def _coverage(result: dict) -> str:
     checked, targets = result["targets_checked"], result["targets"]
     unchecked = [t for t in targets if t not in checked]
+    skipped = result.get("not_exported") or []
     return (f"checked {len(checked)} of {len(targets)} exported artifacts ({', '.join(checked) or 'none'})"
-            + (f"; not run here: {', '.join(unchecked)}" if unchecked else ""))
+            + (f"; not run here: {', '.join(unchecked)}" if unchecked else "")
+            + (f"; {len(skipped)} not exportable: {', '.join(e['target'] for e in skipped)}" if skipped else ""))
 
 
 def format_table(result: dict, wide: bool = False) -> str:
@@ -184,7 +186,10 @@ def verdict(result: dict) -> str:
     if len(checked) < len(targets):
         return f"PASS for the {len(checked)} of {len(targets)} artifacts checked here (not run: " \
                f"{', '.join(t for t in targets if t not in checked)})"
-    return f"PASS (all {len(targets)} artifacts checked)"
+    skipped = result.get("not_exported") or []
+    return f"PASS (all {len(targets)} artifacts checked" + \
+        (f"; {len(skipped)} target(s) not exportable: " + "; ".join(f"{e['target']}: {e['reason'][:80]}" for e in skipped)
+         if skipped else "") + ")"
 
 
 def _md_cell(text) -> str:

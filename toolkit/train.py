@@ -24,7 +24,8 @@ from toolkit.data import MNIST
 from toolkit.env import library_versions
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.metrics import classification_metrics
-from toolkit.model import build_model, count_parameters
+from toolkit import arch as arch_mod
+from toolkit.model import count_parameters
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -52,9 +53,9 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch: int = 500) -> torch
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> dict:
     preds = predict_logits(model, x).argmax(1).cpu().numpy()
-    return classification_metrics(y.cpu().numpy(), preds)
+    return classification_metrics(y.cpu().numpy(), preds, num_classes)
 
 
 class EagerStep:
@@ -190,7 +191,11 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
     torch.manual_seed(config.seed)
     # channels_last: oneDNN's NHWC conv and max-pool kernels are 2-4× faster than NCHW
     # for these 8/16-channel maps (same math); the fused Adam is one kernel for all params.
-    model = build_model(config.arch).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    ref = arch_mod.parse(config.arch, config.arch_args)
+    model = arch_mod.build(ref, data.num_classes)
+    arch_mod.probe(model, data.num_classes, ref.spec)
+    ref = arch_mod.with_module_sha(ref)
+    model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=device.type == "cuda")
     criterion = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
@@ -222,16 +227,19 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
         if not math.isfinite(train_loss):
             raise ToolkitError(f"training diverged: train loss {train_loss} at epoch {epoch} with lr {config.lr:g}; "
                                "no checkpoint written (try a smaller --lr)")
-        test_acc = evaluate(model, x_test, y_test)["accuracy"]
+        test_acc = evaluate(model, x_test, y_test, data.num_classes)["accuracy"]
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "train_loss": train_loss, "test_accuracy": test_acc, "seconds": seconds})
         log(f"epoch {epoch:>2}/{config.epochs}  train loss {train_loss:.4f}  test accuracy {test_acc:.2%}  ({seconds:.1f} s)")
     train_seconds = time.perf_counter() - t_start
 
-    metrics = {"train": evaluate(model, x_train, y_train), "test": evaluate(model, x_test, y_test)}
+    metrics = {"train": evaluate(model, x_train, y_train, data.num_classes),
+               "test": evaluate(model, x_test, y_test, data.num_classes)}
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     result = {
-        "arch": config.arch,
+        "arch": ref.stem,
+        "arch_ref": ref.record(),
+        "classes": list(data.classes),
         "recipe": asdict(config),
         "seed": config.seed,
         "device": str(device),

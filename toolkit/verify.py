@@ -29,7 +29,7 @@ from toolkit.compare import compare_pair
 from toolkit.errors import CheckpointAbsent, ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, judged_precision, latency_ratio, saturation, score_fidelity
-from toolkit.manifest import (KNOWN_TARGETS, check_hashes, confined_path, deployed_bytes, load_manifest, ood_rule,
+from toolkit.manifest import (KNOWN_TARGETS, check_hashes, classes_of, confined_path, deployed_bytes, load_manifest, ood_rule,
                               target_of)
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.reference import read_reference
@@ -111,7 +111,7 @@ class Row:
 
 def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits: np.ndarray) -> None:
     preds, ref_preds = logits.argmax(1), ref_logits.argmax(1)
-    m = classification_metrics(labels, preds)
+    m = classification_metrics(labels, preds, ref_logits.shape[1])
     row.accuracy, row.macro_precision, row.macro_recall = m["accuracy"], m["macro_precision"], m["macro_recall"]
     row.agreement = float((preds == ref_preds).mean())
     flipped = np.flatnonzero(preds != ref_preds)
@@ -247,6 +247,9 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
     for t in config.expect:
         if t not in KNOWN_TARGETS:
             raise ToolkitError(f"unknown target {t!r} for --expect; choose from {', '.join(KNOWN_TARGETS)}")
+        skipped = {e["target"]: e["reason"] for e in manifest.get("not_exported", [])}
+        if t in skipped:
+            raise ManifestError(f"{folder / 'manifest.json'}: expected target {t} was not exportable: {skipped[t]}")
         if t not in targets:
             raise ManifestError(f"{folder / 'manifest.json'}: expected target {t} is not in this export "
                                 f"(it has {', '.join(targets)})")
@@ -260,7 +263,7 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
     if ref_info["file"] in bad_files:
         raise ManifestError(f"{folder / ref_info['file']}: {bad_files[ref_info['file']]} since export; re-run `mnisttk export`")
     labels = test_labels.astype(np.int64)
-    ref = read_reference(confined_path(folder, ref_info["file"]), len(labels))
+    ref = read_reference(confined_path(folder, ref_info["file"]), len(labels), len(classes_of(manifest)))
     if ref["test_sha256"] != test_sha256:
         raise ManifestError("the loaded MNIST test set is not the one the reference was made on (SHA-256 differs)")
     if not np.array_equal(ref["labels"], labels):
@@ -502,6 +505,8 @@ def _result(run: _Run, rows: list[Row], t_start: float, cpu_start=None) -> dict:
         "integrity": run.integrity,
         "targets": list(run.manifest["targets"]),
         "targets_checked": measured,
+        "not_exported": list(run.manifest.get("not_exported", [])),  # a converter could not take the model
+        "classes": list(classes_of(run.manifest)),
         "artifacts_listed": len(artifacts),
         "gates": asdict(config.gates),
         "threads": config.threads,

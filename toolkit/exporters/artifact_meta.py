@@ -22,12 +22,12 @@ PREPROCESSING = ("MNIST convention: one light digit on a dark background, size-n
                  "and centred by its centre of mass in a 28×28 frame")
 
 
-def describe_io(uint8_input: bool) -> tuple[str, str]:
+def describe_io(uint8_input: bool, num_classes: int = 10) -> tuple[str, str]:
     """(input contract, doc_string) for a model taking uint8 pixels or float pixel/255."""
     inp = ("uint8 N×1×28×28, raw pixels 0-255" if uint8_input
            else "float32 N×1×28×28, pixel/255 in [0, 1]")
-    doc = (f"mnisttk {__version__}: input 'image' {inp} ({PREPROCESSING}); output 'logits' float32 N×10, "
-           "one per digit 0-9 (logits: softmax not applied)")
+    doc = (f"mnisttk {__version__}: input 'image' {inp} ({PREPROCESSING}); output 'logits' float32 N×{num_classes}, "
+           + ("one per digit 0-9" if num_classes == 10 else "one per class (class_labels)") + " (logits: softmax not applied)")
     return inp, doc
 
 
@@ -47,11 +47,13 @@ def finalize_onnx(model, metadata: dict, uint8_input: bool) -> None:
     model.model_version = 1
     model.graph.name = f"mnisttk_{metadata.get('arch', 'model')}"
     model.graph.doc_string = ""
-    inp, doc = describe_io(uint8_input)
+    labels = metadata.get("class_labels", CLASS_LABELS)  # comma-separated, label k the k-th
+    n = len(str(labels).split(","))
+    inp, doc = describe_io(uint8_input, n)
     model.doc_string = doc
     del model.metadata_props[:]
-    for key, value in {**metadata, "input": inp, "preprocessing": PREPROCESSING, "class_labels": CLASS_LABELS,
-                       "output": "logits N×10 (softmax not applied)"}.items():
+    for key, value in {"class_labels": CLASS_LABELS, **metadata, "input": inp, "preprocessing": PREPROCESSING,
+                       "output": f"logits N×{n} (softmax not applied)"}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
 

@@ -86,7 +86,9 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, 
                                **({"CalibPercentile": config.percentile} if config.method == "percentile" else {})},
             )
     model = onnx.load(str(out_path))
-    if first_block and _quantizer_after(model, first_block):
+    # the fence is for a max-pool ORT would hoist a quantizer above; anything else (a block that is the
+    # conv alone, e.g. before SiLU) stays as quantized: a per-channel Q right after a conv cannot fuse
+    if first_block and _ends_in_maxpool(model, first_block) and _quantizer_after(model, first_block):
         fence_first_block(model, first_block)
     if config.uint8_input:
         fold_uint8_input(model)
@@ -147,6 +149,10 @@ def _quantizer_after(model, block: list[str]) -> bool:
     nodes = {n.name: n for n in model.graph.node}
     last_out = nodes[block[-1]].output[0]
     return any(n.op_type == "QuantizeLinear" and n.input[0] == last_out for n in model.graph.node)
+
+
+def _ends_in_maxpool(model, block: list[str]) -> bool:
+    return any(n.name == block[-1] and n.op_type == "MaxPool" for n in model.graph.node)
 
 
 def _first_block_nodes(model) -> list[str]:

@@ -133,7 +133,8 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
                   "int8_p": float(probs[k, int8_pred[i]])} for k, i in enumerate(flips)]
     confusion = None
     if labels is not None:
-        counts = np.zeros((10, 10), np.int64)
+        c_n = int(int8_logits.shape[1])
+        counts = np.zeros((c_n, c_n), np.int64)
         np.add.at(counts, (labels.astype(np.int64), int8_pred), 1)
         confusion = counts.tolist()
     return {"schema_version": 2, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio,

@@ -88,19 +88,29 @@ def refuse_external_data(data: bytes, name: str) -> None:
                            "mnisttk refuses (unhashed, and read from outside what the manifest lists)")
 
 
-def checked_logits(out, n: int, name: str) -> np.ndarray:
-    """`out` as N×10 float logits for n images, or a one-line error naming `name` (wrong shape, or
+def artifact_classes(artifact: dict) -> int:
+    """How many logits an artifact gives per image, as its manifest entry says (MNIST's 10 by default)."""
+    try:
+        c = artifact["outputs"][0]["shape"][1]
+    except (KeyError, IndexError, TypeError):
+        return NUM_CLASSES
+    return c if type(c) is int and 2 <= c <= 256 else NUM_CLASSES
+
+
+def checked_logits(out, n: int, name: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """`out` as N×C float logits for n images, or a one-line error naming `name` (wrong shape, or
     images whose logits are NaN or infinite)."""
     out = np.asarray(out)
-    if out.shape != (n, NUM_CLASSES):
-        raise ToolkitError(f"{name}: output shape {list(out.shape)} for {n} images, expected [{n}, {NUM_CLASSES}]")
+    if out.shape != (n, num_classes):
+        raise ToolkitError(f"{name}: output shape {list(out.shape)} for {n} images, expected [{n}, {num_classes}]")
     bad = ~np.isfinite(out).all(1)
     if bad.any():
         raise ToolkitError(f"{name}: {int(bad.sum())} of {n} images give NaN or infinite logits")
     return out
 
 
-def batched_logits(forward, x, n: int, *, batch: int, fixed_batch: int | None, name: str) -> np.ndarray:
+def batched_logits(forward, x, n: int, *, batch: int, fixed_batch: int | None, name: str,
+                   num_classes: int = NUM_CLASSES) -> np.ndarray:
     """`forward` over prepared inputs `x` (n of them) in slices of `batch` — of `fixed_batch` exactly
     for a static-batch model, the last slice padded with zeros and its padding dropped — then checked."""
     if fixed_batch:
@@ -109,7 +119,7 @@ def batched_logits(forward, x, n: int, *, batch: int, fixed_batch: int | None, n
         if pad:
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
     out = np.concatenate([np.asarray(forward(x[i:i + batch])) for i in range(0, len(x), batch)])[:n]
-    return checked_logits(out, n, name)
+    return checked_logits(out, n, name, num_classes)
 
 
 class Candidate(ABC):
@@ -133,6 +143,7 @@ class Candidate(ABC):
     loaded_sha256: str | None = None  # SHA-256 of the bytes actually loaded, where a file was
     fixed_batch: int | None = None  # a static-batch model's batch: logits() runs exactly that many at a time
     consistency_batches: tuple = ()  # the batch sizes `consistency` compares
+    num_classes: int = NUM_CLASSES  # logits per image: the manifest's output shape (toolkit.runtimes.build sets it)
 
     @abstractmethod
     def prepare(self, images_u8: np.ndarray):
@@ -143,9 +154,9 @@ class Candidate(ABC):
         """Logits of one prepared batch (its size: the model's fixed batch, or any up to EVAL_BATCH)."""
 
     def logits(self, images_u8: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-        """Logits (N×10, finite) for uint8 images, `batch` at a time (a static-batch model's own batch)."""
+        """Logits (N×C, finite) for uint8 images, `batch` at a time (a static-batch model's own batch)."""
         return batched_logits(self._forward, self.prepare(images_u8), len(images_u8), batch=batch,
-                              fixed_batch=self.fixed_batch, name=self.file or self.name)
+                              fixed_batch=self.fixed_batch, name=self.file or self.name, num_classes=self.num_classes)
 
     def bench_input(self, images_u8: np.ndarray):
         """The runtime's own input for these images (timing excludes the conversion)."""

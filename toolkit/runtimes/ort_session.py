@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.contract import EVAL_BATCH, to_float_input, to_uint8_input
+from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.runtimes.candidate import batched_logits, max_threads, read_model_bytes, resolve_threads
 
@@ -244,10 +244,10 @@ class Model:
             raise ToolkitError(f"{self.path}: input {inp.name!r} is {inp.type} {dims}; an mnisttk model takes "
                                "float32 or uint8 N×1×28×28")
         if not outputs or outputs[0].type != "tensor(float)" or len(_dims(outputs[0])) != 2 or (
-                isinstance(_dims(outputs[0])[1], int) and _dims(outputs[0])[1] != 10):
+                isinstance(_dims(outputs[0])[1], int) and not 2 <= _dims(outputs[0])[1] <= 256):
             o = outputs[0] if outputs else None
-            raise ToolkitError(f"{self.path}: output {o.name if o else None!r} is "
-                               f"{o.type if o else 'missing'} {_dims(o) if o else ''}; an mnisttk model gives float N×10 logits")
+            raise ToolkitError(f"{self.path}: output {o.name if o else None!r} is {o.type if o else 'missing'} "
+                               f"{_dims(o) if o else ''}; an mnisttk model gives float N×C logits (2 to 256 classes)")
         self.input_name = inp.name
         self.input_type = inp.type  # 'tensor(float)' or 'tensor(uint8)'
         self.output_name = outputs[0].name
@@ -302,7 +302,14 @@ class Model:
         """Logits for uint8 images, `batch` at a time (the model's own batch if it fixes one), checked
         (toolkit.runtimes.candidate.batched_logits: the one batching every runtime shares)."""
         return batched_logits(self.run, self.prepare(images_u8), len(images_u8), batch=batch,
-                              fixed_batch=self.fixed_batch, name=self.path.name)
+                              fixed_batch=self.fixed_batch, name=self.path.name, num_classes=self.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        """Logits per image, as the model's output declares them (MNIST's 10 where it does not say)."""
+        shape = self.session.get_outputs()[0].shape
+        c = shape[1] if len(shape) == 2 else None
+        return c if type(c) is int and 2 <= c <= 256 else NUM_CLASSES
 
     def node_events(self) -> list[dict]:
         """ORT's per-node kernel events, in run order: {'node', 'op', 'provider', 'us'} (session must be

@@ -58,6 +58,7 @@ class TorchCandidate(Candidate):
 
 def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidate:
     """PyTorch eager from the checkpoint named in the manifest: its file name, inside the folder only."""
+    from toolkit.arch import BUILTINS
     from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
     from toolkit.manifest import confined_path
 
@@ -76,8 +77,14 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
     regular_file(path, ManifestError, "a checkpoint", MAX_CHECKPOINT_BYTES)
     if sha256_file(path, MAX_CHECKPOINT_BYTES) != info["sha256"]:
         raise ManifestError(f"{path}: SHA-256 differs from the one the artifacts were exported from")
-    model = model_from_checkpoint(load_checkpoint(path), str(path))
-    return TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") not in BUILTINS or ckpt.get("arch_ref", {}).get("kind", "builtin") != "builtin":
+        raise CheckpointAbsent(f"checkpoint {name} holds your own model ({ckpt['arch']}), whose code verify never "
+                               "imports (a folder must not make mnisttk run code)")
+    model = model_from_checkpoint(ckpt, str(path))
+    cand = TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
+    cand.num_classes = len(ckpt.get("classes") or range(10))
+    return cand
 
 
 def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str | None = None) -> TorchCandidate:
