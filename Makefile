@@ -44,8 +44,11 @@ demo: wheel
 
 # PYTHONSAFEPATH: neither pytest nor the tests' child interpreters put the checkout on sys.path, so
 # `toolkit` is the installed wheel's (tests/test_install.py checks it).
+# The suite on up to 4 cores (pytest-xdist, work stealing: the long end-to-end tests are spread out);
+# PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: wheel lint
-	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
 
 # ruff (pyflakes, pycodestyle) over the tree and mypy over toolkit/, configured in pyproject.toml.
 lint: venv

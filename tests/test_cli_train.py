@@ -65,7 +65,8 @@ def test_cuda_without_gpu_is_clear_error(tiny_dir):
 
 def test_bad_options_are_usage_errors(tiny_dir):
     assert run("train", "--epochs", 0).exit_code == 2
-    assert run("train", "--arch", "resnet").exit_code == 2
+    r = run("train", "--arch", "resnet")  # neither a built-in nor FILE.py:NAME: one line, before any data is read
+    assert r.exit_code == 1 and "expected cnn, mlp, FILE.py:NAME or package.module:NAME" in r.stderr
 
 
 def test_unwritable_output(tiny_dir, tmp_path):

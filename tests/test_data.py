@@ -56,9 +56,11 @@ def test_corrupt_gzip(tiny_dir):
 
 def test_label_range_and_count_mismatch(tmp_path):
     arrays = synthetic_arrays()
-    bad = dict(arrays, train_labels=np.full(120, 11, np.uint8))
-    with pytest.raises(DataError, match="label 11 out of range"):
-        load_idx_dir(write_idx(tmp_path / "a", bad))
+    bad = dict(arrays, train_labels=np.full(120, 11, np.uint8))  # 12 classes, or a label past the named ones
+    (write_idx(tmp_path / "a", bad) / "classes.txt").write_text("\n".join("abcdefghij"))
+    with pytest.raises(DataError, match="label 11 but 10 classes named"):
+        load_mnist(tmp_path / "a", download=False)
+    assert load_mnist(tmp_path / "a", download=False, classes=",".join("abcdefghijkl")).num_classes == 12
     short = dict(arrays, test_labels=arrays["test_labels"][:-1])
     with pytest.raises(DataError, match="39 labels for 40 images"):
         load_idx_dir(write_idx(tmp_path / "b", short))

@@ -210,6 +210,10 @@ def test_truncated_and_foreign_arch_checkpoint(tiny_export, tmp_path):
     ckpt["arch"] = "resnet"
     torch.save(ckpt, tmp_path / "a.pt")
     r = run("export", "--checkpoint", tmp_path / "a.pt", "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "arch 'resnet' does not match its reference 'cnn'" in r.stderr
+    del ckpt["arch_ref"]  # a checkpoint with neither a built-in name nor a reference
+    torch.save(ckpt, tmp_path / "a.pt")
+    r = run("export", "--checkpoint", tmp_path / "a.pt", "--out", tmp_path / "o")
     assert r.exit_code == 1 and "unknown arch 'resnet'" in r.stderr
 
 

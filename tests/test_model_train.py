@@ -53,7 +53,7 @@ def test_device_selection():
 
 
 def test_config_validation():
-    with pytest.raises(Exception, match="unknown arch"):
+    with pytest.raises(Exception, match="expected cnn, mlp, FILE.py:NAME"):
         TrainConfig(arch="resnet")
     with pytest.raises(Exception, match="at least 1"):
         TrainConfig(epochs=0)

@@ -158,6 +158,14 @@ def test_a_five_class_dataset_end_to_end(tmp_path):
     assert r.exit_code == 0 and "bar.png: lower" in r.output, r.output
     r = run("predict", "--model", out / "cnn_fp32.onnx", tmp_path / "noise.png", "--as-is")
     assert r.exit_code == 3 and "not one of the 5 classes" in r.output, r.output
+    # not digits: the export recorded "plain" preprocessing (the whole picture resized, the bar kept where
+    # it is); a 112×112 photo of the same bar is then "lower" without --as-is
+    assert manifest["preprocessing"] == "plain"
+    Image.fromarray(np.kron(img, np.ones((4, 4), np.uint8))).save(tmp_path / "big.png")
+    r = run("predict", "--model", out / "cnn_fp32.onnx", tmp_path / "big.png", "--accept-all", "--json", "-")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["preprocessing"] == "plain" and doc["results"][0]["label"] == "lower"
 
 
 def test_labels_past_the_named_classes_are_refused(tmp_path):

@@ -406,8 +406,12 @@ def format_train_result(result: dict) -> str:
 @click.option("--arch", "arch_spec", default=None, metavar="ARCH",
               help="Your model's source named again (FILE.py:NAME): needed when the file changed since training.")
 @click.option("--arch-args", default="", metavar="JSON", help="With --arch: its keyword arguments (default: the recorded ones).")
-@click.option("--require-all", is_flag=True,
-              help="Fail when a converter cannot take the model (default: that target is listed as not exportable).")
+@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain"]), default=None,
+              help="How predict turns a picture into the input, recorded in the export: digit (MNIST's ink crop and "
+                   "centring) or plain (the whole picture resized). Default: digit for 0-9 data, plain otherwise.")
+@click.option("--require-all/--allow-not-exportable", "require_all", default=None,
+              help="A target a converter cannot take fails the export, or is listed as not exportable and the "
+                   "others written. Default: fail for cnn/mlp (tested on every target), list for your own model.")
 @data_dir_option
 @json_option("The manifest")
 @quiet_option
@@ -420,7 +424,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct,
-           keep=EXPORT.not_a_digit_keep, arch_spec=None, arch_args="", require_all=False):
+           keep=EXPORT.not_a_digit_keep, arch_spec=None, arch_args="", require_all=None, preprocessing=None):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -443,7 +447,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                                       int8_min_agreement_pct=int8_min_agreement,
                                       int8_max_clipped_top_pct=int8_max_clipped,
                                       int8_min_ood_agreement_pct=int8_min_ood_agreement),
-                          not_a_digit_keep=keep, arch=arch_spec, arch_args=arch_args, require_all=require_all)
+                          not_a_digit_keep=keep, arch=arch_spec, arch_args=arch_args, require_all=require_all,
+                          preprocessing=preprocessing)
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
@@ -699,6 +704,9 @@ def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, 
               help="ONNX Runtime execution provider; cuda fails (never silently runs on the CPU) if it cannot start.")
 @click.option("--as-is", is_flag=True,
               help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
+@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain"]), default=None,
+              help="digit: MNIST's ink crop and centring; plain: the whole picture resized. Default: what the export "
+                   "recorded (digit where it recorded nothing).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Mark predictions whose probability is below this (text and JSON); default off.")
 @click.option("--recursive", "-r", is_flag=True, help="Folders: take the images in sub-folders too.")
@@ -713,7 +721,7 @@ def compare(ctx, files, fp32_atol, int8_max_drop, int8_min_agreement, json_out, 
 @old_spelling("--provider", "provider", type=click.Choice(["cpu", "cuda"]))
 @toolkit_errors
 @merge_old_spellings
-def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False,
+def predict(images, model_path, provider, json_out, as_is=False, min_confidence=None, recursive=False, preprocessing=None,
             save_preprocessed=None, timeout=120.0, accept_all=False):
     """Predict the digit in each image (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM of any size and mode, or .npy;
     a folder means its images). Torch-free. "not a digit" is an answer: an image the export's rule
@@ -760,6 +768,7 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
     found, source = find_rule(model_path, sha, metadata)
     classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
     rule, source = (None, "switched off (--accept-all)") if accept_all else (found, source)
+    how = preprocessing or (found or {}).get("preprocessing", "digit")  # what the export recorded, by default
     if rule is None and not accept_all:
         log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
 
@@ -768,9 +777,11 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         return out
 
     results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed,
-                            rule=rule, classes=classes)
+                            rule=rule, classes=classes,
+                            preprocessing=how)
     emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
-               "provider": provider, "not_a_digit_rule": source if rule is None else f"from {source}",
+               "provider": provider, "preprocessing": "as-is" if as_is else how,
+               "not_a_digit_rule": source if rule is None else f"from {source}",
                "results": results}, json_out)
     for r in results:
         if "error" in r:

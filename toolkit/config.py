@@ -122,7 +122,11 @@ class ExportConfig:
     not_a_digit_keep: float = 0.99
     arch: str | None = None  # --arch: the model's source named again (a changed model file is refused otherwise)
     arch_args: str = ""
-    require_all: bool = False  # --require-all: a target the converter cannot take fails the export
+    # a target whose converter cannot take the model fails the export (True) or is listed as not exportable
+    # (False); None: True for the built-in models (every target is tested on them: a failure is a fault of
+    # this install or machine), False for the user's own (whose operators a converter may lack)
+    require_all: bool | None = None
+    preprocessing: str | None = None  # predict's: digit | plain; None: by the dataset (toolkit.predict)
 
     def __post_init__(self):
         if not 0.5 <= self.not_a_digit_keep < 1:

@@ -168,6 +168,13 @@ class _Export:
     checkpoint_file: str | None = None  # the checkpoint's name in the export folder, where it is there
     arch_ref: dict | None = None  # the model's reference (toolkit.arch), as the checkpoint recorded it
 
+    @property
+    def require_all(self) -> bool:
+        """Whether a target a converter cannot take fails the export (ExportConfig.require_all)."""
+        if self.config.require_all is not None:
+            return self.config.require_all
+        return (self.arch_ref or {}).get("kind", "builtin") == "builtin"
+
     def add(self, written: Written) -> None:
         self.artifacts += written.artifacts
         self.support += written.support
@@ -186,7 +193,10 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     # "not a digit": the rule calibrated on training digits only, in the manifest and in each ONNX
     # file's metadata (mnisttk_ood), so an integrator applies the same rule; the reference keeps the
     # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
-    ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep, data.classes)
+    from toolkit.predict import default_preprocessing
+
+    preprocessing = config.preprocessing or default_preprocessing(data.classes)
+    ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep, data.classes, preprocessing)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":")),
                 "class_labels": ",".join(c.replace(",", " ") for c in data.classes)}  # names in full: mnisttk_ood
@@ -281,7 +291,7 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
     PyTorch, the target is "not exportable" with the converter's own reason, what it wrote is removed
     from the stage, and the export goes on with the others; unless it is ONNX (every other target and
     verify's reference build on it) or --require-all was given."""
-    if len(precisions) > 1 and not (quiet or required or ex.config.require_all):
+    if len(precisions) > 1 and not (quiet or required or ex.require_all):
         written = _try_target(ex, fmt, precisions, log, quiet=True)
         if written.artifacts:
             return written
@@ -307,7 +317,9 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
         reason = first_line(exc, 300).removesuffix("; nothing was written")
         if not isinstance(exc, ToolkitError):
             reason = f"{type(exc).__name__}: {reason}"
-        if required or ex.config.require_all:
+        if required or ex.require_all:
+            if isinstance(exc, ExportError):
+                raise
             raise ExportError(f"{fmt}: not exportable: {reason}; nothing was written") from exc
         import shutil
 
@@ -371,6 +383,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "arch": ex.arch,
         "arch_ref": ex.arch_ref,
         "classes": list(ex.data.classes),
+        "preprocessing": ood_rule.get("preprocessing", "digit"),  # predict's picture -> input (toolkit.predict)
         "checkpoint": {"path": str(config.checkpoint), "file": ex.checkpoint_file, "sha256": ckpt_sha,
                        "test_accuracy": test_acc},
         "reference": {"file": REFERENCE_NAME, "sha256": sha256_file(stage / REFERENCE_NAME),
@@ -507,12 +520,14 @@ def _unchanged(out: Path, rel: str, listed: dict) -> bool:
 OOD_CALIBRATION_IMAGES = 5000  # training digits the not-a-digit rule is calibrated on (seeded choice)
 
 
-def _calibrate_ood(model, train_images: np.ndarray, keep: float, classes: tuple | None = None) -> dict:
+def _calibrate_ood(model, train_images: np.ndarray, keep: float, classes: tuple | None = None,
+                   preprocessing: str | None = None) -> dict:
     """The not-a-digit rule from training digits only (never the test set, never non-digits)."""
     n = min(OOD_CALIBRATION_IMAGES, len(train_images))
     idx = np.sort(np.random.default_rng(0).choice(len(train_images), n, replace=False))
     images = train_images[idx]
-    return ood.calibrate(images, _eager_logits(model, to_model_input(images)), keep=keep, classes=classes)
+    return ood.calibrate(images, _eager_logits(model, to_model_input(images)), keep=keep, classes=classes,
+                         preprocessing=preprocessing)
 
 
 def _calibration_method(fmt: str, quant) -> str:

@@ -166,7 +166,8 @@ def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
     return out
 
 
-def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, classes: tuple | None = None) -> dict:
+def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, classes: tuple | None = None,
+              preprocessing: str | None = None) -> dict:
     """The rule, from MNIST digits only (the training split at export): limits at quantiles of the
     digits' own features, sized so that about `keep` of them pass every check."""
     z = np.asarray(logits, dtype=np.float64)
@@ -195,6 +196,8 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, cla
     rule["calibration"]["kept"] = float(decide(rule, images_u8, z)["accepted"].mean())
     if classes is not None and tuple(classes) != tuple(str(d) for d in range(10)):
         rule["classes"] = list(classes)  # the dataset's class names: predict speaks of them, not of digits
+    if preprocessing is not None:
+        rule["preprocessing"] = preprocessing  # how predict turns a picture into the model's input
     return rule
 
 
@@ -257,6 +260,8 @@ def check_rule(rule) -> dict:
     if names is not None and not (isinstance(names, list) and len(names) == c_n
                                   and all(isinstance(n, str) and 0 < len(n) <= 64 and n.isprintable() for n in names)):
         raise ValueError("its class names are not one printable name per class")
+    if rule.get("preprocessing", "digit") not in ("digit", "plain"):
+        raise ValueError("its preprocessing is neither digit nor plain")
     if not 2 <= c_n <= 256 or means.shape != (c_n, c_n) or prec.shape != (c_n, c_n) or \
             not np.isfinite(vals + [means.sum(), prec.sum()]).all():
         raise ValueError("its limits or logit model are malformed")

@@ -368,8 +368,34 @@ def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     return prepare(gray, as_is)[0]
 
 
-def prepare(gray: np.ndarray, as_is: bool = False) -> tuple[np.ndarray, float]:
+PREPROCESSING = ("digit", "plain")  # predict's two ways from a picture to the 28×28 input (export records one)
+
+
+def default_preprocessing(classes) -> str:
+    """digit (MNIST's ink extraction) for a dataset of the digits 0-9; plain (the whole picture resized,
+    as Fashion-MNIST's items were made) for any other classes."""
+    return "digit" if tuple(classes) == tuple(str(d) for d in range(10)) else "plain"
+
+
+def prepare_plain(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """The whole picture, light on dark (inverted when its border is light), padded to a square with its
+    border's level and area-resized to 28×28: no crop to the ink, no centring by mass."""
+    img = gray.astype(np.float64)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    if border.mean() > 127:
+        img, border = 255.0 - img, 255.0 - border
+    h, w = img.shape
+    side = max(h, w)
+    square = np.full((side, side), float(np.median(border)))
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = img
+    out = square if side == 28 else resize(square, 28, 28)
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8), page_ink(out)
+
+
+def prepare(gray: np.ndarray, as_is: bool = False, how: str = "digit") -> tuple[np.ndarray, float]:
     """(the 28×28 image the model gets, page_ink of what was received: toolkit.ood's page check)."""
+    if how == "plain" and not as_is:
+        return prepare_plain(gray)
     img = gray.astype(np.float64)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if border.mean() > 127:  # dark-on-light (paper): invert to MNIST's light-on-dark
@@ -483,7 +509,8 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 
 
 def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
-                  save_dir: Path | None = None, rule: dict | None = None, classes: tuple | None = None) -> list[dict]:
+                  save_dir: Path | None = None, rule: dict | None = None, classes: tuple | None = None,
+                  preprocessing: str = "digit") -> list[dict]:
     """One result per file: {'file', 'status', 'digit', 'probability', 'probabilities'[, 'not_a_digit',
     'low_confidence', 'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference
     is one batch. `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and
@@ -499,7 +526,7 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
             continue
         try:
             try:
-                image, page = prepare(load_gray(p), as_is=as_is)
+                image, page = prepare(load_gray(p), as_is=as_is, how=preprocessing)
                 images.append(image)
                 pages.append(page)
             except ImageError as exc:
