@@ -4,8 +4,10 @@ for every runtime), `threads` meaning one thing, and process-wide state restored
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +149,29 @@ def test_export_verify_and_predict_leave_the_process_as_they_found_it(tiny_expor
         torch.backends.quantized.engine = saved["engine"]
         logging.disable(saved["logging_disable"])
         Image.MAX_IMAGE_PIXELS = saved["pil_limit"]
+
+
+# The modules that must read target facts from the registry (toolkit.targets.Target), never spell a
+# target's name: a new target is then a record in targets.py, its exporter and its runtime.
+REGISTRY_READERS = ["manifest.py", "export.py", "verify.py", "report.py", "config.py", "search.py", "compare.py",
+                    "outputs.py", "html_report.py"]
+
+
+@pytest.mark.parametrize("module", REGISTRY_READERS)
+def test_no_target_name_is_spelled_outside_the_registry(module):
+    import ast
+
+    from toolkit.targets import FORMATS
+
+    path = Path(__file__).resolve().parent.parent / "toolkit" / module
+    tree = ast.parse(path.read_text())
+    literals = [(node.lineno, node.value) for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in FORMATS]
+    assert not literals, f"toolkit/{module} spells target names {literals}: read them from toolkit.targets"
+
+
+def test_the_manifest_schema_enumerates_exactly_the_registrys_formats():
+    from toolkit.targets import FORMATS
+
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schemas" / "export.schema.json").read_text())
+    assert schema["properties"]["artifacts"]["items"]["properties"]["format"]["enum"] == list(FORMATS)

@@ -88,3 +88,36 @@ def test_bad_inputs(exported, tiny_export, tmp_path):
     assert r.exit_code == 1 and r.stderr.count("Error:") == 1 and "no int8 ONNX model" in r.stderr, r.output
     r = run("inspect", "--dir", exported, "--data-dir", tiny_export["data"], "--plot", tmp_path / "nope" / "x.png")
     assert r.exit_code == 1 and "Traceback" not in r.output
+
+
+def test_inspect_times_fp32_and_int8_in_interleaved_rounds_and_marks_noise(onnx_family_export, monkeypatch):
+    """The two models' profiled runs alternate round by round (a busy spell slows both); each round's
+    int8/fp32 ratio is kept, and a round where other processes kept cores busy marks the timing NOISY."""
+    from toolkit import timing
+    from toolkit.inspect.profile import profile_models
+    from toolkit.runtimes.ort_session import SessionOptions
+
+    folder = onnx_family_export
+    manifest = json.loads((folder / "manifest.json").read_text())
+    onnx = {a["precision"]: a for a in manifest["artifacts"] if a["format"] == "onnx"}
+    specs = {p: (folder / a["file"], SessionOptions(), a["sha256"]) for p, a in onnx.items()}
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    order = []
+    real_rotated = timing.rotated
+    monkeypatch.setattr(timing, "rotated", lambda items, k: order.append(real_rotated(items, k)) or order[-1])
+    quiet = {"busy_cores": 1.0, "steal_pct": 0.0, "other_busy_cores": 0.0}
+    monkeypatch.setattr(timing, "load_between", lambda a, b, own_cores: quiet)
+    out = profile_models(specs, images, batch=64, threads=1, repeats=6, rounds=3)
+    t = out["timing"]
+    assert t["rounds"] == 3 and t["runs_per_round"] == 2 and len(t["int8_over_fp32_by_round"]) == 3
+    assert order == [["fp32", "int8"], ["int8", "fp32"], ["fp32", "int8"]]  # rotated: neither always first
+    assert all("ratio varied" in why for why in t["noisy"])  # a quiet machine: only the ratio's own spread
+    assert all(out["models"][p]["nodes"] for p in ("fp32", "int8"))
+    busy = {"busy_cores": 2.0, "steal_pct": 0.0, "other_busy_cores": timing.NOISY_OTHER_CORES + 0.01}
+    monkeypatch.setattr(timing, "load_between", lambda a, b, own_cores: busy)
+    t = profile_models(specs, images, batch=64, threads=1, repeats=3, rounds=3)["timing"]
+    assert any("other processes kept" in why for why in t["noisy"])
+    at = {"busy_cores": 2.0, "steal_pct": 0.0, "other_busy_cores": timing.NOISY_OTHER_CORES}  # at the limit: quiet
+    monkeypatch.setattr(timing, "load_between", lambda a, b, own_cores: at)
+    t = profile_models(specs, images, batch=64, threads=1, repeats=3, rounds=3)["timing"]
+    assert not any("other processes kept" in why for why in t["noisy"])

@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 10  # the seed's recipe
     batch_size: int = 60  # the seed's recipe: 1,000 steps per epoch
     lr: float = 1e-3  # Adam's default, the seed's
-    seed: int = 0  # weights init and shuffling; same seed on the CPU -> identical weights
+    seed: int = 0  # weights init and shuffling; same seed and threads on the CPU -> identical weights
 
     def __post_init__(self):
         from toolkit.arch import parse
@@ -144,8 +144,10 @@ class ExportConfig:
                                   f"thing on every target): leave {', '.join(cannot)} out of --targets, or use minmax")
         if self.search and not self.quantize:
             raise ExportError("--search chooses the int8 model's per-layer precision: it needs --quantize")
-        if "onnx" not in self.formats:
-            object.__setattr__(self, "formats", ("onnx", *self.formats))
+        from toolkit.targets import SOURCE
+
+        if SOURCE not in self.formats:
+            object.__setattr__(self, "formats", (SOURCE, *self.formats))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.gates import Measurement, evaluate
-from toolkit.targets import BY_NAME, TARGETS, possible_names
+from toolkit.targets import BY_NAME, SOURCE, TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
@@ -180,7 +180,7 @@ class _Export:
         self.support += written.support
 
     def sources(self, precisions: tuple) -> Sources:
-        onnx = {a.precision: self.stage / a.file for a in self.artifacts if a.fmt == "onnx"}
+        onnx = {a.precision: self.stage / a.file for a in self.artifacts if a.fmt == SOURCE}
         return Sources(self.stage, self.arch, precisions, self.model, onnx, self.calib, self.quant, self.metadata)
 
 
@@ -233,7 +233,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
 
 def _primary_formats(config: ExportConfig) -> list[str]:
     """The primary targets asked for (toolkit.targets.Target.primary), ONNX always among them."""
-    return [t.name for t in TARGETS if t.primary and (t.name in config.formats or t.name == "onnx")]
+    return [t.name for t in TARGETS if t.primary and (t.name in config.formats or t.source)]
 
 
 def _write_fp32(ex: _Export, log) -> None:
@@ -241,7 +241,7 @@ def _write_fp32(ex: _Export, log) -> None:
     under verify's fp32 gates (nothing is written if one differs)."""
     t0 = time.perf_counter()
     for fmt in _primary_formats(ex.config):
-        _try_target(ex, fmt, ("fp32",), log, required=fmt == "onnx")
+        _try_target(ex, fmt, ("fp32",), log, required=BY_NAME[fmt].source)
     log(f"fp32 exported and checked against PyTorch eager on {len(ex.labels)} test images "
         f"({time.perf_counter() - t0:.1f} s)")
 
@@ -318,9 +318,9 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
         if not isinstance(exc, ToolkitError):
             reason = f"{type(exc).__name__}: {reason}"
         if required or ex.require_all:
-            if isinstance(exc, ExportError):
-                raise
-            raise ExportError(f"{fmt}: not exportable: {reason}; nothing was written") from exc
+            whole = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removesuffix("; nothing was written")
+            whole = whole if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {whole}"
+            raise ExportError(f"{fmt}: not exportable: {whole}; nothing was written") from exc
         import shutil
 
         for name in {p.name for p in ex.stage.iterdir()} - before:
@@ -372,7 +372,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
             fields["calibration_method"] = _calibration_method(art.fmt, ex.quant)
         qparams = art.quant_params if art.source is None else sources[art.source].quant_params
         entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
-                                      OPSET if art.fmt != "torchscript" else None, accuracy[art.file],
+                                      OPSET if BY_NAME[art.fmt].onnx_opset else None, accuracy[art.file],
                                       config.quant.uint8_input and BY_NAME[art.fmt].uint8_input and art.precision == "int8",
                                       file=art.file, extra=fields, num_classes=ex.data.num_classes))
         _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source))
@@ -533,7 +533,7 @@ def _calibrate_ood(model, train_images: np.ndarray, keep: float, classes: tuple 
 def _calibration_method(fmt: str, quant) -> str:
     """The words the manifest records for an int8 artifact that export writes itself (ONNX and the
     targets made from it, TorchScript); the other exporters state their own."""
-    if fmt == "torchscript":
+    if BY_NAME[fmt].calibration_by == "torch.ao":
         return "minmax: torch.ao's MinMaxObserver on every activation over all the calibration images"
     return {"minmax": "minmax: ONNX Runtime's MinMax calibration (each tensor's min and max over all the "
                       "calibration images)",

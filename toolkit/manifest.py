@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from toolkit.targets import FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS  # noqa: F401  (re-exported)
+from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS, with_support  # noqa: F401
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 
@@ -38,7 +38,7 @@ def target_of(artifact: dict) -> str:
 def io_spec(fmt: str, precision: str, uint8_input: bool, num_classes: int = 10) -> dict:
     dtype = "uint8" if uint8_input else "float32"
     value = "raw pixels 0-255" if uint8_input else "pixel/255 in [0, 1]"
-    name = "input" if fmt == "torchscript" else "image"
+    name = BY_NAME[fmt].input_name
     return {"inputs": [{"name": name, "dtype": dtype, "shape": ["batch", 1, 28, 28], "values": value}],
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", num_classes]}]}
 
@@ -172,7 +172,7 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
         variants = a.get("batch_files", [])
         if not isinstance(variants, list):
             _fail(path, f"artifacts[{i}].batch_files is not a list")
-        if variants and a["format"] != "tflite":
+        if variants and a["format"] not in with_support("batch_files"):
             _fail(path, f"artifacts[{i}] is {a['format']}, which has no batch files")
         batches = set()
         for j, v in enumerate(variants):
@@ -183,8 +183,8 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
             batches.add(v["batch"])
             if support_sha.get(v["file"]) != v["sha256"]:
                 _fail(path, f"artifacts[{i}].batch_files[{j}] is not a listed support file with that SHA-256")
-        if a["format"] == "openvino" or "weights" in a:  # an IR's .bin: a support file, hashed like any other
-            if a["format"] != "openvino":
+        if a["format"] in with_support("weights") or "weights" in a:  # an IR's .bin: hashed like any other
+            if a["format"] not in with_support("weights"):
                 _fail(path, f"artifacts[{i}] is {a['format']}, which has no weights file")
             _check_entry(path, a.get("weights"), f"artifacts[{i}].weights", {"file": str, "sha256": str})
             if support_sha.get(a["weights"]["file"]) != a["weights"]["sha256"]:

@@ -35,6 +35,15 @@ class Target:
     # its int8 file takes raw uint8 pixels under --uint8-input (the ONNX model's folded input, and the
     # files made from it); the others take what their own exporter records
     uint8_input: bool = False
+    input_name: str = "image"  # the model's input, as its manifest entry names it
+    onnx_opset: bool = False  # an ONNX graph (or ONNX Runtime's own format of one): the manifest records its opset
+    source: bool = False  # every export writes it; the other targets and verify's reference build on it
+    # its support files, by role (verify fails the artifact when one changed): "batch_files" (LiteRT's
+    # batch variants), "weights" (an IR's .bin), "model_config" (a Triton config.pbtxt beside the model),
+    # "required_operators" (an .ort model's reduced-build config)
+    support: tuple = ()
+    # how its int8 file was calibrated, where export itself quantizes it (None: its exporter says)
+    calibration_by: str | None = None
 
     def __post_init__(self):
         if len(self.exporter) != 2:
@@ -46,27 +55,37 @@ class Target:
 ORT_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators (toolkit.exporters.quantize)
 TARGETS = (
     Target("torchscript", "TorchScript", "zip", ("torchscript", "export_torchscript"), ("{arch}_{precision}.torchscript.pt",),
-           default=True, primary=True),
+           default=True, primary=True, input_name="input", calibration_by="torch.ao"),
     Target("onnx", "ONNX", "onnx", ("onnx", "export_onnx"), ("{arch}_{precision}.onnx",), default=True, primary=True,
-           calibration_methods=ORT_METHODS, uint8_input=True),  # always: the source of the others
+           calibration_methods=ORT_METHODS, uint8_input=True, onnx_opset=True, source=True,
+           calibration_by="onnxruntime"),  # always: the source of the others
     Target("ort", "ORT format", "ort", ("ort", "export_ort"), ("{arch}_{precision}.ort", "required_operators.config"),
-           calibration_methods=ORT_METHODS, uint8_input=True),  # ORT Mobile's format
+           calibration_methods=ORT_METHODS, uint8_input=True, onnx_opset=True, support=("required_operators",),
+           calibration_by="onnxruntime"),  # ORT Mobile's format
     Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
            ("{arch}_{precision}.tflite", "{arch}_{precision}.b256.tflite"),
-           needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite"),
+           needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite", support=("batch_files",)),
     Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), ("{arch}_{precision}.pte",),
            needs=("executorch",), extra="executorch"),
     Target("triton", "Triton", "onnx", ("triton", "export_triton"), ("triton",), subpath=True,
-           calibration_methods=ORT_METHODS, uint8_input=True),  # the int8 model.onnx, in a model repository
+           calibration_methods=ORT_METHODS, uint8_input=True, onnx_opset=True, support=("model_config",),
+           calibration_by="onnxruntime"),  # the int8 model.onnx, in a model repository
     # OpenVINO's own format, its int8 from NNCF (not from ONNX Runtime's QDQ model)
     Target("openvino", "OpenVINO IR", "ir", ("openvino_ir", "export_openvino"),
-           ("{arch}_{precision}.xml", "{arch}_{precision}.bin"), needs=("openvino", "nncf"), extra="openvino-ir"),
+           ("{arch}_{precision}.xml", "{arch}_{precision}.bin"), needs=("openvino", "nncf"), extra="openvino-ir",
+           support=("weights",)),
 )
 BY_NAME = {t.name: t for t in TARGETS}
 FORMATS = tuple(t.name for t in TARGETS)
 DEFAULT_FORMATS = tuple(t.name for t in TARGETS if t.default)
 SUBPATH_FORMATS = tuple(t.name for t in TARGETS if t.subpath)
 KNOWN_TARGETS = tuple(f"{t.name}-{p}" for p in PRECISIONS for t in TARGETS)  # "<format>-<precision>"
+SOURCE = next(t.name for t in TARGETS if t.source)  # the target every export writes (ONNX)
+
+
+def with_support(role: str) -> tuple:
+    """The formats whose artifacts have support files of this role (Target.support)."""
+    return tuple(t.name for t in TARGETS if role in t.support)
 
 
 def row_label(fmt: str, precision: str) -> str:

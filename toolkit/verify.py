@@ -22,7 +22,7 @@ import numpy as np
 from toolkit import isolate
 from toolkit.runtimes import RUNTIMES, ask_reduced_default, missing
 from toolkit.runtimes.candidate import Arithmetic, resolve_threads
-from toolkit.targets import row_label
+from toolkit.targets import row_label, with_support
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.compare import compare_pair
@@ -691,14 +691,14 @@ def _support_faults(manifest: dict, bad_files: dict) -> dict:
     listed = {f["file"] for f in manifest.get("support_files", [])}
     for a in manifest["artifacts"]:
         mine = [v["file"] for v in a.get("batch_files", [])]
-        if a["format"] == "openvino":
+        if a["format"] in with_support("weights"):
             mine.append(a["weights"]["file"])
-        if a["format"] == "triton":
+        if a["format"] in with_support("model_config"):
             config = a["file"].rsplit("/", 2)[0] + "/config.pbtxt"
             mine.append(config)
             if config not in listed:
                 faults.setdefault(a["file"], []).append(f"{config} is not listed (hashed) in the manifest")
-        if a["format"] == "ort":
+        if a["format"] in with_support("required_operators"):
             mine += [f for f in bad_files if f.endswith("required_operators.config")]
         for f in mine:
             if f in bad_files:

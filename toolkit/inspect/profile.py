@@ -28,16 +28,53 @@ from toolkit.predict import softmax
 from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
 
 WARMUP_RUNS = 5
+ROUNDS = 3  # the models' profiled runs, interleaved: fp32 and int8 alternate, round by round
 
 
-def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, repeats: int,
-                  options: SessionOptions, sha256: str | None = None) -> dict:
-    """Per-node median µs per image over `repeats` profiled runs of one batch (after warm-up runs)."""
-    model = Model(path, "cpu", replace(options, threads=threads, profile=True), expected_sha256=sha256, fmt="onnx")
-    x = model.prepare(images_u8[:batch])
-    n = len(x)
-    for _ in range(WARMUP_RUNS + repeats):
-        model.run(x)
+def profile_models(specs: dict, images_u8: np.ndarray, batch: int, threads: int, repeats: int,
+                   rounds: int = ROUNDS) -> dict:
+    """Per-node median µs per image of each model (`specs`: precision -> (path, SessionOptions, sha256))
+    over `repeats` profiled runs of one batch, after warm-up runs. The runs are spread over `rounds`
+    rounds, the models in turn (rotated each round), so that a busy spell slows both: each round's
+    int8/fp32 time ratio, the machine's load in it, and why the timing is NOISY where it is."""
+    from time import perf_counter
+
+    from toolkit.timing import NOISY_SPREAD, cpu_snapshot, load_between, noise, rotated
+
+    models = {p: Model(path, "cpu", replace(options, threads=threads, profile=True), expected_sha256=sha, fmt="onnx")
+              for p, (path, options, sha) in specs.items()}
+    inputs = {p: m.prepare(images_u8[:batch]) for p, m in models.items()}
+    for p, m in models.items():
+        for _ in range(WARMUP_RUNS):
+            m.run(inputs[p])
+    per_round = max(1, -(-repeats // rounds))
+    walls: dict[str, list] = {p: [] for p in models}
+    loads = []
+    for r in range(rounds):
+        before = cpu_snapshot()
+        for p in rotated(list(models), r):
+            times = []
+            for _ in range(per_round):
+                t0 = perf_counter()
+                models[p].run(inputs[p])
+                times.append(perf_counter() - t0)
+            walls[p].append(float(np.median(times)) * 1e6 / len(inputs[p]))
+        loads.append(load_between(before, cpu_snapshot(), own_cores=threads))
+    out = {p: _node_summary(m, len(inputs[p]), threads, per_round * rounds) for p, m in models.items()}
+    timing: dict = {"rounds": rounds, "runs_per_round": per_round, "machine_load": loads,
+                    "us_per_image_by_round": walls}
+    if "fp32" in walls and "int8" in walls:
+        ratios = [i / f for i, f in zip(walls["int8"], walls["fp32"])]
+        timing["int8_over_fp32_by_round"] = [round(x, 4) for x in ratios]
+        why = noise(loads, [])
+        if max(ratios) / min(ratios) > NOISY_SPREAD:
+            why.append(f"the int8/fp32 time ratio varied {max(ratios) / min(ratios):.2f}× over the rounds")
+        timing["noisy"] = why
+    return {"models": out, "timing": timing}
+
+
+def _node_summary(model: Model, n: int, threads: int, repeats: int) -> dict:
+    """The profile's per-node median µs per image (the warm-up runs left out)."""
     events = model.node_events()
     per_node: dict[str, list] = defaultdict(list)
     meta = {}
@@ -54,6 +91,12 @@ def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, r
         nd["share"] = nd["us_per_image"] / total if total else 0.0
     nodes.sort(key=lambda nd: -nd["us_per_image"])
     return {"batch": n, "threads": threads, "repeats": repeats, "total_us_per_image": total, "nodes": nodes}
+
+
+def profile_model(path: Path, images_u8: np.ndarray, batch: int, threads: int, repeats: int,
+                  options: SessionOptions, sha256: str | None = None) -> dict:
+    """One model's per-node median µs per image (profile_models, alone)."""
+    return profile_models({"model": (path, options, sha256)}, images_u8, batch, threads, repeats)["models"]["model"]
 
 
 _SUFFIX = re.compile(r"(_nchwc|_token_\d+)+$")
@@ -89,16 +132,16 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
     onnx = {a["precision"]: a for a in manifest["artifacts"] if a["format"] == "onnx"}
     if "int8" not in onnx:
         raise ManifestError(f"{folder / 'manifest.json'}: no int8 ONNX model to inspect (run `mnisttk export --quantize`)")
-    models, data = {}, {}
+    specs, data = {}, {}
     for precision, a in onnx.items():
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
         path = confined_path(folder, a["file"])
         data[precision] = read_model_bytes(path, a["sha256"], "onnx")[0]
         # the session verify uses: int8 without ORT's NCHWc layout (see SessionOptions.nchwc)
-        options = SessionOptions(nchwc=precision != "int8")
-        models[precision] = {"file": a["file"], **profile_model(path, images_u8, batch, threads, repeats, options,
-                                                                a["sha256"])}
+        specs[precision] = (path, SessionOptions(nchwc=precision != "int8"), a["sha256"])
+    profiled = profile_models(specs, images_u8, batch, threads, repeats)
+    models = {p: {"file": onnx[p]["file"], **m} for p, m in profiled["models"].items()}
     ratio = models["int8"]["total_us_per_image"] / models["fp32"]["total_us_per_image"]
     # per-layer error on the first n_images test images, each model fed its own input type
     sample = images_u8[:n_images]
@@ -138,6 +181,7 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
         np.add.at(counts, (labels.astype(np.int64), int8_pred), 1)
         confusion = counts.tolist()
     return {"schema_version": 2, "folder": str(folder), "models": models, "int8_over_fp32_node_time": ratio,
+            "timing": profiled["timing"],
             "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion,
             "executorch": _executorch_error(folder, manifest, bad, sample, threads),
             "not_a_digit": _ood_decisions(folder, manifest, images_u8, fp32_logits, int8_logits, fp32_model, int8_model)}
@@ -274,7 +318,11 @@ def format_inspect(result: dict, top: int = 12) -> str:
             lines.append(f"  … {len(rest)} more nodes, {sum(n['us_per_image'] for n in rest):.3f} µs/img")
         lines.append("")
     if result.get("int8_over_fp32_node_time"):
-        lines.append(f"int8 kernel time is {result['int8_over_fp32_node_time']:.2f}× fp32's")
+        t = result.get("timing") or {}
+        by_round = t.get("int8_over_fp32_by_round") or []
+        spread = f" (whole runs, by round: {', '.join(f'{x:.2f}×' for x in by_round)})" if by_round else ""
+        lines.append(f"int8 kernel time is {result['int8_over_fp32_node_time']:.2f}× fp32's{spread}"
+                     + (" — NOISY: " + "; ".join(t["noisy"]) if t.get("noisy") else ""))
     from toolkit.width import fit
 
     return fit("\n".join(lines).rstrip())

@@ -1,0 +1,173 @@
+"""`mnisttk verify`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from toolkit.clikit import (
+    GATES,
+    VERIFY,
+    check_outputs,
+    data_dir_option,
+    emit_json,
+    export_files,
+    gate_options,
+    json_option,
+    json_to_stdout,
+    log,
+    merge_old_spellings,
+    old_spelling,
+    quiet_option,
+    toolkit_errors,
+)
+from toolkit.config import Gates, VerifyConfig
+from toolkit.errors import ToolkitError
+from toolkit.runtimes import RUNTIMES
+from toolkit.targets import KNOWN_TARGETS
+
+
+@click.command(short_help='Prove every artifact matches the float model: gates, evidence, exit code.')
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("exported"),
+              show_default=True, help="Folder with manifest.json and the artifacts.")
+@data_dir_option
+@click.option("--device", "devices", multiple=True, type=click.Choice(["cpu", "cuda"]),
+              help="ONNX Runtime rows to run (repeatable; default both: cpu, cuda — cuda rows skip without a GPU).")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch rows; the reference comes from reference.npz.")
+@click.option("--skip-runtime", "skip_runtimes", multiple=True, type=click.Choice([s.id for s in RUNTIMES]),
+              envvar="MNISTTK_SKIP_RUNTIME", show_envvar=True,
+              help="Leave this runtime's rows out (repeatable), e.g. openvino: they are listed as skipped. "
+                   "From the environment: space-separated ids.")
+@click.option("--require-cuda", is_flag=True, help="Fail when the CUDA rows cannot run.")
+@click.option("--threads", type=click.IntRange(0, os.cpu_count() or 1), default=VERIFY.threads, show_default=True,
+              help="CPU threads for every runtime (0: all cores; at most this machine's cores); ONNX Runtime runs a "
+                   "batch as one single-threaded session per thread.")
+@click.option("--expect", "expect", multiple=True, type=click.Choice(KNOWN_TARGETS), metavar="TARGET",
+              help="A target the export must hold and this run must check (repeatable), e.g. --expect onnx-int8: "
+                   f"fail if it is missing or its row was skipped. One of: {', '.join(KNOWN_TARGETS)}.")
+@click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), default=VERIFY.row_timeout_s,
+              show_default=True, help="Seconds one row may take; a row over it (a hung runtime) is a FAIL row.")
+@click.option("--row-memory", type=click.IntRange(min=64), default=VERIFY.row_memory_mb, show_default=True,
+              help="MB one CPU row may allocate; a row over it is a FAIL row.")
+@click.option("--throughput-batch", "batch_size", type=click.IntRange(1, 10_000), default=VERIFY.throughput_batch,
+              show_default=True, help="Batch for the throughput measurement.")
+@click.option("--max-latency-ratio", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fail rows whose batch-1 p50 exceeds this multiple of the reference row's.")
+@click.option("--rounds", type=click.IntRange(1, 50), default=VERIFY.rounds, show_default=True,
+              help="Timing rounds: every row timed once per round, rows interleaved; latency and throughput are "
+                   "medians over the rounds, with their min-max spread (more rounds: steadier figures, longer run).")
+@gate_options
+@json_option("The full report")
+@click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The table as Markdown, into FILE (- for stdout; the text table then goes to stderr).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The report as one self-contained page: verdict, table, plot, notes, the changed test images.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of accuracy vs batch-1 latency (needs matplotlib).")
+@click.option("--save-outputs", "outputs_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Every row's per-image logits, with the artifact and test-set SHA-256, into FILE (JSON, about "
+                   "0.4 MB a row): for `mnisttk compare` or another machine's `verify --golden`.")
+@click.option("--golden", "golden_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also judge each row against the same artifact's outputs saved by another run (`--save-outputs` "
+                   "on the host): flips and logit drift image by image, with the same gates.")
+@quiet_option
+@old_spelling("--batch-size", "batch_size", type=click.IntRange(1, 10_000))
+@old_spelling("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]))
+@click.pass_context
+@toolkit_errors
+@merge_old_spellings
+def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda, threads, batch_size, max_latency_ratio, fp32_atol,
+           int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
+           row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
+           int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
+           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None):
+    """Check every exported artifact against the float model on the full test set:
+    accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
+    every gate holds, 1 when any fails (the rows named), 2 on usage errors.
+
+    \b
+    Example:
+        mnisttk verify --markdown report.md --plot report.png
+        mnisttk verify --no-torch --golden host-outputs.json --save-outputs device-outputs.json
+    """
+    from toolkit.data import load_mnist
+    from toolkit.report import format_markdown, format_table, write_plot
+    from toolkit.verify import run_verify
+
+    runtimes = tuple(runtimes) or ("torch", *(devices or ("cpu", "cuda")))
+    if no_torch:
+        runtimes = tuple(r for r in runtimes if r != "torch")
+    if require_cuda and "cuda" not in runtimes:
+        raise click.UsageError("--require-cuda needs the cuda runtime")
+    gates = Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
+                  int8_min_agreement_pct=int8_min_agreement, max_latency_ratio=max_latency_ratio,
+                  int8_max_clipped_top_pct=int8_max_clipped, int8_min_ood_agreement_pct=int8_min_ood_agreement)
+    config = VerifyConfig(folder=folder, runtimes=runtimes, skip_runtimes=tuple(skip_runtimes), require_cuda=require_cuda,
+                          threads=threads,
+                          throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
+                          row_memory_mb=row_memory, rounds=rounds)
+    from toolkit.manifest import load_manifest
+
+    manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
+    if require_cuda:
+        from toolkit.runtimes.ort_session import available_providers
+
+        if "CUDAExecutionProvider" not in available_providers():
+            raise ToolkitError("--require-cuda: this onnxruntime has no CUDAExecutionProvider (`make gpu` on a CUDA "
+                               "machine; `mnisttk env` shows what is here); nothing was run")
+    if plot_path:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]'); nothing was run")
+    md_to_stdout = md_path is not None and str(md_path) == "-"
+    if md_to_stdout and json_to_stdout(json_out):
+        raise click.UsageError("--json and --markdown cannot both go to stdout")
+    # an unwritable report path, or one that would overwrite what is verified, fails before the run
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png"),
+                   ("--save-outputs", outputs_path, "json"), ("--html", html_path, "html")],
+                  export_files(folder, manifest) + ([golden_path] if golden_path else []))
+    from toolkit import outputs as saved_outputs
+
+    golden = saved_outputs.load(golden_path) if golden_path else None
+    mnist = load_mnist(data_dir, log=log)
+    logits = {} if outputs_path else None
+    result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log, golden=golden,
+                        outputs=logits)
+    click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
+    from toolkit.fsutil import atomic_write_bytes
+
+    try:
+        emit_json(result, json_out)
+        if outputs_path:
+            shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+            shas[manifest["reference"]["file"]] = manifest["reference"]["sha256"]
+            doc = saved_outputs.build(result, logits, mnist.test_labels, mnist.sha256["test"], shas)
+            atomic_write_bytes(outputs_path, saved_outputs.dumps(doc))
+            log(f"outputs of {len(logits)} rows: {outputs_path} ({outputs_path.stat().st_size:,} bytes)")
+        if md_to_stdout:
+            click.echo(format_markdown(result), nl=False)
+        elif md_path:
+            atomic_write_bytes(md_path, format_markdown(result).encode())
+    except OSError as exc:
+        raise ToolkitError(f"cannot write report: {exc}") from None
+    if plot_path:
+        try:
+            write_plot(result, plot_path)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
+    if html_path:
+        from toolkit.html_report import write_html
+        from toolkit.manifest import classes_of, confined_path
+        from toolkit.reference import read_reference
+
+        ref = read_reference(confined_path(folder, manifest["reference"]["file"]), len(mnist.test_labels),
+                             len(classes_of(manifest)))
+        try:
+            write_html(result, mnist.test_images, mnist.test_labels, ref["logits"].argmax(1), html_path)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write {html_path}: {exc.strerror or exc}") from None
+    ctx.exit(0 if result["passed"] else 1)
