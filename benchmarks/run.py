@@ -39,7 +39,7 @@ from toolkit.timing import latency_us, throughput  # noqa: E402
 from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 
 MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840
-FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes, as the issue states
+FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes
 
 
 def median(xs):
@@ -122,12 +122,11 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
     """The toolkit's batch-1 call against the bare runtime call on the same loaded model, side by side
     in the same interleaved rounds: ONNX Runtime (`InferenceSession.run` with a ready feed) and LiteRT
     (`set_tensor`, `invoke`, `get_tensor`). Medians over rounds of each round's median call, 1 thread."""
-    from toolkit.runtimes import RUNTIMES, build, missing
+    from toolkit.runtimes import build, cpu_runtime, missing
 
     pairs = []
     for a in manifest["artifacts"]:
-        spec = next((r for r in RUNTIMES if a["format"] in r.formats and r.device in (None, "cpu")
-                     and a["format"] in ("onnx", "tflite")), None)
+        spec = cpu_runtime(a["format"]) if a["format"] in ("onnx", "tflite") else None
         if spec is None or missing(spec):
             continue
         cand = build(spec, folder, a, 1)
@@ -161,7 +160,7 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
 
 
 def bench_training(data, device_name, steps, reps):
-    """Steps/s of the seed recipe's step (batch 60, Adam 1e-3): a plain loop (NCHW, default Adam,
+    """Steps/s of the default recipe's step (batch 60, Adam 1e-3): a plain loop (NCHW, default Adam,
     what a new user writes) and mnisttk's step(s), interleaved round by round."""
     import torch
     from torch import nn

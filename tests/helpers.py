@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import textwrap
 
 from click.testing import CliRunner
@@ -44,12 +45,26 @@ def third_party_check(allowed: set) -> str:
 
 def rehash(folder, name: str) -> None:
     """Record `name`'s current bytes in the folder's manifest (a supplier who swapped a file and
-    updated the hash: the bytes check passes, so what follows must catch it)."""
+    updated the hash, as an attacker would: the bytes check passes, so what follows must catch it).
+    The reference, an artifact or a support file; its size too where the manifest records one."""
     manifest = json.loads((folder / "manifest.json").read_text())
-    digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    data = (folder / name).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if manifest["reference"]["file"] == name:
         manifest["reference"]["sha256"] = digest
-    for a in manifest["artifacts"]:
-        if a["file"] == name:
-            a["sha256"], a["size_bytes"] = digest, (folder / name).stat().st_size
+    for entry in manifest["artifacts"] + manifest.get("support_files", []):
+        if entry["file"] == name:
+            entry["sha256"] = digest
+            if "size_bytes" in entry:
+                entry["size_bytes"] = len(data)
     (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def up(x: float) -> float:
+    """The next float above x: one step past a lower limit."""
+    return math.nextafter(x, math.inf)
+
+
+def down(x: float) -> float:
+    """The next float below x: one step past an upper limit."""
+    return math.nextafter(x, -math.inf)

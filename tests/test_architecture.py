@@ -142,7 +142,8 @@ def test_export_verify_and_predict_leave_the_process_as_they_found_it(tiny_expor
         assert _process_state() == before, "verify"
         png = tmp_path / "d.png"
         Image.fromarray(np.pad(np.full((10, 4), 255, np.uint8), 9)).save(png)
-        CliRunner().invoke(main, ["predict", "--model", str(out / "cnn_fp32.onnx"), str(png), "--accept-all"])
+        r = CliRunner().invoke(main, ["predict", "--model", str(out / "cnn_fp32.onnx"), str(png), "--accept-all"])
+        assert r.exit_code == 0 and "d.png: " in r.output, r.output
         assert _process_state() == before, "predict"
     finally:
         torch.set_num_threads(saved["torch_threads"])
@@ -175,3 +176,56 @@ def test_the_manifest_schema_enumerates_exactly_the_registrys_formats():
 
     schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schemas" / "export.schema.json").read_text())
     assert schema["properties"]["artifacts"]["items"]["properties"]["format"]["enum"] == list(FORMATS)
+
+
+# Runtime facts the verbs must read from the runtime registry and its typed evidence (RuntimeSpec,
+# Placement), never decode by name: which backend ran a row, and whether a runtime is a GPU one.
+RUNTIME_NAMES = ("XNNPACK", "OpenVINO CPU", "ORT CPU", "ORT CUDA", "cuda", "CUDAExecutionProvider")
+
+
+@pytest.mark.parametrize("module", ["verify.py", "report.py", "search.py", "html_report.py", "export.py", "gates.py"])
+def test_no_backend_is_decoded_by_name_outside_its_runtime(module):
+    import ast
+
+    path = Path(__file__).resolve().parent.parent / "toolkit" / module
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    literals = [(node.lineno, node.value) for node in ast.walk(tree)
+                if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in RUNTIME_NAMES]
+    assert not literals, f"toolkit/{module} decodes runtimes by name {literals}: read RuntimeSpec / Placement"
+
+
+def test_placement_is_typed_evidence_that_survives_the_report_json():
+    from toolkit.config import Gates
+    from toolkit.gates import Gate, evaluate
+    from toolkit.runtimes.candidate import Placement
+    from toolkit.verify import Row, measurement
+
+    p = Placement("XNNPACK", "3 ops delegated", not_delegated=("CONV_2D",), detail={"delegated": ["FC"]})
+    assert Placement.from_json(json.loads(json.dumps(p.to_json()))) == p
+    assert Placement.from_json(None) is None and Placement.from_json({}) is None
+    good = dict(accuracy=0.99, flipped=0, max_abs_logit_diff=0.0, acc_diff=0.0, agreement=1.0)
+    # each typed field reaches the gates as it is; None ("not a question here") asks nothing
+    row = Row("X int8", "Y", "int8", "f", placement=p.to_json(), **good)
+    assert [r.gate for r in evaluate(measurement(row), Gates())] == [Gate.NOT_DELEGATED]
+    asked = Placement("Z", "", int8_kernels=())
+    assert measurement(Row("X int8", "Y", "int8", "f", placement=asked.to_json(), **good)).int8_kernels == []
+    assert measurement(Row("X int8", "Y", "int8", "f", placement=Placement("Z", "").to_json(), **good)).int8_kernels is None
+    gpu = Placement("Z", "", cpu_compute_ops=("Conv",))
+    assert [r.gate for r in evaluate(measurement(Row("X fp32", "Y", "fp32", "f", placement=gpu.to_json(), **good)),
+                                     Gates())] == [Gate.CPU_COMPUTE]
+
+
+def test_the_runtime_for_a_format_comes_from_the_registry():
+    from toolkit.runtimes import RUNTIMES, cpu_runtime, runtime_for
+    from toolkit.targets import FORMATS
+
+    for fmt in FORMATS:
+        spec = cpu_runtime(fmt)
+        assert spec is not None and not spec.gpu and fmt in spec.formats, fmt
+        assert spec == next(s for s in RUNTIMES if fmt in s.formats and s.device in (None, "cpu"))
+        assert runtime_for(fmt, "cpu") == spec
+    assert runtime_for("onnx", "cuda").gpu and runtime_for("tflite", "cuda") is None
+    assert cpu_runtime("no-such-format") is None

@@ -11,6 +11,7 @@ from doubles import bf16_cpu, to_bf16
 from helpers import LOOSE_ALL, run
 from toolkit.config import Gates
 from toolkit.gates import Gate, evaluate, judged_precision
+from toolkit.runtimes.candidate import Placement
 from toolkit.verify import Row, measurement
 
 G = Gates()
@@ -113,7 +114,7 @@ def test_the_real_openvino_on_this_cpu_gives_the_exact_row_and_says_its_default(
 
 def test_a_row_is_judged_at_reduced_precision_only_where_it_asked_for_the_default():
     kw = dict(accuracy=0.9, flipped=3, max_abs_logit_diff=0.05, acc_diff=0.0, agreement=0.999,
-              placement={"backend": "OpenVINO CPU", "int8_kernels": []})
+              placement=Placement("OpenVINO CPU", "", int8_kernels=()).to_json())
     default = Row("ONNX fp32", "OpenVINO CPU bf16", "fp32", "cnn_fp32.onnx", ran_precision="bf16",
                   arithmetic="default", **kw)
     assert measurement(default).precision == "bf16" and evaluate(measurement(default), G) == []

@@ -3,13 +3,12 @@ installed by `make test`), the precision it chose judged by the right gates, its
 ONNX Runtime's kernels, and an ONNX file that points outside its folder refused before OpenVINO reads it."""
 
 import json
-import math
 import shutil
 
 import numpy as np
 import pytest
 
-from helpers import LOOSE_ALL, rehash, run
+from helpers import LOOSE_ALL, rehash, run, up
 from toolkit.config import Gates
 from toolkit.gates import Gate, Measurement, evaluate
 from toolkit.onnx_proto import external_tensors
@@ -21,7 +20,6 @@ G = Gates()
 @pytest.fixture(autouse=True)
 def _with_openvino_rows(openvino_rows):
     """Every test here is about OpenVINO's rows."""
-up = lambda x: math.nextafter(x, math.inf)  # noqa: E731
 
 
 def verify_rows(folder, data, *args):

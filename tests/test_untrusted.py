@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import LOOSE, run
+from helpers import LOOSE, rehash, run
 
 
 def tree(folder: Path) -> dict:
@@ -31,16 +31,7 @@ def tree(folder: Path) -> dict:
     return out
 
 
-def set_hash(folder: Path, name: str) -> None:
-    """The manifest updated to the file's new bytes, as an attacker would."""
-    m = json.loads((folder / "manifest.json").read_text())
-    data = (folder / name).read_bytes()
-    for entry in m["artifacts"] + m.get("support_files", []):
-        if entry["file"] == name:
-            entry["sha256"] = hashlib.sha256(data).hexdigest()
-            if "size_bytes" in entry:
-                entry["size_bytes"] = len(data)
-    (folder / "manifest.json").write_text(json.dumps(m))
+set_hash = rehash  # the manifest updated to a file's new bytes, as an attacker would
 
 
 def verify(folder, data, *args):
@@ -133,10 +124,15 @@ def test_a_journal_of_our_own_is_rolled_back(supplier, tiny_export, monkeypatch)
     monkeypatch.undo()
     assert (supplier / "cnn_fp32.onnx").read_bytes() == b"half-published"
     stage._lock.close()  # the "dead" export's lock is released
+    # the same journal moved to another folder is not trusted there (its mark binds the stage's path)
+    moved = supplier.parent / f"{supplier.name}-moved"
+    shutil.copytree(supplier, moved, symlinks=True)
+    done = pub.recover(moved)
+    assert not any("restored" in d for d in done) and any("left" in d and "alone" in d for d in done), done
+    assert (moved / "cnn_fp32.onnx").read_bytes() == b"half-published"
     done = pub.recover(supplier)
     assert any("previous artifacts restored" in d for d in done), done
     assert (supplier / "cnn_fp32.onnx").read_bytes() == original
-    # the same journal moved to another folder is no longer trusted (the mac binds the stage's path)
 
 
 def test_a_manifest_that_is_a_link_out_is_refused(supplier, tiny_export, tmp_path):
@@ -242,7 +238,35 @@ def test_sniffing_each_kind():
     assert sniff(b"\x1c\x00\x00\x00TFL3....") == "tflite"
     assert sniff(b"\x1c\x00\x00\x00ET12....") == "pte"
     assert sniff(b"PK\x03\x04........") == "zip"
+    assert sniff(b"  \n<?xml version='1.0'?><net/>") == "ir" and sniff(b"<net><?xml?></net>") is None
     assert sniff(b"hello world") is None and sniff(b"\x08") is None
+    assert sniff(b"\x08" * 7) is None and sniff(b"\x08" * 8) == "onnx"  # 8 bytes are the fewest it reads
+    assert sniff(b"\x1c\x00\x00\x00ETab....") is None and sniff(b"\x1c\x00\x00\x00E12.....") is None
+    assert sniff(b"PK\x03\x05........") is None
+    # a ModelProto starts with one of its fields' tags: each one is ONNX, a neighbouring byte is not
+    tags = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xAA, 0xCA}
+    for tag in tags:
+        assert sniff(bytes([tag]) + b"\x01" * 7) == "onnx", hex(tag)
+    for other in sorted({t + d for t in tags for d in (-1, 1)} - tags):
+        assert sniff(bytes([other]) + b"\x01" * 7) is None, hex(other)
+
+
+def test_check_kind_refuses_other_bytes_in_one_line_and_passes_its_own():
+    from toolkit.errors import ManifestError
+    from toolkit.formats import KIND_OF_FORMAT, check_kind
+
+    samples = {"onnx": b"\x08\x07\x12\x07pytorch", "ort": b"\x1c\x00\x00\x00ORTM....",
+               "tflite": b"\x1c\x00\x00\x00TFL3....", "pte": b"\x1c\x00\x00\x00ET12....",
+               "zip": b"PK\x03\x04........", "ir": b"<?xml version='1.0'?>"}
+    for fmt, kind in KIND_OF_FORMAT.items():
+        check_kind(samples[kind], fmt, "m")  # its own bytes pass
+        for other, data in samples.items():
+            if other != kind:
+                with pytest.raises(ManifestError, match=f"^m: listed as {fmt}, but its bytes are "):
+                    check_kind(data, fmt, "m")
+    with pytest.raises(ManifestError, match="its bytes are not a model file mnisttk knows; refused"):
+        check_kind(b"hello world", "onnx", "m")
+    check_kind(b"anything", "not-a-format", "m")  # an unknown format is the manifest check's to refuse
 
 
 # ---------------------------------------------------------------- bounded work

@@ -12,18 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import LOOSE, run
+from helpers import LOOSE, rehash, run
 from toolkit import outputs
 from toolkit.outputs import OutputsError
 
 
-def set_hash(folder: Path, name: str) -> None:
-    m = json.loads((folder / "manifest.json").read_text())
-    data = (folder / name).read_bytes()
-    for entry in m["artifacts"] + m.get("support_files", []):
-        if entry["file"] == name:
-            entry["sha256"], entry["size_bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    (folder / "manifest.json").write_text(json.dumps(m))
+set_hash = rehash  # the manifest updated to a file's new bytes, as an attacker would
 
 
 def one_error(r, code=1) -> str:
@@ -310,9 +304,9 @@ def test_a_huge_sparse_support_file_is_refused_by_its_size_not_hashed(supplier, 
 
 
 def test_inspects_runtime_work_runs_bounded(supplier, tiny_export, monkeypatch):
-    from toolkit import cli
+    from toolkit.commands import inspect as inspect_command
 
-    monkeypatch.setattr(cli, "INSPECT_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(inspect_command, "INSPECT_TIMEOUT_S", 0.01)
     err = one_error(run("inspect", "--dir", supplier, "--data-dir", tiny_export["data"], "--repeats", "1"))
     assert "inspect's runtime work did not finish within 0.01 s; stopped" in err
 

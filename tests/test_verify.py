@@ -34,9 +34,11 @@ def test_verify_passes_and_reports_every_row(exported, tiny_export):
     assert rows[("ONNX fp32", "ORT CPU")]["max_abs_logit_diff"] <= 1e-4
     import onnxruntime as ort
 
+    cuda_row = rows[("ONNX fp32", "ORT CUDA")]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        assert rows[("ONNX fp32", "ORT CUDA")]["status"] == "skipped"
-        assert "CUDAExecutionProvider" in rows[("ONNX fp32", "ORT CUDA")]["reasons"][0]
+        assert cuda_row["status"] == "skipped" and "CUDAExecutionProvider" in cuda_row["reasons"][0]
+    else:  # a CUDA machine: the row ran on the GPU, judged like any other
+        assert cuda_row["status"] in ("ok", "FAIL") and cuda_row["accuracy"] is not None
     assert "| ONNX int8 | ORT CPU |" in (exported / "r.md").read_text()
     assert "PASS" in r.stdout
 
@@ -168,16 +170,17 @@ def test_every_gate_fails_on_nan_or_missing(field, value, precision):
 
 def test_int8_row_without_int8_kernels_and_cuda_row_on_cpu_fail():
     good = dict(accuracy=0.99, flipped=0, max_abs_logit_diff=0.0, acc_diff=0.0, agreement=1.0)
-    outside = Row("LiteRT int8", "LiteRT XNNPACK", "int8", "f", placement={"backend": "XNNPACK",
-                                                                          "not_delegated": ["CONV_2D"]}, **good)
+    from toolkit.runtimes.candidate import Placement
+
+    outside = Row("LiteRT int8", "LiteRT XNNPACK", "int8", "f",
+                  placement=Placement("XNNPACK", "", not_delegated=("CONV_2D",)).to_json(), **good)
     judge(outside, Gates())
     assert outside.failed_gates == ["not_delegated"] and "CONV_2D" in outside.reasons[0]
-    no_kernels = Row("ONNX int8", "ORT CPU", "int8", "f", placement={"providers": {"CPU": 20}, "int8_kernels": []},
+    no_kernels = Row("ONNX int8", "ORT CPU", "int8", "f", placement=Placement("ORT CPU", "", int8_kernels=()).to_json(),
                      device="cpu", **good)
     judge(no_kernels, Gates())
     assert no_kernels.status == "FAIL" and "no int8 kernel" in no_kernels.reasons[0]
-    on_cpu = Row("ONNX fp32", "ORT CUDA", "fp32", "f", placement={"providers": {"CPU": 3, "CUDA": 5},
-                                                                 "int8_kernels": [], "cpu_compute_ops": ["Conv"]},
+    on_cpu = Row("ONNX fp32", "ORT CUDA", "fp32", "f", placement=Placement("ORT CUDA", "", cpu_compute_ops=("Conv",)).to_json(),
                  device="cuda", **good)
     judge(on_cpu, Gates())
     assert on_cpu.status == "FAIL" and "compute nodes ran on the CPU: Conv" in on_cpu.reasons[0]

@@ -8,14 +8,13 @@ from typing import Callable
 import numpy as np
 
 NUM_CLASSES = 10
-IMAGE_SIZE = 28
 # Batched inference everywhere (export, verify, predict, torch rows): large enough to be fast,
 # small enough that ONNX Runtime's arena stays small (at 10,000 it held ~0.5 GB per session).
 EVAL_BATCH = 1000
 
 
 def to_float_input(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1]: the seed's ToTensor() scaling, pixel/255."""
+    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1]: torchvision's ToTensor() scaling, pixel/255."""
     x = np.asarray(images_u8, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
     return x.reshape(len(x), 1, *x.shape[1:])  # contiguous (a [:, None] view has a 0 stride)
 

@@ -100,7 +100,7 @@ def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1], the seed's ToTensor() scaling."""
+    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1], torchvision's ToTensor() scaling."""
     return to_float_input(images)
 
 

@@ -77,10 +77,12 @@ def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray, num_clas
     format: toolkit.runtimes.RUNTIMES), through the same template and checks, with the arithmetic asked
     for and run. An fp32 file always asks for exact fp32 arithmetic (never a runtime's reduced default on
     this CPU, such as OpenVINO's bf16): the runtime refuses if it cannot give it."""
-    from toolkit.runtimes import RUNTIMES, build
+    from toolkit.runtimes import build, cpu_runtime
     from toolkit.runtimes.candidate import Arithmetic
 
-    spec = next(s for s in RUNTIMES if art.fmt in s.formats and s.device in (None, "cpu"))
+    spec = cpu_runtime(art.fmt)
+    if spec is None:
+        raise ExportError(f"{art.file}: no CPU runtime runs {art.fmt} files, so export cannot check it")
     artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields,
                 "outputs": [{"shape": ["batch", num_classes]}]}
     try:

@@ -5,37 +5,54 @@ refuses the second). Standard library only: the edge side uses it."""
 
 from __future__ import annotations
 
+from enum import Enum
+
 from toolkit.errors import ManifestError
 from toolkit.targets import TARGETS
 
-# format (as the manifest names it) -> the kind of file its bytes must be (toolkit.targets)
-KIND_OF_FORMAT = {t.name: t.kind for t in TARGETS}
-KIND_NAMES = {"onnx": "an ONNX model (protobuf)", "ort": "an ONNX Runtime .ort model (flatbuffer ORTM)",
-              "tflite": "a LiteRT model (flatbuffer TFL3)", "pte": "an ExecuTorch program (flatbuffer ET..)",
-              "zip": "a TorchScript archive (zip)", "ir": "an OpenVINO IR (XML)"}
-SUFFIX_KIND = {".onnx": "onnx", ".ort": "ort", ".tflite": "tflite", ".pte": "pte", ".pt": "zip", ".xml": "ir"}
+
+class Kind(str, Enum):
+    """What a model file's bytes are (a target's `kind`, toolkit.targets): each has a check in sniff()."""
+
+    ONNX = "onnx"
+    ORT = "ort"
+    TFLITE = "tflite"
+    PTE = "pte"
+    ZIP = "zip"
+    IR = "ir"
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def sniff(data: bytes) -> str | None:
+KIND_NAMES = {Kind.ONNX: "an ONNX model (protobuf)", Kind.ORT: "an ONNX Runtime .ort model (flatbuffer ORTM)",
+              Kind.TFLITE: "a LiteRT model (flatbuffer TFL3)", Kind.PTE: "an ExecuTorch program (flatbuffer ET..)",
+              Kind.ZIP: "a TorchScript archive (zip)", Kind.IR: "an OpenVINO IR (XML)"}
+# format (as the manifest names it) -> the kind of file its bytes must be; a target whose kind has no
+# member here fails at import (ValueError), so a new kind cannot go unchecked
+KIND_OF_FORMAT = {t.name: Kind(t.kind) for t in TARGETS}
+
+
+def sniff(data: bytes) -> Kind | None:
     """The kind of model these bytes are, by their header alone (nothing is parsed)."""
     if len(data) < 8:
         return None
     ident = data[4:8]
     if ident == b"ORTM":
-        return "ort"
+        return Kind.ORT
     if ident == b"TFL3":
-        return "tflite"
+        return Kind.TFLITE
     if ident[:2] == b"ET" and ident[2:4].isdigit():
-        return "pte"
+        return Kind.PTE
     if data[:4] == b"PK\x03\x04":
-        return "zip"
+        return Kind.ZIP
     if data.lstrip()[:5] == b"<?xml":  # OpenVINO writes its IR with the XML declaration first
-        return "ir"
+        return Kind.IR
     # An ONNX ModelProto is a protobuf: its first byte is the tag of one of ModelProto's fields with
     # its wire type. Serializers write fields in number order, so ours and every common exporter
     # start 0x08 (ir_version); a model without it starts with a later field's tag.
     if data[0] in _MODELPROTO_TAGS:
-        return "onnx"
+        return Kind.ONNX
     return None
 
 
@@ -52,5 +69,5 @@ def check_kind(data: bytes, fmt: str, name: str) -> None:
         return
     got = sniff(data)
     if got != want:
-        found = KIND_NAMES.get(got or "", "not a model file mnisttk knows")
+        found = KIND_NAMES[got] if got else "not a model file mnisttk knows"
         raise ManifestError(f"{name}: listed as {fmt}, but its bytes are {found}; refused")

@@ -1,4 +1,4 @@
-"""The seed's CNN and a fully connected baseline."""
+"""The built-in models: a small CNN and a fully connected baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from toolkit.errors import CheckpointError
 
 
 class CNN(nn.Module):
-    """Exactly the seed notebook's net: 9,098 parameters, 290,080 multiply-adds per image."""
+    """The built-in CNN: 9,098 parameters, 290,080 multiply-adds per image."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10):
         super().__init__()
@@ -27,7 +27,7 @@ class CNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """The seed's contrast: a plain feed-forward net (784-128-64-10, ReLU)."""
+    """A plain feed-forward baseline (784-128-64-10, ReLU)."""
 
     def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (128, 64)):
         super().__init__()

@@ -16,16 +16,17 @@ Preprocessing, the way MNIST digits were made:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from toolkit.ood import MIN_INK_LEVEL, otsu, page_ink
-from toolkit.errors import ImageError, first_line
+from toolkit.errors import ImageError, ToolkitError, first_line
 from toolkit.fsutil import regular_file
 
 MAX_PIXELS = 40_000_000  # larger images are refused (decompression bombs); a digit photo needs far less
@@ -583,7 +584,6 @@ def find_rule(model_path: Path, sha256: str, metadata: str | None) -> tuple[dict
             return check_rule(json.loads(metadata)), "the model's metadata"
         except (ValueError, RecursionError):
             return None, "the model's mnisttk_ood metadata is malformed"
-    from toolkit.errors import ToolkitError
     from toolkit.manifest import load_manifest
 
     try:
@@ -603,7 +603,6 @@ def find_rule(model_path: Path, sha256: str, metadata: str | None) -> tuple[dict
 def predictable_kind(model_path: Path) -> str:
     """"onnx", "ort" or "tflite" from the model file's bytes; ToolkitError in one line for anything
     else (a FIFO, a folder, a .pte, a TorchScript file, a giant), before it is loaded."""
-    from toolkit.errors import ToolkitError
     from toolkit.formats import KIND_NAMES, sniff
     from toolkit.runtimes.candidate import MAX_MODEL_BYTES
 
@@ -615,7 +614,7 @@ def predictable_kind(model_path: Path) -> str:
         raise ToolkitError(f"{path}: cannot read ({exc.strerror or exc})") from None
     kind = sniff(head)
     if kind not in PREDICT_KINDS:
-        found = KIND_NAMES.get(kind or "", "not a model file mnisttk knows")
+        found = KIND_NAMES[kind] if kind else "not a model file mnisttk knows"
         raise ToolkitError(f"{path}: {found}; predict runs ONNX (.onnx), ORT format (.ort) and LiteRT (.tflite) "
                            "models (verify runs the others)")
     return kind
@@ -623,18 +622,106 @@ def predictable_kind(model_path: Path) -> str:
 
 def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple:
     """(logits, SHA-256 of the bytes loaded) for uint8 N×28×28 images (run where toolkit.isolate bounds it);
-    batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None))."""
-    if kind == "tflite":
-        from toolkit.runtimes.litert import LiteRTCandidate
+    batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None)). The
+    model is built as verify builds a row (toolkit.runtimes): the runtime that runs this kind of file on
+    `provider`, its logits checked the same way, as many classes as its output declares."""
+    from toolkit.runtimes import build, runtime_for
 
-        model: Any = LiteRTCandidate({1: (Path(model_path), None)}, "", 0, "LiteRT", Path(model_path).name)
-    else:
-        from toolkit.runtimes.ort_session import Model
-
-        model = Model(model_path, provider, fmt=kind)
+    spec = runtime_for(kind, provider)
+    if spec is None:
+        raise ToolkitError(f"{model_path}: no runtime here runs {PREDICT_KINDS[kind]} models on {provider}")
+    path = Path(model_path)
+    artifact = {"file": path.name, "format": kind, "precision": "", "sha256": None}
+    model = build(spec, path.parent, artifact, 0)
+    model.num_classes = model.declared_classes() or model.num_classes  # no manifest: the model says
     if batch is None:
-        meta = None
-        if kind != "tflite":
-            meta = model.session.get_modelmeta().custom_metadata_map.get("mnisttk_ood")
-        return None, model.loaded_sha256, meta
+        return None, model.loaded_sha256, model.metadata("mnisttk_ood")
     return np.asarray(model.logits(batch), dtype=np.float32), model.loaded_sha256
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How `mnisttk predict` treats its images (the CLI's options, keyword-only)."""
+
+    provider: str = "cpu"
+    as_is: bool = False  # the images are already MNIST-style 28×28 (no preprocessing)
+    preprocessing: str | None = None  # digit | plain; None: what the export recorded (digit by default)
+    min_confidence: float | None = None
+    recursive: bool = False
+    save_dir: Path | None = None
+    timeout_s: float = 120.0  # the model's time on all the images, in its bounded child
+    accept_all: bool = False  # no not-a-digit rule
+
+
+def predict(images: list[str], model_path: Path, *, options: PredictOptions = PredictOptions(),
+            log: Callable[[str], None] = lambda s: None) -> dict:
+    """The predict verb: check the model, then the images, run the model in a bounded child process
+    (toolkit.isolate: a model that hangs or aborts is one error, not a hung or crashed predict), apply the
+    export's not-a-digit rule. Returns the JSON document (docs/schemas/predict.schema.json)."""
+    from toolkit import isolate
+
+    kind = predictable_kind(model_path)  # before any image is read: FIFOs, .pte, giants refused in one line
+    if kind == "tflite" and options.provider != "cpu":
+        raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {options.provider}")
+    if options.provider == "cuda":
+        from toolkit.runtimes.ort_session import select_provider
+
+        select_provider("cuda")  # no CUDA here: one line now, not after reading the images
+    if options.save_dir is not None:
+        from toolkit.fsutil import check_writable_dir
+
+        try:
+            check_writable_dir(options.save_dir)
+        except OSError as exc:
+            raise ToolkitError(f"cannot write to {options.save_dir}: {exc.strerror or exc}") from None
+    files = expand_inputs(images, options.recursive)
+    memory_mb = None if options.provider == "cuda" else isolate.DEFAULT_MEMORY_MB
+
+    def in_child(batch):
+        return isolate.call(model_logits, str(model_path), kind, options.provider, batch, timeout_s=options.timeout_s,
+                            memory_mb=memory_mb, what=f"the model {model_path}")
+
+    _, sha, metadata = in_child(None)  # a model that cannot load fails before any image is read
+    loaded = {"sha256": sha}
+    found, source = find_rule(model_path, sha, metadata)
+    classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
+    rule, source = (None, "switched off (--accept-all)") if options.accept_all else (found, source)
+    how = options.preprocessing or (found or {}).get("preprocessing", "digit")  # what the export recorded
+    if rule is None and not options.accept_all:
+        log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
+
+    def logits(batch):
+        out, loaded["sha256"] = in_child(batch)
+        return out
+
+    results = predict_files(files, logits, as_is=options.as_is, min_confidence=options.min_confidence,
+                            save_dir=options.save_dir, rule=rule, classes=classes, preprocessing=how)
+    return {"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
+            "provider": options.provider, "preprocessing": "as-is" if options.as_is else how,
+            "not_a_digit_rule": source if rule is None else f"from {source}", "results": results}
+
+
+def describe(result: dict) -> str:
+    """One line for one image's result (an error's line is the error itself)."""
+    if "error" in result:
+        return result["error"]
+    if result["status"] == "not_a_digit":
+        def lim(v):
+            return f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, list) else f"{v:.3g}"
+
+        # the first failed check with its value, the others by name (all of them: --json)
+        failed = result["not_a_digit"]["failed"]
+        why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}" for c in failed[:1])
+        more = f"; also {', '.join(c['check'] for c in failed[1:])}" if len(failed) > 1 else ""
+        n = len(result["probabilities"])
+        what = "a digit" if result["label"] == str(result["digit"]) and n == 10 else f"one of the {n} classes"
+        return f"{result['file']}: not {what} ({why}{more}; best guess {result['label']})"
+    low = ", low confidence" if result.get("low_confidence") else ""
+    return f"{result['file']}: {result['label']} (p={result['probability']:.3f}{low})"
+
+
+def exit_code(results: list[dict]) -> int:
+    """1 when a file could not be read, else 3 when an image was not a digit, else 0."""
+    if any("error" in r for r in results):
+        return 1
+    return 3 if any(r.get("status") == "not_a_digit" for r in results) else 0

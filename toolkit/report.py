@@ -6,6 +6,7 @@ from pathlib import Path
 
 from toolkit.errors import ToolkitError
 from toolkit.runtimes import RUNTIMES
+from toolkit.runtimes.candidate import Placement
 
 
 def _pct(v):
@@ -13,21 +14,9 @@ def _pct(v):
 
 
 def _placement(p: dict | None) -> str:
-    if not p:
-        return "—"
-    if p.get("backend") == "XNNPACK":  # LiteRT and ExecuTorch: what the delegate took
-        took = (f"{len(p['delegated'])} ops delegated to XNNPACK" if "delegated" in p
-                else f"{len(p.get('delegates', []))} XNNPACK delegate(s)")
-        outside = p.get("not_delegated") or []
-        return took + ("; outside it (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
-    if p.get("backend") == "OpenVINO CPU":  # the precision it computed in, and its int8 layers
-        layers = [k.split(":", 1)[-1] for k in p.get("int8_kernels") or []]
-        asked = "exact f32 asked for" if p.get("arithmetic") == "exact" else "OpenVINO's default for this CPU"
-        return (f"computed in {p.get('inference_precision')} ({asked}); "
-                + (f"int8 layers: {', '.join(layers)}" if layers else "no int8 layers"))
-    nodes = ", ".join(f"{k} {v}" for k, v in sorted(p.get("providers", {}).items(), key=lambda kv: -kv[1]))
-    int8 = "int8 kernels: " + "/".join(p["int8_kernels"]) if p.get("int8_kernels") else "no int8 kernels"
-    return f"{nodes} nodes; {int8}"
+    """The runtime's own line for where it ran the model (toolkit.runtimes.candidate.Placement)."""
+    found = Placement.from_json(p)
+    return found.summary or found.backend if found else "—"
 
 
 COLUMNS = ["row", "runtime", "status", "acc %", "prec %", "rec %", "agree %", "flips", "max|Δlogit|",

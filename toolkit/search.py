@@ -126,8 +126,9 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
             pred = logits.argmax(1)
             sat = saturation(logits, cand.output_limits())
             acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
+            found = cand.placement()
             measured = Measurement("int8", accuracy_drop_points=(ref_acc - acc) * 100, agreement_pct=agreement * 100,
-                                   int8_kernels=cand.placement().get("int8_kernels") or [],
+                                   int8_kernels=list(found.int8_kernels or ()) if found else [],
                                    clipped_top_pct=sat["clipped_top_pct"] if sat else None)
             reasons = [r.text() for r in evaluate(measured, gates)]  # verify's gates, the same function
             rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,

@@ -9,8 +9,20 @@ the edge side reads it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 PRECISIONS = ("fp32", "int8")
+
+
+class Calibration(str, Enum):
+    """`--calibration-method`: how an int8 model's activation ranges come from the calibration images."""
+
+    MINMAX = "minmax"  # min/max over the calibration set: every quantizer has it
+    ENTROPY = "entropy"  # ONNX Runtime's KL-divergence calibrator
+    PERCENTILE = "percentile"  # ONNX Runtime's: the |activation| percentile kept (--calibration-percentile)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -25,13 +37,13 @@ class Target:
     needs: tuple = ()  # modules the exporter imports (an optional extra)
     extra: str | None = None  # the pip extra that installs them
     subpath: bool = False  # its files sit in a folder inside the export (a model repository)
-    default: bool = False  # written when `--targets` is not given (the mission's TorchScript and ONNX)
+    default: bool = False  # written when `--targets` is not given (TorchScript and ONNX)
     # made from the PyTorch model first, fp32 and then int8, each checked before the next step (the
     # other targets are made from these or after them)
     primary: bool = False
     # --calibration-method values its int8 can honour with the same meaning as ONNX Runtime's: min/max
     # over the calibration set everywhere; entropy and percentile exist only in ONNX Runtime's quantizer
-    calibration_methods: tuple = ("minmax",)
+    calibration_methods: tuple = (Calibration.MINMAX,)
     # its int8 file takes raw uint8 pixels under --uint8-input (the ONNX model's folded input, and the
     # files made from it); the others take what their own exporter records
     uint8_input: bool = False
@@ -52,7 +64,7 @@ class Target:
             raise ValueError(f"target {self.name}: modules it needs must name the extra that installs them")
 
 
-ORT_METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators (toolkit.exporters.quantize)
+ORT_METHODS = tuple(Calibration)  # ONNX Runtime's calibrators (toolkit.exporters.quantize)
 TARGETS = (
     Target("torchscript", "TorchScript", "zip", ("torchscript", "export_torchscript"), ("{arch}_{precision}.torchscript.pt",),
            default=True, primary=True, input_name="input", calibration_by="torch.ao"),

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 
 from toolkit import isolate
-from toolkit.runtimes import RUNTIMES, ask_reduced_default, missing
-from toolkit.runtimes.candidate import Arithmetic, resolve_threads
+from toolkit.runtimes import RUNTIMES, ask_reduced_default, device_missing, missing
+from toolkit.runtimes.candidate import Arithmetic, Placement, resolve_threads
 from toolkit.targets import row_label, with_support
 from toolkit.runtimes import build as build_candidate
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
@@ -125,7 +125,7 @@ def _fill_accuracy(row: Row, labels: np.ndarray, logits: np.ndarray, ref_logits:
 def measurement(row: Row) -> Measurement:
     """What the gates look at in a measured row (placement questions asked only of the runtimes they
     concern: int8 kernels of ONNX Runtime CPU rows, XNNPACK's delegate, CUDA's CPU fallback)."""
-    placement = row.placement or {}
+    placement = Placement.from_json(row.placement)
     # an fp32 file a runtime computed in less (OpenVINO's bf16 default) is judged as reduced precision
     # only in the row that asked for the default: an exact row that did not run in f32 stays at fp32's gates
     return Measurement(
@@ -134,10 +134,9 @@ def measurement(row: Row) -> Measurement:
         accuracy_drop_points=None if row.acc_diff is None else -row.acc_diff * 100,
         agreement_pct=None if row.agreement is None else row.agreement * 100,
         batch_consistent=row.batch_consistent,
-        int8_kernels=placement.get("int8_kernels", []) if placement and (
-            row.device == "cpu" or placement.get("backend") == "OpenVINO CPU") else None,
-        not_delegated=placement.get("not_delegated", []) if placement.get("backend") == "XNNPACK" else [],
-        cpu_compute_ops=placement.get("cpu_compute_ops") if row.device == "cuda" else None,
+        int8_kernels=None if placement is None or placement.int8_kernels is None else list(placement.int8_kernels),
+        not_delegated=list(placement.not_delegated) if placement else [],
+        cpu_compute_ops=None if placement is None or placement.cpu_compute_ops is None else list(placement.cpu_compute_ops),
         latency_ratio=row.latency_ratio, measured=row.accuracy is not None,
         clipped_top_pct=(row.saturation or {}).get("clipped_top_pct"),
         ood_agreement_pct=(row.ood or {}).get("agreement_pct"))
@@ -347,8 +346,7 @@ def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
         return "skipped", [reason]
     if spec.device and spec.device not in config.runtimes:
         return "skipped", ["not asked for (--device)"]
-    if spec.device == "cuda" and "CUDAExecutionProvider" not in available_providers():
-        why = "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
+    if why := device_missing(spec):
         return ("FAIL" if config.require_cuda else "skipped"), [why]
     return None
 
@@ -414,7 +412,7 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
         for (row, spec, a), (m, exc) in zip(jobs, pool.map(child, jobs)):  # results in the plan's order
             if isinstance(exc, RuntimeUnavailable):
                 row.reasons.append(str(exc))
-                row.status = "FAIL" if run.config.require_cuda or spec.device != "cuda" else "skipped"
+                row.status = "FAIL" if run.config.require_cuda or not spec.gpu else "skipped"
             elif exc is not None:
                 row.fail(first_line(exc, 300))
             else:
@@ -429,7 +427,7 @@ def _row_child(run: _Run, row: Row, spec, a: dict) -> dict:
     config = run.config
     return _child_call(run, measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
                        run.ood and run.ood["non_digits"], arithmetic=row.arithmetic, timeout_s=config.row_timeout_s,
-                       memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                       memory_mb=None if spec.gpu else config.row_memory_mb,
                        what=f"{row.name} on {row.runtime}")
 
 
@@ -566,8 +564,8 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
         with clock("consistency"):
             idx = consistency_sample(logits)
             consistent = cand.consistency(test_images[idx], logits.argmax(1)[idx])
-        out = {"logits": logits,
-               "loaded_sha256": cand.loaded_sha256, "placement": placement, "ran_precision": cand.ran_precision,
+        out = {"logits": logits, "loaded_sha256": cand.loaded_sha256,
+               "placement": placement.to_json() if placement else None, "ran_precision": cand.ran_precision,
                "arithmetic": cand.arithmetic.value, "precision_settings": dict(cand.precision_settings),
                "output_limits": limits, "batch_consistent": consistent,
                "consistency_batches": list(cand.consistency_batches) or None, "consistency_images": int(len(idx))}
@@ -656,7 +654,7 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
                     run.test_images[:max(1, config.throughput_batch)],
                     config.throughput_batch, config.latency_iters, arithmetic=row.arithmetic,
                     timeout_s=config.row_timeout_s,
-                    memory_mb=None if spec.device == "cuda" else config.row_memory_mb,
+                    memory_mb=None if spec.gpu else config.row_memory_mb,
                     what=f"{row.name} on {row.runtime}"))
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")

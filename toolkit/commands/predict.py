@@ -19,7 +19,6 @@ from toolkit.clikit import (
     quiet_option,
     toolkit_errors,
 )
-from toolkit.errors import ToolkitError
 
 
 @click.command(short_help='Digits from image files or folders (torch-free).')
@@ -61,72 +60,17 @@ def predict(images, model_path, provider, json_out, as_is=False, min_confidence=
         mnisttk predict digit.png scan.jpg sample.npy --json
         mnisttk predict scans/ --recursive --save-preprocessed seen/
     """
-    from toolkit.predict import expand_inputs, predict_files, predictable_kind
+    from toolkit import predict as run
 
-    kind = predictable_kind(model_path)  # before any image is read: FIFOs, .pte, giants refused in one line
-    if kind == "tflite" and provider != "cpu":
-        raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {provider}")
     check_outputs([("--json", json_out, "json")], [model_path, *images])
-    if provider == "cuda":
-        from toolkit.runtimes.ort_session import select_provider
-
-        select_provider("cuda")  # no CUDA here: one line now, not after reading the images
-    if save_preprocessed is not None:
-        from toolkit.fsutil import check_writable_dir
-
-        try:
-            check_writable_dir(save_preprocessed)
-        except OSError as exc:
-            raise ToolkitError(f"cannot write to {save_preprocessed}: {exc.strerror or exc}") from None
-    files = expand_inputs([str(p) for p in images], recursive)
-    # The model runs in a child process with a time and memory bound (toolkit.isolate): a hostile
-    # model that hangs or aborts is one Error line, not a hung or crashed predict.
-    from toolkit import isolate
-    from toolkit.predict import model_logits
-
-    def in_child(batch):
-        return isolate.call(model_logits, str(model_path), kind, provider, batch, timeout_s=timeout,
-                            memory_mb=None if provider == "cuda" else 4096, what=f"the model {model_path}")
-
-    _, sha, metadata = in_child(None)  # a model that cannot load fails before any image is read
-    loaded = {"sha256": sha}
-    from toolkit.predict import find_rule
-
-    found, source = find_rule(model_path, sha, metadata)
-    classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
-    rule, source = (None, "switched off (--accept-all)") if accept_all else (found, source)
-    how = preprocessing or (found or {}).get("preprocessing", "digit")  # what the export recorded, by default
-    if rule is None and not accept_all:
-        log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
-
-    def logits(batch):
-        out, loaded["sha256"] = in_child(batch)
-        return out
-
-    results = predict_files(files, logits, as_is=as_is, min_confidence=min_confidence, save_dir=save_preprocessed,
-                            rule=rule, classes=classes,
-                            preprocessing=how)
-    emit_json({"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
-               "provider": provider, "preprocessing": "as-is" if as_is else how,
-               "not_a_digit_rule": source if rule is None else f"from {source}",
-               "results": results}, json_out)
-    for r in results:
+    options = run.PredictOptions(provider=provider, as_is=as_is, preprocessing=preprocessing,
+                                 min_confidence=min_confidence, recursive=recursive, save_dir=save_preprocessed,
+                                 timeout_s=timeout, accept_all=accept_all)
+    doc = run.predict([str(p) for p in images], model_path, options=options, log=log)
+    emit_json(doc, json_out)
+    for r in doc["results"]:
         if "error" in r:
-            click.echo(f"Error: {printable(r['error'])}", err=True)
+            click.echo(f"Error: {printable(run.describe(r))}", err=True)
         elif not json_to_stdout(json_out):
-            low = ", low confidence" if r.get("low_confidence") else ""
-            if r["status"] == "not_a_digit":
-                def lim(v):
-                    return f"[{v[0]:.3g}, {v[1]:.3g}]" if isinstance(v, list) else f"{v:.3g}"
-
-                # one line per file: the first failed check with its value, the others by name (all: --json)
-                failed = r["not_a_digit"]["failed"]
-                why = "; ".join(f"{c['check']} {c['value']:.3g} not {c['rule']} {lim(c['limit'])}" for c in failed[:1])
-                more = f"; also {', '.join(c['check'] for c in failed[1:])}" if len(failed) > 1 else ""
-                n = len(r["probabilities"])
-                what = "a digit" if r["label"] == str(r["digit"]) and n == 10 else f"one of the {n} classes"
-                click.echo(f"{printable(r['file'])}: not {what} ({why}{more}; best guess {printable(r['label'])})")
-            else:
-                click.echo(f"{printable(r['file'])}: {printable(r['label'])} (p={r['probability']:.3f}{low})")
-    errors = any("error" in r for r in results)
-    sys.exit(1 if errors else 3 if any(r.get("status") == "not_a_digit" for r in results) else 0)
+            click.echo(printable(run.describe(r)))
+    sys.exit(run.exit_code(doc["results"]))

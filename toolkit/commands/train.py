@@ -35,7 +35,7 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
               help="Comma list of class names, label k is the k-th (default: classes.txt beside the data, else 0..C-1).")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN.batch_size, show_default=True,
-              help="Training batch (the seed's 60).")
+              help="Training batch.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=TRAIN.lr, show_default=True,
               help="Adam learning rate.")
 @click.option("--seed", type=int, default=TRAIN.seed, show_default=True,
@@ -58,7 +58,7 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
 @merge_old_spellings
 def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None,
           threads=None, arch_args="", classes=None):
-    """Train a model with the seed's recipe (Adam 1e-3, batch 60, 10 epochs) and save a checkpoint.
+    """Train a model (Adam 1e-3, batch 60, 10 epochs by default) and save a checkpoint.
 
     \b
     Example:

@@ -29,6 +29,11 @@ class RuntimeSpec:
     # bounded children's forkserver when a run has such rows, so each child starts with them
     preload: tuple = ()
 
+    @property
+    def gpu(self) -> bool:
+        """A GPU runtime: its rows run only where its device is, without the CPU rows' memory bound."""
+        return self.device not in (None, "cpu")
+
 
 RUNTIMES = (
     RuntimeSpec("TorchScript", "torchscript", ("torchscript",), "pytorch", needs_torch=True, color="tab:blue"),
@@ -45,6 +50,20 @@ RUNTIMES = (
                 extra="executorch", color="tab:brown",
                 preload=("torch", "executorch.runtime", "executorch.exir._serialize._program")),
 )
+
+
+def runtime_for(fmt: str, device: str) -> RuntimeSpec | None:
+    """The runtime that runs a format's files on `device` ("cpu" or a GPU runtime's device, "cuda"):
+    what predict loads a model with. None where no runtime here runs that format there."""
+    if device == "cpu":
+        return cpu_runtime(fmt)
+    return next((s for s in RUNTIMES if fmt in s.formats and s.device == device), None)
+
+
+def cpu_runtime(fmt: str) -> RuntimeSpec | None:
+    """The runtime that runs a format's files on the CPU by default (export's check of each file, the
+    benchmark's pairs): the first CPU runtime listed for it, None where only a GPU runtime runs it."""
+    return next((s for s in RUNTIMES if fmt in s.formats and not s.gpu), None)
 
 
 def absent_modules(names) -> list[str]:
@@ -70,6 +89,14 @@ def build(spec: RuntimeSpec, folder, artifact: dict, threads: int, *, arithmetic
     cand = module.candidate(folder, artifact, threads, spec.device, name, arithmetic=Arithmetic(arithmetic))
     cand.num_classes = artifact_classes(artifact)
     return cand
+
+
+def device_missing(spec: RuntimeSpec) -> str | None:
+    """Why a GPU runtime's device cannot run here (its module's `device_missing(device)`), or None (a CPU
+    runtime, or the device is there). Imports the runtime's module: onnxruntime for ORT CUDA."""
+    if not spec.gpu:
+        return None
+    return importlib.import_module(f"toolkit.runtimes.{spec.module}").device_missing(spec.device)
 
 
 def reduced_default(spec: RuntimeSpec) -> str | None:

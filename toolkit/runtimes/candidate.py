@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,49 @@ class Arithmetic(str, Enum):
 
     EXACT = "exact"  # the file's own precision, asked for explicitly (an fp32 file: fp32 arithmetic)
     DEFAULT = "default"  # nothing asked: what the runtime does on this CPU for a user who sets nothing
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a runtime ran a model's operators: the evidence verify's placement gates read field by field
+    (toolkit.gates.Measurement's fields of the same names) and the report prints. Each runtime answers
+    the questions that concern it; None is "not a question for this runtime", not "none found"."""
+
+    backend: str  # what ran the compute: "ORT CPU", "ORT CUDA", "XNNPACK", "OpenVINO CPU" …
+    summary: str  # one line for the report
+    int8_kernels: tuple[str, ...] | None = None  # the int8 kernels that ran (a runtime that can run int8 in float)
+    not_delegated: tuple[str, ...] = ()  # compute operators a delegate left to the runtime's own kernels
+    cpu_compute_ops: tuple[str, ...] | None = None  # a GPU row's compute operators that ran on the CPU
+    detail: dict[str, Any] = field(default_factory=dict)  # the runtime's own evidence (the JSON keeps it)
+
+    def to_json(self) -> dict[str, Any]:
+        """A flat JSON object: the detail's keys beside the typed fields (None fields left out)."""
+        typed = {"backend": self.backend, "summary": self.summary, "not_delegated": list(self.not_delegated)}
+        if self.int8_kernels is not None:
+            typed["int8_kernels"] = list(self.int8_kernels)
+        if self.cpu_compute_ops is not None:
+            typed["cpu_compute_ops"] = list(self.cpu_compute_ops)
+        return {**self.detail, **typed}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> Placement | None:
+        """The typed fields of a report's placement object (to_json's), the rest as detail."""
+        if not d:
+            return None
+
+        def names(key):
+            v = d.get(key)
+            return None if v is None else tuple(str(x) for x in v)
+
+        typed = ("backend", "summary", "int8_kernels", "not_delegated", "cpu_compute_ops")
+        return cls(str(d.get("backend", "")), str(d.get("summary", "")), names("int8_kernels"),
+                   names("not_delegated") or (), names("cpu_compute_ops"),
+                   {k: v for k, v in d.items() if k not in typed})
+
+
+def delegate_summary(delegate: str, took: str, outside) -> str:
+    """The report's line for a runtime with a delegate: what it took and what it left to its own kernels."""
+    return took + (f"; outside {delegate} (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
 
 
 def max_threads() -> int:
@@ -170,7 +215,17 @@ class Candidate(ABC):
         """The process-wide state this candidate needs while it runs, set on entry, restored on exit."""
         return contextlib.nullcontext()
 
-    def placement(self) -> dict | None:
+    def placement(self) -> Placement | None:
+        """Where this runtime ran the model's operators; None where it reports nothing."""
+        return None
+
+    def declared_classes(self) -> int | None:
+        """Logits per image as the loaded model's output declares them (2 to 256), None where it does not
+        say: what a model given without a manifest (predict) is run with."""
+        return None
+
+    def metadata(self, key: str) -> str | None:
+        """A metadata entry the model file carries (ONNX's metadata_props), None where it has none."""
         return None
 
     def input_dtype(self) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Arithmetic, Candidate, batched_logits, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import (Arithmetic, Candidate, Placement, batched_logits, delegate_summary, read_model_bytes,
+                                        resolve_threads)
 from toolkit.contract import to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
@@ -197,8 +198,16 @@ class LiteRTCandidate(Candidate):
     def run(self, x):
         return x.program.run_timed(x.data) if x.program else self._through(self.bulk, x.data)
 
-    def placement(self):
-        return delegation(self.programs[1].it)
+    def placement(self) -> Placement:
+        found = delegation(self.programs[1].it)
+        return Placement("XNNPACK", delegate_summary("XNNPACK", f"{len(found['delegated'])} ops delegated to XNNPACK",
+                                                     found["not_delegated"]),
+                         not_delegated=tuple(found["not_delegated"]),
+                         detail={"delegated": found["delegated"], "shape_ops": found["shape_ops"]})
+
+    def declared_classes(self):
+        shape = [int(v) for v in self.programs[1].out["shape"]]
+        return shape[1] if len(shape) == 2 and 2 <= shape[1] <= 256 else None
 
     def input_dtype(self) -> str:
         return self.programs[1].dtype.name  # an int8 file may take int8 (the template quantizes for it)

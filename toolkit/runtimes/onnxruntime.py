@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Arithmetic, Candidate
+from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement
 from toolkit.contract import EVAL_BATCH
 from toolkit.errors import ManifestError
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
@@ -48,12 +48,29 @@ class OnnxCandidate(Candidate):
     def output_limits(self):
         return self.model.output_limits()
 
+    def declared_classes(self):
+        return self.model.num_classes
+
+    def metadata(self, key):
+        return self.model.session.get_modelmeta().custom_metadata_map.get(key)
+
     def placement(self):
         profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256,
                          fmt=self.fmt)
         profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
         self.model.check_provider()  # still on the provider asked for, after all the measuring
-        return profiled.node_placement()
+        found = profiled.node_placement()
+        if not found:
+            return None
+        gpu = self.provider != "cpu"
+        nodes = ", ".join(f"{k} {v}" for k, v in sorted(found["providers"].items(), key=lambda kv: -kv[1]))
+        int8 = "int8 kernels: " + "/".join(found["int8_kernels"]) if found["int8_kernels"] else "no int8 kernels"
+        # the int8-kernels question is the CPU provider's (a GPU runs some int8 models in float by design);
+        # the CPU-fallback question is a GPU provider's
+        return Placement(f"ORT {self.provider.upper()}", f"{nodes} nodes; {int8}",
+                         int8_kernels=None if gpu else tuple(found["int8_kernels"]),
+                         cpu_compute_ops=tuple(found["cpu_compute_ops"]) if gpu else None,
+                         detail={"providers": found["providers"], "ops": found["ops"]})
 
     def consistency(self, images_u8, preds):
         # On CUDA, cuDNN's exhaustive search may pick another algorithm per batch size, and a QDQ
@@ -62,6 +79,15 @@ class OnnxCandidate(Candidate):
             self.path, self.provider, replace(self.options, deterministic=True), expected_sha256=self.sha256,
             fmt=self.fmt)
         return all(np.array_equal(model.logits(images_u8, batch=b).argmax(1), preds) for b in CONSISTENCY_BATCHES)
+
+
+def device_missing(device: str) -> str | None:
+    """Why this onnxruntime cannot run on `device` ("cuda"), or None."""
+    from toolkit.runtimes.ort_session import available_providers
+
+    if device == "cuda" and "CUDAExecutionProvider" not in available_providers():
+        return "no CUDAExecutionProvider in this onnxruntime (`make gpu` on a CUDA machine)"
+    return None
 
 
 def candidate(folder: Path, artifact: dict, threads: int, provider: str, name: str, *,

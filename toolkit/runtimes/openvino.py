@@ -28,7 +28,7 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[openvino]'"
 CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
@@ -223,10 +223,15 @@ class OpenVinoCandidate(Candidate):
         self.request.infer()
         return self.request.get_output_tensor(0).data
 
-    def placement(self) -> dict:
-        return {"backend": "OpenVINO CPU", "inference_precision": self.ran_precision,
-                "arithmetic": self.arithmetic.value, "settings": dict(self.precision_settings),
-                "int8_kernels": int8_layers(self.compiled)}
+    def placement(self) -> Placement:
+        kernels = int8_layers(self.compiled)
+        layers = [k.split(":", 1)[-1] for k in kernels]
+        asked = "exact f32 asked for" if self.arithmetic == Arithmetic.EXACT else "OpenVINO's default for this CPU"
+        return Placement("OpenVINO CPU", f"computed in {self.ran_precision} ({asked}); "
+                         + (f"int8 layers: {', '.join(layers)}" if layers else "no int8 layers"),
+                         int8_kernels=tuple(kernels),
+                         detail={"inference_precision": self.ran_precision, "arithmetic": self.arithmetic.value,
+                                 "settings": dict(self.precision_settings)})
 
     def output_limits(self):
         return self._limits
