@@ -242,6 +242,7 @@ def test_sniffing_each_kind():
     assert sniff(b"hello world") is None and sniff(b"\x08") is None
     assert sniff(b"\x08" * 7) is None and sniff(b"\x08" * 8) == "onnx"  # 8 bytes are the fewest it reads
     assert sniff(b"\x1c\x00\x00\x00ETab....") is None and sniff(b"\x1c\x00\x00\x00E12.....") is None
+    assert sniff(b"\x1c\x00\x00\x00ETa1....") is None and sniff(b"\x1c\x00\x00\x00ET1a....") is None
     assert sniff(b"PK\x03\x05........") is None
     # a ModelProto starts with one of its fields' tags: each one is ONNX, a neighbouring byte is not
     tags = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xAA, 0xCA}
@@ -264,6 +265,8 @@ def test_check_kind_refuses_other_bytes_in_one_line_and_passes_its_own():
             if other != kind:
                 with pytest.raises(ManifestError, match=f"^m: listed as {fmt}, but its bytes are "):
                     check_kind(data, fmt, "m")
+    with pytest.raises(ManifestError, match=r"^m: listed as onnx, but its bytes are an ONNX Runtime \.ort model"):
+        check_kind(samples["ort"], "onnx", "m")  # what the bytes are, named
     with pytest.raises(ManifestError, match="its bytes are not a model file mnisttk knows; refused"):
         check_kind(b"hello world", "onnx", "m")
     check_kind(b"anything", "not-a-format", "m")  # an unknown format is the manifest check's to refuse
