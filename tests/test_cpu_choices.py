@@ -120,8 +120,13 @@ def test_a_row_is_judged_at_reduced_precision_only_where_it_asked_for_the_defaul
     assert measurement(default).precision == "bf16" and evaluate(measurement(default), G) == []
     exact = Row("ONNX fp32", "OpenVINO CPU", "fp32", "cnn_fp32.onnx", ran_precision="bf16", arithmetic="exact", **kw)
     assert [r.gate for r in evaluate(measurement(exact), G)] == [Gate.FP32_FLIPS, Gate.FP32_LOGITS]
-    assert judged_precision("int8", "default", "bf16") == "int8"
-    assert judged_precision("fp32", "default", "f32") == "fp32"
+    # each condition on its own: an fp32 file, a default row, a reduced precision that ran
+    cases = {("fp32", "default", "bf16"): "bf16", ("fp32", "default", "f16"): "f16",
+             ("int8", "default", "bf16"): "int8", ("int8", "exact", "bf16"): "int8",
+             ("fp32", "exact", "bf16"): "fp32", ("fp32", "exact", "f32"): "fp32",
+             ("fp32", "default", "f32"): "fp32", ("fp32", "default", "fp32"): "fp32", ("fp32", "default", None): "fp32"}
+    for args, judged in cases.items():
+        assert judged_precision(*args) == judged, args
 
 
 def test_compare_loosens_to_bf16_only_for_a_default_row_on_both_sides():
