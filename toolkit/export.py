@@ -316,13 +316,12 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
     except (KeyboardInterrupt, OSError):
         raise
     except Exception as exc:
-        reason = first_line(exc, 300).removesuffix("; nothing was written")
+        whole = first_line(exc, 10_000).removesuffix("; nothing was written")
         if not isinstance(exc, ToolkitError):
-            reason = f"{type(exc).__name__}: {reason}"
+            whole = f"{type(exc).__name__}: {whole}"
         if required or ex.require_all:
-            whole = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removesuffix("; nothing was written")
-            whole = whole if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {whole}"
             raise ExportError(f"{fmt}: not exportable: {whole}; nothing was written") from exc
+        reason = whole[:300]  # the manifest's and the log's line
         import shutil
 
         for name in {p.name for p in ex.stage.iterdir()} - before:

@@ -628,8 +628,7 @@ def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | 
     from toolkit.runtimes import build, runtime_for
 
     spec = runtime_for(kind, provider)
-    if spec is None:
-        raise ToolkitError(f"{model_path}: no runtime here runs {PREDICT_KINDS[kind]} models on {provider}")
+    assert spec is not None, "predict() checks the runtime before it starts the child"
     path = Path(model_path)
     artifact = {"file": path.name, "format": kind, "precision": "", "sha256": None}
     model = build(spec, path.parent, artifact, 0)
@@ -660,9 +659,13 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
     export's not-a-digit rule. Returns the JSON document (docs/schemas/predict.schema.json)."""
     from toolkit import isolate
 
+    from toolkit.runtimes import runtime_for
+
     kind = predictable_kind(model_path)  # before any image is read: FIFOs, .pte, giants refused in one line
-    if kind == "tflite" and options.provider != "cpu":
-        raise ToolkitError(f"{model_path}: a LiteRT model runs on the CPU here; leave out --device {options.provider}")
+    spec = runtime_for(kind, options.provider)
+    if spec is None:  # e.g. a LiteRT model on --device cuda
+        raise ToolkitError(f"{model_path}: no runtime here runs {PREDICT_KINDS[kind]} models on "
+                           f"{options.provider}; leave out --device {options.provider}")
     if options.provider == "cuda":
         from toolkit.runtimes.ort_session import select_provider
 
@@ -675,7 +678,7 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
         except OSError as exc:
             raise ToolkitError(f"cannot write to {options.save_dir}: {exc.strerror or exc}") from None
     files = expand_inputs(images, options.recursive)
-    memory_mb = None if options.provider == "cuda" else isolate.DEFAULT_MEMORY_MB
+    memory_mb = None if spec.gpu else isolate.DEFAULT_MEMORY_MB
 
     def in_child(batch):
         return isolate.call(model_logits, str(model_path), kind, options.provider, batch, timeout_s=options.timeout_s,

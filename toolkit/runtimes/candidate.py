@@ -73,9 +73,12 @@ class Placement:
                    {k: v for k, v in d.items() if k not in typed})
 
 
-def delegate_summary(delegate: str, took: str, outside) -> str:
-    """The report's line for a runtime with a delegate: what it took and what it left to its own kernels."""
-    return took + (f"; outside {delegate} (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
+def delegate_placement(delegate: str, took: str, found: dict, detail: tuple) -> Placement:
+    """The placement of a runtime with a delegate: `took` says what the delegate took, `found` holds its
+    `not_delegated` operators and the `detail` keys kept in the JSON."""
+    outside = found["not_delegated"]
+    summary = took + (f"; outside {delegate} (own kernels): " + ", ".join(outside) if outside else "; no compute outside it")
+    return Placement(delegate, summary, not_delegated=tuple(outside), detail={k: found[k] for k in detail})
 
 
 def max_threads() -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, delegate_summary, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, delegate_placement, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[executorch]'"
 # Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
@@ -134,10 +134,8 @@ class ExecuTorchCandidate(Candidate):
 
     def placement(self) -> Placement:
         found = self._audit
-        return Placement("XNNPACK", delegate_summary("XNNPACK", f"{len(found['delegates'])} XNNPACK delegate(s)",
-                                                     found["not_delegated"]),
-                         not_delegated=tuple(found["not_delegated"]),
-                         detail={"delegates": found["delegates"], "shape_ops": found["shape_ops"]})
+        return delegate_placement("XNNPACK", f"{len(found['delegates'])} XNNPACK delegate(s)", found,
+                                  ("delegates", "shape_ops"))
 
     def consistency(self, images_u8, preds):
         return all(np.array_equal(self.logits(images_u8, b).argmax(1), preds) for b in self.consistency_batches)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import (Arithmetic, Candidate, Placement, batched_logits, delegate_summary, read_model_bytes,
+from toolkit.runtimes.candidate import (Arithmetic, Candidate, Placement, batched_logits, delegate_placement, read_model_bytes,
                                         resolve_threads)
 from toolkit.contract import to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
@@ -200,10 +200,8 @@ class LiteRTCandidate(Candidate):
 
     def placement(self) -> Placement:
         found = delegation(self.programs[1].it)
-        return Placement("XNNPACK", delegate_summary("XNNPACK", f"{len(found['delegated'])} ops delegated to XNNPACK",
-                                                     found["not_delegated"]),
-                         not_delegated=tuple(found["not_delegated"]),
-                         detail={"delegated": found["delegated"], "shape_ops": found["shape_ops"]})
+        return delegate_placement("XNNPACK", f"{len(found['delegated'])} ops delegated to XNNPACK", found,
+                                  ("delegated", "shape_ops"))
 
     def declared_classes(self):
         shape = [int(v) for v in self.programs[1].out["shape"]]

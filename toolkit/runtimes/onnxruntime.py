@@ -67,7 +67,7 @@ class OnnxCandidate(Candidate):
         int8 = "int8 kernels: " + "/".join(found["int8_kernels"]) if found["int8_kernels"] else "no int8 kernels"
         # the int8-kernels question is the CPU provider's (a GPU runs some int8 models in float by design);
         # the CPU-fallback question is a GPU provider's
-        return Placement(f"ORT {self.provider.upper()}", f"{nodes} nodes; {int8}",
+        return Placement(self.runtime, f"{nodes} nodes; {int8}",
                          int8_kernels=None if gpu else tuple(found["int8_kernels"]),
                          cpu_compute_ops=tuple(found["cpu_compute_ops"]) if gpu else None,
                          detail={"providers": found["providers"], "ops": found["ops"]})
