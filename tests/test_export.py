@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import onnx
@@ -459,6 +460,7 @@ def test_target_without_its_extra_is_one_line_and_touches_nothing(all_targets, t
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     code = f"""
 import sys
+import textwrap
 class Block:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("executorch", "litert_torch"):
@@ -526,3 +528,24 @@ def test_inspect_compares_the_executorch_programs_too(all_targets, tiny_export):
     assert et["files"] == {"fp32": "cnn_fp32.pte", "int8": "cnn_int8.pte"} and et["images"] == 40
     assert et["logits"]["sqnr_db"] > 10 and 0.5 < et["agreement"] <= 1
     assert "ExecuTorch cnn_int8.pte vs cnn_fp32.pte" in r.stderr
+
+
+def test_executorch_rows_start_without_its_compiler(all_targets):
+    """A row's child imports ExecuTorch's runtime and program reader, not its exporter (torch._dynamo, inductor:
+    most of 10 s a child); the real `executorch.exir` is still what a later import in that process gets."""
+    pte = all_targets / "cnn_int8.pte"
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from toolkit.runtimes.executorch import ExecuTorchCandidate, import_runtime
+        import_runtime()
+        heavy = sorted(m for m in ("torch._dynamo", "torch._inductor", "executorch.exir") if m in sys.modules)
+        assert not heavy, heavy
+        cand = ExecuTorchCandidate(__import__("pathlib").Path(r"{pte}"), "int8", 1, None, "ExecuTorch int8", "cnn_int8.pte")
+        assert cand.logits(np.zeros((3, 28, 28), np.uint8)).shape == (3, 10)
+        import executorch.exir
+        assert hasattr(executorch.exir, "to_edge"), "the bare package was left in place"
+        print("LIGHT OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "LIGHT OK" in r.stdout, r.stdout + r.stderr[-2000:]

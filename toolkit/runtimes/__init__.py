@@ -25,7 +25,7 @@ class RuntimeSpec:
     # its module has `reduced_default()`: the precision it computes an fp32 file in on this CPU when
     # nothing is asked, where that is not fp32 (verify adds a row for it beside the exact one)
     reduced_default: bool = False
-    # modules its rows import that cost seconds each time (ExecuTorch's, ~2-4 s): imported once in the
+    # modules its rows import that cost seconds each time (ExecuTorch's runtime with torch, ~2.5 s): imported once in the
     # bounded children's forkserver when a run has such rows, so each child starts with them
     preload: tuple = ()
 
@@ -48,7 +48,7 @@ RUNTIMES = (
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
     RuntimeSpec("ExecuTorch XNNPACK", "executorch", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
                 extra="executorch", color="tab:brown",
-                preload=("torch", "executorch.runtime", "executorch.exir._serialize._program")),
+                preload=("torch", "toolkit.runtimes.executorch_preload")),
 )
 
 
