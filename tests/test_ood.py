@@ -224,3 +224,18 @@ def test_export_calibrates_the_rule_at_the_keep_rate_asked(tiny_export, tmp_path
         r = run("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", tmp_path / "x",
                 "--data-dir", tiny_export["data"], "--not-a-digit-keep", bad)
         assert r.exit_code == 2 and "--not-a-digit-keep" in r.output and not (tmp_path / "x").exists()
+
+
+def test_page_ink_of_many_images_at_once_is_each_images_own():
+    """verify's features of 10,000 test images take pages_ink; predict's one picture page_ink: the same value."""
+    from toolkit.ood import page_ink, pages_ink
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    images[0], images[1], images[2], images[5] = 0, 255, 7, 13  # blank, full, around MIN_INK_LEVEL
+    images[3] = np.where(rng.random((28, 28)) < 0.2, 200, 30)  # two levels: Otsu splits them
+    images[4, 10:18, 5:23] = 255  # a bar on noise
+    expected = np.array([page_ink(im) for im in images.astype(np.float64)])
+    assert np.array_equal(pages_ink(images), expected)
+    assert expected[0] == expected[2] == 0 and expected[1] == expected[5] == 1 and 0.1 < expected[3] < 0.3
+    assert pages_ink(images[:0]).shape == (0,)

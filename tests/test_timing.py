@@ -57,6 +57,9 @@ def test_noisy_exactly_at_and_one_step_past_each_limit():
     assert timing.noise([quiet, busy], [row]) == ["round 2: other processes kept 0.5 cores busy"]
     assert timing.noise([stolen], [row]) == ["round 1: 5% of the time stolen by the hypervisor"]
     assert timing.noise([quiet], [wide]) == ["onnx-fp32@ort-cpu: batch-1 p50 varied 1.25× over the rounds"]
+    # a row timed with another (the same bytes) is that row's figures: its spread is said once, for that row
+    assert timing.noise([quiet], [wide, {**wide, "id": "triton-fp32@ort-cpu", "measured_with": "onnx-fp32@ort-cpu"}]) \
+        == ["onnx-fp32@ort-cpu: batch-1 p50 varied 1.25× over the rounds"]
 
 
 def _row(rid, p50, tp, lat_span, tp_span, status="ok", ref=False):
@@ -82,6 +85,10 @@ def test_fastest_passing_artifact_with_its_margin_and_spread():
     two = timing.fastest([rows[2], rows[4]])  # two passing rows: the margin is measured
     assert two["batch1"] == "onnx-fp32@ort-cpu" and two["batch1_margin"] == 1.5 and two["batch1_beyond_spread"] is True
     assert timing.fastest([rows[2]])["batch1_next"] is None
+    copy = {**rows[3], "id": "triton-fp32@ort-cpu", "measured_with": "tflite-fp32@litert"}  # not a second winner
+    f = timing.fastest([rows[2], rows[3], copy])
+    assert f["batch1"] == "tflite-fp32@litert" and f["batch1_next"] == "onnx-fp32@ort-cpu"
+    assert timing.fastest([copy]) is None
     touching = [_row("a", 10, 1000, [9, 12], [900, 1100]), _row("b", 12, 900, [12, 13], [800, 900])]
     f = timing.fastest(touching)  # ranges that meet at one value overlap: no clear win
     assert f["batch1_beyond_spread"] is False and f["throughput_beyond_spread"] is False
@@ -99,6 +106,15 @@ def test_verify_times_every_row_in_interleaved_rounds(onnx_family_export, tiny_e
         assert x["latency_us"]["p50"] == pytest.approx(float(np.median(x["latency_rounds_us"])))
         assert x["latency_spread_us"] == [min(x["latency_rounds_us"]), max(x["latency_rounds_us"])]
         assert x["peak_rss_mb"] > 0 and x["rss_growth_mb"] >= 0
+    # the Triton files are the .onnx files' bytes on the same runtime: loaded and checked, run and timed once
+    by_id = {x["id"]: x for x in ran}
+    for p in ("fp32", "int8"):
+        copy, first = by_id[f"triton-{p}@ort-cpu"], by_id[f"onnx-{p}@ort-cpu"]
+        assert copy["measured_with"] == first["id"] and first["measured_with"] is None
+        assert copy["latency_rounds_us"] == first["latency_rounds_us"] and copy["accuracy"] == first["accuracy"]
+        assert copy["loaded_sha256"] == first["loaded_sha256"] and copy["file"] != first["file"]
+    assert "Triton int8 on ORT CPU: the same bytes (SHA-256) as ONNX int8 on ORT CPU" in " ".join(r.output.split())
+    ran = [x for x in ran if not x["measured_with"]]
     f = doc["fastest"]
     best = min(ran, key=lambda x: x["latency_us"]["p50"])
     assert f["batch1"] == best["id"] and f["throughput"] == max(ran, key=lambda x: x["throughput"])["id"]
@@ -169,3 +185,26 @@ def test_a_round_keeps_wall_throughput_beside_the_cpu_figure():
               for t, w in ((100.0, 50.0), (110.0, 90.0), (90.0, 80.0))]
     s = timing.summarize(rounds)
     assert s["throughput"] == 100.0 and s["throughput_wall"] == 80.0
+
+
+def test_a_row_measured_with_another_fails_with_it(supplier, tiny_export, monkeypatch, in_process):
+    """The Triton int8 row runs as the ONNX int8 row it copies: when that one fails, so does the copy, with
+    the reason; a Triton file whose bytes differ from every other file is measured on its own."""
+    from toolkit.errors import ToolkitError
+    from toolkit.runtimes.candidate import Candidate
+
+    logits = Candidate.logits
+
+    def failing(self, images, *a, **k):
+        if self.file == "cnn_int8.onnx":
+            raise ToolkitError("the runtime stopped")
+        return logits(self, images, *a, **k)
+
+    monkeypatch.setattr(Candidate, "logits", failing)
+    r = run("verify", "--dir", supplier, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE, "--json", "-")
+    assert r.exit_code == 1
+    rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+    assert rows["onnx-int8@ort-cpu"]["status"] == "fail" and rows["triton-int8@ort-cpu"]["status"] == "fail"
+    assert rows["triton-int8@ort-cpu"]["reasons"] == ["as ONNX int8 on ORT CPU (the same bytes): the runtime stopped"]
+    assert rows["triton-fp32@ort-cpu"]["status"] == "ok" and rows["triton-fp32@ort-cpu"]["measured_with"] == "onnx-fp32@ort-cpu"
+    assert rows["ort-int8@ort-cpu"]["status"] == "ok" and rows["ort-int8@ort-cpu"]["measured_with"] is None  # other bytes

@@ -336,6 +336,38 @@ def test_isolation_turns_a_crash_a_hang_and_a_giant_allocation_into_errors():
     assert isolate.call(bytearray, 1 << 20, timeout_s=60, memory_mb=256) == bytearray(1 << 20)  # under it: fine
 
 
+def test_a_worker_child_runs_calls_in_turn_within_its_bounds_until_one_ends_it():
+    """verify's rows: one child measures a row and then times it, round after round, on the model it
+    loaded; its memory bound holds for its whole life, and a hang or a crash ends it for good."""
+    from toolkit import isolate
+
+    with isolate.Worker(memory_mb=256, what="a row") as w:
+        pid = w.call(os.getpid, timeout_s=60)
+        assert pid != os.getpid() and w.call(os.getpid, timeout_s=60) == pid  # one child, call after call
+        assert w.call(bytearray, 1 << 20, timeout_s=60) == bytearray(1 << 20)
+        with pytest.raises(isolate.OutOfMemory):
+            w.call(bytearray, 8 << 30, timeout_s=60)  # the bound set at its start still holds
+        assert w.call(os.getpid, timeout_s=60) == pid  # an error the child caught leaves it running
+        with pytest.raises(isolate.Timeout, match="a row did not finish within 1 s"):
+            w.call(time.sleep, 30, timeout_s=1)
+        with pytest.raises(isolate.Timeout):
+            w.call(os.getpid, timeout_s=60)  # ended: every later call says why
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with isolate.Worker(what="a row") as w:
+        pid = w.call(os.getpid, timeout_s=60)
+        with pytest.raises(isolate.Crashed, match="SIGABRT"):
+            w.call(os.abort, timeout_s=60)
+        with pytest.raises(isolate.Crashed):
+            w.call(os.getpid, timeout_s=60)
+    w = isolate.Worker(what="a row")
+    pid = w.call(os.getpid, timeout_s=60)
+    w.close()  # closed: the child is gone
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_a_fifo_is_refused_before_it_is_opened(tmp_path, supplier, tiny_export):
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
 from toolkit import errors
 from toolkit.errors import ToolkitError, first_line
@@ -132,7 +132,9 @@ def _limit_memory(extra_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def _child(conn, fn, args, kwargs, memory_bytes, stderr_path):
+def _serve(conn, memory_bytes, stderr_path):
+    """The child: run each (fn, args, kwargs) the parent sends, in turn, and send back its value or its
+    error, until the parent closes the pipe (or sends None)."""
     # The child's native stderr (a runtime's abort message) goes to a file the parent reads.
     fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(fd, 2)
@@ -141,13 +143,22 @@ def _child(conn, fn, args, kwargs, memory_bytes, stderr_path):
     if memory_bytes:
         _limit_memory(memory_bytes)
     try:
-        conn.send(("ok", fn(*args, **kwargs)))
-    except ToolkitError as exc:
-        conn.send(("error", type(exc).__name__, str(exc)))
-    except MemoryError:
-        conn.send(("error", "OutOfMemory", "ran out of its memory limit"))
-    except BaseException as exc:  # a runtime's own exception types: one line, never a traceback
-        conn.send(("error", "ToolkitError", f"{type(exc).__name__}: {first_line(exc, 200)}"))
+        while True:
+            try:
+                work = conn.recv()
+            except (EOFError, OSError):
+                return
+            if work is None:
+                return
+            fn, args, kwargs = work
+            try:
+                conn.send(("ok", fn(*args, **kwargs)))
+            except ToolkitError as exc:
+                conn.send(("error", type(exc).__name__, str(exc)))
+            except MemoryError:
+                conn.send(("error", "OutOfMemory", "ran out of its memory limit"))
+            except BaseException as exc:  # a runtime's own exception types: one line, never a traceback
+                conn.send(("error", "ToolkitError", f"{type(exc).__name__}: {first_line(exc, 200)}"))
     finally:
         conn.close()
 
@@ -170,53 +181,111 @@ def _error(name: str, message: str) -> ToolkitError:
     return cls(message)
 
 
-def call(fn: Callable, *args, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int | None = DEFAULT_MEMORY_MB,
-         what: str = "the runtime", **kwargs):
-    """`fn(*args, **kwargs)` in a child process; its value (which must pickle), or the child's
-    ToolkitError re-raised here, or Timeout / Crashed / OutOfMemory. `fn` must be a module-level
-    function. memory_mb None: no memory limit (a CUDA runtime maps far more address space than it uses)."""
-    if IN_PROCESS:
-        try:
-            return fn(*args, **kwargs)
-        except ToolkitError:
-            raise
-        except MemoryError:
-            raise OutOfMemory(f"{what} ran out of memory") from None
-        except Exception as exc:
-            raise ToolkitError(f"{type(exc).__name__}: {first_line(exc, 200)}") from None
-    ctx = _context()
-    fd, stderr_path = tempfile.mkstemp(prefix="mnisttk-child-", suffix=".log")
-    os.close(fd)
-    receiver, sender = ctx.Pipe(duplex=False)
-    memory = int(memory_mb) * 1024 * 1024 if memory_mb else None
-    proc = ctx.Process(target=_child, args=(sender, fn, args, kwargs, memory, stderr_path), daemon=True)
+def _in_process(fn: Callable, args, kwargs, what: str):
     try:
-        proc.start()
-        sender.close()
-        if not receiver.poll(timeout_s):
-            proc.kill()
-            proc.join(10)
-            raise Timeout(f"{what} did not finish within {timeout_s:g} s; stopped")
+        return fn(*args, **kwargs)
+    except ToolkitError:
+        raise
+    except MemoryError:
+        raise OutOfMemory(f"{what} ran out of memory") from None
+    except Exception as exc:
+        raise ToolkitError(f"{type(exc).__name__}: {first_line(exc, 200)}") from None
+
+
+class Worker:
+    """One bounded child that runs several calls in turn: a verify row's measurement, then its timing
+    rounds, on the model it loaded once. The memory limit holds for the child's whole life; each call
+    has its own time limit. A call that times out or crashes ends the child: that call and every later
+    one raise Timeout or Crashed. Use as a context manager (or call close()): the child ends with it.
+    Under IN_PROCESS the calls run in this process, with the same errors and no bounds."""
+
+    def __init__(self, *, memory_mb: int | None = DEFAULT_MEMORY_MB, what: str = "the runtime"):
+        self.what = what
+        self._dead: Bounded | None = None
+        self._proc: Any = None  # a multiprocessing Process of the forkserver's context
+        if IN_PROCESS:
+            return
+        ctx = _context()
+        fd, self._stderr_path = tempfile.mkstemp(prefix="mnisttk-child-", suffix=".log")
+        os.close(fd)
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        memory = int(memory_mb) * 1024 * 1024 if memory_mb else None
+        self._proc = ctx.Process(target=_serve, args=(child_conn, memory, self._stderr_path), daemon=True)
         try:
-            message = receiver.recv()
-        except (EOFError, OSError):
-            proc.join(10)
-            code = proc.exitcode
-            name = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
-            tail = _last_line(stderr_path)
-            raise Crashed(f"{what} crashed ({name}{': ' + tail if tail else ''})") from None
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+            self._proc.start()
+        finally:
+            child_conn.close()
+
+    def call(self, fn: Callable, *args, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs):
+        """`fn(*args, **kwargs)` in the child (`fn` module-level, its value picklable): its value, or the
+        child's ToolkitError re-raised here, or Timeout / Crashed / OutOfMemory."""
+        if self._proc is None:
+            return _in_process(fn, args, kwargs, self.what)
+        if self._dead is not None:
+            raise self._dead
+        try:
+            try:
+                self._conn.send((fn, args, kwargs))
+            except (BrokenPipeError, OSError):
+                raise self._crashed() from None
+            if not self._conn.poll(timeout_s):
+                self._kill()
+                self._dead = Timeout(f"{self.what} did not finish within {timeout_s:g} s; stopped")
+                raise self._dead
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                raise self._crashed() from None
+        except KeyboardInterrupt:
+            self._kill()
+            raise
         if message[0] == "ok":
             return message[1]
         raise _error(message[1], message[2])
-    except KeyboardInterrupt:
-        proc.kill()
-        raise
-    finally:
-        receiver.close()
+
+    def _crashed(self) -> Crashed:
+        self._proc.join(10)
+        code = self._proc.exitcode
+        name = signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+        tail = _last_line(self._stderr_path)
+        self._dead = Crashed(f"{self.what} crashed ({name}{': ' + tail if tail else ''})")
+        return self._dead
+
+    def _kill(self) -> None:
+        self._proc.kill()
+        self._proc.join(10)
+
+    def close(self) -> None:
+        """End the child (it is told to stop, then killed if it has not within a second)."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        self._dead = self._dead or Crashed(f"{self.what}: its child was closed")
         try:
-            os.unlink(stderr_path)
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        proc.join(1)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+        self._conn.close()
+        try:
+            os.unlink(self._stderr_path)
         except OSError:
             pass
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def call(fn: Callable, *args, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int | None = DEFAULT_MEMORY_MB,
+         what: str = "the runtime", **kwargs):
+    """`fn(*args, **kwargs)` in a child process of its own; its value (which must pickle), or the child's
+    ToolkitError re-raised here, or Timeout / Crashed / OutOfMemory. `fn` must be a module-level
+    function. memory_mb None: no memory limit (a CUDA runtime maps far more address space than it uses)."""
+    with Worker(memory_mb=memory_mb, what=what) as worker:
+        return worker.call(fn, *args, timeout_s=timeout_s, **kwargs)

@@ -87,6 +87,11 @@ def _notes(result: dict) -> list[str]:
     notes = []
     for r in result["rows"]:
         label = f"{r['name']} on {r['runtime']}"
+        if r.get("measured_with") and r["status"] == "ok":
+            first = next((f"{x['name']} on {x['runtime']}" for x in result["rows"] if x["id"] == r["measured_with"]),
+                         r["measured_with"])
+            notes.append(f"{label}: the same bytes (SHA-256) as {first}, on the same runtime: measured and timed "
+                         "once, its figures are shown for both")
         if r.get("placement"):
             notes.append(f"{label}: {_placement(r['placement'])}")
         if r.get("precision") == "int8" and r.get("accuracy") is not None and not r.get("is_reference"):

@@ -151,7 +151,7 @@ def noise(machine_load: list, rows: list[dict]) -> list[str]:
             why.append(f"round {i + 1}: other processes kept {load['other_busy_cores']:.1f} cores busy")
         if load and load["steal_pct"] > NOISY_STEAL_PCT:
             why.append(f"round {i + 1}: {load['steal_pct']:.0f}% of the time stolen by the hypervisor")
-    for r in rows:
+    for r in (r for r in rows if not r.get("measured_with")):  # a row timed with another: said once
         lo, hi = r.get("latency_spread_us") or (None, None)
         if lo and hi and hi / lo > NOISY_SPREAD:
             why.append(f"{r['id']}: batch-1 p50 varied {hi / lo:.2f}× over the rounds")
@@ -162,9 +162,9 @@ def fastest(rows: list[dict]) -> dict | None:
     """The fastest passing artifact at batch 1 (lowest median p50) and at the throughput batch
     (highest median throughput), each with its margin over the next passing one and whether that
     margin exceeds the spread (their min–max ranges over the rounds do not overlap). The reference
-    row is not an artifact and is left out."""
+    row is not an artifact and is left out, as is a row timed with another (the same bytes: its figures)."""
     ok = [r for r in rows if r.get("status") == "ok" and not r.get("is_reference") and r.get("latency_us")
-          and r.get("throughput")]
+          and r.get("throughput") and not r.get("measured_with")]
     if not ok:
         return None
     by_p50 = sorted(ok, key=lambda r: r["latency_us"]["p50"])

@@ -97,6 +97,9 @@ class Row:
     # "not a digit": how often this row's accept/reject decisions (the export's rule, toolkit.ood) agree
     # with the float reference's, on the test set and on synthetic non-digits
     ood: dict | None = None
+    # the row (its id) whose measurements and timing rounds this row shares: the same bytes (SHA-256) on
+    # the same runtime with the same settings (a Triton model.onnx and the .onnx it copies) run once
+    measured_with: str | None = None
 
     @property
     def id(self) -> str:
@@ -183,6 +186,10 @@ class _Run:
     machine_load: list = field(default_factory=list)
     phases: dict = field(default_factory=dict)  # where the wall time went, in seconds (timing.phases_s)
     child_cpu_s: float = 0.0  # CPU seconds the rows' children used (each says its own)
+    # row id -> the bounded child (isolate.Worker) that measured the row and keeps its model loaded for
+    # the timing rounds; all closed when the run ends
+    workers: dict = field(default_factory=dict)
+    copies: dict = field(default_factory=dict)  # row id -> the rows measured with it (Row.measured_with)
 
 
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
@@ -193,38 +200,74 @@ def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.nd
     with row id -> logits (float32) of every row that produced them, for `--save-outputs`."""
     t_start, cpu_start = time.perf_counter(), os.times()
     check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
-    run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs)
+    have_torch = "torch" in config.runtimes and torch_available()
+    _start_children(config, have_torch)  # on another core, while this process opens the export
+    run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs, have_torch)
     run.phases["open"] = time.perf_counter() - t_start  # manifest, hashes, reference, not-a-digit features
-    _start_children(run)
-    with _Clock(run.phases)("reference"):  # while the children's forkserver starts on the other core
-        reference_row, eager = _reference_row(run)
-        _measure_reference(run, reference_row, eager)
-    with _Clock(run.phases)("plan"):
-        plan = _plan_rows(run)
-    rows = [reference_row] + _measure_rows(run, plan, log)
-    _timing_rounds(run, plan, eager, reference_row, log)
+    try:
+        reference = _Reference(run)  # live PyTorch eager, on this process's thread, beside the rows' children
+        with _Clock(run.phases)("plan"):
+            plan = _plan_rows(run)
+        rows = _measure_rows(run, plan, log)
+        reference_row, eager = reference.result()
+        rows.insert(0, reference_row)
+        _timing_rounds(run, plan, eager, reference_row, log)
+    finally:
+        for worker in run.workers.values():
+            worker.close()
+        _LOADED.clear()
     with _Clock(run.phases)("judge"):
         _judge_rows(run, rows, reference_row)
     return _result(run, rows, t_start, cpu_start)
 
 
-def _start_children(run: _Run) -> None:
+class _Reference:
+    """Step 2 and 4 on a thread of their own, started now: the reference row, live PyTorch eager from the
+    export's checkpoint (importing torch, running the test set) while the rows' children measure on the
+    other cores; result() waits for it."""
+
+    def __init__(self, run: _Run):
+        self._run = run
+        self._value: tuple | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="mnisttk-reference", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            with _Clock(self._run.phases)("reference"):
+                reference_row, eager = _reference_row(self._run)
+                _measure_reference(self._run, reference_row, eager)
+            self._value = (reference_row, eager)
+        except BaseException as exc:  # re-raised on the caller's thread
+            self._error = exc
+
+    def result(self) -> tuple:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def _start_children(config: VerifyConfig, have_torch: bool) -> None:
     """The bounded children's forkserver, with the modules this run's rows import (torch, ExecuTorch's:
-    seconds), started now on another core while this process makes the reference's logits."""
-    preload = [m for spec in RUNTIMES if not _skip_reason(run, spec) for m in spec.preload]
+    seconds), started now on another core while this process opens the export and makes the reference's
+    logits."""
+    preload = [m for spec in RUNTIMES if not _skip_reason(config, have_torch, spec) for m in spec.preload]
     # toolkit.verify itself: each child unpickles measure_row/time_row from it
-    isolate.prepare(tuple(dict.fromkeys((["torch"] if run.have_torch else []) + preload + ["toolkit.verify"])))
+    isolate.prepare(tuple(dict.fromkeys((["torch"] if have_torch else []) + preload + ["toolkit.verify"])))
     threading.Thread(target=isolate.warm_up, name="mnisttk-forkserver", daemon=True).start()
 
 
 _ACCOUNTING = threading.Lock()
 
 
-def _child_call(run, fn, *args, **kwargs):
-    """isolate.call, its wall time split into the child's own phases (which it returns in
-    `phases_s`) and the rest: the child's start-up and the transfer of its inputs and results."""
+def _child_call(run, worker: isolate.Worker, fn, *args, **kwargs):
+    """worker.call, its wall time split into the child's own phases (which it returns in `phases_s`)
+    and the rest: the child's start-up and the transfer of its inputs and results."""
     t0 = time.perf_counter()
-    out = isolate.call(fn, *args, **kwargs)
+    out = worker.call(fn, *args, **kwargs)
     wall = time.perf_counter() - t0
     phases = out.pop("phases_s", {}) if isinstance(out, dict) else {}
     cpu = out.pop("cpu_s", 0.0) if isinstance(out, dict) else 0.0
@@ -236,7 +279,8 @@ def _child_call(run, fn, *args, **kwargs):
     return out
 
 
-def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, golden, outputs) -> _Run:
+def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, golden, outputs,
+              have_torch: bool) -> _Run:
     """Step 1: the export's manifest, the hashes of its files, the reference (made on this very test
     set) and the not-a-digit rule, each checked; what was asked (--expect, the latency gate) checked
     against what the export and this machine have."""
@@ -252,7 +296,6 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
         if t not in targets:
             raise ManifestError(f"{folder / 'manifest.json'}: expected target {t} is not in this export "
                                 f"(it has {', '.join(targets)})")
-    have_torch = "torch" in config.runtimes and torch_available()
     if config.gates.max_latency_ratio is not None and not have_torch:
         raise ToolkitError("--max-latency-ratio needs the PyTorch eager reference row, which has a latency; "
                            "with --no-torch (or without torch) the gate cannot be checked")
@@ -307,7 +350,7 @@ def _plan_rows(run: _Run) -> list[tuple]:
     """Step 3: one row per artifact × runtime that runs its format (toolkit.runtimes.RUNTIMES), each
     with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
     plan = []
-    skips = {spec.id: _skip_reason(run, spec) for spec in RUNTIMES}
+    skips = {spec.id: _skip_reason(run.config, run.have_torch, spec) for spec in RUNTIMES}
     for spec in RUNTIMES:
         skip = skips[spec.id]
         reduced = None if skip else _reduced_default(spec)
@@ -334,12 +377,11 @@ def _reduced_default(spec) -> str | None:
         return None  # the runtime cannot start: its rows fail on their own, with the reason
 
 
-def _skip_reason(run: _Run, spec) -> tuple[str, list] | None:
+def _skip_reason(config: VerifyConfig, have_torch: bool, spec) -> tuple[str, list] | None:
     """(status, reasons) of a row on runtime `spec` that this run does not measure, or None."""
-    config = run.config
     if spec.id in config.skip_runtimes:
         return "skipped", ["not asked for (--skip-runtime)"]
-    if spec.needs_torch and not run.have_torch:
+    if spec.needs_torch and not have_torch:
         return "skipped", ["torch not installed" if "torch" in config.runtimes and not torch_available()
                            else "not asked for (--no-torch)"]
     if reason := missing(spec):
@@ -387,7 +429,8 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
     from concurrent.futures import ThreadPoolExecutor
 
     support_faults = _support_faults(run.manifest, run.bad_files)
-    jobs = []
+    jobs: list = []
+    first_of: dict = {}
     for row, spec, a in plan:
         if row.status != "ok":
             continue
@@ -397,38 +440,78 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
             continue
         for fault in support_faults.get(row.file, ()):
             row.fail(fault)
-        if row.status != "FAIL":
-            jobs.append((row, spec, a))
+        if row.status == "FAIL":
+            continue
+        # the same bytes on the same runtime with the same settings: loaded and checked (a Triton model's
+        # configuration is checked as it loads), but run and timed once
+        same = (spec.id, row.arithmetic, a["sha256"])
+        first = first_of.setdefault(same, row)
+        if first is not row:
+            row.measured_with = first.id
+            run.copies.setdefault(first.id, []).append(row)
+        jobs.append((row, spec, a, first if first is not row else None))
 
     def child(job):
-        row, spec, a = job
+        row, spec, a, first = job
         log(f"verifying {row.name} on {row.runtime}")
         try:
-            return _row_child(run, row, spec, a), None
+            return _row_child(run, row, spec, a, load_only=first is not None), None
         except ToolkitError as exc:
             return None, exc
 
+    measured: dict = {}  # row id -> its child's measurements, for the rows measured with it
     with ThreadPoolExecutor(_parallel_children(run), thread_name_prefix="mnisttk-row") as pool:
-        for (row, spec, a), (m, exc) in zip(jobs, pool.map(child, jobs)):  # results in the plan's order
+        for (row, spec, a, first), (m, exc) in zip(jobs, pool.map(child, jobs)):  # results in the plan's order
             if isinstance(exc, RuntimeUnavailable):
                 row.reasons.append(str(exc))
                 row.status = "FAIL" if run.config.require_cuda or not spec.gpu else "skipped"
             elif exc is not None:
                 row.fail(first_line(exc, 300))
+            elif first is not None:
+                _measure_copy(run, row, a, first, measured.get(first.id), m)
             else:
+                measured[row.id] = m
                 try:
-                    _measure_row(run, row, a, m)
+                    _measure_row(run, row, a, dict(m))
                 except ToolkitError as err:
                     row.fail(first_line(err, 300))
     return [row for row, _, _ in plan]
 
 
-def _row_child(run: _Run, row: Row, spec, a: dict) -> dict:
+def _row_child(run: _Run, row: Row, spec, a: dict, *, load_only: bool = False) -> dict:
+    """The row's measurements from a bounded child of its own, which keeps the model loaded for the
+    timing rounds (closed at once if the measurement fails). `load_only`: the model is loaded and
+    checked, not run (a row measured with another), and the child ends."""
     config = run.config
-    return _child_call(run, measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads, run.test_images,
-                       run.ood and run.ood["non_digits"], arithmetic=row.arithmetic, timeout_s=config.row_timeout_s,
-                       memory_mb=None if spec.gpu else config.row_memory_mb,
-                       what=f"{row.name} on {row.runtime}")
+    worker = isolate.Worker(memory_mb=None if spec.gpu else config.row_memory_mb, what=f"{row.name} on {row.runtime}")
+    try:
+        m = _child_call(run, worker, measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads,
+                        run.test_images[:0] if load_only else run.test_images,
+                        None if load_only else run.ood and run.ood["non_digits"], arithmetic=row.arithmetic,
+                        keep=None if load_only else row.id, load_only=load_only, timeout_s=config.row_timeout_s)
+    except BaseException:
+        worker.close()
+        raise
+    if load_only:
+        worker.close()
+        return m
+    with _ACCOUNTING:
+        run.workers[row.id] = worker
+    return m
+
+
+def _measure_copy(run: _Run, copy: Row, a: dict, first: Row, m: dict | None, loaded: dict) -> None:
+    """A row with the same bytes, runtime and settings as `first`, loaded and checked in its own child
+    (`loaded`: its loaded bytes' hash and placement): first's measurements `m` (None where first did not
+    measure: then the copy takes first's status and reasons)."""
+    if m is None or first.status != "ok":
+        copy.status = first.status
+        copy.reasons += [f"as {first.name} on {first.runtime} (the same bytes): {r}" for r in first.reasons]
+        return
+    try:
+        _measure_row(run, copy, a, {**m, **loaded})
+    except ToolkitError as err:
+        copy.fail(first_line(err, 300))
 
 
 def _measure_row(run: _Run, row: Row, a: dict, m: dict) -> None:
@@ -461,6 +544,8 @@ def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
     """Step 7 (after the timing rounds): each row's timing summarized over its rounds, its latency ratio
     to the reference, and the gates applied."""
     for row in rows:
+        if row.measured_with and row.status == "ok":
+            run.rounds[row.id] = run.rounds.get(row.measured_with, [])
         if run.rounds.get(row.id):
             for key, value in timing.summarize(run.rounds[row.id]).items():
                 setattr(row, key, value)
@@ -546,16 +631,28 @@ def _ood_agreement(mine: np.ndarray, nd_mine: np.ndarray, ref: np.ndarray, nd_re
             "reference_non_digits_rejected_pct": 100 * float(1 - nd_ref_ok.mean()), "non_digits": int(len(nd_mine))}
 
 
+# A row's loaded model in its child (isolate.Worker), by row id, from measure_row to the timing rounds
+# (time_row); under isolate.IN_PROCESS, in this process until the run ends.
+_LOADED: dict = {}
+
+
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-                non_digits: np.ndarray | None = None, *, arithmetic: str = Arithmetic.EXACT.value) -> dict:
+                non_digits: np.ndarray | None = None, *, arithmetic: str = Arithmetic.EXACT.value,
+                keep: str | None = None, load_only: bool = False) -> dict:
     """One row's untimed measurements, in the child process that toolkit.isolate bounds: the artifact's
     test logits (float32), the loaded bytes' hash, placement, batch consistency, and the arithmetic asked
-    for and run (its timing: time_row, in the rounds)."""
+    for and run. `keep`: a key the loaded model is kept under for time_row (the timing rounds). `load_only`:
+    the model loaded (every check its runtime makes as it loads) and its placement, nothing run."""
     rss_start = _proc_status_mb("VmRSS")
     phases: dict = {}
     clock = _Clock(phases)
     with clock("load"):
         cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
+    if load_only:
+        with cand.scope():
+            placement = cand.placement()
+        return {"loaded_sha256": cand.loaded_sha256, "placement": placement.to_json() if placement else None,
+                "phases_s": phases, "cpu_s": time.process_time()}
     with cand.scope():
         with clock("accuracy_pass"):
             logits = np.asarray(cand.logits(test_images), dtype=np.float32)
@@ -573,6 +670,8 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
             with clock("not_a_digit"):
                 out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
     out["phases_s"], out["cpu_s"] = phases, time.process_time()  # a forked child's CPU time starts at 0
+    if keep is not None:
+        _LOADED[keep] = cand
     peak = _proc_status_mb("VmHWM")
     out["peak_rss_mb"] = peak
     out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
@@ -598,16 +697,16 @@ def consistency_sample(logits: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([closest, sample]))
 
 
-def time_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
-             throughput_batch: int, latency_iters: int, *, arithmetic: str = Arithmetic.EXACT.value) -> dict:
-    """One more timing round of a row, in its own bounded child (the artifact loaded afresh)."""
+def time_row(key: str, test_images: np.ndarray, throughput_batch: int, latency_iters: int) -> dict:
+    """One more timing round of a row, on the model its measure_row kept under `key`."""
+    cpu0 = time.process_time()
+    cand = _LOADED.get(key)
+    if cand is None:
+        raise ToolkitError(f"{key}: no model loaded for its timing round")
     phases: dict = {}
-    clock = _Clock(phases)
-    with clock("load"):
-        cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
-    with cand.scope(), clock("timing_rounds"):
+    with cand.scope(), _Clock(phases)("timing_rounds"):
         out = timing.one_round(cand, test_images, throughput_batch, latency_iters)
-    return {**out, "phases_s": phases, "cpu_s": time.process_time()}
+    return {**out, "phases_s": phases, "cpu_s": time.process_time() - cpu0}
 
 
 class _Clock:
@@ -630,7 +729,7 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
     one at a time, the rows interleaved (the order rotated each round, so no row always runs first or
     after the same neighbour); each round's machine load recorded."""
     config, rounds = run.config, run.rounds
-    timed = [(row, spec, a) for row, spec, a in plan if row.id in rounds and row.status == "ok"]
+    timed = [(row, spec, a) for row, spec, a in plan if row.id in rounds and row.status == "ok" and not row.measured_with]
     jobs = ([("ref", None, None)] if reference_row.id in rounds else []) + timed
     for k in range(config.rounds):
         if not jobs:
@@ -650,14 +749,13 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
                 continue
             try:
                 rounds[row.id].append(_child_call(  # the images a round times, not the whole test set
-                    run, time_row, RUNTIMES.index(spec), str(run.folder), a, config.threads,
-                    run.test_images[:max(1, config.throughput_batch)],
-                    config.throughput_batch, config.latency_iters, arithmetic=row.arithmetic,
-                    timeout_s=config.row_timeout_s,
-                    memory_mb=None if spec.gpu else config.row_memory_mb,
-                    what=f"{row.name} on {row.runtime}"))
+                    run, run.workers[row.id], time_row, row.id, run.test_images[:max(1, config.throughput_batch)],
+                    config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s))
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
+                for copy in run.copies.get(row.id, ()):
+                    copy.fail(f"as {row.name} on {row.runtime} (the same bytes): timing round {k + 1}: "
+                              f"{first_line(exc, 300)}")
         run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), resolve_threads(config.threads)))
 
 
