@@ -14,7 +14,7 @@ EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir
 VENV_GIB ?= 9
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: demo test test-quick lint venv wheel clean bench gpu gpu-check arm-check mutation browser-check
+.PHONY: demo test test-all test-quick lint venv wheel clean bench gpu gpu-check arm-check mutation browser-check
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Error: no python3 on PATH (set PYTHON=...)"; exit 2; }
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge $(VENV_GIB) ] || { \
 	  echo "Error: $$free GiB free here; the venv needs about $(VENV_GIB) GiB (torch's CUDA wheels)"; exit 2; }; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q $(TORCH_RANGE)
+	$(PIP) install -q --no-compile $(TORCH_RANGE)  # no .pyc for all of torch: those imported are compiled on first use
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
-	$(PIP) install -q -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
+	$(PIP) install -q --no-compile -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
 	$(PIP) install -q "setuptools>=70.1"  # builds the wheel below without network (bdist_wheel built in)
 	touch $@
 
@@ -47,7 +47,13 @@ demo: wheel
 # The suite on up to 4 cores (pytest-xdist, work stealing: the long end-to-end tests are spread out);
 # PYTEST_WORKERS=0 runs it in this process.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+# `slow` tests (a second and third user model through every converter, the GPU script's CPU walk-through)
+# run in `make test-all`.
 test: wheel lint
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist worksteal \
+	  -m "not slow"
+
+test-all: wheel lint
 	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
 
 # ruff (pyflakes, pycodestyle) over the tree and mypy over toolkit/, configured in pyproject.toml.

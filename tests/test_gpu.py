@@ -119,6 +119,7 @@ def test_mixed_onnxruntime_install_is_named(tiny_export, monkeypatch):
     assert info["onnxruntime_mixed_install"] is True and info["schema_version"] == 1
 
 
+@pytest.mark.slow
 def test_gpu_check_script_without_a_gpu(tiny_export, tmp_path):
     if torch_cuda():
         pytest.skip("this machine has a GPU: make gpu-check runs the real thing")

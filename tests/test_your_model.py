@@ -75,6 +75,18 @@ def test_residual_batchnorm_model_through_every_target(mnist_slice, tmp_path, op
 
 
 @pytest.mark.e2e
+def test_depthwise_separable_silu_factory_through_the_int8_quantizers(mnist_slice, tmp_path, openvino_rows):
+    """Through ONNX Runtime's, LiteRT's and NNCF's int8 quantizers (SiLU in a first block once crashed ORT's
+    int8 run); every target: the slow test below."""
+    result = _chain(tmp_path, mnist_slice, f"{MODELS / 'dwsep_silu.py'}:make_net", args='{"width": 12}',
+                    targets="onnx,tflite,openvino")
+    _assert_every_artifact_passed(result)
+    assert sorted(result["targets"]) == ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8", "tflite-fp32",
+                                         "tflite-int8"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_depthwise_separable_silu_factory_through_every_target(mnist_slice, tmp_path, openvino_rows):
     result = _chain(tmp_path, mnist_slice, f"{MODELS / 'dwsep_silu.py'}:make_net", args='{"width": 12}')
     _assert_every_artifact_passed(result)
@@ -82,6 +94,7 @@ def test_depthwise_separable_silu_factory_through_every_target(mnist_slice, tmp_
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_gelu_adaptive_pool_model_through_onnx_ort_and_torchscript(mnist_slice, tmp_path):
     """(Its int8 LiteRT model runs the average pool outside XNNPACK, which verify's delegation gate fails:
     XNNPACK has no int8 AVERAGE_POOL_2D.)"""
