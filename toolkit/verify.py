@@ -675,7 +675,21 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     peak = _proc_status_mb("VmHWM")
     out["peak_rss_mb"] = peak
     out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
+    if keep is not None:
+        _release_freed_memory()  # the child lives on through the rounds: the test set's buffers are done with
     return out
+
+
+def _release_freed_memory() -> None:
+    """Give the memory this process has freed back to the system (glibc keeps freed buffers of tens of MB
+    for reuse: 17 children each holding the test set's would be ~1 GB more); nothing where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 CONSISTENCY_CLOSEST = 500  # the test images nearest a decision (smallest top-2 logit margin) ...
