@@ -260,3 +260,58 @@ def test_compare_needs_no_torch(onnx_family_export, tiny_export, tmp_path):
     """) + third_party_check({"click", "numpy", "onnxruntime", "google"}) + "\nprint('TORCH-FREE OK')\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr
+
+
+def _resealed_doc(doc: dict) -> dict:
+    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+    return doc
+
+
+def _resealed(doc: dict) -> bytes:
+    return outputs.dumps(_resealed_doc(doc))
+
+
+def test_outputs_load_decides_at_each_bound(tmp_path):
+    """load's checks exactly at and one step past each bound, each refusal an OutputsError naming the file:
+    a folder or a FIFO is not read; n_test from 1; num_classes 2..256 (absent: MNIST's 10); labels below it."""
+    import os
+
+    (tmp_path / "dir.json").mkdir()
+    os.mkfifo(tmp_path / "fifo.json")
+    for name in ("dir.json", "fifo.json", "absent.json"):
+        with pytest.raises(OutputsError, match=name):
+            outputs.load(tmp_path / name)
+
+    def doc_with(n, c=None, labels=None):
+        labels = np.arange(n) % 2 if labels is None else labels
+        doc = outputs.build({"rows": [], "machine": {}, "threads": 1, "passed": True}, {}, labels, "a" * 64, {})
+        if c is not None:
+            doc["num_classes"] = c
+        return _resealed_doc(doc)
+
+    one = tmp_path / "one.json"
+    one.write_bytes(outputs.dumps(doc_with(1, labels=np.array([0]))))
+    assert len(outputs.load(one).labels) == 1  # a test set of one image is one
+    zero = doc_with(1, labels=np.array([0]))
+    zero["n_test"] = 0
+    one.write_bytes(_resealed(zero))
+    with pytest.raises(OutputsError, match="n_test 0 is not an image count"):
+        outputs.load(one)
+    no_classes = doc_with(4, labels=np.array([9, 0, 1, 2]))
+    no_classes.pop("num_classes", None)
+    one.write_bytes(_resealed(no_classes))
+    assert outputs.load(one).labels.tolist() == [9, 0, 1, 2]  # absent: 10 classes, so label 9 is in range
+    for c, ok in ((2, True), (1, False), (256, True), (257, False)):
+        d = doc_with(4, labels=np.array([0, 1, 1, 0]))
+        d["num_classes"] = c
+        one.write_bytes(_resealed(d))
+        if ok:
+            assert len(outputs.load(one).labels) == 4
+        else:
+            with pytest.raises(OutputsError, match=f"num_classes '{c}' is not a class count"):
+                outputs.load(one)
+    d = doc_with(4, labels=np.array([0, 1, 2, 1]))
+    d["num_classes"] = 2
+    one.write_bytes(_resealed(d))
+    with pytest.raises(OutputsError, match="labels outside 0-1"):
+        outputs.load(one)
