@@ -315,3 +315,53 @@ def test_outputs_load_decides_at_each_bound(tmp_path):
     one.write_bytes(_resealed(d))
     with pytest.raises(OutputsError, match="labels outside 0-1"):
         outputs.load(one)
+
+
+def test_outputs_load_bounds_its_work_and_reads_only_what_verify_writes(tmp_path):
+    """Nesting up to MAX_DEPTH, n_test up to MAX_IMAGES, the decoded size up to MAX_DECODED_BYTES (counted over
+    the rows that carry logits, before anything is decoded), and only the arithmetic and precision names verify
+    writes: each at and one step past its bound."""
+    p = tmp_path / "o.json"
+
+    def load(doc):
+        p.write_bytes(_resealed(doc))
+        return outputs.load(p)
+
+    base = _doc({"onnx-fp32@ort-cpu": _onehot(np.arange(N) % 10)})
+
+    def nested(levels):
+        x: list = []
+        for _ in range(levels - 1):
+            x = [x]
+        return x
+
+    doc = json.loads(outputs.dumps(base))
+    doc["machine"] = {"deep": nested(outputs.MAX_DEPTH - 2)}  # the document 1, machine 2, the lists 3..MAX_DEPTH
+    assert len(load(doc).labels) == N
+    doc["machine"] = {"deep": nested(outputs.MAX_DEPTH - 1)}
+    with pytest.raises(OutputsError, match=f"nested more than {outputs.MAX_DEPTH} deep"):
+        load(doc)
+
+    for field, value, ok in (("arithmetic", "default", True), ("arithmetic", "exact", True), ("arithmetic", "fast", False),
+                             ("ran_precision", "bf16", True), ("ran_precision", "f16", True), ("ran_precision", "fp8", False)):
+        doc = json.loads(outputs.dumps(base))
+        doc["rows"][0][field] = value
+        if ok:
+            assert "onnx-fp32@ort-cpu" in load(doc).logits
+        else:
+            with pytest.raises(OutputsError, match=f"{field} {value!r}.* is not one mnisttk writes"):
+                load(doc)
+
+    # n_test: a million images at most (the budget below is checked before any array is decoded)
+    per_row = outputs.MAX_IMAGES * outputs.NUM_CLASSES * 4
+    fits = (outputs.MAX_DECODED_BYTES - outputs.MAX_IMAGES) // per_row  # rows with logits that fit the budget
+    for n, rows_with_logits, refusal in ((outputs.MAX_IMAGES + 1, 1, "is not an image count"),
+                                         (outputs.MAX_IMAGES, fits + 1, "would decode to"),
+                                         (outputs.MAX_IMAGES, fits, "labels")):
+        doc = json.loads(outputs.dumps(base))
+        doc["n_test"] = n
+        doc["rows"] = [{**doc["rows"][0], "id": f"r{i}"} for i in range(rows_with_logits)]
+        doc["rows"].append({**doc["rows"][0], "id": "no-logits"})
+        doc["rows"][-1].pop("logits")  # a row without logits costs nothing
+        with pytest.raises(OutputsError, match=refusal):  # within the budget: the labels' shape is what fails
+            load(doc)
