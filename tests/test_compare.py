@@ -365,3 +365,53 @@ def test_outputs_load_bounds_its_work_and_reads_only_what_verify_writes(tmp_path
         doc["rows"][-1].pop("logits")  # a row without logits costs nothing
         with pytest.raises(OutputsError, match=refusal):  # within the budget: the labels' shape is what fails
             load(doc)
+
+
+def test_outputs_load_refuses_every_malformed_shape_of_document(tmp_path):
+    """What a hand-made or bent file can be, each refused in one line: not a JSON object, a NaN that JSON
+    admits, n_test given as true, no test_sha256, rows not a list, rows past MAX_ROWS (at it: read), a row id
+    twice, JSON containers past MAX_CONTAINERS (at it: read)."""
+    p = tmp_path / "o.json"
+    base = _doc({"onnx-fp32@ort-cpu": _onehot(np.arange(N) % 10)})
+
+    def load(doc=None, raw=None):
+        p.write_bytes(raw if raw is not None else _resealed(doc))
+        return outputs.load(p)
+
+    def fresh():
+        return json.loads(outputs.dumps(base))
+
+    with pytest.raises(OutputsError, match="not an mnisttk outputs file"):
+        load(raw=b"[]")
+    doc = fresh()
+    text = outputs.dumps(doc).replace(b'"threads": 1', b'"threads": NaN')
+    with pytest.raises(OutputsError, match="SHA-256 does not match"):
+        load(raw=text)  # json reads NaN; the document's hash cannot be computed over it
+    cases = [("n_test", True, "n_test True is not an image count"), ("test_sha256", None, "no test_sha256"),
+             ("rows", {"0": {}}, "no list of rows")]
+    for key, value, message in cases:
+        doc = fresh()
+        doc[key] = value
+        with pytest.raises(OutputsError, match=message):
+            load(doc)
+    row = fresh()["rows"][0]
+    row.pop("logits")
+    for count, ok in ((outputs.MAX_ROWS, True), (outputs.MAX_ROWS + 1, False)):
+        doc = fresh()
+        doc["rows"] = [{**row, "id": f"r{i}"} for i in range(count)]
+        if ok:
+            assert len(load(doc).doc["rows"]) == count
+        else:
+            with pytest.raises(OutputsError, match="no list of rows"):
+                load(doc)
+    doc = fresh()
+    doc["rows"] = [row, dict(row)]
+    with pytest.raises(OutputsError, match="row 1 has no id, or one seen before"):
+        load(doc)
+    doc = fresh()
+    used = outputs.dumps(doc).count(b"{") + outputs.dumps(doc).count(b"[")
+    doc["machine"]["pad"] = [[] for _ in range(outputs.MAX_CONTAINERS - used - 1)]  # the list itself is one more
+    assert load(doc).labels.shape == (N,)
+    doc["machine"]["pad"].append([])
+    with pytest.raises(OutputsError, match="JSON objects and arrays"):
+        load(doc)
