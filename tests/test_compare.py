@@ -415,3 +415,41 @@ def test_outputs_load_refuses_every_malformed_shape_of_document(tmp_path):
     doc["machine"]["pad"].append([])
     with pytest.raises(OutputsError, match="JSON objects and arrays"):
         load(doc)
+
+
+def test_compare_document_names_every_run_and_each_cell_s_ratios(tmp_path):
+    """compare's JSON, field by field: the runs it read (file, label, machine, created, version, verify's verdict),
+    every non-reference row once (in first-seen order) with one cell per later run, the latency and throughput
+    ratios of each cell (this run's over the first's), and the count of cells compared; it validates against
+    docs/schemas/compare.schema.json."""
+    import pathlib
+
+    from toolkit.verify import _machine
+
+    jsonschema = pytest.importorskip("jsonschema")
+    x = _onehot(np.arange(N) % 10)
+    machine = _machine()
+    docs = []
+    for k, (p50, tp) in enumerate(((10.0, 1000.0), (25.0, 400.0), (5.0, 4000.0))):
+        d = _doc({"onnx-fp32@ort-cpu": x, "tflite-fp32@litert": x}, test_sha="a" * 64)
+        for r in d["rows"]:
+            r["latency_us"], r["throughput"] = {"p50": p50}, tp
+        d["rows"].insert(0, {**d["rows"][0], "id": "eager-fp32@torch", "is_reference": True})
+        d["machine"] = {**machine, "cpu": {**machine["cpu"], "model": f"m{k}"}}  # this machine's record, renamed
+        d["created"], d["passed"] = f"2026-12-0{k + 1}", k != 1
+        docs.append(outputs.load(_save(tmp_path, f"run{k}.json", _resealed_doc(json.loads(outputs.dumps(d))))))
+    out = compare_runs(docs, Gates())
+    assert out["kind"] == "mnisttk-compare" and out["schema_version"] == 1 and out["passed"] is True
+    assert out["n_test"] == N and out["test_sha256"] == "a" * 64 and out["cells_compared"] == 4
+    assert [r["file"] for r in out["runs"]] == [d.path for d in docs]
+    assert [r["machine"]["cpu"]["model"] for r in out["runs"]] == ["m0", "m1", "m2"]
+    assert [r["created"] for r in out["runs"]] == ["2026-12-01", "2026-12-02", "2026-12-03"]
+    assert [r["verify_passed"] for r in out["runs"]] == [True, False, True]
+    assert all(r["mnisttk"] == docs[0].doc["mnisttk"] and r["label"] for r in out["runs"])
+    assert [r["id"] for r in out["rows"]] == ["onnx-fp32@ort-cpu", "tflite-fp32@litert"]  # the reference: not compared
+    row = out["rows"][0]
+    assert row["name"] == "onnx-fp32@ort-cpu" and row["runtime"] == "ORT CPU" and row["precision"] == "fp32"
+    assert row["artifact_sha256"] == "f" * 64
+    assert [(c["run"], c["latency_ratio"], c["throughput_ratio"]) for c in row["cells"]] == [(1, 2.5, 0.4), (2, 0.5, 4.0)]
+    schema = json.loads((pathlib.Path(__file__).parent.parent / "docs" / "schemas" / "compare.schema.json").read_text())
+    jsonschema.validate(json.loads(json.dumps(out)), schema, cls=jsonschema.Draft202012Validator)
