@@ -453,3 +453,47 @@ def test_compare_document_names_every_run_and_each_cell_s_ratios(tmp_path):
     assert [(c["run"], c["latency_ratio"], c["throughput_ratio"]) for c in row["cells"]] == [(1, 2.5, 0.4), (2, 0.5, 4.0)]
     schema = json.loads((pathlib.Path(__file__).parent.parent / "docs" / "schemas" / "compare.schema.json").read_text())
     jsonschema.validate(json.loads(json.dumps(out)), schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_compare_refuses_a_run_against_itself_and_outputs_without_their_bytes(tmp_path):
+    """check_comparable's decisions: the same document twice; a row's outputs without a 64-hex artifact SHA-256
+    (only a row that has outputs needs one); the reference row is reference.npz on both sides, so its bytes are
+    never compared; a default-precision row one CPU has and the other lacks is noted, not failed."""
+    x = _onehot(np.arange(N) % 10)
+    a = outputs.load(_save(tmp_path, "a.json", _doc({"onnx-fp32@ort-cpu": x})))
+    with pytest.raises(OutputsError, match="is the same run as"):
+        compare_runs([a, outputs.load(_save(tmp_path, "a2.json", json.loads(outputs.dumps(a.doc))))], Gates())
+
+    def run_with(name, shas=None, extra_rows=(), logits=None):
+        doc = _doc(logits or {"onnx-fp32@ort-cpu": x}, shas=shas)
+        doc["created"] = name  # another run: another document
+        for r in extra_rows:
+            doc["rows"].append(r)
+        return outputs.load(_save(tmp_path, name, _resealed_doc(json.loads(outputs.dumps(doc)))))
+
+    base = run_with("base.json")
+    for k, bad in enumerate(("", "f" * 63, None)):
+        with pytest.raises(OutputsError, match="gives outputs without the SHA-256 of the artifact"):
+            compare_runs([base, run_with(f"bad{k}.json", shas={"onnx-fp32.onnx": bad})], Gates())
+    def with_reference(name, digest):  # the reference row, with its logits, made from another checkpoint file
+        doc = _doc({"onnx-fp32@ort-cpu": x, "eager-fp32@torch": x},
+                   shas={"onnx-fp32.onnx": "f" * 64, "eager-fp32.onnx": digest})
+        doc["rows"][1]["is_reference"], doc["created"] = True, name
+        doc["rows"].append(no_outputs)
+        return outputs.load(_save(tmp_path, name, _resealed_doc(json.loads(outputs.dumps(doc)))))
+
+    no_outputs = {"id": "tflite-fp32@litert", "name": "LiteRT fp32", "runtime": "LiteRT XNNPACK", "precision": "fp32",
+                  "fmt": "tflite", "file": "cnn_fp32.tflite", "status": "skipped", "artifact_sha256": None}
+    out = compare_runs([with_reference("r1.json", "1" * 64), with_reference("r2.json", "2" * 64)], Gates())
+    assert out["passed"] and [r["id"] for r in out["rows"]] == ["onnx-fp32@ort-cpu", "tflite-fp32@litert"]
+    assert out["rows"][1]["cells"][0]["status"] == "absent"  # outputs in neither run: nothing to compare, no fault
+    bf16 = "onnx-fp32@openvino-bf16"
+    one = run_with("bf16.json", logits={"onnx-fp32@ort-cpu": x, bf16: x})
+    out = compare_runs([one, run_with("f32cpu.json")], Gates())
+    cell = next(r for r in out["rows"] if r["id"] == bf16)["cells"][0]
+    assert out["passed"] and cell["status"] == "absent" and "exists only on CPUs with that mode" in cell["reasons"][-1]
+    # the same row present on both CPUs but without outputs on one: that is a failure
+    lost = run_with("lost.json", extra_rows=[{**no_outputs, "id": bf16, "status": "fail"}])
+    out = compare_runs([one, lost], Gates())
+    cell = next(r for r in out["rows"] if r["id"] == bf16)["cells"][0]
+    assert not out["passed"] and cell["status"] == "fail" and "lost.json: row fail, no outputs" in cell["reasons"]
