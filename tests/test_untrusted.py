@@ -588,3 +588,104 @@ def test_a_tflite_declaring_more_memory_than_the_bound_is_refused_before_allocat
     monkeypatch.setattr(lr, "MAX_DECLARED_BYTES", declared - 1)  # one byte past: refused, one line
     with pytest.raises(ToolkitError, match=r"cnn_int8.tflite: its tensors declare .* MB .*refused"):
         lr.interpreter(data, 1, "cnn_int8.tflite")
+
+
+def _valid_manifest() -> dict:
+    """A manifest of the shape export writes: ONNX fp32/int8, LiteRT int8 with a batch file, an OpenVINO IR
+    with its weights, a reference, a checkpoint (the files need not exist: validation opens nothing)."""
+    h = "ab" * 32
+    art = [{"file": "cnn_fp32.onnx", "format": "onnx", "precision": "fp32", "sha256": h, "size_bytes": 10},
+           {"file": "cnn_int8.onnx", "format": "onnx", "precision": "int8", "sha256": h, "size_bytes": 10},
+           {"file": "cnn_int8.tflite", "format": "tflite", "precision": "int8", "sha256": h, "size_bytes": 10,
+            "static_batch": 1, "batch_files": [{"file": "cnn_int8.b256.tflite", "sha256": h, "batch": 256}]},
+           {"file": "cnn_fp32.xml", "format": "openvino", "precision": "fp32", "sha256": h, "size_bytes": 10,
+            "weights": {"file": "cnn_fp32.bin", "sha256": h}}]
+    return {"schema_version": 2, "artifacts": art, "targets": ["onnx-fp32", "onnx-int8", "tflite-int8", "openvino-fp32"],
+            "reference": {"file": "reference.npz", "sha256": h}, "checkpoint": {"path": "cnn.pt", "sha256": h},
+            "support_files": [{"file": "cnn_int8.b256.tflite", "sha256": h}, {"file": "cnn_fp32.bin", "sha256": h}],
+            "calibration": {"method": "minmax"}, "classes": [str(d) for d in range(10)], "not_exported": []}
+
+
+def test_a_manifest_is_validated_at_and_past_each_of_its_bounds(tmp_path):
+    """validate_manifest's decisions, each at a bound (valid) and one step past it (one ManifestError line)."""
+    import copy
+
+    from toolkit.errors import ManifestError
+    from toolkit.manifest import validate_manifest
+
+    good = _valid_manifest()
+    assert validate_manifest(copy.deepcopy(good), tmp_path) == good
+
+    def bent(change):
+        m = copy.deepcopy(good)
+        change(m)
+        return m
+
+    def ok(change):
+        validate_manifest(bent(change), tmp_path)
+
+    def refused(change, message):
+        with pytest.raises(ManifestError, match=message):
+            validate_manifest(bent(change), tmp_path)
+
+    lite, ir = 2, 3
+    ok(lambda m: m["artifacts"][lite]["batch_files"][0].update(batch=2))
+    refused(lambda m: m["artifacts"][lite]["batch_files"][0].update(batch=1), "is not a new batch size from 2")
+    ok(lambda m: m["artifacts"][lite]["batch_files"][0].update(batch=65536))
+    refused(lambda m: m["artifacts"][lite]["batch_files"][0].update(batch=65537), "is not a new batch size")
+    refused(lambda m: m["artifacts"][lite]["batch_files"].append(dict(m["artifacts"][lite]["batch_files"][0])),
+            "is not a new batch size")  # the same batch twice
+    refused(lambda m: m["artifacts"][lite]["batch_files"][0].update(sha256="cd" * 32), "not a listed support file")
+    refused(lambda m: m["artifacts"][0].update(batch_files=[]) or m["artifacts"][0].update(
+        batch_files=[{"file": "x.onnx", "sha256": "ab" * 32, "batch": 4}]), "which has no batch files")
+    refused(lambda m: m["artifacts"][lite].update(static_batch=2), "static_batch is 2, not 1")
+    refused(lambda m: m["artifacts"][lite].update(static_batch=True), "static_batch is true, not 1")
+    refused(lambda m: m["artifacts"][ir]["weights"].update(sha256="cd" * 32), "weights is not a listed support file")
+    refused(lambda m: m["artifacts"][0].update(weights={"file": "cnn_fp32.bin", "sha256": "ab" * 32}),
+            "which has no weights file")
+    refused(lambda m: m["artifacts"][ir].pop("weights"), r"weights is NoneType, not an object")
+    ok(lambda m: m.update(classes=["a", "b"]))
+    refused(lambda m: m.update(classes=["a"]), "'classes' is not a list of 2 to 256")
+    ok(lambda m: m.update(classes=[f"c{i}" for i in range(256)]))
+    refused(lambda m: m.update(classes=[f"c{i}" for i in range(257)]), "'classes' is not a list of 2 to 256")
+    ok(lambda m: m.update(classes=["x" * 64, "b"]))
+    refused(lambda m: m.update(classes=["x" * 65, "b"]), "'classes'")
+    refused(lambda m: m.update(classes=["", "b"]), "'classes'")
+    ok(lambda m: m.update(not_exported=[{"target": "executorch-int8", "reason": "r" * 400}]))
+    refused(lambda m: m.update(not_exported=[{"target": "executorch-int8", "reason": "r" * 401}]), "short reason")
+    refused(lambda m: m.update(not_exported=[{"target": "onnx-int8", "reason": "r"}]), "left out of 'targets'")
+    refused(lambda m: m.update(not_exported=[{"target": "coreml-int8", "reason": "r"}]), "not a known target")
+    refused(lambda m: m["targets"].remove("onnx-fp32"), "target onnx-fp32 missing")
+    refused(lambda m: m["targets"].append("ort-fp32"), "target ort-fp32 has 0 artifacts")
+    refused(lambda m: m["artifacts"].append(dict(m["artifacts"][1], file="cnn_int8b.onnx")), "onnx-int8 has 2 artifacts")
+    refused(lambda m: m["targets"].remove("onnx-int8"), "artifact of target onnx-int8 was not asked for")
+    refused(lambda m: m["targets"].append("coreml-int8"), "unknown target 'coreml-int8'")
+    refused(lambda m: m["support_files"].append({"file": "cnn_fp32.onnx", "sha256": "ab" * 32}), "a file is listed twice")
+    refused(lambda m: (m.update(targets=["onnx-fp32", "openvino-fp32"]),
+                       m.update(artifacts=[m["artifacts"][0], m["artifacts"][ir]])), "calibration but no int8 target")
+    ok(lambda m: (m.update(targets=["onnx-fp32", "openvino-fp32"]), m.update(artifacts=[m["artifacts"][0], m["artifacts"][ir]]),
+                  m.pop("calibration")))
+    refused(lambda m: m["artifacts"][0].update(size_bytes=-1), r"size_bytes is -1, not a non-negative integer")
+    ok(lambda m: m["artifacts"][0].update(size_bytes=0))
+    refused(lambda m: m["artifacts"][0].update(size_bytes=True), "size_bytes is true")
+    refused(lambda m: m["artifacts"][0].update(sha256="AB" * 32), "not 64 lower-case hex digits")
+    refused(lambda m: m["artifacts"][0].update(format="coreml"), "unknown format 'coreml'")
+    refused(lambda m: m["artifacts"][0].update(precision="fp16"), "unknown precision 'fp16'")
+    refused(lambda m: m.update(schema_version=1), "manifest version 1")
+    refused(lambda m: m.update(artifacts=[]), "it lists no artifacts")
+    refused(lambda m: m.update(support_files={}), "'support_files' is not a list")
+    refused(lambda m: m.update(not_exported={}), "'not_exported' is not a list")
+    # every name it lists stays inside the folder; a Triton model and support files may be paths within it
+    refused(lambda m: m["artifacts"][0].update(file="../cnn_fp32.onnx"), r"artifacts\[0\].file '../cnn_fp32.onnx' is not")
+    refused(lambda m: m["reference"].update(file="../reference.npz"), "reference.file '../reference.npz' is not")
+    refused(lambda m: m["support_files"][1].update(file="/etc/passwd"), r"support_files\[1\].file '/etc/passwd' is not")
+    ok(lambda m: m["support_files"].append({"file": "triton/cnn_fp32/config.pbtxt", "sha256": "ab" * 32}))
+    refused(lambda m: m["support_files"].append({"file": "triton/../../x", "sha256": "ab" * 32}), "not a plain relative")
+    ok(lambda m: (m["artifacts"].append({"file": "triton/cnn_fp32/1/model.onnx", "format": "triton", "precision": "fp32",
+                                         "sha256": "ab" * 32, "size_bytes": 1}), m["targets"].append("triton-fp32")))
+    refused(lambda m: (m["artifacts"].append({"file": "cnn/model.onnx", "format": "onnx", "precision": "fp32",
+                                              "sha256": "ab" * 32, "size_bytes": 1})), "is not a plain file name")
+    ok(lambda m: (m.pop("support_files"), m["artifacts"][lite].pop("batch_files"), m["artifacts"][ir].pop("weights"),
+                  m["artifacts"].pop(ir), m["targets"].remove("openvino-fp32"), m.pop("not_exported")))  # optional
+    refused(lambda m: m["artifacts"][lite].update(batch_files={}), r"batch_files is not a list")
+    refused(lambda m: m["checkpoint"].pop("sha256"), "checkpoint has no 'sha256'")
