@@ -34,6 +34,15 @@ def _save(tmp_path, name, doc):
     return p
 
 
+def _resealed_doc(doc: dict) -> dict:
+    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+    return doc
+
+
+def _resealed(doc: dict) -> bytes:
+    return outputs.dumps(_resealed_doc(doc))
+
+
 def _onehot(preds, scale=5.0):
     x = np.zeros((len(preds), 10), np.float32)
     x[np.arange(len(preds)), preds] = scale
@@ -72,8 +81,7 @@ def test_damaged_outputs_are_one_line_refusals(tmp_path, damage):
         enc = doc["rows"][0]["logits"]
         enc.update({"encoding": {"encoding": "zlib"}, "dtype": {"dtype": "float64"},
                     "shape": {"shape": [N, 11]}}[damage])
-        doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
-        text = outputs.dumps(doc)
+        text = _resealed(doc)
     elif damage in ("array_only", "bomb"):  # the document hash recomputed: the array's own check must catch it
         x = _onehot(np.arange(N) % 10)
         x[3, 3] += 1
@@ -85,8 +93,7 @@ def test_damaged_outputs_are_one_line_refusals(tmp_path, damage):
             import zlib
             enc["data"] = base64.b64encode(zlib.compress(b"\0" * (50 * 1024 * 1024))).decode()
         doc["rows"][0]["logits"] = enc
-        doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
-        text = outputs.dumps(doc)
+        text = _resealed(doc)
     p = tmp_path / "o.json"
     p.write_bytes(text)
     with pytest.raises(OutputsError) as e:
@@ -201,9 +208,8 @@ def test_verify_saves_outputs_and_a_golden_run_judges_image_by_image(onnx_family
     x = saved.logits["onnx-fp32@ort-cpu"].copy()
     x[[4, 9]] = x[[4, 9]][:, ::-1] * 3
     doc["rows"][i]["logits"] = outputs._encode(x)
-    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
     other = tmp_path / "other-host.json"
-    other.write_bytes(outputs.dumps(doc))
+    other.write_bytes(_resealed(doc))
     r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--golden", other,
             "--json", tmp_path / "v2.json")
     assert r.exit_code == 1
@@ -260,15 +266,6 @@ def test_compare_needs_no_torch(onnx_family_export, tiny_export, tmp_path):
     """) + third_party_check({"click", "numpy", "onnxruntime", "google"}) + "\nprint('TORCH-FREE OK')\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "TORCH-FREE OK" in r.stdout, r.stdout + r.stderr
-
-
-def _resealed_doc(doc: dict) -> dict:
-    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
-    return doc
-
-
-def _resealed(doc: dict) -> bytes:
-    return outputs.dumps(_resealed_doc(doc))
 
 
 def test_outputs_load_decides_at_each_bound(tmp_path):

@@ -189,7 +189,6 @@ class _Run:
     # row id -> the bounded child (isolate.Worker) that measured the row and keeps its model loaded for
     # the timing rounds; all closed when the run ends
     workers: dict = field(default_factory=dict)
-    copies: dict = field(default_factory=dict)  # row id -> the rows measured with it (Row.measured_with)
 
 
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
@@ -448,7 +447,6 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
         first = first_of.setdefault(same, row)
         if first is not row:
             row.measured_with = first.id
-            run.copies.setdefault(first.id, []).append(row)
         jobs.append((row, spec, a, first if first is not row else None))
 
     def child(job):
@@ -670,12 +668,11 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
             with clock("not_a_digit"):
                 out["non_digit_logits"] = np.asarray(cand.logits(non_digits), dtype=np.float32)
     out["phases_s"], out["cpu_s"] = phases, time.process_time()  # a forked child's CPU time starts at 0
-    if keep is not None:
-        _LOADED[keep] = cand
     peak = _proc_status_mb("VmHWM")
     out["peak_rss_mb"] = peak
     out["rss_growth_mb"] = None if peak is None or rss_start is None else round(max(0.0, peak - rss_start), 1)
     if keep is not None:
+        _LOADED[keep] = cand
         _release_freed_memory()  # the child lives on through the rounds: the test set's buffers are done with
     return out
 
@@ -767,7 +764,7 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
                     config.throughput_batch, config.latency_iters, timeout_s=config.row_timeout_s))
             except ToolkitError as exc:
                 row.fail(f"timing round {k + 1}: {first_line(exc, 300)}")
-                for copy in run.copies.get(row.id, ()):
+                for copy in (c for c, _, _ in plan if c.measured_with == row.id):
                     copy.fail(f"as {row.name} on {row.runtime} (the same bytes): timing round {k + 1}: "
                               f"{first_line(exc, 300)}")
         run.machine_load.append(timing.load_between(start, timing.cpu_snapshot(), resolve_threads(config.threads)))

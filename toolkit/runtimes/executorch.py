@@ -49,26 +49,25 @@ def import_runtime() -> None:
     import sys
     import types
 
-    if "executorch.exir" in sys.modules:
+    bare = None
+    if "executorch.exir" not in sys.modules:
+        spec = importlib.util.find_spec("executorch.exir")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("executorch.exir")
+        bare = types.ModuleType("executorch.exir")
+        bare.__path__, bare.__package__, bare.__spec__ = list(spec.submodule_search_locations), "executorch.exir", spec
+        sys.modules["executorch.exir"] = bare
+    try:
         import executorch.runtime  # noqa: F401
         from executorch.exir._serialize import _program  # noqa: F401
-        return
-    spec = importlib.util.find_spec("executorch.exir")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("executorch.exir")
-    bare = types.ModuleType("executorch.exir")
-    bare.__path__, bare.__package__, bare.__spec__ = list(spec.submodule_search_locations), "executorch.exir", spec
-    sys.modules["executorch.exir"] = bare
-    try:
-        import executorch.runtime  # noqa: F401, F811
-        from executorch.exir._serialize import _program  # noqa: F401, F811
     finally:
-        if sys.modules.get("executorch.exir") is bare:
-            del sys.modules["executorch.exir"]
-        import executorch
+        if bare is not None:
+            if sys.modules.get("executorch.exir") is bare:
+                del sys.modules["executorch.exir"]
+            import executorch
 
-        if getattr(executorch, "exir", None) is bare:
-            del executorch.exir
+            if getattr(executorch, "exir", None) is bare:
+                del executorch.exir
 
 
 def audit(data: bytes, name: str) -> dict:
