@@ -1,6 +1,8 @@
+import fcntl
 import gzip
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,24 @@ def write_idx(directory: Path, arrays: dict, gz=True):
     return directory
 
 
+def shared(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A session fixture's folder built once for the whole run, not once per pytest-xdist worker: the
+    first worker to ask builds it under a lock in the run's common temporary folder, the others wait and
+    reuse it (read-only, as every session fixture is: a test that changes files works on a copy).
+    A failed build leaves no mark, so the next worker tries again and fails with its own message."""
+    base = tmp_path_factory.getbasetemp()
+    common = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, done = common / f"shared-{name}", common / f"shared-{name}.done"
+    with open(common / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture
 def tiny_dir(tmp_path):
     return write_idx(tmp_path / "mnist", synthetic_arrays())
@@ -58,21 +78,26 @@ def real_mnist():
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """A tiny trained checkpoint on synthetic data, exported with --quantize."""
+
+    def build(root: Path) -> None:
+        data, out = write_idx(root / "data", synthetic_arrays()), root / "exported"
+        _invoke("train", "--data-dir", data, "--epochs", "3", "--batch-size", "20", "--lr", "0.003",
+                "--out", out / "cnn.pt", "--quiet", "--device", "cpu")
+        _invoke("export", "--checkpoint", out / "cnn.pt", "--out", out, "--quantize", "--calibration-size", "100",
+                "--data-dir", data)
+
+    root = shared(tmp_path_factory, "tiny_export", build)
+    return {"data": root / "data", "out": root / "exported", "root": root}
+
+
+def _invoke(*args) -> None:
+    """`mnisttk ARGS` in this process for a fixture; any failure fails the fixture with its output."""
     from click.testing import CliRunner
 
     from toolkit.cli import main
 
-    root = tmp_path_factory.mktemp("tiny_export")
-    data = write_idx(root / "data", synthetic_arrays())
-    out = root / "exported"
-    runner = CliRunner()
-    r = runner.invoke(main, ["train", "--data-dir", str(data), "--epochs", "3", "--batch-size", "20", "--lr", "0.003",
-                             "--out", str(out / "cnn.pt"), "--quiet", "--device", "cpu"])
+    r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize",
-                             "--calibration-size", "100", "--data-dir", str(data)])
-    assert r.exit_code == 0, r.output
-    return {"data": data, "out": out, "root": root}
 
 
 @pytest.fixture
@@ -86,17 +111,13 @@ def exported(tiny_export, tmp_path):
 @pytest.fixture(scope="session")
 def real_export(real_mnist, tmp_path_factory):
     """One short real-MNIST training (1 epoch, CPU) and export --quantize, shared by the e2e tests."""
-    from click.testing import CliRunner
 
-    from toolkit.cli import main
+    def build(root: Path) -> None:
+        out = root / "exported"
+        _invoke("train", "--epochs", "1", "--device", "cpu", "--out", out / "cnn.pt", "--quiet")
+        _invoke("export", "--checkpoint", out / "cnn.pt", "--out", out, "--quantize")
 
-    out = tmp_path_factory.mktemp("real") / "exported"
-    runner = CliRunner()
-    r = runner.invoke(main, ["train", "--epochs", "1", "--device", "cpu", "--out", str(out / "cnn.pt"), "--quiet"])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--out", str(out), "--quantize"])
-    assert r.exit_code == 0, r.output
-    return out
+    return shared(tmp_path_factory, "real_export", build) / "exported"
 
 
 @pytest.fixture
@@ -111,16 +132,12 @@ def in_process(monkeypatch):
 @pytest.fixture(scope="session")
 def onnx_family_export(tiny_export, tmp_path_factory):
     """The tiny checkpoint exported to the fast, torch-free targets: onnx, ort and triton (fp32, int8)."""
-    from click.testing import CliRunner
 
-    from toolkit.cli import main
+    def build(root: Path) -> None:
+        _invoke("export", "--checkpoint", tiny_export["out"] / "cnn.pt", "--dir", root / "exported", "--quantize",
+                "--calibration-size", "100", "--data-dir", tiny_export["data"], "--targets", "onnx,ort,triton")
 
-    out = tmp_path_factory.mktemp("onnx_family") / "exported"
-    r = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_export["out"] / "cnn.pt"), "--dir", str(out),
-                                  "--quantize", "--calibration-size", "100", "--data-dir", str(tiny_export["data"]),
-                                  "--targets", "onnx,ort,triton"])
-    assert r.exit_code == 0, r.output
-    return out
+    return shared(tmp_path_factory, "onnx_family", build) / "exported"
 
 
 @pytest.fixture
@@ -134,20 +151,43 @@ def supplier(onnx_family_export, tmp_path):
 @pytest.fixture(scope="session")
 def all_targets(tiny_export, tmp_path_factory):
     """The tiny checkpoint exported to every target (LiteRT and ExecuTorch included: slow, shared)."""
-    from click.testing import CliRunner
 
-    from toolkit.cli import main
+    def build(root: Path) -> None:
+        out = root / "exported"
+        out.mkdir()
+        shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
+        _invoke("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--targets", "all",
+                "--calibration-size", "100", "--data-dir", tiny_export["data"])
 
-    out = tmp_path_factory.mktemp("all") / "exported"
-    out.mkdir()
-    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
-    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
-                                  "--targets", "all", "--calibration-size", "100", "--data-dir", str(tiny_export["data"])])
-    assert r.exit_code == 0, r.output
-    return out
+    return shared(tmp_path_factory, "all_targets", build) / "exported"
 
 
 @pytest.fixture
 def openvino_rows(monkeypatch):
     """verify runs OpenVINO's rows in this test (the suite leaves them out: MNISTTK_SKIP_RUNTIME)."""
     monkeypatch.delenv("MNISTTK_SKIP_RUNTIME", raising=False)
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config, items):
+    """The long end-to-end tests first in each worker's share. pytest-xdist's work stealing hands worker
+    k the k-th of N equal slices of the collection in order, and an idle worker steals from the end of
+    another's queue: so each slice starts with its share of the long tests, and the short tests fill in
+    around them, instead of one worker running every long test or one long test running alone at the
+    end. The tests on the real-MNIST export stay together, so that no worker waits while another
+    trains and exports it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    long = [item for item in items if item.get_closest_marker("e2e")]
+    rest = [item for item in items if not item.get_closest_marker("e2e")]
+    together = [item for item in long if "real_export" in item.fixturenames]
+    shares: list[list] = [[] for _ in range(workers)]
+    for unit in [together] * bool(together) + [[item] for item in long if item not in together]:
+        min(shares, key=len).extend(unit)
+    ordered, left = [], len(items)
+    for k, share in enumerate(shares):
+        size = left // (workers - k)  # as xdist sizes the k-th slice
+        left -= size
+        take = max(0, size - len(share))
+        ordered += share + rest[:take]
+        rest = rest[take:]
+    items[:] = ordered + rest

@@ -76,7 +76,8 @@ def test_search_keeps_a_damaged_layer_in_fp32(real_export, tmp_path):
     out = tmp_path / "damaged"
     out.mkdir()
     torch.save(ckpt, out / "cnn.pt")
-    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize", "-q"])
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
+                                  "--targets", "onnx", "-q"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["verify", "--dir", str(out), "--no-torch", "--skip-runtime", "openvino"])
     assert r.exit_code == 1 and "FAIL: ONNX int8 on ORT CPU" in r.stdout
@@ -84,7 +85,7 @@ def test_search_keeps_a_damaged_layer_in_fp32(real_export, tmp_path):
     layers = {x["layer"]: x for x in json.loads(r.stdout)["error"]["layers"]}
     assert layers["conv2"]["isolated"]["sqnr_db"] + 15 < layers["fc1"]["isolated"]["sqnr_db"]
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
-                                  "--search", "-q"])
+                                  "--targets", "onnx", "--search", "-q"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     table = manifest["search"]["table"]

@@ -413,25 +413,16 @@ def test_a_subpath_that_climbs_out_of_the_model_repository_is_refused(exported, 
                      needle="not a plain relative path")
 
 
-@pytest.fixture(scope="module")
-def good_tflite(tmp_path_factory):
-    """A valid batch-1 .tflite of an untrained CNN, converted once for the broken variants."""
-    pytest.importorskip("litert_torch")
-    from toolkit.exporters.tflite import convert
-    from toolkit.model import build_model
-
-    path = tmp_path_factory.mktemp("tflite") / "good.tflite"
-    convert(build_model("cnn").eval(), 1, path)
-    return path.read_bytes()
+@pytest.fixture
+def good_tflite(all_targets):
+    """A valid batch-1 .tflite (the shared export's), for the broken variants."""
+    return (all_targets / "cnn_fp32.tflite").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def good_pte():
-    pytest.importorskip("executorch")
-    from toolkit.exporters.executorch import lower
-    from toolkit.model import build_model
-
-    return lower(build_model("cnn").eval(), torch.zeros(2, 1, 28, 28))
+@pytest.fixture
+def good_pte(all_targets):
+    """A valid dynamic-batch XNNPACK ExecuTorch program (the shared export's), for the broken variants."""
+    return (all_targets / "cnn_fp32.pte").read_bytes()
 
 
 @pytest.mark.parametrize("make", [

@@ -67,7 +67,8 @@ def test_residual_batchnorm_model_through_every_target(mnist_slice, tmp_path, op
     assert manifest["arch_ref"]["args"] == {"width": 16} and len(manifest["arch_ref"]["sha256"]) == 64
     # the model's own layers, from its module tree, for --keep-fp32 (a nested name)
     r = run("export", "--checkpoint", result["folder"] / "model.pt", "--dir", tmp_path / "kept", "--quantize",
-            "--keep-fp32", "block.conv_b", "--calibration-size", "200", "--data-dir", mnist_slice, "--quiet")
+            "--keep-fp32", "block.conv_b", "--targets", "onnx", "--calibration-size", "200", "--data-dir", mnist_slice,
+            "--quiet")
     assert r.exit_code == 0, r.output
     r = run("export", "--checkpoint", result["folder"] / "model.pt", "--dir", tmp_path / "bad", "--quantize",
             "--keep-fp32", "conv2", "--data-dir", mnist_slice)
