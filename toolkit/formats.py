@@ -57,9 +57,9 @@ def sniff(data: bytes) -> Kind | None:
 
 
 # ir_version (1, varint), producer_name..doc_string (2-4, 6: bytes), model_version (5, varint), graph (7),
-# opset_import (8), metadata_props (14), training_info (20), functions (21), configuration (25): 20+
-# take a two-byte tag whose first byte is one of these.
-_MODELPROTO_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xAA, 0xCA}
+# opset_import (8), metadata_props (14), training_info (20), functions (25), configuration (26) (onnx.proto's
+# numbers): 20+ take a two-byte tag whose first byte is one of these.
+_MODELPROTO_TAGS = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0xA2, 0xCA, 0xD2}
 
 
 def check_kind(data: bytes, fmt: str, name: str) -> None:
