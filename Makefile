@@ -97,7 +97,8 @@ arm-check: wheel
 browser-check: wheel
 	$(PY) scripts/browser_check.py $(BROWSER_CHECK_DIR)
 
-# Mutation testing (mutmut) of the gate, compare/outputs hash and timing code: its score and survivors
+# Mutation testing (mutmut) of the gates, compare/outputs, timing, the manifest, sniffing and the runtimes'
+# integrity checks (model bytes, external data, logits): its score and survivors
 # are printed; a surviving mutant is a gate a broken line would not trip. Minutes, so not in `make test`.
 mutation: venv
 	$(PIP) install -q "mutmut>=3.3,<4"
