@@ -120,13 +120,15 @@ def bench_targets(folder: Path, manifest: dict, images, threads: int, rounds: in
 
 def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int) -> list[dict]:
     """The toolkit's batch-1 call against the bare runtime call on the same loaded model, side by side
-    in the same interleaved rounds: ONNX Runtime (`InferenceSession.run` with a ready feed) and LiteRT
-    (`set_tensor`, `invoke`, `get_tensor`). Medians over rounds of each round's median call, 1 thread."""
+    in the same interleaved rounds: ONNX Runtime (`InferenceSession.run` with a ready feed), LiteRT
+    (`set_tensor`, `invoke`, `get_tensor`), OpenVINO (`infer` on a request with its input bound, the
+    output tensor's data) and ExecuTorch (`Method.execute`). Medians over rounds of each round's median
+    call, 1 thread."""
     from toolkit.runtimes import build, cpu_runtime, missing
 
     pairs = []
     for a in manifest["artifacts"]:
-        spec = cpu_runtime(a["format"]) if a["format"] in ("onnx", "tflite") else None
+        spec = cpu_runtime(a["format"]) if a["format"] in ("onnx", "tflite", "openvino", "executorch") else None
         if spec is None or missing(spec):
             continue
         cand = build(spec, folder, a, 1)
@@ -134,9 +136,10 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
         if a["format"] == "onnx":
             sess = cand.model.session
             feed, names = {cand.model.input_name: x}, [cand.model.output_name]
+
             def bare(sess=sess, feed=feed, names=names):
                 return sess.run(names, feed)
-        else:
+        elif a["format"] == "tflite":
             prog = cand.programs[1]  # the batch-1 program bench_input chose, and its quantized input
             interp, inp, out, xq = prog.it, prog.inp["index"], prog.out["index"], x.data
 
@@ -144,6 +147,18 @@ def bench_overhead(folder: Path, manifest: dict, images, rounds: int, iters: int
                 interp.set_tensor(inp, xq)
                 interp.invoke()
                 return interp.get_tensor(out)
+        elif a["format"] == "openvino":
+            request = cand.compiled.create_infer_request()
+            request.set_input_tensor(x.tensor)
+
+            def bare(request=request):
+                request.infer()
+                return request.get_output_tensor(0).data
+        else:
+            method, args = cand.method, [x]
+
+            def bare(method=method, args=args):
+                return method.execute(args)
         pairs.append((f"{a['format']} {a['precision']}", (lambda cand=cand, x=x: cand.run(x)), bare))
     from types import SimpleNamespace
 
