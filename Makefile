@@ -68,8 +68,8 @@ lint: venv
 QUICK := tests/test_gates.py tests/test_timing.py tests/test_compare.py tests/test_cpu_choices.py \
 	tests/test_untrusted_round3.py tests/test_width.py tests/test_train_threads.py tests/test_integrity.py
 test-quick: wheel
-	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q -x -n $(PYTEST_WORKERS) --dist worksteal -m "not e2e" \
-	  -k "not every_manifest_input_entry and not litert_batch_file and not search_never_ships" $(QUICK)
+	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q -x -n $(PYTEST_WORKERS) --dist worksteal \
+	  -m "not e2e" -k "not every_manifest_input_entry and not litert_batch_file and not search_never_ships" $(QUICK)
 
 bench: wheel
 	$(PIP) install -q -c $(VENV)/constraints.txt ".[bench]"
