@@ -494,3 +494,58 @@ def test_compare_refuses_a_run_against_itself_and_outputs_without_their_bytes(tm
     out = compare_runs([one, lost], Gates())
     cell = next(r for r in out["rows"] if r["id"] == bf16)["cells"][0]
     assert not out["passed"] and cell["status"] == "fail" and "lost.json: row fail, no outputs" in cell["reasons"]
+
+
+# Every typed field of an outputs file, a value of another type, and that type's name in the refusal
+ROW_FIELDS = [("name", 1, "int"), ("runtime", [], "list"), ("fmt", 2.5, "float"), ("file", {}, "dict"),
+              ("status", True, "bool"), ("artifact_sha256", 42, "int"), ("loaded_sha256", 42, "int"),
+              ("is_reference", 1, "int"), ("accuracy", "0.99", "str"), ("accuracy", True, "bool"),
+              ("throughput", [1], "list"), ("throughput", False, "bool"), ("latency_us", [1, 2], "list")]
+DOC_FIELDS = [("machine", "x", "str"), ("mnisttk", 1, "int"), ("created", 1.5, "float"), ("threads", 2.0, "float"),
+              ("threads", True, "bool"), ("throughput_batch", "256", "str"), ("throughput_batch", False, "bool"),
+              ("passed", 1, "int")]
+MACHINE_FIELDS = [("cpu", ["x"], "list"), ("arch", 1, "int"), ("note", {}, "dict"), ("onnxruntime", 1.0, "float")]
+
+
+def test_outputs_check_types_refuses_each_field_of_another_type_and_takes_its_own():
+    check = outputs._check_types
+    for field, value, type_name in ROW_FIELDS:
+        with pytest.raises(OutputsError) as e:
+            check("f.json", 3, {"id": "onnx-int8@ort-cpu", field: value})
+        assert str(e.value) == f"f.json: row onnx-int8@ort-cpu: field {field} is {type_name}, which it never is; refused"
+    for field, value, type_name in DOC_FIELDS:
+        with pytest.raises(OutputsError) as e:
+            check("f.json", None, {field: value})
+        assert str(e.value) == f"f.json: field {field} is {type_name}, which it never is; refused"
+    for field, value, type_name in MACHINE_FIELDS:
+        with pytest.raises(OutputsError) as e:
+            check("f.json", None, {"machine": {field: value}})
+        assert str(e.value) == f"f.json: field machine.{field} is {type_name}, which it never is; refused"
+    good_row = {"id": "r", "name": "n", "runtime": "ORT CPU", "fmt": "onnx", "file": "m.onnx", "status": "ok",
+                "artifact_sha256": "a", "loaded_sha256": "b", "is_reference": False, "accuracy": 1, "throughput": 2.5,
+                "latency_us": {"p50": 1, "p99": 2.5, "mean": None}}
+    check("f.json", 0, good_row)
+    check("f.json", 0, {k: None for k in good_row})  # None: not measured, allowed everywhere
+    check("f.json", None, {"machine": {"cpu": {"model": "Xeon"}, "arch": "x86_64", "note": "n", "onnxruntime": "1"},
+                           "mnisttk": "0.1", "created": "now", "threads": 2, "throughput_batch": 256, "passed": True})
+    check("f.json", None, {"machine": None, "threads": None})
+    # the row's fields are not the document's, and the other way round
+    check("f.json", None, {"accuracy": "high", "status": 1, "latency_us": {"p50": "x"}})
+    check("f.json", 0, {"threads": "two", "passed": "yes"})
+
+
+def test_outputs_check_types_names_the_row_and_checks_nested_values():
+    check = outputs._check_types
+    with pytest.raises(OutputsError, match=r"^f.json: row 7 is not an object$"):
+        check("f.json", 7, ["not", "a", "row"])
+    with pytest.raises(OutputsError, match=r"^f.json: row 2: field name is int"):
+        check("f.json", 2, {"name": 1})  # no id: its index
+    with pytest.raises(OutputsError) as e:
+        check("f.json", 0, {"id": "x" * 100, "name": 1})
+    assert str(e.value).startswith(f"f.json: row {'x' * 60}: field name")  # an id of any length: 60 characters
+    for bad in ("fast", True, [1]):
+        with pytest.raises(OutputsError, match=r"^f.json: row r: field latency_us holds a value that is not a number"):
+            check("f.json", 0, {"id": "r", "latency_us": {"p50": 1.0, "p99": bad}})
+    with pytest.raises(OutputsError, match=r"^f.json: field machine.cpu.model is int, not a string$"):
+        check("f.json", None, {"machine": {"cpu": {"model": 5}}})
+    check("f.json", None, {"machine": {"cpu": {"model": None}}})
