@@ -549,3 +549,57 @@ def test_outputs_check_types_names_the_row_and_checks_nested_values():
     with pytest.raises(OutputsError, match=r"^f.json: field machine.cpu.model is int, not a string$"):
         check("f.json", None, {"machine": {"cpu": {"model": 5}}})
     check("f.json", None, {"machine": {"cpu": {"model": None}}})
+
+
+def _one_row_outputs(n=4) -> dict:
+    """The outputs document of a run of one row, its logits given in float64."""
+    labels = np.arange(n) % 10
+    result = {"rows": [{"id": "onnx-int8@ort-cpu", "name": "ONNX int8", "runtime": "ORT CPU", "precision": "int8",
+                        "fmt": "onnx", "file": "m.onnx", "status": "ok"}], "threads": 1, "passed": True}
+    logits = np.eye(10)[labels] * 3.0
+    return outputs.build(result, {"onnx-int8@ort-cpu": logits}, labels, "a" * 64, {"m.onnx": "f" * 64})
+
+
+def test_outputs_load_takes_exactly_its_decoded_bound_and_refuses_one_byte_more(tmp_path, monkeypatch):
+    path = tmp_path / "o.json"
+    path.write_bytes(outputs.dumps(_one_row_outputs()))
+    decoded = 4 + 1 * 4 * 10 * 4  # the labels' bytes, and one row's 4 × 10 float32 logits
+    monkeypatch.setattr(outputs, "MAX_DECODED_BYTES", decoded)
+    loaded = outputs.load(path)
+    assert loaded.logits["onnx-int8@ort-cpu"].dtype == np.float32  # stored as float32 whatever it was given in
+    assert loaded.labels.dtype == np.int64 and loaded.labels.tolist() == [0, 1, 2, 3]
+    monkeypatch.setattr(outputs, "MAX_DECODED_BYTES", decoded - 1)
+    with pytest.raises(OutputsError, match=f"would decode to {decoded} bytes, more than the {decoded - 1} "):
+        outputs.load(path)
+
+
+def test_outputs_load_checks_each_rows_own_field_types(tmp_path):
+    doc = _one_row_outputs()
+    doc["rows"][0]["name"] = 1
+    path = tmp_path / "o.json"
+    path.write_bytes(_resealed(doc))
+    with pytest.raises(OutputsError, match="row onnx-int8@ort-cpu: field name is int"):
+        outputs.load(path)
+
+
+def test_an_encoded_array_is_strict_base64_of_exactly_its_shapes_bytes():
+    good = outputs._encode(np.arange(4, dtype=np.float32))
+    assert np.array_equal(outputs._decode(dict(good), "x", (4,)), np.arange(4))
+    spaced = dict(good, data=good["data"][:4] + "*" + good["data"][4:])  # a character outside base64's alphabet
+    with pytest.raises(OutputsError, match="^x: its data does not decode"):
+        outputs._decode(spaced, "x", (4,))
+    short = dict(outputs._encode(np.arange(3, dtype=np.float32)), shape=[4])  # a whole stream, one value short
+    with pytest.raises(OutputsError, match=r"^x: 12 bytes where 16 were expected \(truncated or edited\)$"):
+        outputs._decode(short, "x", (4,))
+    long = dict(outputs._encode(np.arange(5, dtype=np.float32)), shape=[4])
+    with pytest.raises(OutputsError, match=r"^x: 17 bytes where 16 were expected"):  # inflated no further than 1 byte
+        outputs._decode(long, "x", (4,))
+
+
+def test_the_hash_is_over_a_canonical_form_and_no_file_holds_nan():
+    assert outputs._canonical({"b": 1, "a": [1.5], "sha256": "x"}) == b'{"a":[1.5],"b":1}'
+    assert outputs._canonical({"a": 1, "b": 2}) == outputs._canonical({"b": 2, "a": 1})
+    with pytest.raises(ValueError):
+        outputs._canonical({"a": float("nan")})
+    with pytest.raises(ValueError):
+        outputs.dumps({"a": float("inf")})
