@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-compile -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
 	$(PIP) install -q "setuptools>=70.1"  # builds the wheel below without network (bdist_wheel built in)
 # Bytecode for every installed module, on all cores (34 s here; pip's own compile is serial). Without it a
-# machine with PYTHONDONTWRITEBYTECODE set (this one, CI) compiles torch's sources in every process
+# machine with PYTHONDONTWRITEBYTECODE set (as this one is) compiles torch's sources in every process
 # that imports it: 3.3-5.2 s an import against 1.7 s, and pytest took 390 s instead of ~305 s.
 # A few third-party files are not Python 3.11 (examples, 3.12-only test helpers): their errors are no fault.
 	$(PY) -m compileall -q -j 0 $(VENV)/lib/python3*/site-packages >/dev/null || true

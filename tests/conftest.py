@@ -91,12 +91,10 @@ def tiny_export(tmp_path_factory):
 
 
 def _invoke(*args) -> None:
-    """`mnisttk ARGS` in this process for a fixture; any failure fails the fixture with its output."""
-    from click.testing import CliRunner
+    """`mnisttk ARGS` (helpers.run) for a fixture; any failure fails the fixture with its output."""
+    from helpers import run  # imported here: it imports toolkit's CLI, which the synthetic fixtures above need not
 
-    from toolkit.cli import main
-
-    r = CliRunner().invoke(main, [str(a) for a in args])
+    r = run(*args)
     assert r.exit_code == 0, r.output
 
 
@@ -181,7 +179,8 @@ def pytest_collection_modifyitems(config, items):
     rest = [item for item in items if not item.get_closest_marker("e2e")]
     together = [item for item in long if "real_export" in item.fixturenames]
     shares: list[list] = [[] for _ in range(workers)]
-    for unit in [together] * bool(together) + [[item] for item in long if item not in together]:
+    units = ([together] if together else []) + [[item] for item in long if item not in together]
+    for unit in units:
         min(shares, key=len).extend(unit)
     ordered, left = [], len(items)
     for k, share in enumerate(shares):
