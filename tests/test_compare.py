@@ -4,12 +4,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from toolkit import outputs
-from toolkit.compare import compare_pair, compare_runs
+from toolkit.compare import compare_pair, compare_runs, format_markdown, format_table, verdict
 from toolkit.config import Gates
 from toolkit.outputs import OutputsError
 
@@ -470,7 +471,8 @@ def test_compare_refuses_a_run_against_itself_and_outputs_without_their_bytes(tm
 
     base = run_with("base.json")
     for k, bad in enumerate(("", "f" * 63, None)):
-        with pytest.raises(OutputsError, match="gives outputs without the SHA-256 of the artifact"):
+        with pytest.raises(OutputsError, match="gives outputs without the SHA-256 of the artifact that made them; "
+                                               "refused$"):
             compare_runs([base, run_with(f"bad{k}.json", shas={"onnx-fp32.onnx": bad})], Gates())
     def with_reference(name, digest):  # the reference row, with its logits, made from another checkpoint file
         doc = _doc({"onnx-fp32@ort-cpu": x, "eager-fp32@torch": x},
@@ -603,3 +605,144 @@ def test_the_hash_is_over_a_canonical_form_and_no_file_holds_nan():
         outputs._canonical({"a": float("nan")})
     with pytest.raises(ValueError):
         outputs.dumps({"a": float("inf")})
+
+
+# ---- compare's remaining decisions, and its two renderings pinned -------------------------------------
+
+LABELS = np.arange(N) % 10
+
+
+def _flip(k):
+    """Logits whose top-1 moves the first k test images to the next class."""
+    return _onehot((LABELS + (np.arange(N) < k)) % 10)
+
+
+def _run_doc(tmp_path, name, logits, extra_rows=(), timing=None, ran=None):
+    """One saved verify run: `logits` by row id, rows without outputs in `extra_rows`, (p50, img/s) per row in
+    `timing` (a None: not timed), the precision a runtime ran a row at its default in `ran`."""
+    doc = _doc(logits)
+    for r in doc["rows"]:
+        p50, tp = (timing or {}).get(r["id"], (10.0, 1000.0))
+        r["latency_us"], r["throughput"] = ({"p50": p50} if p50 else None), tp
+        if r["id"] in (ran or {}):
+            r["arithmetic"], r["ran_precision"] = "default", ran[r["id"]]
+    doc["rows"] += [dict(r) for r in extra_rows]
+    doc["created"] = name  # another run: another document
+    return outputs.load(_save(tmp_path, name, _resealed_doc(json.loads(outputs.dumps(doc)))))
+
+
+def test_compare_judges_each_row_at_its_own_precision_and_a_default_row_at_the_runtimes(tmp_path):
+    """Through compare_runs: an int8 row takes the int8 gates (3 flips in 1,000 sit at the drop limit and pass, 4
+    fail), an fp32 row the fp32 gates (one flip fails); a runtime's default-precision row that both runs ran at bf16
+    takes bf16's (logits 0.01 apart, same predictions: passes), and at fp32 on one side, fp32's (fails)."""
+    x = _onehot(LABELS)
+    base = _run_doc(tmp_path, "base.json", {"onnx-fp32@ort-cpu": x, "onnx-int8@ort-cpu": x})
+
+    def against(name, fp32, int8):
+        return compare_runs([base, _run_doc(tmp_path, name, {"onnx-fp32@ort-cpu": fp32, "onnx-int8@ort-cpu": int8})],
+                            Gates())
+
+    out = against("k3.json", x, _flip(3))
+    assert out["passed"] and out["rows"][1]["cells"][0]["flipped"] == 3, out["failed"]
+    out = against("k4.json", x, _flip(4))
+    assert out["failed"] == ["onnx-int8@ort-cpu on k4.json: accuracy drop 0.40 points > 0.30"]
+    assert out["rows"][1]["cells"][0]["failed_gates"] == ["int8_drop"]
+    out = against("f1.json", _flip(1), x)
+    assert [c["status"] for r in out["rows"] for c in r["cells"]] == ["fail", "ok"]
+    assert out["rows"][0]["cells"][0]["failed_gates"] == ["fp32_flips", "fp32_logits"]
+    bf16 = "onnx-fp32@openvino-bf16"
+    near = x + np.float32(0.01)
+    a = _run_doc(tmp_path, "bf.json", {bf16: x}, ran={bf16: "bf16"})
+    out = compare_runs([a, _run_doc(tmp_path, "bf2.json", {bf16: near}, ran={bf16: "bf16"})], Gates())
+    assert out["passed"], out["failed"]
+    out = compare_runs([a, _run_doc(tmp_path, "bf3.json", {bf16: near})], Gates())
+    assert out["rows"][0]["cells"][0]["failed_gates"] == ["fp32_logits"] and not out["passed"]
+
+
+def test_compare_checks_every_row_after_the_reference_and_every_later_run(tmp_path):
+    """check_comparable reads on past the reference row (a later row of other bytes is refused); a row missing
+    from one later run still gets its cell in the next; a timing ratio needs both sides' figure."""
+    x = _onehot(LABELS)
+    ref = {"id": "eager-fp32@torch", "name": "reference", "runtime": "PyTorch", "precision": "fp32", "fmt": "eager",
+           "file": "cnn.pt", "status": "ok", "is_reference": True, "artifact_sha256": None}
+
+    def with_ref(name, digest):
+        doc = _doc({"eager-fp32@torch": x, "onnx-fp32@ort-cpu": x}, shas={"eager-fp32.onnx": "1" * 64,
+                                                                           "onnx-fp32.onnx": digest})
+        doc["rows"][0].update(ref)
+        doc["created"] = name
+        return outputs.load(_save(tmp_path, name, _resealed_doc(json.loads(outputs.dumps(doc)))))
+
+    with pytest.raises(OutputsError, match=r"onnx-fp32@ort-cpu: .*r2.json ran other bytes \(SHA-256 222222222222…\) "
+                                           r"than .*r1.json \(111111111111…\); refused"):
+        compare_runs([with_ref("r1.json", "1" * 64), with_ref("r2.json", "2" * 64)], Gates())
+    both = {"onnx-fp32@ort-cpu": x, "onnx-int8@ort-cpu": x}
+    runs = [_run_doc(tmp_path, "a.json", both, timing={"onnx-int8@ort-cpu": (None, 1000.0)}),
+            _run_doc(tmp_path, "b.json", {"onnx-fp32@ort-cpu": x}),
+            _run_doc(tmp_path, "c.json", both, timing={"onnx-int8@ort-cpu": (20.0, None)})]
+    out = compare_runs(runs, Gates(), allow_missing=("onnx-int8*",))
+    int8 = out["rows"][1]["cells"]
+    assert [(c["run"], c["status"], c.get("missing", False)) for c in int8] == [(1, "absent", True), (2, "ok", False)]
+    assert int8[0]["reasons"] == ["b.json: no such row", "allowed by --allow-missing"]
+    assert (int8[1]["latency_ratio"], int8[1]["throughput_ratio"]) == (None, None)  # one side has no figure
+    assert out["cells_compared"] == 3 and out["passed"]
+    assert verdict(out) == "PASS (3 artifact run(s) compared, every one within the gates)"
+    with pytest.raises(OutputsError, match="^compare needs at least two outputs files$"):
+        compare_runs(runs[:1], Gates())
+    with pytest.raises(OutputsError, match=r"a.json is the same run as .*a.json \(document SHA-256 "
+                                           + runs[0].doc["sha256"][:12] + "…\\): compare two runs; refused"):
+        compare_runs([runs[0], runs[0]], Gates())
+    other_set = _doc({"onnx-fp32@ort-cpu": x}, test_sha="c" * 64)
+    with pytest.raises(OutputsError, match=r"o.json was run on another test set \(SHA-256 cccccccccccc…\) than "
+                                           r".*a.json \(aaaaaaaaaaaa…\); refused"):
+        compare_runs([runs[0], outputs.load(_save(tmp_path, "o.json", other_set))], Gates())
+
+
+def test_a_missing_cell_says_whether_the_row_failed_or_only_lacks_outputs(tmp_path):
+    x = _onehot(LABELS)
+    row = {"id": "tflite-fp32@litert", "name": "LiteRT fp32", "runtime": "LiteRT XNNPACK", "precision": "fp32",
+           "fmt": "tflite", "file": "cnn_fp32.tflite", "artifact_sha256": None}
+    base = _run_doc(tmp_path, "a.json", {"onnx-fp32@ort-cpu": x, "tflite-fp32@litert": x})
+    for status, said in (("fail", "b.json: row fail, no outputs"), ("ok", "b.json: no outputs"),
+                         ("skipped", "b.json: row skipped, no outputs")):
+        out = compare_runs([base, _run_doc(tmp_path, "b.json", {"onnx-fp32@ort-cpu": x},
+                                           extra_rows=[{**row, "status": status}])], Gates())
+        cell = out["rows"][1]["cells"][0]
+        assert cell["reasons"] == [said] and cell["status"] == "fail"
+        assert out["failed"] == [f"tflite-fp32@litert on b.json: outputs in one run only ({said}); "
+                                 "--allow-missing tflite-fp32@litert to accept"]
+
+
+def _render_runs(tmp_path):
+    """host (the baseline), pi and phone: an fp32 row within its tolerance with a slower p50 and no throughput on
+    pi; an int8 row untimed at batch 1 on host, with 25 flips on pi (fails) and 2 on phone (passes); a LiteRT row
+    that failed on pi (its outputs are missing: a failure) and a bf16 default-precision row that only host's CPU has
+    (noted, not failed)."""
+    x = _onehot(LABELS)
+    bf = "onnx-fp32@openvino-bf16"
+    lost = {"id": "tflite-fp32@litert", "name": "LiteRT fp32", "runtime": "LiteRT XNNPACK", "precision": "fp32",
+            "fmt": "tflite", "file": "cnn_fp32.tflite", "artifact_sha256": None, "status": "fail"}
+    host = _run_doc(tmp_path, "host.json", {"onnx-fp32@ort-cpu": x, "onnx-int8@ort-cpu": x, "tflite-fp32@litert": x,
+                                            bf: x}, ran={bf: "bf16"}, timing={"onnx-int8@ort-cpu": (None, 2000.0)})
+    pi = _run_doc(tmp_path, "pi.json", {"onnx-fp32@ort-cpu": x + np.float32(2e-6), "onnx-int8@ort-cpu": _flip(25)},
+                  extra_rows=[lost], timing={"onnx-fp32@ort-cpu": (30.0, None), "onnx-int8@ort-cpu": (12.0, 1000.0)})
+    phone = _run_doc(tmp_path, "phone.json", {"onnx-fp32@ort-cpu": x, "onnx-int8@ort-cpu": _flip(2),
+                                              "tflite-fp32@litert": x})
+    return host, pi, phone
+
+
+def test_compare_renders_two_runs_as_figures_and_more_as_a_matrix_exactly(tmp_path):
+    """The text and Markdown reports, pinned whole in tests/golden/: which cells say ok, FAIL, MISSING, absent or —, each figure's
+    format, the notes (flipped images, at most 20 listed, each failed gate, why a cell was not compared) and the
+    verdict. Text lines fit 120 columns."""
+    host, pi, phone = _render_runs(tmp_path)
+    pair, matrix = compare_runs([host, pi], Gates()), compare_runs([host, pi, phone], Gates())
+    golden = Path(__file__).parent / "golden"
+    for text, name in ((format_table(pair) + "\n", "compare_pair.txt"), (format_markdown(pair), "compare_pair.md"),
+                       (format_table(matrix) + "\n", "compare_matrix.txt"), (format_markdown(matrix), "compare_matrix.md")):
+        assert text == (golden / name).read_text(encoding="utf-8"), name
+        assert name.endswith(".md") or max(map(len, text.split("\n"))) <= 120
+    for k, more in ((20, ""), (21, " … (21 in all)")):  # at most 20 flipped images listed, and the count past it
+        out = compare_runs([host, _run_doc(tmp_path, f"f{k}.json", {"onnx-int8@ort-cpu": _flip(k)})], Gates())
+        listed = ", ".join(str(i) for i in range(20))
+        assert f"onnx-int8@ort-cpu [1]: flipped test images {listed}{more}\n" in format_markdown(out).replace("- ", "")

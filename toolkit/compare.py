@@ -189,9 +189,11 @@ def _matrix_lines(result: dict) -> list[list[str]]:
     return [head] + [[r["id"]] + [_fmt_cell_short(c) for c in r["cells"]] for r in result["rows"]]
 
 
-def _grid(lines: list[list[str]]) -> list[str]:
+def _grid(lines: list[list[str]], left: int) -> list[str]:
+    """Columns padded to their widest cell: the first `left` read as text (left-aligned), the rest as
+    figures (right-aligned)."""
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    out = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
            for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return out
@@ -232,7 +234,8 @@ def _gates_line(result: dict) -> str:
 def format_table(result: dict) -> str:
     from toolkit.width import fit
 
-    lines = _grid(_pair_lines(result) if len(result["runs"]) == 2 else _matrix_lines(result))
+    pair = len(result["runs"]) == 2  # two runs: one row of figures each; more: a matrix of short cells, as text
+    lines = _grid(_pair_lines(result), left=2) if pair else _grid(_matrix_lines(result), left=len(result["runs"]))
     return fit("\n".join(lines + [""] + _notes(result) + ["", _gates_line(result),
                                                           f"{result['n_test']:,} test images", verdict(result)]))
 
