@@ -68,3 +68,19 @@ def up(x: float) -> float:
 def down(x: float) -> float:
     """The next float below x: one step past an upper limit."""
     return math.nextafter(x, -math.inf)
+
+
+def valid_manifest() -> dict:
+    """A manifest of the shape export writes: ONNX fp32/int8, LiteRT int8 with a batch file, an OpenVINO IR
+    with its weights, a reference, a checkpoint (the files need not exist: validation opens nothing)."""
+    h = "ab" * 32
+    art = [{"file": "cnn_fp32.onnx", "format": "onnx", "precision": "fp32", "sha256": h, "size_bytes": 10},
+           {"file": "cnn_int8.onnx", "format": "onnx", "precision": "int8", "sha256": h, "size_bytes": 10},
+           {"file": "cnn_int8.tflite", "format": "tflite", "precision": "int8", "sha256": h, "size_bytes": 10,
+            "static_batch": 1, "batch_files": [{"file": "cnn_int8.b256.tflite", "sha256": h, "batch": 256}]},
+           {"file": "cnn_fp32.xml", "format": "openvino", "precision": "fp32", "sha256": h, "size_bytes": 10,
+            "weights": {"file": "cnn_fp32.bin", "sha256": h}}]
+    return {"schema_version": 2, "artifacts": art, "targets": ["onnx-fp32", "onnx-int8", "tflite-int8", "openvino-fp32"],
+            "reference": {"file": "reference.npz", "sha256": h}, "checkpoint": {"path": "cnn.pt", "sha256": h},
+            "support_files": [{"file": "cnn_int8.b256.tflite", "sha256": h}, {"file": "cnn_fp32.bin", "sha256": h}],
+            "calibration": {"method": "minmax"}, "classes": [str(d) for d in range(10)], "not_exported": []}

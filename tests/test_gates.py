@@ -313,6 +313,31 @@ def test_saturation_and_score_fidelity_measures():
     assert score_fidelity(shifted, logits)["top_prob_abs_diff_max"] > 0.2
 
 
+def test_score_fidelity_is_the_reference_top_class_probability_moved_exactly():
+    """|Δp| of the reference's top class, per image: softmax along each image's classes, computed in float64
+    whatever the input's dtype and safe at large logits; its max and 99th percentile over the images."""
+    from toolkit.gates import saturation, score_fidelity
+
+    n = 200  # images
+    ref = np.zeros((n, 3))
+    ref[:, 0] = np.log(3.0)  # p(top) = 3 / (3 + 1 + 1) = 0.6 for every image
+    moved = ref.copy()
+    moved[:, 0] = np.log(np.linspace(1.0, 8.0, n))  # p = a / (a + 2): from 1/3 to 0.8
+    d = np.abs(np.linspace(1.0, 8.0, n) / (np.linspace(1.0, 8.0, n) + 2) - 0.6)
+    # each image's own shift (up to +1990) changes nothing: no overflow, no image scaled by another's; float16 in,
+    # float64 arithmetic
+    f = score_fidelity(moved.astype(np.float16), ref + 10.0 * np.arange(n)[:, None])
+    want_max, want_p99 = d.max(), np.percentile(d, 99)
+    p16 = np.exp(moved.astype(np.float16).astype(np.float64))
+    d16 = np.abs(p16[:, 0] / p16.sum(1) - 0.6)
+    assert f == {"top_prob_abs_diff_max": pytest.approx(d16.max(), rel=1e-12),
+                 "top_prob_abs_diff_p99": pytest.approx(np.percentile(d16, 99), rel=1e-12)}
+    assert f["top_prob_abs_diff_max"] == pytest.approx(want_max, abs=1e-3) and want_p99 < want_max
+    s = saturation(np.array([[1.9, 0.0]], dtype=np.float16), (-2, 2, 0.5))
+    assert s == {"output_range": [-2.0, 2.0], "step": 0.5, "values_at_limits_pct": 50.0, "clipped_top_pct": 100.0,
+                 "clipped_top_images": 1}
+
+
 def _narrow_output(path, factor):
     """The int8 ONNX model with its output quantizer's range `factor` as wide (a narrow calibration)."""
     import onnx

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import LOOSE, rehash, run
+from helpers import LOOSE, rehash, run, valid_manifest
 
 
 def tree(folder: Path) -> dict:
@@ -599,22 +599,6 @@ def test_a_tflite_declaring_more_memory_than_the_bound_is_refused_before_allocat
         lr.interpreter(data, 1, "cnn_int8.tflite")
 
 
-def _valid_manifest() -> dict:
-    """A manifest of the shape export writes: ONNX fp32/int8, LiteRT int8 with a batch file, an OpenVINO IR
-    with its weights, a reference, a checkpoint (the files need not exist: validation opens nothing)."""
-    h = "ab" * 32
-    art = [{"file": "cnn_fp32.onnx", "format": "onnx", "precision": "fp32", "sha256": h, "size_bytes": 10},
-           {"file": "cnn_int8.onnx", "format": "onnx", "precision": "int8", "sha256": h, "size_bytes": 10},
-           {"file": "cnn_int8.tflite", "format": "tflite", "precision": "int8", "sha256": h, "size_bytes": 10,
-            "static_batch": 1, "batch_files": [{"file": "cnn_int8.b256.tflite", "sha256": h, "batch": 256}]},
-           {"file": "cnn_fp32.xml", "format": "openvino", "precision": "fp32", "sha256": h, "size_bytes": 10,
-            "weights": {"file": "cnn_fp32.bin", "sha256": h}}]
-    return {"schema_version": 2, "artifacts": art, "targets": ["onnx-fp32", "onnx-int8", "tflite-int8", "openvino-fp32"],
-            "reference": {"file": "reference.npz", "sha256": h}, "checkpoint": {"path": "cnn.pt", "sha256": h},
-            "support_files": [{"file": "cnn_int8.b256.tflite", "sha256": h}, {"file": "cnn_fp32.bin", "sha256": h}],
-            "calibration": {"method": "minmax"}, "classes": [str(d) for d in range(10)], "not_exported": []}
-
-
 def test_a_manifest_is_validated_at_and_past_each_of_its_bounds(tmp_path):
     """validate_manifest's decisions, each at a bound (valid) and one step past it (one ManifestError line)."""
     import copy
@@ -622,7 +606,7 @@ def test_a_manifest_is_validated_at_and_past_each_of_its_bounds(tmp_path):
     from toolkit.errors import ManifestError
     from toolkit.manifest import validate_manifest
 
-    good = _valid_manifest()
+    good = valid_manifest()
     assert validate_manifest(copy.deepcopy(good), tmp_path) == good
 
     def bent(change):

@@ -35,7 +35,7 @@ def target_of(artifact: dict) -> str:
     return f"{artifact['format']}-{artifact['precision']}"
 
 
-def io_spec(fmt: str, precision: str, uint8_input: bool, num_classes: int = 10) -> dict:
+def io_spec(fmt: str, uint8_input: bool, num_classes: int = 10) -> dict:
     dtype = "uint8" if uint8_input else "float32"
     value = "raw pixels 0-255" if uint8_input else "pixel/255 in [0, 1]"
     name = BY_NAME[fmt].input_name
@@ -52,7 +52,7 @@ def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | No
         "precision": precision,
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
-        **io_spec(fmt, precision, uint8_input, num_classes),
+        **io_spec(fmt, uint8_input, num_classes),
         "opset": opset,
         "test_accuracy": test_accuracy,
     }
