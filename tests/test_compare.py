@@ -746,3 +746,35 @@ def test_compare_renders_two_runs_as_figures_and_more_as_a_matrix_exactly(tmp_pa
         out = compare_runs([host, _run_doc(tmp_path, f"f{k}.json", {"onnx-int8@ort-cpu": _flip(k)})], Gates())
         listed = ", ".join(str(i) for i in range(20))
         assert f"onnx-int8@ort-cpu [1]: flipped test images {listed}{more}\n" in format_markdown(out).replace("- ", "")
+
+
+def test_an_outputs_document_records_the_run_it_came_from_and_is_labelled_by_it(tmp_path):
+    """build's document: verify's verdict, threads and throughput batch, when it was made, the classes of its
+    logits (10 without any), valid against docs/schemas/outputs.schema.json; a run's label names the file, the
+    architecture, the CPU and the machine's note, with '?' for what the file does not say."""
+    import datetime
+    import pathlib
+
+    from toolkit.verify import _machine
+
+    jsonschema = pytest.importorskip("jsonschema")
+    machine = _machine()  # this machine's record, renamed
+    result = {"rows": [{"id": "onnx-fp32@ort-cpu", "name": "n", "runtime": "ORT CPU", "precision": "fp32", "fmt": "onnx",
+                        "file": "m.onnx", "status": "ok"}],
+              "machine": {**machine, "cpu": {**machine["cpu"], "model": "Zen 4"}, "arch": "x86_64", "note": "loaded"},
+              "threads": 2,
+              "throughput_batch": 256, "passed": False}
+    doc = outputs.build(result, {"onnx-fp32@ort-cpu": np.zeros((N, 7), np.float32)}, LABELS % 7, "a" * 64,
+                        {"m.onnx": "f" * 64})
+    assert (doc["passed"], doc["threads"], doc["throughput_batch"], doc["num_classes"]) == (False, 2, 256, 7)
+    made = datetime.datetime.fromisoformat(doc["created"])
+    assert made.tzinfo is not None and abs((datetime.datetime.now(datetime.timezone.utc) - made).total_seconds()) < 600
+    assert outputs.build({**result, "passed": True}, {}, LABELS, "a" * 64, {})["num_classes"] == 10
+    schema = json.loads((pathlib.Path(__file__).parent.parent / "docs" / "schemas" / "outputs.schema.json").read_text())
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+    o = outputs.load(_save(tmp_path, "host.json", doc))
+    assert o.label() == "host.json (x86_64, Zen 4, loaded)"
+    for machine, label in (({"cpu": {"model": "Zen 4"}, "arch": "x86_64"}, "bare.json (x86_64, Zen 4)"),
+                           ({}, "bare.json (?, ?)")):
+        bare = _resealed_doc({**json.loads(outputs.dumps(doc)), "machine": machine})
+        assert outputs.load(_save(tmp_path, "bare.json", bare)).label() == label
