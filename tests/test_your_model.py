@@ -107,12 +107,18 @@ def test_gelu_adaptive_pool_model_through_onnx_ort_and_torchscript(mnist_slice, 
 
 
 @pytest.mark.e2e
-def test_an_operator_one_converter_lacks_leaves_that_target_out_with_its_reason(mnist_slice, tmp_path):
+def test_an_operator_one_converter_lacks_leaves_that_target_out_with_its_reason(mnist_slice, tmp_path, monkeypatch):
     """torch.cumsum: ONNX has it, ExecuTorch's XNNPACK delegate does not (export refuses an int8 .pte
     that would run outside it; the fp32 .pte is written): the others are exported and verified, the
-    missing one is named with the converter's reason."""
+    missing one is named with the converter's reason. The int8 model is quantized once: the converter
+    named the precision it could not take, so only fp32 is converted again."""
+    from toolkit.exporters import executorch
+
+    quantized, real = [], executorch.quantize_pt2e
+    monkeypatch.setattr(executorch, "quantize_pt2e", lambda *a: quantized.append(1) or real(*a))
     result = _chain(tmp_path, mnist_slice, f"{MODELS / 'odd_op.py'}:CumsumNet", targets="onnx,executorch,ort",
                     epochs=1)
+    assert len(quantized) == 1
     manifest = json.loads((result["folder"] / "manifest.json").read_text())
     skipped = {e["target"]: e["reason"] for e in manifest["not_exported"]}
     assert set(skipped) == {"executorch-int8"}

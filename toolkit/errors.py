@@ -17,6 +17,15 @@ class ExportError(ToolkitError):
     """Exporting or quantizing an artifact failed."""
 
 
+class PrecisionNotExportable(ExportError):
+    """A converter took the model at its other precisions but not at this one (an int8 layer its
+    delegate lacks): export retries only the others, not this one."""
+
+    def __init__(self, precision: str, message: str):
+        super().__init__(message)
+        self.precision = precision
+
+
 class ManifestError(ToolkitError):
     """The manifest or an artifact it lists is missing or does not match."""
 

@@ -25,7 +25,7 @@ from toolkit.targets import BY_NAME, SOURCE, TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
-from toolkit.errors import ExportError, ToolkitError, first_line
+from toolkit.errors import ExportError, PrecisionNotExportable, ToolkitError, first_line
 from toolkit.exporters import Artifact, Sources, Written, exporter, missing_dependency
 from toolkit.exporters import onnx as onnx_exporter
 from toolkit.fsutil import check_writable_dir, sha256_file
@@ -287,18 +287,26 @@ def _write_other_targets(ex: _Export, log) -> None:
             log(f"{fmt}: {', '.join(a.file for a in written.artifacts)} ({time.perf_counter() - t0:.1f} s)")
 
 
-def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = False, quiet: bool = False) -> Written:
+def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = False, quiet: bool = False,
+                failure: list | None = None) -> Written:
     """One exporter for `precisions`, its fp32 files checked against PyTorch eager. Where the converter
     cannot take this model (an operator it lacks, a shape it cannot trace) or its fp32 file differs from
     PyTorch, the target is "not exportable" with the converter's own reason, what it wrote is removed
     from the stage, and the export goes on with the others; unless it is ONNX (every other target and
     verify's reference build on it) or --require-all was given."""
     if len(precisions) > 1 and not (quiet or required or ex.require_all):
-        written = _try_target(ex, fmt, precisions, log, quiet=True)
+        failed: list = []
+        written = _try_target(ex, fmt, precisions, log, quiet=True, failure=failed)
         if written.artifacts:
             return written
-        merged = Written()  # one precision failed: each alone, so that the other is still written
+        # One precision failed: each alone, so that the other is still written. A precision the converter
+        # named as the one it cannot take is not converted a second time to fail the same way.
+        named = next((exc.precision for exc, _ in failed if isinstance(exc, PrecisionNotExportable)), None)
+        merged = Written()
         for p in precisions:
+            if p == named:
+                _not_exportable(ex, fmt, (p,), failed[0][1], log)
+                continue
             one = _try_target(ex, fmt, (p,), log)
             merged.artifacts += one.artifacts
             merged.support += one.support
@@ -328,12 +336,18 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
             target = ex.stage / name
             shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
         ex.checks = [c for c in ex.checks if c["artifact"] in {a.file for a in ex.artifacts}]
+        if failure is not None:
+            failure.append((exc, reason))
         if not quiet:
-            ex.not_exported += [{"target": f"{fmt}-{p}", "reason": reason} for p in precisions]
-            log(f"{fmt} ({', '.join(precisions)}): not exportable: {reason}")
+            _not_exportable(ex, fmt, precisions, reason, log)
         return Written()
     ex.add(written)
     return written
+
+
+def _not_exportable(ex: _Export, fmt: str, precisions: tuple, reason: str, log) -> None:
+    ex.not_exported += [{"target": f"{fmt}-{p}", "reason": reason} for p in precisions]
+    log(f"{fmt} ({', '.join(precisions)}): not exportable: {reason}")
 
 
 def _check_io(entry: dict, seen: str | None) -> None:

@@ -9,7 +9,7 @@ failed export: XNNPACK is why one ships int8 to ExecuTorch at all."""
 from __future__ import annotations
 
 from toolkit.contract import EVAL_BATCH
-from toolkit.errors import ExportError
+from toolkit.errors import PrecisionNotExportable
 from toolkit.exporters import Artifact, Sources, Written
 from toolkit.quietfd import native_output_captured
 
@@ -97,8 +97,9 @@ def export_executorch(src: Sources) -> Written:
         (src.stage / rel).write_bytes(data)
         placement = audit(data, rel)
         if precision == "int8" and (placement["not_delegated"] or not placement["delegates"]):
-            raise ExportError(f"{rel}: not delegated to XNNPACK: {', '.join(placement['not_delegated']) or 'no delegate'} "
-                              "would run on ExecuTorch's portable kernels; export failed")
+            raise PrecisionNotExportable("int8", f"{rel}: not delegated to XNNPACK: "
+                                         f"{', '.join(placement['not_delegated']) or 'no delegate'} would run on "
+                                         "ExecuTorch's portable kernels; export failed")
         written.top_level.append(rel)
         written.artifacts.append(Artifact("executorch", precision, rel, fields={
             "delegation": placement, "max_batch": EVAL_BATCH,
