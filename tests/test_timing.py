@@ -78,13 +78,24 @@ def test_fastest_passing_artifact_with_its_margin_and_spread():
     assert f["batch1_margin"] == 2.0 and f["batch1_beyond_spread"] is False  # 22 µs worst > 19 µs best of the next
     assert f["throughput"] == "tflite-fp32@litert" and f["throughput_next"] == "onnx-int8@ort-cpu"
     assert f["throughput_margin"] == 1.25 and f["throughput_beyond_spread"] is False  # 1200 < 1300
+    # tied: every passing row whose range overlaps the winner's, fastest first (ranges meeting at one value
+    # overlap; one past them does not)
+    assert f["batch1_tied"] == ["onnx-fp32@ort-cpu"] and f["throughput_tied"] == ["onnx-int8@ort-cpu"]
     rows[3]["latency_spread_us"], rows[3]["throughput_spread"] = [9, 18], [1301, 1600]
     f = timing.fastest(rows)
     assert f["batch1_beyond_spread"] is True and f["throughput_beyond_spread"] is True
+    assert f["batch1_tied"] == [] and f["throughput_tied"] == []
+    rows[3]["latency_spread_us"], rows[3]["throughput_spread"] = [9, 29], [1300, 1600]  # meets onnx-int8's at 1300
+    f = timing.fastest(rows)
+    assert f["batch1_tied"] == ["onnx-fp32@ort-cpu", "onnx-int8@ort-cpu"] and f["throughput_tied"] == ["onnx-int8@ort-cpu"]
+    rows[3]["latency_spread_us"], rows[3]["throughput_spread"] = [9, 28.99], [1300.01, 1600]
+    assert timing.fastest(rows)["batch1_tied"] == ["onnx-fp32@ort-cpu"] and timing.fastest(rows)["throughput_tied"] == []
+    rows[3]["latency_spread_us"], rows[3]["throughput_spread"] = [9, 18], [1301, 1600]
     assert timing.fastest([rows[0], rows[1]]) is None
     two = timing.fastest([rows[2], rows[4]])  # two passing rows: the margin is measured
     assert two["batch1"] == "onnx-fp32@ort-cpu" and two["batch1_margin"] == 1.5 and two["batch1_beyond_spread"] is True
-    assert timing.fastest([rows[2]])["batch1_next"] is None
+    assert timing.fastest([rows[2]])["batch1_next"] is None and timing.fastest([rows[2]])["batch1_tied"] == []
+    assert timing.fastest([rows[2], {**rows[4], "latency_spread_us": None}])["batch1_tied"] == []  # no range: no tie
     copy = {**rows[3], "id": "triton-fp32@ort-cpu", "measured_with": "tflite-fp32@litert"}  # not a second winner
     f = timing.fastest([rows[2], rows[3], copy])
     assert f["batch1"] == "tflite-fp32@litert" and f["batch1_next"] == "onnx-fp32@ort-cpu"
@@ -208,3 +219,21 @@ def test_a_row_measured_with_another_fails_with_it(supplier, tiny_export, monkey
     assert rows["triton-int8@ort-cpu"]["reasons"] == ["as ONNX int8 on ORT CPU (the same bytes): the runtime stopped"]
     assert rows["triton-fp32@ort-cpu"]["status"] == "ok" and rows["triton-fp32@ort-cpu"]["measured_with"] == "onnx-fp32@ort-cpu"
     assert rows["ort-int8@ort-cpu"]["status"] == "ok" and rows["ort-int8@ort-cpu"]["measured_with"] is None  # other bytes
+
+
+def test_the_report_names_every_row_tied_with_the_fastest_and_a_clear_win_as_such():
+    from toolkit.report import _timing_lines
+
+    def row(rid, name, p50, tp):
+        return {"id": rid, "name": name, "runtime": "RT", "latency_us": {"p50": p50}, "throughput": tp}
+
+    rows = [row("a", "A", 20.0, 1000.0), row("b", "B", 21.0, 990.0), row("c", "C", 40.0, 500.0)]
+    result = {"rows": rows, "throughput_batch": 256, "machine": {"cpu": {"model": "CPU X"}},
+              "timing": {"rounds": 3, "machine_load": [], "noisy": []},
+              "fastest": {"batch1": "a", "batch1_tied": ["b", "c"], "batch1_next": "b", "batch1_margin": 1.05,
+                          "batch1_beyond_spread": False, "throughput": "a", "throughput_tied": [],
+                          "throughput_next": "b", "throughput_margin": 1.01, "throughput_beyond_spread": True}}
+    line = " ".join(_timing_lines(result)[1].split())
+    assert line == ("fastest passing artifact on this machine (CPU X): batch 1: A on RT (20 µs), tied within the spread "
+                    "with B on RT, C on RT: no clear win; batch 256: A on RT (1,000 img/s), 1.01× ahead of B on RT, "
+                    "beyond the spread")

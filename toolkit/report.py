@@ -70,7 +70,10 @@ def _timing_lines(result: dict) -> list[str]:
 
         def part(key: str, figure: str) -> str:
             s = f"{names[f[key]]} ({figure})"
-            if f[f"{key}_next"]:
+            tied = f.get(f"{key}_tied") or []
+            if tied:  # which of tied rows comes first is noise: every one is named
+                s += f", tied within the spread with {', '.join(names[t] for t in tied)}: no clear win"
+            elif f[f"{key}_next"]:
                 s += (f", {f[f'{key}_margin']:.2f}× ahead of {names[f[f'{key}_next']]}, "
                       + ("beyond the spread" if f[f"{key}_beyond_spread"] else "within the spread: not a clear win"))
             return s

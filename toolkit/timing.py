@@ -160,16 +160,22 @@ def noise(machine_load: list, rows: list[dict]) -> list[str]:
 
 def fastest(rows: list[dict]) -> dict | None:
     """The fastest passing artifact at batch 1 (lowest median p50) and at the throughput batch
-    (highest median throughput), each with its margin over the next passing one and whether that
-    margin exceeds the spread (their min–max ranges over the rounds do not overlap). The reference
-    row is not an artifact and is left out, as is a row timed with another (the same bytes: its figures)."""
+    (highest median throughput), each with its margin over the next passing one, whether that margin
+    exceeds the spread (their min–max ranges over the rounds do not overlap), and every passing row
+    tied with it (`…_tied`: its range overlaps the winner's, fastest first): a tie is a result, since
+    which of two tied rows comes first is the machine's noise. The reference row is not an artifact
+    and is left out, as is a row timed with another (the same bytes: its figures)."""
     ok = [r for r in rows if r.get("status") == "ok" and not r.get("is_reference") and r.get("latency_us")
           and r.get("throughput") and not r.get("measured_with")]
     if not ok:
         return None
     by_p50 = sorted(ok, key=lambda r: r["latency_us"]["p50"])
     by_tp = sorted(ok, key=lambda r: -r["throughput"])
-    out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"]}
+    out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"],
+           "batch1_tied": [r["id"] for r in by_p50[1:] if _overlap(by_p50[0].get("latency_spread_us"),
+                                                                   r.get("latency_spread_us"))],
+           "throughput_tied": [r["id"] for r in by_tp[1:] if _overlap(by_tp[0].get("throughput_spread"),
+                                                                      r.get("throughput_spread"))]}
     if len(ok) == 1:
         return {**out, **{f"{k}_{v}": None for k in ("batch1", "throughput") for v in ("next", "margin", "beyond_spread")}}
     (a, b), (c, d) = by_p50[:2], by_tp[:2]
@@ -179,3 +185,8 @@ def fastest(rows: list[dict]) -> dict | None:
             "batch1_beyond_spread": bool(sa and sb and sa[1] < sb[0]),
             "throughput_next": d["id"], "throughput_margin": c["throughput"] / d["throughput"],
             "throughput_beyond_spread": bool(sc and sd and sc[0] > sd[1])}
+
+
+def _overlap(a, b) -> bool:
+    """Whether two [min, max] ranges share a value; a row without a range is never called tied."""
+    return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
