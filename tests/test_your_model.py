@@ -248,6 +248,36 @@ def test_a_bad_model_reference_is_one_line(tiny_data, tmp_path, arch, args, mess
     assert not (tmp_path / "m.pt").exists()
 
 
+def test_a_model_file_is_run_from_the_bytes_hashed_and_leaves_no_bytecode_beside_it(tmp_path, monkeypatch):
+    """Loading FILE.py:NAME reads the file once, bounded, and runs exactly the bytes it hashed; on a machine
+    that writes bytecode (PYTHONDONTWRITEBYTECODE unset) no __pycache__ appears in the user's folder; a file
+    that is not .py is refused in one line."""
+    import sys
+
+    from toolkit import arch
+    from toolkit.errors import CheckpointError
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    src = tmp_path / "models" / "net.py"
+    src.parent.mkdir()
+    src.write_text((MODELS / "gelu_pool.py").read_text() + f"# {tmp_path}\n")  # its own bytes: not a module seen before
+    before = sorted(p.name for p in src.parent.iterdir())
+    ref = arch.parse(f"{src}:GeluNet")
+    model = arch.build(ref)
+    assert type(model).__name__ == "GeluNet" and sorted(p.name for p in src.parent.iterdir()) == before
+    assert sys.modules[type(model).__module__].__file__ == str(src)
+    src.write_text(src.read_text() + "\n")  # after parsing: the recorded hash no longer matches what would run
+    with pytest.raises(CheckpointError, match="changed while in use"):
+        arch.build(ref)
+    txt = tmp_path / "net.txt"
+    txt.write_text((MODELS / "gelu_pool.py").read_text())
+    with pytest.raises(CheckpointError, match=r"net.txt: not importable as Python \(not a .py file\)"):
+        arch.build(arch.ArchRef("file", "GeluNet", str(txt), None, {}))
+    monkeypatch.setattr(arch, "MAX_SOURCE_BYTES", src.stat().st_size - 1)
+    with pytest.raises(CheckpointError, match="larger than"):
+        arch.source_sha256(src)
+
+
 def test_verify_never_imports_the_model_code_a_folder_names(tiny_data, tmp_path):
     """A supplier's folder whose checkpoint names a model file: verify's reference is reference.npz, and
     the file is never imported (it would write a marker if it were)."""

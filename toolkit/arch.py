@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import json
 import re
 import sys
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,16 +89,22 @@ def parse_args(args_json: str | None) -> dict:
     return args
 
 
-def source_sha256(path: Path) -> str:
+def _read_source(path: Path) -> bytes:
+    """A model file's bytes, read once and no further than the bound (a huge file is refused unread)."""
     try:
         if not path.is_file():
             raise CheckpointError(f"model file {path}: not a regular file")
-        data = path.read_bytes()[: MAX_SOURCE_BYTES + 1]
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
     except OSError as exc:
         raise CheckpointError(f"model file {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_SOURCE_BYTES:
         raise CheckpointError(f"model file {path}: larger than {MAX_SOURCE_BYTES // 2**20} MiB; not a model file")
-    return hashlib.sha256(data).hexdigest()
+    return data
+
+
+def source_sha256(path: Path) -> str:
+    return hashlib.sha256(_read_source(path)).hexdigest()
 
 
 def from_record(record: Any, source: str) -> ArchRef:
@@ -169,19 +175,22 @@ def build(ref: ArchRef, num_classes: int = 10):
 def _load_object(ref: ArchRef):
     if ref.kind == "file":
         path = Path(ref.path or "")
-        sha = source_sha256(path)
+        if path.suffix != ".py":
+            raise CheckpointError(f"model file {path}: not importable as Python (not a .py file)")
+        # The bytes hashed are the bytes run (read once), and no bytecode is written beside the user's file:
+        # a folder mnisttk only reads stays as it was.
+        source = _read_source(path)
+        sha = hashlib.sha256(source).hexdigest()
         if ref.sha256 is not None and sha != ref.sha256:
             raise CheckpointError(f"model file {path} changed while in use (SHA-256 differs)")
         mod_name = f"mnisttk_user_model_{sha[:16]}"
         module = sys.modules.get(mod_name)
         if module is None:
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise CheckpointError(f"model file {path}: not importable as Python")
-            module = importlib.util.module_from_spec(spec)
+            module = types.ModuleType(mod_name)
+            module.__file__ = str(path)
             sys.modules[mod_name] = module
             try:
-                spec.loader.exec_module(module)
+                exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
             except Exception as exc:
                 sys.modules.pop(mod_name, None)
                 raise CheckpointError(f"model file {path}: {type(exc).__name__}: {first_line(exc, 160)}") from exc
