@@ -4,11 +4,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# Bytecode: Python writes a module's .pyc the first time any process imports it, so a module is compiled
-# once and only if it is used. A machine that sets PYTHONDONTWRITEBYTECODE (this one does) would instead
-# compile torch's sources in every process that imports it (3.3-5.2 s an import against 1.7 s); compiling
-# all of site-packages ahead (25,000 files, most never imported) took 53 s of every fresh install here.
+# Bytecode. A machine that sets PYTHONDONTWRITEBYTECODE (this one does) would compile torch's sources in
+# every process that imports it (3.3-5.2 s an import against 1.7 s), so it is unexported here and Python
+# writes a module's .pyc on its first import. A test run imports 6,187 of the venv's 25,253 modules, so
+# compiling all of site-packages ahead (53 s of a fresh install here) is mostly waste, but leaving it all
+# to first imports cost pytest 70 s here (367 s against 296 s with the .pyc files there: three workers
+# and their children compiling torch at once). So torch and the ONNX stack, which every process imports,
+# are compiled ahead on all cores (torch's while pip installs the extras); the rest on first import.
 unexport PYTHONDONTWRITEBYTECODE
+SITE = $(VENV)/lib/python3*/site-packages
+COMPILE := $(PY) -m compileall -q -j 0
 # A range that admits the torch 2.14.1 / torchvision 0.29.1 builds on this disk (the tested ones).
 TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
@@ -27,9 +32,12 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge $(VENV_GIB) ] || { \
 	  echo "Error: $$free GiB free here; the venv needs about $(VENV_GIB) GiB (torch's CUDA wheels)"; exit 2; }; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --no-compile $(TORCH_RANGE)  # bytecode: written on first import (above)
+	$(PIP) install -q --no-compile $(TORCH_RANGE)  # bytecode: see above
 	printf '%s\n' $(TORCH_RANGE) > $(VENV)/constraints.txt  # the extras must not move torch
-	$(PIP) install -q --no-compile -c $(VENV)/constraints.txt ".[$(EXTRAS)]"
+	$(COMPILE) $(SITE)/torch $(SITE)/sympy $(SITE)/networkx >/dev/null 2>&1 & compiling=$$!; \
+	$(PIP) install -q --no-compile -c $(VENV)/constraints.txt ".[$(EXTRAS)]"; installed=$$?; \
+	wait $$compiling; exit $$installed
+	$(COMPILE) $(SITE)/numpy $(SITE)/onnx $(SITE)/onnxruntime $(SITE)/onnxscript >/dev/null 2>&1 || true
 	$(PIP) install -q "setuptools>=70.1"  # builds the wheel below without network (bdist_wheel built in)
 	touch $@
 
