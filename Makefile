@@ -8,12 +8,15 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # every process that imports it (3.3-5.2 s an import against 1.7 s), so it is unexported here and Python
 # writes a module's .pyc on its first import. A test run imports 6,187 of the venv's 25,253 modules, so
 # compiling all of site-packages ahead (53 s of a fresh install here) is mostly waste, but leaving it all
-# to first imports cost pytest 70 s here (367 s against 296 s with the .pyc files there: three workers
-# and their children compiling torch at once). So torch and the ONNX stack, which every process imports,
-# are compiled ahead on all cores (torch's while pip installs the extras); the rest on first import.
+# to first imports cost pytest 50-70 s here (345-367 s against 296 s with the .pyc files there: three
+# workers and their children compiling the same modules at once). So the packages a test run imports
+# most from (counted from the .pyc files a run leaves) are compiled ahead on all cores: torch's while pip
+# installs the extras, then the extras' (8,000 of their files took 14.8 s here); the rest on first import.
 unexport PYTHONDONTWRITEBYTECODE
 SITE = $(VENV)/lib/python3*/site-packages
 COMPILE := $(PY) -m compileall -q -j 0
+AHEAD := numpy onnx onnxruntime onnxscript onnx_ir executorch torchao nncf openvino jax scipy matplotlib \
+	litert_torch ai_edge_quantizer ai_edge_litert PIL mpmath
 # A range that admits the torch 2.14.1 / torchvision 0.29.1 builds on this disk (the tested ones).
 TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
@@ -37,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	$(COMPILE) $(SITE)/torch $(SITE)/sympy $(SITE)/networkx >/dev/null 2>&1 & compiling=$$!; \
 	$(PIP) install -q --no-compile -c $(VENV)/constraints.txt ".[$(EXTRAS)]"; installed=$$?; \
 	wait $$compiling; exit $$installed
-	$(COMPILE) $(SITE)/numpy $(SITE)/onnx $(SITE)/onnxruntime $(SITE)/onnxscript >/dev/null 2>&1 || true
+	$(COMPILE) $(addprefix $(SITE)/,$(AHEAD)) >/dev/null 2>&1 || true
 	$(PIP) install -q "setuptools>=70.1"  # builds the wheel below without network (bdist_wheel built in)
 	touch $@
 
