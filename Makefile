@@ -83,7 +83,7 @@ lint: venv
 	$(VENV)/bin/ruff check toolkit tests scripts benchmarks
 	$(VENV)/bin/mypy
 
-# The inner loop (62 s here, 43 s of it pytest): the gates, timing, compare and outputs, the CPU-choice policy through
+# The inner loop (61 s here, 56 s of it pytest): the gates, timing, compare and outputs, the CPU-choice policy through
 # its doubles, the third hostile corpus and the 120-column check, on the tiny synthetic export; no real
 # MNIST, no LiteRT or ExecuTorch export. `make test` is the whole proof.
 QUICK := tests/test_gates.py tests/test_timing.py tests/test_compare.py tests/test_cpu_choices.py \
