@@ -171,22 +171,24 @@ def fastest(rows: list[dict]) -> dict | None:
         return None
     by_p50 = sorted(ok, key=lambda r: r["latency_us"]["p50"])
     by_tp = sorted(ok, key=lambda r: -r["throughput"])
+    lat, tp = "latency_spread_us", "throughput_spread"
     out = {"batch1": by_p50[0]["id"], "throughput": by_tp[0]["id"],
-           "batch1_tied": [r["id"] for r in by_p50[1:] if _overlap(by_p50[0].get("latency_spread_us"),
-                                                                   r.get("latency_spread_us"))],
-           "throughput_tied": [r["id"] for r in by_tp[1:] if _overlap(by_tp[0].get("throughput_spread"),
-                                                                      r.get("throughput_spread"))]}
+           "batch1_tied": [r["id"] for r in by_p50[1:] if _overlap(by_p50[0].get(lat), r.get(lat))],
+           "throughput_tied": [r["id"] for r in by_tp[1:] if _overlap(by_tp[0].get(tp), r.get(tp))]}
     if len(ok) == 1:
         return {**out, **{f"{k}_{v}": None for k in ("batch1", "throughput") for v in ("next", "margin", "beyond_spread")}}
     (a, b), (c, d) = by_p50[:2], by_tp[:2]
-    sa, sb = a.get("latency_spread_us"), b.get("latency_spread_us")
-    sc, sd = c.get("throughput_spread"), d.get("throughput_spread")
     return {**out, "batch1_next": b["id"], "batch1_margin": b["latency_us"]["p50"] / a["latency_us"]["p50"],
-            "batch1_beyond_spread": bool(sa and sb and sa[1] < sb[0]),
+            "batch1_beyond_spread": _apart(a.get(lat), b.get(lat)),
             "throughput_next": d["id"], "throughput_margin": c["throughput"] / d["throughput"],
-            "throughput_beyond_spread": bool(sc and sd and sc[0] > sd[1])}
+            "throughput_beyond_spread": _apart(c.get(tp), d.get(tp))}
 
 
 def _overlap(a, b) -> bool:
     """Whether two [min, max] ranges share a value; a row without a range is never called tied."""
     return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
+
+
+def _apart(a, b) -> bool:
+    """Whether two measured [min, max] ranges share no value (a margin beyond the spread)."""
+    return bool(a and b) and not _overlap(a, b)
