@@ -509,6 +509,10 @@ def test_a_partial_check_never_ends_in_a_bare_pass(exported, tiny_export):
     assert last.startswith("PASS for the 2 of 4 artifacts checked here") and "torchscript-fp32" in last
     r = verify(exported, tiny_export["data"], "--expect", "torchscript-int8")
     assert r.exit_code == 1 and "expected torchscript-int8 was not checked" in r.stdout
+    # one artifact checked is a partial PASS; none at all is no proof: a FAIL naming why every row was skipped
+    r = verify(exported, tiny_export["data"], "--device", "cpu", "--skip-runtime", "ort-cpu")
+    last = " ".join(r.stdout.split("\n")[-3:])
+    assert r.exit_code == 1 and "FAIL: no artifact was checked here (" in last and "--skip-runtime" in last, r.output
 
 
 def test_markdown_report_is_a_table_with_escaped_pipes(supplier, tiny_export, tmp_path):

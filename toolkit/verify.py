@@ -554,12 +554,15 @@ def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
 
 
 def _result(run: _Run, rows: list[Row], t_start: float, cpu_start=None) -> dict:
-    """Step 8: the verdict (failed rows, --expect targets this run did not check, a golden file nothing
-    was judged against) and the report's JSON."""
+    """Step 8: the verdict (failed rows, no artifact checked at all, --expect targets this run did not
+    check, a golden file nothing was judged against) and the report's JSON."""
     config, artifacts = run.config, run.manifest["artifacts"]
     failed = [f"{r.name} on {r.runtime}" for r in rows if r.status == "FAIL"]
     measured = sorted({target_of(a) for a in artifacts
                        if any(r.file == a["file"] and r.status != "skipped" and not r.is_reference for r in rows)})
+    if not measured:  # a PASS over nothing would prove nothing
+        why = sorted({reason for r in rows if r.status == "skipped" and not r.is_reference for reason in r.reasons})
+        failed.append(f"no artifact was checked here ({'; '.join(why[:3]) or 'no row ran'})")
     for t in config.expect:  # --expect: the target must be in the export and checked by this run
         if t not in measured:
             why = sorted({reason for r in rows for reason in r.reasons if r.status == "skipped"
