@@ -84,3 +84,19 @@ def valid_manifest() -> dict:
             "reference": {"file": "reference.npz", "sha256": h}, "checkpoint": {"path": "cnn.pt", "sha256": h},
             "support_files": [{"file": "cnn_int8.b256.tflite", "sha256": h}, {"file": "cnn_fp32.bin", "sha256": h}],
             "calibration": {"method": "minmax"}, "classes": [str(d) for d in range(10)], "not_exported": []}
+
+
+def one_error(r, code=1) -> str:
+    """The one `Error:` line a refused command printed (exit `code`, no traceback)."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, r.output
+    return errors[0]
+
+
+def saved_run(folder, data, path):
+    """`verify --save-outputs PATH` of an export (torch-free, loose gates): the outputs document, read."""
+    r = run("verify", "--dir", folder, "--data-dir", data, "--no-torch", *LOOSE, "--save-outputs", path)
+    assert r.exit_code == 0, r.output
+    return json.loads(path.read_text())

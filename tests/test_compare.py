@@ -686,7 +686,9 @@ def test_compare_checks_every_row_after_the_reference_and_every_later_run(tmp_pa
     assert int8[0]["reasons"] == ["b.json: no such row", "allowed by --allow-missing"]
     assert (int8[1]["latency_ratio"], int8[1]["throughput_ratio"]) == (None, None)  # one side has no figure
     assert out["cells_compared"] == 3 and out["passed"]
-    assert verdict(out) == "PASS (3 artifact run(s) compared, every one within the gates)"
+    assert out["excused"] == ["onnx-int8@ort-cpu on b.json (absent there, --allow-missing)"]
+    assert verdict(out) == ("PASS (3 artifact run(s) compared, every one within the gates; excused, not compared: "
+                            "onnx-int8@ort-cpu on b.json (absent there, --allow-missing))")
     with pytest.raises(OutputsError, match="^compare needs at least two outputs files$"):
         compare_runs(runs[:1], Gates())
     with pytest.raises(OutputsError, match=r"a.json is the same run as .*a.json \(document SHA-256 "
@@ -709,8 +711,9 @@ def test_a_missing_cell_says_whether_the_row_failed_or_only_lacks_outputs(tmp_pa
                                            extra_rows=[{**row, "status": status}])], Gates())
         cell = out["rows"][1]["cells"][0]
         assert cell["reasons"] == [said] and cell["status"] == "fail"
+        option = "--allow-failed" if status == "fail" else "--allow-missing"  # a failure is not an absence
         assert out["failed"] == [f"tflite-fp32@litert on b.json: outputs in one run only ({said}); "
-                                 "--allow-missing tflite-fp32@litert to accept"]
+                                 f"{option} tflite-fp32@litert to accept"]
 
 
 def _render_runs(tmp_path):

@@ -56,7 +56,9 @@ def test_corrupt_gzip(tiny_dir):
 
 def test_label_range_and_count_mismatch(tmp_path):
     arrays = synthetic_arrays()
-    bad = dict(arrays, train_labels=np.full(120, 11, np.uint8))  # 12 classes, or a label past the named ones
+    train = arrays["train_labels"].copy()
+    train[0] = 11
+    bad = dict(arrays, train_labels=train)  # 12 classes, or a label past the named ones
     (write_idx(tmp_path / "a", bad) / "classes.txt").write_text("\n".join("abcdefghij"))
     with pytest.raises(DataError, match="label 11 but 10 classes named"):
         load_mnist(tmp_path / "a", download=False)

@@ -1,4 +1,4 @@
-"""Fuzzing every artifact format verify runs: seeded mutants of each file (bytes flipped, cut,
+"""Fuzzing every artifact format verify runs (the OpenVINO IR's two files each): seeded mutants of each file (bytes flipped, cut,
 repeated, zeroed, inserted), the manifest's hash updated to each, measured by verify's own row code
 in the bounded child process. Each mutant must end as a row (PASS or FAIL) or one ToolkitError —
 never a signal that escapes, a hang past the bound, or another exception — and a mutant that PASSes
@@ -53,7 +53,7 @@ def _spec_index(fmt: str) -> int:
 
 CASES = [("onnx_family_export", "cnn_fp32.onnx"), ("onnx_family_export", "cnn_int8.onnx"),
          ("onnx_family_export", "cnn_int8.ort"), ("all_targets", "cnn_int8.tflite"),
-         ("all_targets", "cnn_fp32.pte")]
+         ("all_targets", "cnn_fp32.pte"), ("all_targets", "cnn_int8.xml"), ("all_targets", "cnn_int8.bin")]
 
 
 @pytest.mark.parametrize("fixture, name", CASES, ids=[c[1] for c in CASES])
@@ -63,13 +63,16 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
         pytest.skip("ai-edge-litert not installed")
     if name.endswith(".pte") and importlib.util.find_spec("executorch") is None:
         pytest.skip("executorch not installed")
+    if name.endswith((".xml", ".bin")) and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino not installed")
     source = request.getfixturevalue(fixture)
     folder = tmp_path / "f"
     shutil.copytree(source, folder)
     import json
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    artifact = next(a for a in manifest["artifacts"] if a["file"] == name)
+    # an IR is two files: its .xml is the artifact, its .bin the weights the artifact entry names and hashes
+    artifact = next(a for a in manifest["artifacts"] if name in (a["file"], (a.get("weights") or {}).get("file")))
     from toolkit.data import load_mnist
 
     mnist = load_mnist(tiny_export["data"])
@@ -81,7 +84,10 @@ def test_mutants_end_as_a_row_or_one_error_and_pass_only_within_the_gates(reques
     isolate.prepare(("torch",) if name.endswith(".pte") else ())
     for i, data in enumerate(mutants(original, n, seed=sum(name.encode()))):
         (folder / name).write_bytes(data)
-        a = dict(artifact, sha256=sha256_bytes(data), size_bytes=len(data))
+        if name == artifact["file"]:
+            a = dict(artifact, sha256=sha256_bytes(data), size_bytes=len(data))
+        else:  # the IR's weights
+            a = dict(artifact, weights=dict(artifact["weights"], sha256=sha256_bytes(data), size_bytes=len(data)))
         try:
             m = isolate.call(measure_row, _spec_index(artifact["format"]), str(folder), a, 1, images,
                              timeout_s=60, memory_mb=2048, what=f"mutant {i}")
@@ -167,6 +173,28 @@ def test_mutated_outputs_files_end_in_a_comparison_or_one_line(onnx_family_expor
         assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
         codes[r.exit_code] += 1
     assert codes[1] > 0  # most odd values are refused
+
+
+@pytest.mark.parametrize("dtype", [["float32"], {"a": 1}, 7, None])
+def test_an_outputs_row_whose_dtype_is_not_a_string_is_one_line(onnx_family_export, tiny_export, tmp_path, dtype):
+    """A case the random mutants found on one machine (its record shifts which value each seed hits): a
+    row's logits.dtype set to a list was a TypeError (unhashable type) through compare, not one line."""
+    import json
+
+    from helpers import LOOSE, run
+    from toolkit import outputs
+
+    host = tmp_path / "host.json"
+    assert run("verify", "--dir", onnx_family_export, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE,
+               "--save-outputs", host).exit_code == 0
+    doc = json.loads(host.read_bytes())
+    next(r for r in doc["rows"] if "logits" in r)["logits"]["dtype"] = dtype
+    doc["sha256"] = outputs.hashlib.sha256(outputs._canonical(doc)).hexdigest()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    r = run("compare", host, bad)
+    assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "not an encoded array" in r.output
 
 
 def test_mutated_not_a_digit_rules_are_one_line_or_applied(exported, tiny_export):

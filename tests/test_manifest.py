@@ -288,7 +288,9 @@ def test_what_an_export_records_of_each_artifact(tmp_path):
     limits = {k: 1.0 for k in ("energy_min", "logit_distance_max", "thickness_max", "page_ink_max")}
     rule = {"version": 1, "limits": {**limits, "ink_fraction": [0.1, 0.5]},
             "logit_model": {"means": [[1.0, 0.0], [0.0, 1.0]], "precision": [[1.0, 0.0], [0.0, 1.0]]}}
-    assert mf.ood_rule({"ood": rule}, tmp_path) == rule
+    assert mf.ood_rule({"ood": rule, "classes": ["a", "b"]}, tmp_path) == rule
+    with pytest.raises(ManifestError, match="its not-a-digit rule \\(ood\\) is for 2 classes, the export's model has 10"):
+        mf.ood_rule({"ood": rule}, tmp_path)  # a rule for another class count than the model's: refused
     with pytest.raises(ManifestError) as e:
         mf.ood_rule({"ood": {"version": 99}}, tmp_path)
     assert str(e.value).startswith(f"{tmp_path / 'manifest.json'}: its not-a-digit rule (ood): not a version ")

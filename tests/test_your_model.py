@@ -229,7 +229,7 @@ def test_the_models_source_is_pinned_by_its_hash(tiny_data, tmp_path):
     ("{d}/net.py:GeluNet", '{"width": 3}', "building the model failed: TypeError"),
     ("{d}/bad.py:Net", "", "SyntaxError"),
     ("{d}/notmod.py:make", "", "returned int, not a torch.nn.Module"),
-    ("{d}/wrongshape.py:Net", "", "returns [2, 1, 10] for a 2×1×28×28 input"),
+    ("{d}/wrongshape.py:Net", "", "returns [3, 1, 10] for a 3×1×28×28 input"),
     ("no_such_package_x.mod:Net", "", "cannot import no_such_package_x.mod"),
     ("cnn-x", "", "expected cnn, mlp, FILE.py:NAME or package.module:NAME"),
 ])
@@ -237,8 +237,10 @@ def test_a_bad_model_reference_is_one_line(tiny_data, tmp_path, arch, args, mess
     shutil.copy(MODELS / "gelu_pool.py", tmp_path / "net.py")
     (tmp_path / "bad.py").write_text("def broken(:\n")
     (tmp_path / "notmod.py").write_text("def make():\n    return 3\n")
-    (tmp_path / "wrongshape.py").write_text("from torch import nn\nclass Net(nn.Module):\n"
-                                            "    def forward(self, x):\n        return x[:, :, 0, :10]\n")
+    (tmp_path / "wrongshape.py").write_text("import torch\nfrom torch import nn\nclass Net(nn.Module):\n"
+                                            "    def __init__(self):\n        super().__init__()\n"
+                                            "        self.scale = nn.Parameter(torch.ones(1))\n"
+                                            "    def forward(self, x):\n        return x[:, :, 0, :10] * self.scale\n")
     extra = ["--arch-args", args] if args else []
     r = run("train", "--arch", arch.format(d=tmp_path), *extra, "--data-dir", tiny_data, "--epochs", "1",
             "--device", "cpu", "--checkpoint", tmp_path / "m.pt")

@@ -3,15 +3,21 @@
 N×1×28×28 float in [0, 1] and returns N×C logits), with keyword arguments as a JSON object.
 
 The reference is recorded in the checkpoint (and the manifest): kind, file or module, name, the source's
-SHA-256 and the arguments. Loading a checkpoint runs the user's code again only where that code is
-unchanged (the same SHA-256) or the user names it again (`--arch`): a checkpoint never leads mnisttk
-to import a file it has not seen, nor one that changed since training. Torch-side."""
+SHA-256 and the arguments, signed with this user's key (toolkit.userkey) when `train` wrote it. A
+checkpoint never decides what code runs: a user model's reference is followed only when this user's
+mnisttk recorded it (the signature holds) and its source is unchanged (the same SHA-256, for a module
+too), or when the user names the model again with `--arch` on the command line. What is called must be
+a class or function defined in the named file or module, and must return an `nn.Module`. A built-in's
+arguments are checked against a declared schema with bounds before anything is built. Torch-side."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
+import math
+import os
 import re
 import sys
 import types
@@ -19,11 +25,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit import userkey
 from toolkit.errors import CheckpointError, first_line
 
 BUILTINS = ("cnn", "mlp")
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # a model file, not a dataset
 MAX_ARGS_CHARS = 4096
+MAX_ARGS_DEPTH = 16  # keyword arguments are settings, not data
+SIGNATURE = "mnisttk-arch-ref"  # the purpose a reference's MAC is made for
+# A built-in's keyword arguments: name -> (kind, low, high); a list's bounds apply to each item, and its
+# length is fixed. The bounds keep the largest built-in model under ~20 M parameters (80 MB), well inside
+# the memory a row may use, so a checkpoint from elsewhere cannot make verify allocate gigabytes.
+BUILTIN_ARGS: dict[str, dict[str, tuple]] = {
+    "cnn": {"in_channels": ("int", 1, 64)},
+    "mlp": {"hidden": ("ints2", 1, 4096)},
+}
 STEM_RE = re.compile(r"[^a-z0-9_]+")
 
 
@@ -36,6 +52,7 @@ class ArchRef:
     path: str | None = None  # file: its absolute path; module: the dotted module name
     sha256: str | None = None  # file: the file's; module: its source file's (None where it has none)
     args: dict = field(default_factory=dict)
+    signed: bool = field(default=False, compare=False)  # recorded by this user's mnisttk (its MAC holds)
 
     @property
     def stem(self) -> str:
@@ -50,7 +67,16 @@ class ArchRef:
         return self.name if self.kind == "builtin" else f"{self.path}:{self.name}"
 
     def record(self) -> dict:
-        return asdict(self)
+        """What a checkpoint and a manifest keep: the reference, with this user's MAC over it (None where
+        no key can be made: such a reference is followed only when the user names the model again)."""
+        body = _body(self)
+        return {**body, "mac": userkey.mac(SIGNATURE, body, create=True)}
+
+
+def _body(ref: ArchRef) -> dict:
+    body = asdict(ref)
+    body.pop("signed")
+    return body
 
 
 def parse(spec: str, args_json: str | None = None) -> ArchRef:
@@ -80,13 +106,60 @@ def parse_args(args_json: str | None) -> dict:
         return {}
     if len(args_json) > MAX_ARGS_CHARS:
         raise CheckpointError(f"--arch-args: longer than {MAX_ARGS_CHARS} characters")
+
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not a number JSON allows")
+
     try:
-        args = json.loads(args_json)
+        args = json.loads(args_json, parse_constant=no_constant)
+    except RecursionError:
+        raise CheckpointError(f"--arch-args: nested deeper than {MAX_ARGS_DEPTH} levels") from None
     except ValueError as exc:
         raise CheckpointError(f"--arch-args: not JSON ({first_line(exc, 80)})") from None
     if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
         raise CheckpointError("--arch-args: expected a JSON object of keyword arguments, e.g. '{\"width\": 16}'")
+    why = _plain_value(args)
+    if why:
+        raise CheckpointError(f"--arch-args: {why}")
     return args
+
+
+def _plain_value(value, depth: int = 0) -> str:
+    """Why `value` is not plain JSON settings (finite numbers, at most MAX_ARGS_DEPTH deep), or ''."""
+    if depth > MAX_ARGS_DEPTH:
+        return f"nested deeper than {MAX_ARGS_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "a key is not a string"
+        items = list(value.values())
+    elif isinstance(value, list):
+        items = value
+    elif value is None or isinstance(value, (str, int, float, bool)):
+        return ""
+    else:
+        return f"{type(value).__name__} is not a JSON value"
+    for item in items:
+        why = _plain_value(item, depth + 1)
+        if why:
+            return why
+    return ""
+
+
+def check_builtin_args(name: str, args: dict, source: str) -> None:
+    """A built-in's keyword arguments against BUILTIN_ARGS, before anything is built."""
+    schema = BUILTIN_ARGS[name]
+    for key, value in args.items():
+        if key not in schema:
+            known = ", ".join(schema) or "none"
+            raise CheckpointError(f"{source}: built-in {name} takes no argument {key[:40]!r} (it takes: {known})")
+        kind, low, high = schema[key]
+        items = value if kind == "ints2" else [value]
+        if (kind == "ints2" and (not isinstance(value, (list, tuple)) or len(value) != 2)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in items):
+            shape = "a list of 2 integers" if kind == "ints2" else "an integer"
+            raise CheckpointError(f"{source}: built-in {name}'s {key} must be {shape} from {low} to {high}")
 
 
 def _read_source(path: Path) -> bytes:
@@ -108,18 +181,32 @@ def source_sha256(path: Path) -> str:
 
 
 def from_record(record: Any, source: str) -> ArchRef:
-    """The reference a checkpoint or manifest recorded, checked field by field (it is untrusted)."""
+    """The reference a checkpoint or manifest recorded, checked field by field (it is untrusted), and
+    whether this user's mnisttk signed it. A file's path must be absolute: a relative one would be
+    resolved against wherever the command runs."""
     if not isinstance(record, dict):
         raise CheckpointError(f"{source}: 'arch_ref' is not a mapping")
     kind, name, path, sha, args = (record.get(k) for k in ("kind", "name", "path", "sha256", "args"))
     ok = (isinstance(name, str) and name.isidentifier()
           and ((kind == "builtin" and name in BUILTINS and path is None)
-               or (kind in ("file", "module") and isinstance(path, str) and 0 < len(path) < 4096))
+               or (kind == "file" and isinstance(path, str) and 0 < len(path) < 4096 and "\0" not in path
+                   and os.path.isabs(path))
+               or (kind == "module" and isinstance(path, str) and 0 < len(path) < 4096
+                   and all(part.isidentifier() for part in path.split("."))))
           and (sha is None or (isinstance(sha, str) and len(sha) == 64))
-          and isinstance(args, dict) and len(json.dumps(args, default=str)) <= MAX_ARGS_CHARS)
+          and isinstance(args, dict) and not _plain_value(args) and _args_size(args) <= MAX_ARGS_CHARS)
     if not ok:
         raise CheckpointError(f"{source}: 'arch_ref' is malformed")
-    return ArchRef(str(kind), str(name), path, sha, dict(args or {}))
+    ref = ArchRef(str(kind), str(name), path, sha, dict(args or {}))
+    signed = userkey.signed_here(SIGNATURE, _body(ref), record.get("mac"))
+    return ArchRef(ref.kind, ref.name, ref.path, ref.sha256, ref.args, signed=signed)
+
+
+def _args_size(args: dict) -> int:
+    try:
+        return len(json.dumps(args, allow_nan=False))
+    except (ValueError, TypeError, RecursionError):
+        return MAX_ARGS_CHARS + 1
 
 
 def builtin_ref(name: str) -> ArchRef:
@@ -134,22 +221,57 @@ def ref_of(ckpt: dict, source: str) -> ArchRef:
 
 
 def trusted(recorded: ArchRef, given: ArchRef | None, source: str) -> ArchRef:
-    """The reference to build the checkpoint's model from. A user model is imported only if its source
-    is the one training recorded (same SHA-256) or the user names it again with --arch."""
+    """The reference to build the checkpoint's model from. A built-in's arguments are checked against
+    its schema. A user model's code runs only where the user names it again with --arch (`given`), or
+    where this user's mnisttk recorded the reference (signed) and the source is the one training saw."""
     if recorded.kind == "builtin":
         if given is not None and given != recorded:
             raise CheckpointError(f"{source}: holds {recorded.spec}, not {given.spec}")
+        check_builtin_args(recorded.name, recorded.args, source)
         return recorded
     if given is not None:
         if given.name != recorded.name:
             raise CheckpointError(f"{source}: holds {recorded.name}, not {given.name} (--arch)")
         return ArchRef(given.kind, given.name, given.path, given.sha256, given.args or recorded.args)
+    where = "FILE.py" if recorded.kind == "file" else "package.module"
+    if not recorded.signed:
+        raise CheckpointError(f"{source}: holds your own model {recorded.name}, recorded by another mnisttk or edited "
+                              f"(its reference is not signed by this user's key), so its code is not run; pass "
+                              f"--arch {where}:{recorded.name} naming the model code you trust")
     if recorded.kind == "file":
         now = source_sha256(Path(recorded.path or ""))
         if now != recorded.sha256:
             raise CheckpointError(f"{source}: model file {recorded.path} changed since training (SHA-256 differs); "
                                   f"pass --arch {recorded.path}:{recorded.name} to use it as it is now")
+    else:
+        file = module_file(recorded.path or "")
+        if file is None or recorded.sha256 is None or source_sha256(file) != recorded.sha256:
+            why = "has no source file to check" if file is None or recorded.sha256 is None else \
+                "changed since training (SHA-256 differs)"
+            raise CheckpointError(f"{source}: module {recorded.path} {why}; pass --arch "
+                                  f"{recorded.path}:{recorded.name} to use it as it is now")
     return recorded
+
+
+def module_file(dotted: str) -> Path | None:
+    """The file a module would be imported from, found without running any code (each parent package
+    is looked up by path, not imported); None for a built-in or frozen module, or none at all."""
+    from importlib.machinery import PathFinder
+
+    parts = dotted.split(".")
+    spec, search = None, None
+    for i in range(len(parts)):
+        full = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(full)
+        try:
+            spec = getattr(loaded, "__spec__", None) if loaded is not None else PathFinder.find_spec(full, search)
+        except (ImportError, ValueError, OSError):
+            return None
+        if spec is None:
+            return None
+        search = spec.submodule_search_locations
+    origin = getattr(spec, "origin", None)
+    return Path(origin) if isinstance(origin, str) and os.path.isfile(origin) else None
 
 
 def build(ref: ArchRef, num_classes: int = 10):
@@ -160,11 +282,12 @@ def build(ref: ArchRef, num_classes: int = 10):
     from toolkit.model import ARCHS
 
     if ref.kind == "builtin":
+        check_builtin_args(ref.name, ref.args, "--arch-args")
         return ARCHS[ref.name](num_classes=num_classes, **ref.args)
     obj = _load_object(ref)
     try:
         model = obj(**ref.args)
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a model's code that exits is an error too
         raise CheckpointError(f"{ref.spec}: building the model failed: {type(exc).__name__}: {first_line(exc, 160)}") \
             from exc
     if not isinstance(model, nn.Module):
@@ -191,46 +314,65 @@ def _load_object(ref: ArchRef):
             sys.modules[mod_name] = module
             try:
                 exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # sys.exit() in the file: an error too
                 sys.modules.pop(mod_name, None)
                 raise CheckpointError(f"model file {path}: {type(exc).__name__}: {first_line(exc, 160)}") from exc
     else:
         try:
             module = importlib.import_module(ref.path or "")
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             raise CheckpointError(f"--arch {ref.spec}: cannot import {ref.path}: {type(exc).__name__}: "
                                   f"{first_line(exc, 120)}") from exc
     obj = getattr(module, ref.name, None)
-    if obj is None or not callable(obj):
-        raise CheckpointError(f"{ref.spec}: {ref.name} is not a class or function in {ref.path}")
+    if not _defined_in(obj, module):
+        names = [n for n, v in vars(module).items() if not n.startswith("_") and _defined_in(v, module)]
+        there = f"defined there: {', '.join(names[:8])}" if names else "it defines no class or function"
+        what = "imported into" if obj is not None else "not a class or function in"
+        raise CheckpointError(f"{ref.spec}: {ref.name} is {what} {ref.path}, not defined there ({there})"
+                              if obj is not None else f"{ref.spec}: {ref.name} is {what} {ref.path} ({there})")
     return obj
+
+
+def _defined_in(obj, module) -> bool:
+    """A class or plain function whose code is the module's own (not one it imported)."""
+    return ((inspect.isclass(obj) or inspect.isfunction(obj))
+            and getattr(obj, "__module__", None) == module.__name__)
 
 
 def with_module_sha(ref: ArchRef) -> ArchRef:
     """A module reference with its source file's SHA-256 (after it was imported), where it has one."""
     if ref.kind != "module":
         return ref
-    module = sys.modules.get(ref.path or "")
-    file = getattr(module, "__file__", None)
-    return ArchRef(ref.kind, ref.name, ref.path, source_sha256(Path(file)) if file else None, ref.args)
+    file = module_file(ref.path or "")
+    return ArchRef(ref.kind, ref.name, ref.path, source_sha256(file) if file else None, ref.args)
 
 
 def probe(model, num_classes: int, spec: str) -> None:
-    """The model takes N×1×28×28 float and returns N×C finite float logits, C the dataset's classes."""
+    """The model has parameters, takes N×1×28×28 float and returns N×C finite float logits, one row per
+    image (a batch of 3, so a model that returns a fixed number of rows is caught), C the data's classes."""
     import torch
 
+    if not any(True for _ in model.parameters()):
+        raise CheckpointError(f"{spec}: has no parameters, so there is nothing to train")
     was_training = model.training
     model.eval()
+    n = 3
     try:
         with torch.no_grad():
-            out = model(torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
-    except Exception as exc:
-        raise CheckpointError(f"{spec}: fails on a 2×1×28×28 float input: {type(exc).__name__}: "
+            out = model(torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        raise CheckpointError(f"{spec}: fails on a {n}×1×28×28 float input: {type(exc).__name__}: "
                               f"{first_line(exc, 160)}") from exc
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or not out.is_floating_point():
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n or not out.is_floating_point():
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CheckpointError(f"{spec}: returns {shape} for a 2×1×28×28 input; expected [2, C] float logits")
+        raise CheckpointError(f"{spec}: returns {shape} for a {n}×1×28×28 input; expected [{n}, C] float logits, "
+                              "one row per image")
     if out.shape[1] != num_classes:
-        raise CheckpointError(f"{spec}: returns {out.shape[1]} logits per image; the data has {num_classes} classes")
+        raise CheckpointError(f"{spec}: returns {out.shape[1]} logits per image; the data has {num_classes} classes "
+                              f"(make its last layer {num_classes} wide, e.g. with --arch-args if its code takes the "
+                              "class count as an argument)")
+    if not torch.isfinite(out).all():
+        raise CheckpointError(f"{spec}: returns NaN or infinite logits for an ordinary input before any training; "
+                              "check its forward()")

@@ -20,6 +20,7 @@ import click
 from toolkit.config import ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import json_safe
+from toolkit.safetext import shown
 
 TRAIN, EXPORT, QUANT = TrainConfig(), ExportConfig(), QuantConfig()  # the option defaults: one source
 
@@ -118,14 +119,15 @@ def _one_line(exc: BaseException):
 
 
 def printable(text: str) -> str:
-    """Control characters shown as escapes: a file name holding a newline or ESC[2K cannot forge a
-    line of output or erase one on a terminal."""
-    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+    """Control characters shown as escapes (toolkit.safetext, the one rendering edge): a file name
+    holding a newline or ESC[2K cannot forge a line of output or erase one on a terminal."""
+    return shown(text)
 
 
 # What an output option must never overwrite: an input by its kind (an image, a model, an array).
 INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy", ".npz",
-                  ".onnx", ".ort", ".tflite", ".pte", ".pt", ".pth"}
+                  ".onnx", ".ort", ".tflite", ".pte", ".pt", ".pth", ".xml", ".bin"}
+STDOUT_OPTIONS = {"--json", "--markdown"}  # the outputs for which `-` means stdout; elsewhere it is refused
 MAX_REPORT_BYTES = 64 * 1024 * 1024  # an existing --json file larger than this is not a report of ours
 
 
@@ -139,10 +141,22 @@ def check_outputs(outputs: list, protected: tuple | list = ()) -> None:
             resolved.add(Path(p).resolve())
         except (OSError, RuntimeError):
             pass
+    written: dict = {}
     for option, path, kind in outputs:
-        if path is None or str(path) == "-":
+        if path is None:
+            continue
+        if str(path) == "-":
+            if option not in STDOUT_OPTIONS:
+                raise click.UsageError(f"{option} -: {option} writes a file, not stdout; name the file to write")
             continue
         path = Path(path)
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):
+            key = path
+        if key in written:
+            raise click.UsageError(f"{option} {path}: {written[key]} writes the same file; give each output its own")
+        written[key] = option
         suffix = path.suffix.lower()
         if suffix in INPUT_SUFFIXES and suffix != f".{kind}":  # a .png plot may replace a .png plot
             raise click.UsageError(f"{option} {path}: names an input file (a {suffix} file), not a {kind} report "

@@ -42,6 +42,9 @@ def check_comparable(base: Outputs, other: Outputs) -> None:
         if a != b and rid in base.logits and rid in other.logits:
             raise OutputsError(f"{rid}: {other.path} ran other bytes (SHA-256 {str(b)[:12]}…) than {base.path} "
                                f"({str(a)[:12]}…); refused")
+        if rid in base.logits and rid in other.logits and base.logits[rid].shape != other.logits[rid].shape:
+            raise OutputsError(f"{rid}: {other.path} holds {other.logits[rid].shape[-1]} logits per image, {base.path} "
+                               f"{base.logits[rid].shape[-1]}: outputs of models with other class counts; refused")
 
 
 def compare_pair(base_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray, precision: str,
@@ -89,12 +92,13 @@ def _cpu_dependent(rid: str) -> bool:
     return any(rid.endswith(f"-{p}") for p in REDUCED_PRECISIONS)
 
 
-def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = ()) -> dict:
+def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = (), allow_failed: tuple = ()) -> dict:
     """Every run after the first against the first, per row (the reference row is reference.npz itself
-    everywhere, so it is not compared). A row with outputs in one run and none in the other (it failed,
-    was skipped, or is not there) fails the comparison unless a pattern of `allow_missing` (fnmatch, on
-    the row id) names it; a runtime's default-precision row absent from a run whose CPU has no such mode
-    is only noted."""
+    everywhere, so it is not compared). A row with outputs in one run and none in the other fails the
+    comparison unless it is excused: absent there (skipped, or no such row) by a pattern of
+    `allow_missing`, *failed* there only by a pattern of `allow_failed` (fnmatch, on the row id); a
+    runtime's default-precision row absent from a run whose CPU has no such mode is only noted. Every
+    excused row is listed in `excused`, and the verdict names them."""
     from fnmatch import fnmatchcase
 
     if len(runs) < 2:
@@ -105,7 +109,7 @@ def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = ()) -
     ids: list[str] = []
     for run in runs:
         ids += [rid for rid, r in run.rows.items() if rid not in ids and not r.get("is_reference")]
-    rows, failed, compared = [], [], 0
+    rows, failed, excused, compared = [], [], [], 0
     for rid in ids:
         info = next(run.rows[rid] for run in runs if rid in run.rows)
         row = {"id": rid, "name": info.get("name"), "runtime": info.get("runtime"), "precision": info["precision"],
@@ -114,17 +118,24 @@ def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = ()) -
             if rid not in base.logits or rid not in other.logits:
                 why = [f"{_name(run.path)}: {_absent(run, rid)}" for run in (base, other) if rid not in run.logits]
                 one_side = rid in base.logits or rid in other.logits
-                allowed = any(fnmatchcase(rid, pat) for pat in allow_missing)
+                # a row that ran and failed there is not a row that was never run: it needs its own option
+                failed_there = any(rid not in run.logits and (run.rows.get(rid) or {}).get("status") == "fail"
+                                   for run in (base, other))
+                option, patterns = ("--allow-failed", allow_failed) if failed_there else \
+                    ("--allow-missing", allow_missing)
+                allowed = any(fnmatchcase(rid, pat) for pat in patterns)
                 no_such_mode = _cpu_dependent(rid) and any(rid not in run.rows for run in (base, other))
                 status = "fail" if one_side and not allowed and not no_such_mode else "absent"
                 if no_such_mode:
                     why.append("a runtime's default-precision row: it exists only on CPUs with that mode")
-                elif allowed:
-                    why.append("allowed by --allow-missing")
+                elif allowed and one_side:
+                    why.append(f"allowed by {option}")
+                    excused.append(f"{rid} on {_name(other.path)} ({'failed' if failed_there else 'absent'} "
+                                   f"there, {option})")
                 row["cells"].append({"run": k, "status": status, "reasons": why, "missing": True})
                 if status == "fail":
                     failed.append(f"{rid} on {_name(other.path)}: outputs in one run only ({'; '.join(why)}); "
-                                  f"--allow-missing {rid} to accept")
+                                  f"{option} {rid} to accept")
                 continue
             b_row, o_row = base.rows[rid], other.rows[rid]
             cell = {"run": k, **compare_pair(base.logits[rid], other.logits[rid], base.labels,
@@ -144,7 +155,7 @@ def compare_runs(runs: list[Outputs], gates: Gates, allow_missing: tuple = ()) -
             "runs": [{"file": run.path, "label": run.label(), "machine": run.doc.get("machine"),
                       "created": run.doc.get("created"), "mnisttk": run.doc.get("mnisttk"),
                       "verify_passed": run.doc.get("passed")} for run in runs],
-            "cells_compared": compared, "rows": rows}
+            "cells_compared": compared, "excused": excused, "rows": rows}
 
 
 def _name(path: str) -> str:
@@ -221,7 +232,9 @@ def verdict(result: dict) -> str:
     n = result["cells_compared"]
     if not result["passed"]:
         return "FAIL: " + "; ".join(result["failed"])
-    return f"PASS ({n} artifact run(s) compared, every one within the gates)"
+    excused = result.get("excused") or []
+    also = f"; excused, not compared: {', '.join(excused)}" if excused else ""
+    return f"PASS ({n} artifact run(s) compared, every one within the gates{also})"
 
 
 def _gates_line(result: dict) -> str:

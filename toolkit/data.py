@@ -140,31 +140,54 @@ def decode_idx(data: bytes, name: str, kind: str) -> np.ndarray:
 MAX_IDX_ITEMS = 1_000_000  # MNIST has 70,000; a header declaring more is not MNIST (and no bomb gets through)
 
 
-def read_idx(path: Path, kind: str) -> np.ndarray:
-    """Stream exactly the bytes the header declares (plus one, to detect trailing data): a gzip
-    bomb or a sparse giant stops after the header's size, never decompressed or read whole."""
+def _open_idx(path: Path):
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rb")
+
+
+def idx_header(path: Path, kind: str) -> tuple[int, ...]:
+    """The dimensions an IDX file's header declares, checked before any of its data is read: the magic,
+    28×28 images, and the item count and byte size against the bounds. A header that declares a
+    28000×28000 image or a million images is refused here, having cost 16 bytes."""
     ndim = 3 if kind == "images" else 1
+    expected_magic = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
+        with _open_idx(path) as f:
             header = f.read(4 + 4 * ndim)
-            if len(header) == 4 + 4 * ndim:
-                dims = struct.unpack(f">{ndim}I", header[4:])
-                if dims[0] > MAX_IDX_ITEMS:
-                    raise DataError(f"{path}: header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
-                                    "an MNIST file can hold")
-                expected = int(np.prod(dims, dtype=np.int64))
-                if expected > MAX_IDX_ITEMS * 28 * 28:
-                    raise DataError(f"{path}: header declares {dims} ({expected:,} bytes); not MNIST")
-                if opener is open and path.stat().st_size != len(header) + expected:
-                    size = path.stat().st_size - len(header)
-                    what = "truncated" if size < expected else "has trailing bytes"
-                    raise DataError(f"{path}: {what}: {size} data bytes for dimensions {dims} ({expected} expected)")
-                body = f.read(expected + 1)
-            else:
-                body = b""
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; zlib.error: corrupt deflate
+        raise DataError(f"{path}: cannot read ({first_line(exc, 120)})") from None
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({len(header)} bytes)")
+    (magic,) = struct.unpack(">I", header[:4])
+    if magic != expected_magic:
+        raise DataError(f"{path}: not an MNIST {kind} IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if kind == "images" and dims[1:] != (28, 28):
+        raise DataError(f"{path}: header declares {dims[1]}×{dims[2]} images, expected 28×28")
+    if dims[0] > MAX_IDX_ITEMS:
+        raise DataError(f"{path}: header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
+                        "an MNIST file can hold")
+    return dims
+
+
+def read_idx(path: Path, kind: str, dims: tuple[int, ...] | None = None) -> np.ndarray:
+    """Stream exactly the bytes the header declares (plus one, to detect trailing data): a gzip
+    bomb or a sparse giant stops after the header's size, never decompressed or read whole. `dims`:
+    the header idx_header already checked (read again here, from the same file, and compared)."""
+    declared = idx_header(path, kind)
+    if dims is not None and declared != dims:
+        raise DataError(f"{path}: changed while it was read")
+    ndim = len(declared)
+    expected = int(np.prod(declared, dtype=np.int64))
+    try:
+        with _open_idx(path) as f:
+            header = f.read(4 + 4 * ndim)
+            if path.suffix != ".gz" and path.stat().st_size != len(header) + expected:
+                size = path.stat().st_size - len(header)
+                what = "truncated" if size < expected else "has trailing bytes"
+                raise DataError(f"{path}: {what}: {size} data bytes for dimensions {declared} ({expected} expected)")
+            body = f.read(expected + 1)
     except DataError:
         raise
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; zlib.error: corrupt deflate
@@ -204,16 +227,18 @@ def load_idx_dir(directory: Path) -> dict[str, np.ndarray] | None:
     missing = [IDX_FILES[k] for k in IDX_FILES if k not in found]
     if missing:
         raise DataError(f"{directory}: incomplete MNIST folder, missing {', '.join(missing)} (.gz or not)")
-    arrays = {key: read_idx(path, "images" if key.endswith("images") else "labels") for key, path in found.items()}
+    kinds = {key: "images" if key.endswith("images") else "labels" for key in found}
+    # every header first: the counts are compared before a single image is read or allocated
+    dims = {key: idx_header(path, kinds[key]) for key, path in found.items()}
     for split in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        n_img, n_lab = dims[f"{split}_images"][0], dims[f"{split}_labels"][0]
         if n_img != n_lab:
             raise DataError(
-                f"{found[f'{split}_labels']}: {n_lab} labels for {n_img} images in {found[f'{split}_images'].name}"
+                f"{found[f'{split}_labels']}: {n_lab:,} labels for {n_img:,} images in {found[f'{split}_images'].name}"
             )
         if n_img == 0:
             raise DataError(f"{found[f'{split}_images']}: holds no images")
-    return arrays
+    return {key: read_idx(path, kinds[key], dims[key]) for key, path in found.items()}
 
 
 # ---------------------------------------------------------------- sources
@@ -344,6 +369,11 @@ def _make_mnist(arrays: dict, source: str, directory: Path, classes: tuple | Non
     if top >= len(classes):
         raise DataError(f"{directory}: label {top} but {len(classes)} classes named "
                         f"({', '.join(classes[:4])}{' …' if len(classes) > 4 else ''}); label k is class k")
+    unseen = np.setdiff1d(arrays["test_labels"], arrays["train_labels"])
+    if len(unseen):
+        raise DataError(f"{directory}: test label {int(unseen[0])} never appears in the training labels "
+                        f"({len(unseen)} such label{'s' if len(unseen) > 1 else ''}): a model cannot learn a class "
+                        "it never saw; fix the labels")
     return MNIST(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                  arrays["test_labels"], source, directory, sha, tuple(classes))
 

@@ -75,9 +75,14 @@ def ood_rule(manifest: dict, folder: Path) -> dict | None:
     if manifest.get("ood") is None:
         return None
     try:
-        return ood.check_rule(manifest["ood"])
+        rule = ood.check_rule(manifest["ood"])
     except ValueError as exc:
         raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
+    rule_classes, classes = len(rule["logit_model"]["means"]), len(classes_of(manifest))
+    if rule_classes != classes:
+        raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood) is for {rule_classes} classes, "
+                            f"the export's model has {classes}")
+    return rule
 
 
 def deployed_bytes(manifest: dict, artifact: dict) -> int:
@@ -211,10 +216,16 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
     skipped = manifest.get("not_exported", [])
     if not isinstance(skipped, list):
         _fail(path, "'not_exported' is not a list")
+    if len(skipped) > len(KNOWN_TARGETS):  # one entry per target at most: 9,000 would be a 1 MB report
+        _fail(path, f"'not_exported' lists {len(skipped):,} entries; there are {len(KNOWN_TARGETS)} targets")
+    seen: set = set()
     for i, e in enumerate(skipped):
         _check_entry(path, e, f"not_exported[{i}]", {"target": str, "reason": str})
         if e["target"] not in KNOWN_TARGETS or e["target"] in targets or len(e["reason"]) > 400:
             _fail(path, f"not_exported[{i}] is not a known target left out of 'targets' with a short reason")
+        if e["target"] in seen:
+            _fail(path, f"not_exported[{i}] names {e['target']} a second time")
+        seen.add(e["target"])
     classes = manifest.get("classes")
     if classes is not None and not (isinstance(classes, list) and 2 <= len(classes) <= 256
                                     and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)):

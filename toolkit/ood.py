@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.errors import ToolkitError
+
 RULE_VERSION = 2
 RULE_VERSIONS = (1, 2)  # version 1 (no stroke checks) is still read and applied as it was written
 INK = 127  # a pixel is ink above this (uint8, light ink on dark)
@@ -223,6 +225,10 @@ def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarr
     """Per image: `accepted` (bool), `failed` (the checks it failed, by name) and its features.
     `features`: the images' `image_features`, when the same images are judged with several logits."""
     lim = rule["limits"]
+    width, rule_classes = np.shape(logits)[-1], len(rule["logit_model"]["means"])
+    if width != rule_classes:  # a rule from a file (manifest, model metadata) made for another model
+        raise ToolkitError(f"the not-a-digit rule was made for {rule_classes} classes, but the model gives {width} "
+                           "logits per image; re-export to make a rule for this model")
     f = {**logit_features(logits, rule["logit_model"]), **(features or image_features(images_u8, page))}
     checks = {
         "energy": f["energy"] >= lim["energy_min"],

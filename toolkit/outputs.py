@@ -59,7 +59,8 @@ _DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "uint8": np.dtype("u
 
 def _decode(d, what: str, shape: tuple) -> np.ndarray:
     """An array stored by _encode, checked against the shape expected here before anything is inflated."""
-    if not isinstance(d, dict) or d.get("encoding") != "shuffle+zlib+base64" or d.get("dtype") not in _DTYPES:
+    if not isinstance(d, dict) or d.get("encoding") != "shuffle+zlib+base64" or not isinstance(d.get("dtype"), str) \
+            or d["dtype"] not in _DTYPES:  # a list or a dict as the dtype: refused, not hashed
         raise OutputsError(f"{what}: not an encoded array")
     if d.get("shape") != list(shape):
         raise OutputsError(f"{what}: shape {d.get('shape')} where {list(shape)} was expected")

@@ -34,11 +34,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from toolkit.userkey import JournalKeyError
+from toolkit.userkey import key_path as _key_path
+from toolkit.userkey import user_key as _journal_key
+
 STAGE_PREFIX = ".export-"
 LOCK_NAME = ".lock"
 JOURNAL_NAME = "JOURNAL.json"
 MARK_NAME = "STAGE.json"
-KEY_BYTES = 32
 _rename = os.replace  # publishing's own renames (tests fail or kill the Nth one)
 
 
@@ -88,64 +91,6 @@ class _FdLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _key_path() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "mnisttk" / "journal.key"
-
-
-class JournalKeyError(OSError):
-    """The journal key exists but is not a private regular file of 32 bytes: refused, never used."""
-
-
-def _read_key(path: Path) -> bytes | None:
-    """The key at `path`, None if there is none; JournalKeyError if something else is there."""
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise JournalKeyError(exc.errno, f"the journal key {path} is a symbolic link; refused (remove it)") from None
-        raise JournalKeyError(exc.errno, f"the journal key {path} cannot be read ({exc.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise JournalKeyError(errno.EINVAL, f"the journal key {path} is not a regular file; refused (remove it)")
-        if st.st_mode & 0o077:
-            raise JournalKeyError(errno.EPERM, f"the journal key {path} is readable by others (mode "
-                                               f"{stat.S_IMODE(st.st_mode):04o}); refused (chmod 600 it, or remove it)")
-        data = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) != KEY_BYTES:
-        raise JournalKeyError(errno.EINVAL, f"the journal key {path} is {len(data)} bytes, not {KEY_BYTES}; refused "
-                                            "(remove it: a new one is made)")
-    return data
-
-
-def _journal_key(create: bool) -> bytes | None:
-    """This user's secret for journals and stage marks (32 random bytes, mode 0600 in a 0700 folder,
-    outside any export folder). None: there is none (and `create` is off, or no home can hold one)."""
-    path = _key_path()
-    data = _read_key(path)
-    if data is not None or not create:
-        return data
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = os.urandom(KEY_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
-    except FileExistsError:
-        return _journal_key(create=False)  # another export made it this very moment
-    except OSError:
-        return None  # no writable home: journals are written unsigned and never acted on
 
 
 def _mark_mac(key: bytes, stage_dir: Path, pid) -> str:

@@ -243,6 +243,13 @@ def plot_figure(result: dict):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ToolkitError("--plot needs matplotlib (pip install 'mnisttk[plot]')") from None
+    from toolkit.safetext import plot_text
+
+    with matplotlib.rc_context(plot_text()):  # labels from files are text, never mathtext
+        return _figure(result, plt)
+
+
+def _figure(result: dict, plt):
     import math
 
     fig, ax = plt.subplots(figsize=(10, 5))

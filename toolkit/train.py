@@ -179,7 +179,11 @@ def train(
     n, why = choose_threads(threads)
     log(f"CPU threads: {why}")
     with cudnn_benchmark(True) if device.type == "cuda" else contextlib.nullcontext(), torch_threads(n):
-        model, result = _train(config, data, device, log, progress, cuda_graph)
+        try:
+            model, result = _train(config, data, device, log, progress, cuda_graph)
+        except SystemExit as exc:  # a model's forward() that calls sys.exit: an error, no checkpoint claimed
+            raise ToolkitError(f"the model's code called sys.exit({str(exc.code)[:40]}) during training; "
+                               "no checkpoint written") from None
     result["threads"], result["threads_chosen"] = n, why
     return model, result
 

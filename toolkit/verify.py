@@ -193,16 +193,20 @@ class _Run:
 
 def run_verify(config: VerifyConfig, test_images: np.ndarray, test_labels: np.ndarray, test_sha256: str,
                log: Callable[[str], None] = lambda s: None, *, golden: Outputs | None = None,
-               outputs: dict | None = None) -> dict:
+               outputs: dict | None = None, judged: dict | None = None) -> dict:
     """Measure and judge every row: the steps below, in order. `golden`: another run's saved outputs
     (toolkit.outputs) that each row is also judged against, image by image; `outputs`: a dict this fills
-    with row id -> logits (float32) of every row that produced them, for `--save-outputs`."""
+    with row id -> logits (float32) of every row that produced them, for `--save-outputs`; `judged`: a
+    dict this fills with `reference_predictions`, the reference's top-1 per test image that the rows were
+    judged against (the HTML report's thumbnails use these, not a second read of the folder)."""
     t_start, cpu_start = time.perf_counter(), os.times()
     check_install()  # onnxruntime beside onnxruntime-gpu: say so, not an obscure failure later
     have_torch = "torch" in config.runtimes and torch_available()
     _start_children(config, have_torch)  # on another core, while this process opens the export
     run = _open_run(config, test_images, test_labels, test_sha256, golden, outputs, have_torch)
     run.phases["open"] = time.perf_counter() - t_start  # manifest, hashes, reference, not-a-digit features
+    if judged is not None:
+        judged["reference_predictions"] = run.ref_logits.argmax(1)
     try:
         reference = _Reference(run)  # live PyTorch eager, on this process's thread, beside the rows' children
         with _Clock(run.phases)("plan"):
@@ -616,6 +620,10 @@ def _against_golden(row: Row, logits: np.ndarray, golden: Outputs, artifact_sha2
         return {"status": "fail", "failed_gates": ["bytes"], "reasons": [
             f"{golden.path} ran other bytes (SHA-256 {str(saved.get('artifact_sha256'))[:12]}…) than "
             f"{row.file} ({artifact_sha256[:12]}…)"]}
+    theirs = golden.logits[row.id]
+    if theirs.shape != logits.shape:
+        return {"status": "fail", "failed_gates": ["classes"], "reasons": [
+            f"{golden.path} holds {theirs.shape[-1]} logits per image for this row, this run {logits.shape[-1]}"]}
     return compare_pair(golden.logits[row.id].astype(np.float64), logits, labels,
                         judged_precision(row.precision, row.arithmetic, row.ran_precision), gates)
 

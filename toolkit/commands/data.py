@@ -42,4 +42,6 @@ def data(data_dir, grid, json_out):
         info["grid"] = str(grid)
     emit_json({"schema_version": 1, **info}, json_out)
     if not json_to_stdout(json_out):
-        click.echo(format_description(info))
+        from toolkit.safetext import shown_tree
+
+        click.echo(format_description(shown_tree(info)))  # class names come from the data's files

@@ -121,7 +121,9 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     manifest = run_export(config, mnist, log=log)
     emit_json(manifest, json_out)  # the manifest carries its own schema_version
     if not json_to_stdout(json_out):
-        click.echo(format_export(manifest, out))
+        from toolkit.safetext import shown_tree
+
+        click.echo(format_export(shown_tree(manifest), out))  # converters' messages, class names
 
 
 def format_export(manifest: dict, out: Path) -> str:

@@ -42,10 +42,15 @@ INSPECT_TIMEOUT_S = 900.0  # the full 10,000-image inspect takes about a minute 
               help="Also write the tables as Markdown into this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw per-layer SQNR, per-node time, the flipped images and the confusion matrix (PNG).")
+@click.option("--row-timeout", type=click.FloatRange(min=0, min_open=True), default=INSPECT_TIMEOUT_S,
+              show_default=True, help="Seconds the runtime work (a child process) may take; a hung model stops there.")
+@click.option("--row-memory", type=click.IntRange(min=64), default=VERIFY.row_memory_mb, show_default=True,
+              help="MiB the runtime work may allocate beyond its imports (as verify's rows).")
 @json_option("Every layer and node of both models, the flips and the confusion matrix")
 @quiet_option
 @toolkit_errors
-def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, md_path=None, plot_path=None):
+def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, md_path=None, plot_path=None,
+            row_timeout=INSPECT_TIMEOUT_S, row_memory=VERIFY.row_memory_mb):
     """Explain the int8 ONNX model against the fp32 one, torch-free: per layer (conv1, conv2, fc1 …)
     its output error — SQNR, cosine, max |Δ| — in the int8 graph and with only that layer quantized,
     its weight error, scales and zero points, whether an int8 kernel ran it; per node, the time ONNX
@@ -75,19 +80,22 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
 
     # the models are a supplier's: their runtime work runs in a child with verify's bounds, scaled to the work
     result = isolate.call(run_inspect, folder, mnist.test_images, mnist.test_labels, batch=batch, threads=threads,
-                          repeats=repeats, n_images=n_images, timeout_s=INSPECT_TIMEOUT_S,
-                          memory_mb=isolate.DEFAULT_MEMORY_MB, what="inspect's runtime work")
+                          repeats=repeats, n_images=n_images, timeout_s=row_timeout,
+                          memory_mb=row_memory, what="inspect's runtime work")
     emit_json(result, json_out)
-    click.echo(format_inspect(result, top=top), err=json_to_stdout(json_out) or md_to_stdout)
+    from toolkit.safetext import shown_tree
+
+    view = shown_tree(result)  # node names and file names come from the supplier's files
+    click.echo(format_inspect(view, top=top), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
     from toolkit.inspect.report import format_markdown, write_plot
 
     try:
         if md_to_stdout:
-            click.echo(format_markdown(result), nl=False)
+            click.echo(format_markdown(view), nl=False)
         elif md_path:
-            atomic_write_bytes(md_path, format_markdown(result).encode())
+            atomic_write_bytes(md_path, format_markdown(view).encode())
         if plot_path:
-            write_plot(result, mnist.test_images, plot_path)
+            write_plot(view, mnist.test_images, plot_path)
     except OSError as exc:
         raise ToolkitError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None

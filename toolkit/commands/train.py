@@ -92,7 +92,9 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     result["checkpoint"] = str(out)
     emit_json({"schema_version": 1, **result}, json_out)
     if not json_to_stdout(json_out):
-        click.echo(format_train_result(result))
+        from toolkit.safetext import shown_tree
+
+        click.echo(format_train_result(shown_tree(result)))  # class names come from the data's files
 
 
 def format_train_result(result: dict) -> str:

@@ -135,9 +135,13 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
     golden = saved_outputs.load(golden_path) if golden_path else None
     mnist = load_mnist(data_dir, log=log)
     logits = {} if outputs_path else None
+    judged: dict = {}
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log, golden=golden,
-                        outputs=logits)
-    click.echo(format_table(result, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
+                        outputs=logits, judged=judged)
+    from toolkit.safetext import shown_tree
+
+    view = shown_tree(result)  # what a person sees: every string from a file escaped (toolkit.safetext)
+    click.echo(format_table(view, wide=wide), err=json_to_stdout(json_out) or md_to_stdout)
     from toolkit.fsutil import atomic_write_bytes
 
     try:
@@ -149,25 +153,21 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
             atomic_write_bytes(outputs_path, saved_outputs.dumps(doc))
             log(f"outputs of {len(logits)} rows: {outputs_path} ({outputs_path.stat().st_size:,} bytes)")
         if md_to_stdout:
-            click.echo(format_markdown(result), nl=False)
+            click.echo(format_markdown(view), nl=False)
         elif md_path:
-            atomic_write_bytes(md_path, format_markdown(result).encode())
+            atomic_write_bytes(md_path, format_markdown(view).encode())
     except OSError as exc:
         raise ToolkitError(f"cannot write report: {exc}") from None
     if plot_path:
         try:
-            write_plot(result, plot_path)
+            write_plot(view, plot_path)
         except OSError as exc:
             raise ToolkitError(f"cannot write plot {plot_path}: {exc.strerror or exc}") from None
     if html_path:
         from toolkit.html_report import write_html
-        from toolkit.manifest import classes_of, confined_path
-        from toolkit.reference import read_reference
 
-        ref = read_reference(confined_path(folder, manifest["reference"]["file"]), len(mnist.test_labels),
-                             len(classes_of(manifest)))
-        try:
-            write_html(result, mnist.test_images, mnist.test_labels, ref["logits"].argmax(1), html_path)
+        try:  # the reference the rows were judged against (the folder is not read a second time)
+            write_html(view, mnist.test_images, mnist.test_labels, judged["reference_predictions"], html_path)
         except OSError as exc:
             raise ToolkitError(f"cannot write {html_path}: {exc.strerror or exc}") from None
     ctx.exit(0 if result["passed"] else 1)
