@@ -42,8 +42,10 @@ def _chain(tmp: Path, data: Path, arch: str, *, args: str = "", targets: str = "
     r = run("export", "--checkpoint", out / "model.pt", "--dir", out, "--quantize", "--targets", targets,
             "--calibration-size", "500", "--data-dir", data, "--quiet")
     assert r.exit_code == 0, r.output
+    # --isa-cap avx2: OpenVINO's int8 rows take the AVX2-only CPU's arithmetic (u8×s8 pairs in int16) on
+    # any x86 machine, so these chains prove that CPU kind too wherever they run
     r = run("verify", "--dir", out, "--data-dir", data, "--rounds", "1", "--json", tmp / "verify.json", "--quiet",
-            *SLICE_GATES)
+            "--isa-cap", "avx2", *SLICE_GATES)
     result = json.loads((tmp / "verify.json").read_text())
     result["exit_code"], result["output"], result["folder"] = r.exit_code, r.output, out
     return result
@@ -55,6 +57,14 @@ def _assert_every_artifact_passed(result: dict) -> None:
     assert sorted(result["targets_checked"]) == sorted(manifest["targets"])  # every exported artifact checked
     failed = [r["id"] for r in result["rows"] if r["status"] == "FAIL"]
     assert not failed
+    # the default int8 files are exact on every CPU kind, AVX2-only included (--int8-for portable), and
+    # each int8 row names the arithmetic it took here
+    for a in manifest["artifacts"]:
+        if a["precision"] == "int8":
+            assert a["int8_for"] == "portable" and "x86-avx2" in a["int8_exact_on"], a
+    for r in result["rows"]:
+        if r["precision"] == "int8" and r["status"] != "skipped":
+            assert r["int8_arithmetic"] and r["int8_exact_here"] is not False, r
 
 
 @pytest.mark.e2e

@@ -39,6 +39,9 @@ class TrainConfig:
 METHODS = tuple(m.value for m in Calibration)  # --calibration-method's choices
 
 
+INT8_ISAS = ("portable", "vnni")  # QuantConfig.int8_isa
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     calibration_size: int = 1000  # training images; accuracy is flat from ~500 up (see README)
@@ -47,9 +50,14 @@ class QuantConfig:
     quant_format: str = "qdq"  # qdq (portable, ORT fuses it to int8 kernels) | qoperator
     activation_type: str = "uint8"  # uint8 activations: U8S8 kernels, fastest on x86 (VNNI and AVX2)
     weight_type: str = "int8"  # int8 weights (symmetric)
-    # 7-bit weights: needed on AVX2-only CPUs, whose U8S8 kernel (vpmaddubsw) can saturate;
-    # VNNI (vpdpbusd) cannot, so None means "only where this CPU lacks VNNI".
-    reduce_range: bool | None = None
+    # Which CPUs the int8 files must compute exactly on. portable (the default): every CPU kind —
+    # x86 with AVX2 only (whose u8×s8 kernel, vpmaddubsw, sums two products into int16 and saturates
+    # past 32,767), AVX-512 VNNI, AMX, aarch64 — so ONNX Runtime and TorchScript get 7-bit weights
+    # (two products ≤ 2·64·255 = 32,640) and NNCF narrows every layer's weights (overflow_fix=enable).
+    # vnni: full-range weights, exact only on CPUs with dot-product instructions (VNNI, AMX, aarch64
+    # sdot); the export machine no longer decides, the user does (toolkit.int8cpu).
+    int8_isa: str = "portable"
+    reduce_range: bool | None = None  # None: from int8_isa; True/False: the user's explicit choice
     uint8_input: bool = True  # the ONNX int8 model takes raw uint8 pixels: /255 folded into its input scale
     # The 1-channel first conv is ORT's slow int8 case (5× the fp32 conv). Left in fp32 (with its
     # ReLU and max-pool; 19% of the multiply-adds) and fenced (see quantize.fence_first_block), the
@@ -78,16 +86,17 @@ class QuantConfig:
             raise ExportError("--calibration-percentile must be in (0, 100]")
         if not all(isinstance(n, str) and n for n in self.keep_fp32):
             raise ExportError("keep_fp32 holds layer names")
+        if self.int8_isa not in INT8_ISAS:
+            raise ExportError(f"--int8-for must be one of {', '.join(INT8_ISAS)}")
         if self.first_conv == "im2col" and self.quant_format != "qdq":
             raise ExportError("--first-conv im2col needs --format qdq (use --first-conv int8 with qoperator)")
 
     def resolved_reduce_range(self) -> bool:
+        """7-bit weights for the u8×s8 kernels: what the user said, else what int8_isa needs; never what
+        the export machine happens to have."""
         if self.reduce_range is not None:
             return self.reduce_range
-        from toolkit.machine import cpu_flags
-
-        flags = cpu_flags()
-        return not (flags["avx512_vnni"] or flags["avx_vnni"])
+        return self.int8_isa == "portable"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "reduce_range": self.resolved_reduce_range(), "keep_fp32": list(self.keep_fp32)}
@@ -164,6 +173,10 @@ class VerifyConfig:
     # with their spread (toolkit.timing). 3 is the fewest with a median and a spread.
     rounds: int = 3
     gates: Gates = field(default_factory=Gates)
+    # "avx2": the rows of runtimes whose int8 kernels honour an instruction-set cap (oneDNN's
+    # ONEDNN_MAX_CPU_ISA: OpenVINO) run as on an AVX2-only CPU, so a VNNI or AMX machine checks the
+    # arithmetic of the most common cloud CPU too; the others (MLAS, XNNPACK) say they cannot be capped.
+    isa_cap: str | None = None
     expect: tuple = ()  # targets that must be in the manifest (e.g. onnx-int8), beyond what it lists
     # Each row runs in a child process (toolkit.isolate): a hostile model that hangs, allocates without
     # bound or aborts becomes that row's FAIL. A row takes ~1-3 s here; the limits are far above that.

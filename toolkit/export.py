@@ -385,6 +385,8 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         fields = dict(art.fields)
         if art.precision == "int8" and "calibration_method" not in fields:  # how it was calibrated
             fields["calibration_method"] = _calibration_method(art.fmt, ex.quant)
+        if art.precision == "int8":
+            fields.update(_int8_cpu_fields(ex, art, sources))
         qparams = art.quant_params if art.source is None else sources[art.source].quant_params
         entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
                                       OPSET if BY_NAME[art.fmt].onnx_opset else None, accuracy[art.file],
@@ -419,6 +421,39 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "versions": library_versions(),
         "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
     }
+
+
+# The int8 kernels that run each format (toolkit.int8cpu); an .onnx also runs on OpenVINO (oneDNN),
+# which pairs u8×s8 like MLAS, so the same bound decides for both.
+_INT8_KERNELS = {"onnx": "mlas", "ort": "mlas", "triton": "mlas", "torchscript": "fbgemm", "openvino": "onednn",
+                 "tflite": "xnnpack", "executorch": "xnnpack"}
+
+
+def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
+    """Which CPU kinds an int8 file computes exactly on (toolkit.int8cpu), and the evidence: the worst
+    u8×s8 pair sum its own weights can form (ONNX family, OpenVINO IR), or the recipe that bounds it
+    (TorchScript: 7-bit activations), or kernels that never pair in int16 (XNNPACK)."""
+    from toolkit import int8cpu
+    from toolkit.exporters.quantize import onnx_int8_weights
+
+    kernels = _INT8_KERNELS.get(art.fmt, "mlas")
+    bound = None
+    if art.fmt in ("onnx", "ort", "triton"):
+        onnx_file = ex.stage / f"{ex.arch}_int8.onnx"
+        if onnx_file.is_file():
+            bound = int8cpu.pair_sum_bound(onnx_int8_weights(onnx_file))
+    elif art.fmt == "openvino":
+        from toolkit.exporters.openvino_ir import ir_int8_weights
+
+        bound = int8cpu.pair_sum_bound(ir_int8_weights(ex.stage / art.file))
+    if kernels == "fbgemm":
+        bounded = ex.quant.resolved_reduce_range()  # 7-bit activations: two products ≤ 2·128·127
+    else:
+        bounded = bound is not None and bound <= int8cpu.INT16_MAX
+    fields = {"int8_for": ex.quant.int8_isa, "int8_exact_on": int8cpu.exact_on(kernels, bounded)}
+    if bound is not None:
+        fields["int8_pair_sum_bound"] = bound
+    return fields
 
 
 def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> dict:

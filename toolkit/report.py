@@ -99,6 +99,11 @@ def _notes(result: dict) -> list[str]:
             notes.append(f"{label}: {_placement(r['placement'])}")
         if r.get("precision") == "int8" and r.get("accuracy") is not None and not r.get("is_reference"):
             notes.append(f"{label}: {_scores(r)}")
+        if r.get("int8_arithmetic") and r["status"] != "skipped":
+            exact = {True: "; the file is exact on this CPU kind",
+                     False: "; the file is NOT exact on this CPU kind (exported with --int8-for vnni: full-range "
+                            "weights saturate here; re-export with --int8-for portable)"}.get(r.get("int8_exact_here"), "")
+            notes.append(f"{label}: int8 arithmetic here: {r['int8_arithmetic']}{exact}")
         o = r.get("ood")
         if o and not r.get("is_reference") and (r.get("precision") == "int8" or o["agreement_pct"] < 100):
             notes.append(f"{label}: not-a-digit decisions as the reference's on {o['test_agreement_pct']:.2f}% of "

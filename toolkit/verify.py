@@ -100,6 +100,10 @@ class Row:
     # the row (its id) whose measurements and timing rounds this row shares: the same bytes (SHA-256) on
     # the same runtime with the same settings (a Triton model.onnx and the .onnx it copies) run once
     measured_with: str | None = None
+    # int8 rows: the int8 arithmetic this runtime's kernels take on this CPU (toolkit.int8cpu), and
+    # whether the file is exact on this CPU kind (the manifest's int8_exact_on; None: it records none)
+    int8_arithmetic: str | None = None
+    int8_exact_here: bool | None = None
 
     @property
     def id(self) -> str:
@@ -361,6 +365,8 @@ def _plan_rows(run: _Run) -> list[tuple]:
             for a in (a for a in run.manifest["artifacts"] if a["format"] == fmt):
                 row = Row(row_label(fmt, a["precision"]), spec.label, a["precision"], a["file"], device=spec.device,
                           fmt=fmt, runtime_id=spec.id)
+                if a["precision"] == "int8":
+                    _int8_on_this_cpu(row, spec, a, run.config.isa_cap)
                 if skip:
                     row.status, row.reasons = skip
                 plan.append((row, spec, a))
@@ -369,6 +375,23 @@ def _plan_rows(run: _Run) -> list[tuple]:
                                      fmt=fmt, runtime_id=f"{spec.id}-{reduced}", arithmetic=Arithmetic.DEFAULT.value),
                                  spec, a))
     return plan
+
+
+def _int8_on_this_cpu(row: Row, spec, artifact: dict, isa_cap: str | None) -> None:
+    """The int8 arithmetic `spec`'s kernels take on this CPU (under the ISA cap, where they honour it),
+    and whether the file is exact on this CPU kind by the manifest's record."""
+    import platform
+
+    from toolkit import int8cpu
+    from toolkit.machine import cpu_flags
+
+    kind = int8cpu.capped(int8cpu.cpu_kind(cpu_flags(), platform.machine()), isa_cap, spec.int8_kernels)
+    row.int8_arithmetic = int8cpu.arithmetic(kind, spec.int8_kernels)
+    if isa_cap and spec.int8_kernels != "onednn" and not spec.gpu:
+        row.int8_arithmetic += f" (--isa-cap {isa_cap} does not reach these kernels)"
+    exact_on = artifact.get("int8_exact_on")
+    if isinstance(exact_on, list) and kind != int8cpu.CpuKind.OTHER:
+        row.int8_exact_here = kind.value in exact_on
 
 
 def _reduced_default(spec) -> str | None:
@@ -490,7 +513,8 @@ def _row_child(run: _Run, row: Row, spec, a: dict, *, load_only: bool = False) -
         m = _child_call(run, worker, measure_row, RUNTIMES.index(spec), str(run.folder), a, config.threads,
                         run.test_images[:0] if load_only else run.test_images,
                         None if load_only else run.ood and run.ood["non_digits"], arithmetic=row.arithmetic,
-                        keep=None if load_only else row.id, load_only=load_only, timeout_s=config.row_timeout_s)
+                        keep=None if load_only else row.id, load_only=load_only, timeout_s=config.row_timeout_s,
+                        isa_cap=config.isa_cap)
     except BaseException:
         worker.close()
         raise
@@ -603,6 +627,7 @@ def _result(run: _Run, rows: list[Row], t_start: float, cpu_start=None) -> dict:
         "manifest": {"arch": run.manifest.get("arch"), "created": run.manifest.get("created"),
                      "calibration": run.manifest.get("calibration")},
         "machine": _machine(),
+        "isa_cap": run.config.isa_cap,
         "golden": golden_summary,
         "seconds": time.perf_counter() - t_start,
     }
@@ -647,7 +672,7 @@ _LOADED: dict = {}
 
 def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test_images: np.ndarray,
                 non_digits: np.ndarray | None = None, *, arithmetic: str = Arithmetic.EXACT.value,
-                keep: str | None = None, load_only: bool = False) -> dict:
+                keep: str | None = None, load_only: bool = False, isa_cap: str | None = None) -> dict:
     """One row's untimed measurements, in the child process that toolkit.isolate bounds: the artifact's
     test logits (float32), the loaded bytes' hash, placement, batch consistency, and the arithmetic asked
     for and run. `keep`: a key the loaded model is kept under for time_row (the timing rounds). `load_only`:
@@ -655,6 +680,8 @@ def measure_row(spec_index: int, folder: str, artifact: dict, threads: int, test
     rss_start = _proc_status_mb("VmRSS")
     phases: dict = {}
     clock = _Clock(phases)
+    if isa_cap and RUNTIMES[spec_index].int8_kernels == "onednn":  # read by oneDNN at its first compile, here
+        os.environ["ONEDNN_MAX_CPU_ISA"] = isa_cap.upper()
     with clock("load"):
         cand = build_candidate(RUNTIMES[spec_index], Path(folder), artifact, threads, arithmetic=Arithmetic(arithmetic))
     if load_only:

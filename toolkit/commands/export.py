@@ -49,8 +49,13 @@ from toolkit.targets import TARGETS
 @click.option("--float-input", is_flag=True, help="Int8 ONNX takes float32 pixel/255 like fp32 (default: raw uint8 pixels).")
 @click.option("--first-conv", type=click.Choice(["fp32", "im2col", "int8"]), default=QUANT.first_conv, show_default=True,
               help="How the int8 ONNX runs the 1-channel first conv: left in fp32 (fastest), im2col (qdq only), int8.")
+@click.option("--int8-for", "int8_isa", type=click.Choice(["portable", "vnni"]), default=QUANT.int8_isa,
+              show_default=True,
+              help="CPUs the int8 files must be exact on: portable (every kind: AVX2-only x86, VNNI, AMX, aarch64; "
+                   "7-bit weights where a u8×s8 kernel could saturate) or vnni (full-range weights: exact only on CPUs "
+                   "with dot-product instructions). The manifest records each int8 file's CPU kinds.")
 @click.option("--reduce-range/--full-range", default=None,
-              help="7-bit int8 weights (for AVX2-only CPUs without VNNI). Default: only when this CPU lacks VNNI.")
+              help="Override --int8-for for ONNX Runtime and TorchScript: 7-bit or full-range int8 weights.")
 @click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
               help="Which training images calibrate.")
 @click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
@@ -84,7 +89,8 @@ from toolkit.targets import TARGETS
 @toolkit_errors
 @merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, reduce_range, seed, data_dir, json_out, allow_other_test_set=False,
+           activation_type, float_input, first_conv, int8_isa, reduce_range, seed, data_dir, json_out,
+           allow_other_test_set=False,
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct,
@@ -103,7 +109,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
 
     quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
-                        first_conv=first_conv, reduce_range=reduce_range, seed=seed, percentile=percentile,
+                        first_conv=first_conv, int8_isa=int8_isa, reduce_range=reduce_range, seed=seed, percentile=percentile,
                         keep_fp32=tuple(n.strip() for n in keep_fp32.split(",") if n.strip()))
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
                           allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search,

@@ -58,6 +58,10 @@ from toolkit.targets import KNOWN_TARGETS
 @click.option("--rounds", type=click.IntRange(1, 50), default=VERIFY.rounds, show_default=True,
               help="Timing rounds: every row timed once per round, rows interleaved; latency and throughput are "
                    "medians over the rounds, with their min-max spread (more rounds: steadier figures, longer run).")
+@click.option("--isa-cap", type=click.Choice(["avx2"]), default=None,
+              help="Run the rows whose int8 kernels honour an instruction-set cap (oneDNN: OpenVINO) as on an "
+                   "AVX2-only CPU (ONEDNN_MAX_CPU_ISA), to check that CPU's arithmetic on a VNNI or AMX machine; each "
+                   "row says whether the cap reached it.")
 @gate_options
 @json_option("The full report")
 @click.option("--wide", is_flag=True, help="Every column and unwrapped notes (default: fits 120 columns).")
@@ -83,7 +87,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
-           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None):
+           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None, isa_cap=None):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -108,7 +112,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
     config = VerifyConfig(folder=folder, runtimes=runtimes, skip_runtimes=tuple(skip_runtimes), require_cuda=require_cuda,
                           threads=threads,
                           throughput_batch=batch_size, gates=gates, expect=tuple(expect), row_timeout_s=row_timeout,
-                          row_memory_mb=row_memory, rounds=rounds)
+                          row_memory_mb=row_memory, rounds=rounds, isa_cap=isa_cap)
     from toolkit.manifest import load_manifest
 
     manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data

@@ -300,6 +300,57 @@ def onnx_quant_params(path: Path) -> dict:
     return params
 
 
+def onnx_int8_weights(path: Path) -> list[np.ndarray]:
+    """Every int8 weight tensor an int8 ONNX model multiplies with, output channels first (QDQ: an int8
+    initializer dequantized into a Conv's, MatMul's or Gemm's weight; QOperator: QLinearConv/QLinearMatMul,
+    ConvInteger/MatMulInteger). What toolkit.int8cpu.pair_sum_bound reads."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict = {}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, k))
+
+    def int8(name: str) -> np.ndarray | None:
+        init = inits.get(name)
+        if init is None or init.data_type != onnx.TensorProto.INT8:
+            return None
+        return numpy_helper.to_array(init)
+
+    def depthwise(node, w: np.ndarray) -> bool:  # MLAS's depthwise int8 kernel widens to 16 bits: no pairs
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        return node.op_type in ("Conv", "QLinearConv", "ConvInteger") and group > 1 and w.ndim == 4 \
+            and w.shape[1] == 1 and group == w.shape[0]
+
+    def oriented(w: np.ndarray, node, k: int) -> np.ndarray:
+        if node.op_type in ("MatMul", "QLinearMatMul", "MatMulInteger") or (
+                node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute)):
+            return np.moveaxis(w, -1, 0)  # B is K×N: outputs along its last axis
+        return w  # Conv weights, Gemm's transposed B: outputs first
+
+    weights = []
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            w = int8(node.input[0])
+            if w is None:
+                continue
+            for user, k in consumers.get(node.output[0], []):
+                if k == 1 and user.op_type in ("Conv", "MatMul", "Gemm") and not depthwise(user, w):
+                    weights.append(oriented(w, user, k))
+        elif node.op_type in ("QLinearConv", "QLinearMatMul") and len(node.input) > 3:
+            w = int8(node.input[3])
+            if w is not None and not depthwise(node, w):
+                weights.append(oriented(w, node, 3))
+        elif node.op_type in ("ConvInteger", "MatMulInteger") and len(node.input) > 1:
+            w = int8(node.input[1])
+            if w is not None and not depthwise(node, w):
+                weights.append(oriented(w, node, 1))
+    return weights
+
+
 # ------------------------------------------------------------------ TorchScript
 
 

@@ -28,6 +28,9 @@ class RuntimeSpec:
     # modules its rows import that cost seconds each time (ExecuTorch's runtime with torch, ~2.5 s): imported once in the
     # bounded children's forkserver when a run has such rows, so each child starts with them
     preload: tuple = ()
+    # its int8 kernel family (toolkit.int8cpu): whether u8×s8 products pair in a saturating int16 on
+    # AVX2, and whether an ISA cap (oneDNN's ONEDNN_MAX_CPU_ISA) reaches them
+    int8_kernels: str = "mlas"
 
     @property
     def gpu(self) -> bool:
@@ -36,19 +39,22 @@ class RuntimeSpec:
 
 
 RUNTIMES = (
-    RuntimeSpec("TorchScript", "torchscript", ("torchscript",), "pytorch", needs_torch=True, color="tab:blue"),
+    RuntimeSpec("TorchScript", "torchscript", ("torchscript",), "pytorch", needs_torch=True, color="tab:blue",
+                int8_kernels="fbgemm"),
     RuntimeSpec("ORT CPU", "ort-cpu", ("onnx", "ort", "triton"), "onnxruntime", device="cpu", color="tab:green"),
     # The .ort format is for mobile/minimal CPU builds; Triton's model.onnx is the .onnx itself.
-    RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple"),
+    RuntimeSpec("ORT CUDA", "ort-cuda", ("onnx",), "onnxruntime", device="cuda", color="tab:purple",
+                int8_kernels="cuda"),
     # The same .onnx files on OpenVINO's CPU plugin, as Intel users deploy them (see runtimes/openvino.py)
     RuntimeSpec("OpenVINO CPU", "openvino", ("onnx", "openvino"), "openvino", requires=("openvino",), extra="openvino",
-                color="tab:cyan", reduced_default=True, preload=("toolkit.runtimes.openvino_preload",)),
+                color="tab:cyan", reduced_default=True, preload=("toolkit.runtimes.openvino_preload",),
+                int8_kernels="onednn"),
     RuntimeSpec("LiteRT XNNPACK", "litert", ("tflite",), "litert", requires=("ai_edge_litert",), extra="litert",
-                color="tab:orange"),
+                color="tab:orange", int8_kernels="xnnpack"),
     # ExecuTorch's Python runtime imports torch (see runtimes/executorch.py)
     RuntimeSpec("ExecuTorch XNNPACK", "executorch", ("executorch",), "executorch", needs_torch=True, requires=("executorch",),
                 extra="executorch", color="tab:brown",
-                preload=("torch", "toolkit.runtimes.executorch_preload")),
+                preload=("torch", "toolkit.runtimes.executorch_preload"), int8_kernels="xnnpack"),
 )
 
 
