@@ -158,15 +158,19 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
 
     from helpers import BLOCK_TORCH
 
+    (tmp_path / "given.pt").write_bytes(b"a checkpoint")
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from click.testing import CliRunner
         from toolkit.cli import main
         for args in (["train", "--data-dir", r"{tiny_dir}", "--out", r"{tmp_path / 'm.pt'}"],
-                     ["export", "--checkpoint", r"{tmp_path / 'm.pt'}", "--out", r"{tmp_path}"]):
+                     ["export", "--checkpoint", r"{tmp_path / 'given.pt'}", "--out", r"{tmp_path}"]):
             r = CliRunner().invoke(main, args)
             assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
             assert r.stderr.count("Error:") == 1, r.stderr
             assert "needs the training stack" in r.stderr and "mnisttk[train]" in r.stderr, r.stderr
+        # a checkpoint that is not there is said before torch is even imported (cheap checks first)
+        r = CliRunner().invoke(main, ["export", "--checkpoint", r"{tmp_path / 'none.pt'}", "--out", r"{tmp_path}"])
+        assert r.exit_code == 1 and "none.pt: no such checkpoint" in r.stderr, r.stderr
         print("EDGE OK")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

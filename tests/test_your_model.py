@@ -307,3 +307,33 @@ def test_verify_never_imports_the_model_code_a_folder_names(tiny_data, tmp_path)
     assert r.exit_code == 0, r.output
     assert "whose code verify never imports" in r.output and "reference.npz" in r.output
     assert not marker.exists()
+
+
+def test_a_three_class_model_through_litert_says_three_wide_outputs(tmp_path):
+    """The LiteRT exporter wrote a literal [1, 10] as its output shape, so a 3-class model's .tflite rows
+    FAILed in verify (`output shape [600, 3] for 600 images, expected [600, 10]`); the shape is now the
+    program's own, and export refuses any output whose width is not the model's class count."""
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("the LiteRT extras are not installed")
+    arrays = synthetic_arrays(n_train=600, n_test=60)
+    for k in ("train", "test"):
+        keep = arrays[f"{k}_labels"] < 3
+        arrays[f"{k}_images"], arrays[f"{k}_labels"] = arrays[f"{k}_images"][keep], arrays[f"{k}_labels"][keep]
+    data = write_idx(tmp_path / "three", arrays)
+    out = tmp_path / "exported"
+    r = run("train", "--arch", "mlp", "--data-dir", data, "--epochs", "3", "--batch-size", "20", "--lr", "0.003",
+            "--device", "cpu", "--checkpoint", out / "mlp.pt", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("export", "--checkpoint", out / "mlp.pt", "--dir", out, "--quantize", "--calibration-size", "100",
+            "--data-dir", data, "--targets", "onnx,tflite", "--quiet")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    tflite = [a for a in manifest["artifacts"] if a["format"] == "tflite"]
+    assert len(tflite) == 2 and all(a["outputs"][0]["shape"] == [1, 3] for a in tflite)
+    r = run("verify", "--dir", out, "--data-dir", data, "--rounds", "1", "--skip-runtime", "openvino", "--no-torch",
+            "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-min-ood-agreement", "0",
+            "--int8-max-clipped", "100", "--json", "-")
+    rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
+    assert rows["tflite-fp32@litert"]["status"] == "ok" and rows["tflite-int8@litert"]["status"] == "ok", r.output

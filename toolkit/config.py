@@ -126,6 +126,9 @@ class ExportConfig:
     allow_other_test_set: bool = False  # export against a test set other than the checkpoint's
     formats: tuple = DEFAULT_FORMATS  # --targets: which formats to write (onnx always)
     search: bool = False  # --search: measure per-layer precision choices, keep the fastest that passes
+    # when the default int8 ONNX model fails the gates, keep its costliest layers in fp32 until they hold
+    # (toolkit.search.fallback); off: write the default and let verify fail it
+    int8_fallback: bool = True
     gates: Gates = Gates()  # verify's gates: fp32 parity at export, and what --search's candidates must pass
     # the share of calibration digits the not-a-digit rule accepts (toolkit.ood): lower rejects more
     # non-digits and more real digits (docs/predict.md measures the trade-off)

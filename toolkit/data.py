@@ -413,6 +413,20 @@ def read_classes_file(directory: Path) -> tuple | None:
     return parse_classes(text, str(path))
 
 
+def _unread_folder(directory: Path) -> str:
+    """Why a folder the user named holds nothing mnisttk reads, and what it looked for."""
+    if not directory.exists():
+        return f"{directory}: no such folder (--data-dir names a folder of IDX files)"
+    if not directory.is_dir():
+        return f"{directory}: not a folder (--data-dir names a folder of IDX files)"
+    seen = [n for n in ("train.npz", "test.npz", "train", "test") if (directory / n).exists()]
+    also = (f"; it holds {', '.join(seen)}: NumPy archives and image folders are not read by this version"
+            if seen else "")
+    return (f"{directory}: holds no data set mnisttk reads (looked for the four MNIST IDX files, .gz or not, flat "
+            f"or in MNIST/raw/{also}); nothing was written there. Without --data-dir mnisttk reads, and downloads "
+            f"MNIST into, {default_data_dir()}")
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True,
                classes: str | None = None) -> MNIST:
     """The dataset; `classes`: a comma list of class names (else classes.txt beside the IDX files, else
@@ -422,6 +436,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, dow
     if arrays is not None:
         names = parse_classes(classes, "--classes") if classes else read_classes_file(directory)
         return _make_mnist(arrays, f"IDX files in {directory}", directory, names)
+    if data_dir:  # a folder the user named is read, never filled: a download only goes to the default cache
+        raise DataError(_unread_folder(directory))
     if not download:
         raise DataError(f"no MNIST IDX files in {directory}")
     log(f"no MNIST in {directory}; trying the official download")

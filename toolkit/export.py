@@ -164,6 +164,7 @@ class _Export:
     quant: Any = None  # the int8 recipe (--search may change it)
     quant_info: dict | None = None
     search: dict | None = None
+    int8_fallback: dict | None = None  # toolkit.search.fallback's evidence, where the default recipe failed
     calib: np.ndarray | None = None
     not_exported: list = field(default_factory=list)  # {"target", "reason"}: what a converter could not take
     input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
@@ -270,6 +271,12 @@ def _write_int8(ex: _Export, indices, log) -> None:
                                ex.ref_logits, gates=ex.config.gates, log=log)
         ex.quant = ex.search.pop("chosen")
         log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(ex.search))
+    elif ex.config.int8_fallback and not ex.quant.keep_fp32:  # the user's own --keep-fp32 is kept as given
+        from toolkit.search import fallback
+
+        ex.quant, ex.int8_fallback = fallback(ex.stage / f"{ex.arch}_fp32.onnx", ex.calib, ex.quant,
+                                              ex.data.test_images, ex.labels, ex.ref_logits, gates=ex.config.gates,
+                                              log=log)
     for fmt in _primary_formats(ex.config):
         _try_target(ex, fmt, ("int8",), log)
     ex.quant_info = {**ex.quant.to_dict(), "split": "train", "calibration_indices_sha256": indices_sha256(indices)}
@@ -347,15 +354,22 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
 
 def _not_exportable(ex: _Export, fmt: str, precisions: tuple, reason: str, log) -> None:
     ex.not_exported += [{"target": f"{fmt}-{p}", "reason": reason} for p in precisions]
-    log(f"{fmt} ({', '.join(precisions)}): not exportable: {reason}")
+    head = f"{fmt} ({', '.join(precisions)}): not exportable: "
+    short = reason if len(head) + len(reason) <= 120 else reason[: 120 - len(head) - 1] + "…"
+    log(head + short + ("" if short == reason else "\n    (the converter's whole message: the manifest's not_exported)"))
 
 
-def _check_io(entry: dict, seen: str | None) -> None:
-    """The manifest's input entry must be what the written file takes, as its runtime read it back."""
+def _check_io(entry: dict, seen: str | None, num_classes: int) -> None:
+    """The manifest's input entry must be what the written file takes, as its runtime read it back, and
+    its output as wide as the model's classes (a converter's own output shape, never a constant)."""
     said = entry["inputs"][0]["dtype"]
     if seen is None or said != seen:
         raise ExportError(f"{entry['file']}: the manifest would say it takes {said}, but its runtime reads an input "
                           f"of {seen or 'unknown type'}; nothing was written")
+    shape = (entry.get("outputs") or [{}])[0].get("shape") or []
+    if shape and isinstance(shape[-1], int) and shape[-1] != num_classes:
+        raise ExportError(f"{entry['file']}: its output is {shape[-1]} wide, the model has {num_classes} classes; "
+                          "nothing was written")
 
 
 def _score(ex: _Export) -> dict:
@@ -392,7 +406,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
                                       OPSET if BY_NAME[art.fmt].onnx_opset else None, accuracy[art.file],
                                       config.quant.uint8_input and BY_NAME[art.fmt].uint8_input and art.precision == "int8",
                                       file=art.file, extra=fields, num_classes=ex.data.num_classes))
-        _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source))
+        _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source), ex.data.num_classes)
     return {
         "schema_version": MANIFEST_VERSION,
         "mnisttk_version": __version__,
@@ -417,16 +431,11 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "fp32_parity": ex.checks,
         "calibration": ex.quant_info,
         "search": ex.search,  # export --search: every candidate measured, the chosen one marked
+        "int8_fallback": ex.int8_fallback,  # the default int8 recipe failed: the layers kept in fp32, and why
         "ood": ood_rule,  # predict's not-a-digit rule (toolkit.ood), calibrated on training digits
         "versions": library_versions(),
         "machine": machine_info(torch.cuda.get_device_name() if torch.cuda.is_available() else None),
     }
-
-
-# The int8 kernels that run each format (toolkit.int8cpu); an .onnx also runs on OpenVINO (oneDNN),
-# which pairs u8×s8 like MLAS, so the same bound decides for both.
-_INT8_KERNELS = {"onnx": "mlas", "ort": "mlas", "triton": "mlas", "torchscript": "fbgemm", "openvino": "onednn",
-                 "tflite": "xnnpack", "executorch": "xnnpack"}
 
 
 def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
@@ -436,13 +445,14 @@ def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
     from toolkit import int8cpu
     from toolkit.exporters.quantize import onnx_int8_weights
 
-    kernels = _INT8_KERNELS.get(art.fmt, "mlas")
+    target = BY_NAME[art.fmt]
+    kernels = target.int8_kernels
     bound = None
-    if art.fmt in ("onnx", "ort", "triton"):
+    if target.onnx_opset:  # the ONNX family: the int8 ONNX model's weights (.ort and Triton's are its own)
         onnx_file = ex.stage / f"{ex.arch}_int8.onnx"
         if onnx_file.is_file():
             bound = int8cpu.pair_sum_bound(onnx_int8_weights(onnx_file))
-    elif art.fmt == "openvino":
+    elif kernels == "onednn":  # an OpenVINO IR: its own int8 constants
         from toolkit.exporters.openvino_ir import ir_int8_weights
 
         bound = int8cpu.pair_sum_bound(ir_int8_weights(ex.stage / art.file))

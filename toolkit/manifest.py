@@ -236,6 +236,9 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
 
 
 def load_manifest(folder: Path) -> dict:
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.lexists(folder) else "no such folder"
+        raise ManifestError(f"{folder}: {what} (--dir names the folder `mnisttk export` wrote)")
     path = Path(folder) / MANIFEST_NAME
     if os.path.lexists(path):  # a link out of the folder is refused like any other name
         confined_path(folder, MANIFEST_NAME, "manifest")

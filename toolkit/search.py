@@ -109,31 +109,22 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
                ref_logits: np.ndarray, gates: Gates = Gates(), log: Callable[[str], None] = lambda s: None) -> dict:
     """Quantize, score and time every candidate; returns {'chosen': QuantConfig, 'table': [...], ...}."""
     from toolkit.exporters.quantize import onnx_static_int8
-    from toolkit.runtimes.onnxruntime import OnnxCandidate
 
     layers, has_conv = later_layers(fp32_onnx)
     configs = candidates(base, layers, has_conv)
     ref_pred = ref_logits.argmax(1)
     ref_acc = float((ref_pred == labels).mean())
     rows: list[dict] = []
-    runners = [OnnxCandidate(fp32_onnx, "fp32", "cpu", 1)]
+    classes = ref_logits.shape[1]
+    runners = [_onnx(fp32_onnx, "fp32", classes)]
     with tempfile.TemporaryDirectory(prefix="mnisttk-search-") as tmp:
         for i, q in enumerate(configs):
             path = Path(tmp) / f"candidate_{i}.onnx"
             onnx_static_int8(fp32_onnx, path, calib, q)
-            cand = OnnxCandidate(path, "int8", "cpu", 1)
-            logits = cand.logits(images_u8)
-            pred = logits.argmax(1)
-            sat = saturation(logits, cand.output_limits())
-            acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
-            found = cand.placement()
-            measured = Measurement("int8", accuracy_drop_points=(ref_acc - acc) * 100, agreement_pct=agreement * 100,
-                                   int8_kernels=list(found.int8_kernels or ()) if found else [],
-                                   clipped_top_pct=sat["clipped_top_pct"] if sat else None)
-            reasons = [r.text() for r in evaluate(measured, gates)]  # verify's gates, the same function
-            rows.append({"precision": describe(q, layers, has_conv), "accuracy": acc, "agreement": agreement,
-                         "flipped": int((pred != ref_pred).sum()), "passed": not reasons, "reasons": reasons,
-                         "_config": q})
+            cand = _onnx(path, "int8", classes)
+            scored = _scored(cand, images_u8, labels, ref_pred, ref_acc, gates)
+            acc, agreement, reasons = scored["accuracy"], scored["agreement"], scored["reasons"]
+            rows.append({"precision": describe(q, layers, has_conv), **scored, "_config": q})
             runners.append(cand)
             log(f"search: candidate {i + 1}/{len(configs)} {_label(rows[-1]['precision'])}: "
                 f"accuracy {acc:.2%}, agreement {agreement:.2%}{'' if not reasons else ' (fails: ' + '; '.join(reasons) + ')'}")
@@ -164,6 +155,81 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
                       "int8_min_agreement_pct": gates.int8_min_agreement_pct},
             "timing": {"threads": 1, "batch": BATCH, "rounds": ROUNDS, "latency_iters": LATENCY_ITERS,
                        "machine_load": timing["machine_load"]}}
+
+
+def _onnx(path: Path, precision: str, num_classes: int):
+    """An ONNX Runtime CPU runner (1 thread) of a candidate file, checked for `num_classes` logits."""
+    from toolkit.runtimes.onnxruntime import OnnxCandidate
+
+    cand = OnnxCandidate(path, precision, "cpu", 1)
+    cand.num_classes = num_classes
+    return cand
+
+
+def _scored(cand, images_u8: np.ndarray, labels: np.ndarray, ref_pred: np.ndarray, ref_acc: float,
+            gates: Gates) -> dict:
+    """One int8 candidate on the test set under verify's gates (the same function verify judges with)."""
+    logits = cand.logits(images_u8)
+    pred = logits.argmax(1)
+    sat = saturation(logits, cand.output_limits())
+    acc, agreement = float((pred == labels).mean()), float((pred == ref_pred).mean())
+    found = cand.placement()
+    measured = Measurement("int8", accuracy_drop_points=(ref_acc - acc) * 100, agreement_pct=agreement * 100,
+                           int8_kernels=list(found.int8_kernels or ()) if found else [],
+                           clipped_top_pct=sat["clipped_top_pct"] if sat else None)
+    reasons = [r.text() for r in evaluate(measured, gates)]
+    return {"accuracy": acc, "agreement": agreement, "flipped": int((pred != ref_pred).sum()), "passed": not reasons,
+            "reasons": reasons}
+
+
+MAX_FALLBACK_LAYERS = 24  # layers ranked one by one; a larger model keeps its default recipe and the evidence
+
+
+def fallback(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8: np.ndarray, labels: np.ndarray,
+             ref_logits: np.ndarray, gates: Gates = Gates(),
+             log: Callable[[str], None] = lambda s: None) -> tuple[QuantConfig, dict | None]:
+    """What `export --quantize` does by itself when the default int8 ONNX model fails verify's gates: each
+    later layer is tried alone in fp32 and ranked by the agreement that buys (the layer int8 costs the
+    most first); then the costliest layers are kept in fp32, one more at a time, until the gates hold.
+    Returns the recipe to write and the evidence (None where the default passed): every step measured
+    on the full test set, so the manifest shows why each layer is fp32 — or why no recipe passes."""
+    from toolkit.exporters.quantize import onnx_static_int8
+
+    ref_pred = ref_logits.argmax(1)
+    ref_acc = float((ref_pred == labels).mean())
+    layers, _ = later_layers(fp32_onnx)
+    with tempfile.TemporaryDirectory(prefix="mnisttk-fallback-") as tmp:
+        def score(q: QuantConfig, name: str) -> dict:
+            path = Path(tmp) / f"{name}.onnx"
+            onnx_static_int8(fp32_onnx, path, calib, q)
+            return _scored(_onnx(path, "int8", ref_logits.shape[1]), images_u8, labels, ref_pred, ref_acc, gates)
+
+        default = score(base, "default")
+        if default["passed"]:
+            return base, None
+        log(f"int8: the default recipe fails verify's gates ({'; '.join(default['reasons'])}); keeping the layers "
+            "that cost the most in fp32 until they hold")
+        evidence: dict = {"default": default, "ranking": [], "steps": [], "kept_fp32": None}
+        if len(layers) > MAX_FALLBACK_LAYERS:
+            evidence["why"] = f"{len(layers)} layers, more than the {MAX_FALLBACK_LAYERS} ranked one by one"
+            return base, evidence
+        for i, name in enumerate(layers):
+            alone = score(replace(base, keep_fp32=(name,)), f"alone_{i}")
+            evidence["ranking"].append({"layer": name, **alone})
+        ranked = [r["layer"] for r in sorted(evidence["ranking"], key=lambda r: (-r["agreement"], -r["accuracy"]))]
+        for k in range(1, len(ranked) + 1):
+            kept = tuple(ranked[:k])
+            if len(kept) == len(layers) and base.first_conv == "fp32":
+                break  # nothing left in int8
+            step = score(replace(base, keep_fp32=kept), f"keep_{k}")
+            evidence["steps"].append({"kept_fp32": list(kept), **step})
+            log(f"int8: {', '.join(kept)} in fp32: agreement {step['agreement']:.2%}, accuracy {step['accuracy']:.2%}"
+                + ("" if not step["reasons"] else f" (fails: {'; '.join(step['reasons'])})"))
+            if step["passed"]:
+                evidence["kept_fp32"] = list(kept)
+                return replace(base, keep_fp32=kept), evidence
+    evidence["why"] = "no number of layers kept in fp32 makes the int8 model pass the gates"
+    return base, evidence
 
 
 def _label(precision: dict) -> str:

@@ -56,6 +56,10 @@ class Target:
     support: tuple = ()
     # how its int8 file was calibrated, where export itself quantizes it (None: its exporter says)
     calibration_by: str | None = None
+    # the int8 kernel family its files run on (toolkit.int8cpu): mlas and onednn pair u8×s8 products in
+    # a saturating int16 on AVX2 (the bound is read from the file's weights), fbgemm too (7-bit
+    # activations bound it), xnnpack never does
+    int8_kernels: str = "mlas"
 
     def __post_init__(self):
         if len(self.exporter) != 2:
@@ -67,7 +71,7 @@ class Target:
 ORT_METHODS = tuple(Calibration)  # ONNX Runtime's calibrators (toolkit.exporters.quantize)
 TARGETS = (
     Target("torchscript", "TorchScript", "zip", ("torchscript", "export_torchscript"), ("{arch}_{precision}.torchscript.pt",),
-           default=True, primary=True, input_name="input", calibration_by="torch.ao"),
+           default=True, primary=True, input_name="input", calibration_by="torch.ao", int8_kernels="fbgemm"),
     Target("onnx", "ONNX", "onnx", ("onnx", "export_onnx"), ("{arch}_{precision}.onnx",), default=True, primary=True,
            calibration_methods=ORT_METHODS, uint8_input=True, onnx_opset=True, source=True,
            calibration_by="onnxruntime"),  # always: the source of the others
@@ -76,16 +80,17 @@ TARGETS = (
            calibration_by="onnxruntime"),  # ORT Mobile's format
     Target("tflite", "LiteRT", "tflite", ("tflite", "export_tflite"),
            ("{arch}_{precision}.tflite", "{arch}_{precision}.b256.tflite"),
-           needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite", support=("batch_files",)),
+           needs=("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), extra="tflite", support=("batch_files",),
+           int8_kernels="xnnpack"),
     Target("executorch", "ExecuTorch", "pte", ("executorch", "export_executorch"), ("{arch}_{precision}.pte",),
-           needs=("executorch",), extra="executorch"),
+           needs=("executorch",), extra="executorch", int8_kernels="xnnpack"),
     Target("triton", "Triton", "onnx", ("triton", "export_triton"), ("triton",), subpath=True,
            calibration_methods=ORT_METHODS, uint8_input=True, onnx_opset=True, support=("model_config",),
            calibration_by="onnxruntime"),  # the int8 model.onnx, in a model repository
     # OpenVINO's own format, its int8 from NNCF (not from ONNX Runtime's QDQ model)
     Target("openvino", "OpenVINO IR", "ir", ("openvino_ir", "export_openvino"),
            ("{arch}_{precision}.xml", "{arch}_{precision}.bin"), needs=("openvino", "nncf"), extra="openvino-ir",
-           support=("weights",)),
+           support=("weights",), int8_kernels="onednn"),
 )
 BY_NAME = {t.name: t for t in TARGETS}
 FORMATS = tuple(t.name for t in TARGETS)

@@ -56,6 +56,9 @@ from toolkit.targets import TARGETS
                    "with dot-product instructions). The manifest records each int8 file's CPU kinds.")
 @click.option("--reduce-range/--full-range", default=None,
               help="Override --int8-for for ONNX Runtime and TorchScript: 7-bit or full-range int8 weights.")
+@click.option("--int8-fallback/--no-int8-fallback", "int8_fallback", default=True, show_default=True,
+              help="When the default int8 ONNX model fails verify's gates on the test set, keep its costliest layers "
+                   "in fp32 (each ranked by the agreement it buys) until they hold; the manifest records every step.")
 @click.option("--calibration-seed", "seed", type=int, default=QUANT.seed, show_default=True,
               help="Which training images calibrate.")
 @click.option("--targets", "targets", default=",".join(EXPORT.formats), show_default=True, callback=_parse_targets,
@@ -89,7 +92,7 @@ from toolkit.targets import TARGETS
 @toolkit_errors
 @merge_old_spellings
 def export(checkpoint, out, quantize, calibration_size, calibration_method, per_channel, quant_format,
-           activation_type, float_input, first_conv, int8_isa, reduce_range, seed, data_dir, json_out,
+           activation_type, float_input, first_conv, int8_isa, reduce_range, int8_fallback, seed, data_dir, json_out,
            allow_other_test_set=False,
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
@@ -103,6 +106,14 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
         mnisttk export --quantize
         mnisttk export --quantize --search --targets all
     """
+    from toolkit.errors import CheckpointError
+    from toolkit.fsutil import regular_file
+
+    # the cheap checks first, before torch is imported (seconds on a loaded machine): the checkpoint is there
+    # and is a file, and no output would overwrite it; its contents are checked once torch is loaded
+    regular_file(checkpoint, CheckpointError, "an mnisttk checkpoint", 2**40,
+                 missing="no such checkpoint (run `mnisttk train` first)")
+    check_outputs([("--json", json_out, "json")], [checkpoint])
     from toolkit.data import load_mnist
     from toolkit.export import ExportConfig, run_export
     from toolkit.exporters.quantize import QuantConfig
@@ -113,6 +124,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                         keep_fp32=tuple(n.strip() for n in keep_fp32.split(",") if n.strip()))
     config = ExportConfig(checkpoint=checkpoint, out=out, quantize=quantize, quant=quant,
                           allow_other_test_set=allow_other_test_set, formats=targets or EXPORT.formats, search=search,
+                          int8_fallback=int8_fallback,
                           gates=Gates(fp32_max_abs_logit_diff=fp32_atol, int8_max_drop_points=int8_max_drop,
                                       int8_min_agreement_pct=int8_min_agreement,
                                       int8_max_clipped_top_pct=int8_max_clipped,
@@ -122,7 +134,6 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     from toolkit.checkpoint import load_checkpoint
 
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
-    check_outputs([("--json", json_out, "json")], [checkpoint])
     mnist = load_mnist(data_dir, log=log)
     manifest = run_export(config, mnist, log=log)
     emit_json(manifest, json_out)  # the manifest carries its own schema_version
@@ -144,7 +155,9 @@ def format_export(manifest: dict, out: Path) -> str:
     for c in manifest["fp32_parity"]:
         lines.append(f"parity {c['artifact']}: max |Δlogit| {c['max_abs_logit_diff']:.2e}, {c['flipped']} flipped")
     for e in manifest.get("not_exported", []):
-        lines.append(f"{e['target']}: not exportable: {e['reason']}")  # wrapped to 120 columns by fit
+        head = f"{e['target']}: not exportable: "  # one line of at most 120 columns; the whole reason in the manifest
+        lines.append(head + (e["reason"] if len(head) + len(e["reason"]) <= 120
+                             else e["reason"][: 120 - len(head) - 1] + "…"))
     lines.append(f"manifest: {out / 'manifest.json'}")
     from toolkit.width import fit
 

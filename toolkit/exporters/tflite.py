@@ -107,7 +107,9 @@ def export_tflite(src: Sources) -> Written:
         written.top_level += [files[b].name for b in BATCHES]
         written.artifacts.append(Artifact("tflite", precision, rel, fields={
             "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [1, 1, 28, 28], "values": values}],
-            "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__), "shape": [1, 10]}],
+            # the program's own output shape (its class count), never a constant: a 3-class model says [1, 3]
+            "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__),
+                         "shape": [int(d) for d in program.out["shape"]]}],
             "static_batch": 1, "batch_files": variants, "delegation": delegation(program.it),
             **({"calibration_method": CALIBRATION} if precision == "int8" else {})}))
     return written
