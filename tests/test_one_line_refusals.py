@@ -160,3 +160,36 @@ def test_a_row_that_failed_elsewhere_needs_allow_failed_and_the_verdict_names_it
     device.write_text(json.dumps(doc))
     r = run("compare", host, device, "--allow-missing", "onnx-int8@ort-cpu")
     assert r.exit_code == 0 and "(absent there, --allow-missing)" in flat(r.output), r.output
+
+
+def test_predict_with_a_rule_for_another_class_count_in_the_models_metadata_is_one_line(tiny_export, tmp_path):
+    """The rule a model carries in its own metadata (mnisttk_ood), made for 3 classes, on a 10-logit model:
+    a traceback before, one line now."""
+    import onnx
+
+    m = onnx.load(str(tiny_export["out"] / "cnn_fp32.onnx"))
+    prop = next(p for p in m.metadata_props if p.key == "mnisttk_ood")
+    rule = json.loads(prop.value)
+    rule["logit_model"]["means"] = [row[:3] for row in rule["logit_model"]["means"][:3]]
+    rule["logit_model"]["precision"] = [row[:3] for row in rule["logit_model"]["precision"][:3]]
+    prop.value = json.dumps(rule)
+    onnx.save(m, str(tmp_path / "model.onnx"))
+    from toolkit.data import load_mnist
+
+    np.save(tmp_path / "d.npy", load_mnist(tiny_export["data"], download=False).test_images[0])
+    err = one_error(run("predict", tmp_path / "d.npy", "--model", tmp_path / "model.onnx", "--as-is"))
+    assert "made for 3 classes, but the model gives 10 logits" in err
+
+
+@pytest.mark.parametrize("case,message", [
+    ("repeated", "names tflite-int8 a second time"),
+    ("9000", "'not_exported' lists 9,000 entries; there are 14 targets"),
+])
+def test_a_manifest_naming_a_target_again_or_thousands_of_times_is_refused(exported, tiny_export, case, message):
+    """A manifest naming one target 9,000 times in not_exported was accepted (a 1 MB report)."""
+    manifest = json.loads((exported / "manifest.json").read_text())
+    entry = {"target": "tflite-int8", "reason": "the converter could not take it"}
+    manifest["not_exported"] = [entry] * (2 if case == "repeated" else 9000)
+    (exported / "manifest.json").write_text(json.dumps(manifest))
+    err = one_error(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE))
+    assert message in err
