@@ -159,6 +159,8 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
     from helpers import BLOCK_TORCH
 
     (tmp_path / "given.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "net.py").write_text("import torch\n\nclass ConvBN(torch.nn.Module):\n    pass\n\n"
+                                     "def make():\n    return ConvBN()\n")
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from click.testing import CliRunner
         from toolkit.cli import main
@@ -168,9 +170,13 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
             assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
             assert r.stderr.count("Error:") == 1, r.stderr
             assert "needs the training stack" in r.stderr and "mnisttk[train]" in r.stderr, r.stderr
-        # a checkpoint that is not there is said before torch is even imported (cheap checks first)
+        # a checkpoint that is not there, and a model file without the name asked for, are said before
+        # torch is even imported (cheap checks first)
         r = CliRunner().invoke(main, ["export", "--checkpoint", r"{tmp_path / 'none.pt'}", "--out", r"{tmp_path}"])
         assert r.exit_code == 1 and "none.pt: no such checkpoint" in r.stderr, r.stderr
+        r = CliRunner().invoke(main, ["train", "--arch", r"{tmp_path / 'net.py'}:ConvBn", "--data-dir", r"{tiny_dir}"])
+        assert r.exit_code == 1 and "ConvBn is not a class or function in net.py (defined there: ConvBN, make)" \
+            in r.stderr, r.stderr
         print("EDGE OK")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -549,3 +550,20 @@ def test_executorch_rows_start_without_its_compiler(all_targets):
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "LIGHT OK" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_every_file_an_export_writes_is_described_and_has_one_mode(all_targets):
+    """exported/README.md described every output but the OpenVINO IR files, and the int8 .tflite files
+    were written 0755 where everything else was 0644."""
+    import stat
+
+    readme = (Path(__file__).resolve().parent.parent / "exported" / "README.md").read_text()
+    modes = {}
+    for p in sorted(all_targets.iterdir()):
+        name = p.name
+        described = (f"`{name}`" in readme or (p.is_dir() and f"`{name}/`" in readme)
+                     or (name.endswith(".b256.tflite") and "`*.b256.tflite`" in readme))
+        assert described, f"{name} is not described in exported/README.md"
+        if p.is_file() and name != "cnn.pt":  # the fixture's own copy of the checkpoint
+            modes[name] = stat.S_IMODE(p.stat().st_mode)
+    assert len(set(modes.values())) == 1 and not next(iter(modes.values())) & 0o111, modes

@@ -228,6 +228,10 @@ def test_the_models_source_is_pinned_by_its_hash(tiny_data, tmp_path):
     assert r.exit_code == 0, r.output
     r = run("export", "--checkpoint", ckpt, "--dir", tmp_path / "out", "--data-dir", tiny_data,
             "--arch", f"{src}:OtherNet")
+    assert r.exit_code != 0 and "OtherNet is not a class or function in net.py (defined there: GeluNet)" in r.output
+    (tmp_path / "other.py").write_text(src.read_text() + "\n\nclass OtherNet(GeluNet):\n    pass\n")
+    r = run("export", "--checkpoint", ckpt, "--dir", tmp_path / "out", "--data-dir", tiny_data,
+            "--arch", f"{tmp_path / 'other.py'}:OtherNet")
     assert r.exit_code != 0 and "holds GeluNet, not OtherNet" in r.output
 
 

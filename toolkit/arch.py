@@ -95,10 +95,32 @@ def parse(spec: str, args_json: str | None = None) -> ArchRef:
             path = path.resolve(strict=True)
         except (OSError, RuntimeError):
             raise CheckpointError(f"--arch {spec!r}: no such model file {where}") from None
-        return ArchRef("file", name, str(path), source_sha256(path), args)
+        source = _read_source(path)
+        _check_names(source, path, name)
+        return ArchRef("file", name, str(path), hashlib.sha256(source).hexdigest(), args)
     if not all(part.isidentifier() for part in where.split(".")):
         raise CheckpointError(f"--arch {spec!r}: {where!r} is neither a .py file nor a module name")
     return ArchRef("module", name, where, None, args)
+
+
+def _check_names(source: bytes, path: Path, name: str) -> None:
+    """The model file parses and defines `name` at its top level: said in a second from the source alone,
+    before torch or the file's own imports are loaded (its code runs later, when the model is built)."""
+    import ast
+
+    if path.suffix != ".py":
+        return  # refused with its own line where it would be imported
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError) as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+        raise CheckpointError(f"model file {path}: SyntaxError{where}: {first_line(exc, 120)}") from None
+    defined = [n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    assigned = [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)]
+    if name not in defined and name not in assigned:
+        listed = ", ".join(n for n in defined if not n.startswith("_"))
+        raise CheckpointError(f"{path}:{name}: {name} is not a class or function in {path.name} "
+                              f"({'defined there: ' + listed if listed else 'it defines no class or function'})")
 
 
 def parse_args(args_json: str | None) -> dict:

@@ -441,7 +441,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
 def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
     """Which CPU kinds an int8 file computes exactly on (toolkit.int8cpu), and the evidence: the worst
     u8×s8 pair sum its own weights can form (ONNX family, OpenVINO IR), or the recipe that bounds it
-    (TorchScript: 7-bit activations), or kernels that never pair in int16 (XNNPACK)."""
+    (TorchScript: 7-bit weights), or kernels that never pair in int16 (XNNPACK)."""
     from toolkit import int8cpu
     from toolkit.exporters.quantize import onnx_int8_weights
 
@@ -457,7 +457,7 @@ def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
 
         bound = int8cpu.pair_sum_bound(ir_int8_weights(ex.stage / art.file))
     if kernels == "fbgemm":
-        bounded = ex.quant.resolved_reduce_range()  # 7-bit activations: two products ≤ 2·128·127
+        bounded = ex.quant.resolved_reduce_range()  # 7-bit weights: two products ≤ 2·255·64
     else:
         bounded = bound is not None and bound <= int8cpu.INT16_MAX
     fields = {"int8_for": ex.quant.int8_isa, "int8_exact_on": int8cpu.exact_on(kernels, bounded)}
@@ -472,6 +472,7 @@ def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> d
     is removed, and said; anything else in the folder stays, and what could be an export's file but is
     not the previous export's is named."""
     write_manifest(ex.stage / MANIFEST_NAME, manifest)
+    _uniform_modes(ex.stage)
     names = sorted(p.name for p in ex.stage.iterdir() if p.name != MANIFEST_NAME) + [MANIFEST_NAME]
     stale, foreign = stale_names(out, [n for n in possible_names(ex.arch) if n not in names])
     if foreign:
@@ -485,6 +486,18 @@ def _publish(stage_obj: Stage, ex: _Export, manifest: dict, out: Path, log) -> d
     if removed:  # the manifest no longer lists them: say so rather than delete silently
         log(f"removed the previous export's {', '.join(removed)} (not part of this export's targets)")
     return manifest
+
+
+def _uniform_modes(stage: Path) -> None:
+    """Every file the export writes gets the mode a new file gets here (0666 less the umask): one converter
+    (ai-edge-quantizer's int8 .tflite) wrote 0755, an executable bit on a model file. Links are left alone."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, _dirs, files in os.walk(stage):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
 
 
 def _checkpoint_copy(checkpoint: Path, sha: str, out: Path, stage: Path, log) -> str | None:

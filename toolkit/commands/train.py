@@ -65,6 +65,12 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
         mnisttk train --epochs 1 --device cpu
     """
     from toolkit.arch import parse
+
+    # the cheap checks first, before torch is imported: the model reference (file there, parses, defines the
+    # name; --arch-args plain JSON) and where the checkpoint goes
+    ref = parse(arch, arch_args)
+    out = out or Path("exported") / f"{ref.stem}.pt"
+    check_outputs([("--json", json_out, "json")], [out])
     from toolkit.checkpoint import save_checkpoint
     from toolkit.data import load_mnist
     from toolkit.train import TrainConfig, checkpoint_payload, select_device
@@ -72,14 +78,12 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
 
     config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     dev = select_device(device)
-    out = out or Path("exported") / f"{parse(arch, arch_args).stem}.pt"
     from toolkit.fsutil import check_writable_dir
 
     try:
         check_writable_dir(out.parent)
     except OSError as exc:
         raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
-    check_outputs([("--json", json_out, "json")], [out])
     mnist = load_mnist(data_dir, log=log, classes=classes)
     log(f"data: {mnist.source}, {mnist.num_classes} classes")
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, "
