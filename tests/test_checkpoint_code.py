@@ -168,7 +168,7 @@ def test_arch_args_that_are_not_plain_settings_are_refused_at_parse(text, messag
 
 
 @pytest.mark.parametrize("body,message", [
-    ("import sys\nsys.exit(0)\n", "SystemExit"),
+    ("import sys\nsys.exit(0)\n\nclass Net:\n    pass\n", "SystemExit"),
     ("from torch import nn\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
      "        self.fc = nn.Linear(784, 10)\n    def forward(self, x):\n        return self.fc(x.flatten(1))[:2]\n",
      "returns [2, 10] for a 3×1×28×28 input"),

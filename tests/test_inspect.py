@@ -36,6 +36,11 @@ def test_per_layer_error_names_the_layers_and_their_kernels(exported, tiny_expor
     assert result["n_test"] == 40 and np.asarray(result["confusion_int8"]).sum() == 40
     assert result["error"]["images"] == 40  # --images defaults to 1,000: capped by the test set
     assert "SQNR acc" in r.stderr and "int8 changed" in r.stderr
+    # the kernels' wall time beside the whole runs in verify's unit (one timing vocabulary across the verbs)
+    for m in result["models"].values():
+        assert m["cpu_us_per_image"] > 0
+    text = " ".join(r.stderr.split())
+    assert "CPU-µs per image" in text and "images per CPU-second (verify's img/s measure" in text
 
 
 def test_isolation_finds_the_damaged_layer(exported, tiny_export):

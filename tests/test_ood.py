@@ -97,6 +97,35 @@ def test_stroke_checks_hold_at_their_limit_and_fail_one_step_past(check, limit, 
                                                       "rule": "≥" if step > 0 else "≤"}]
 
 
+@pytest.mark.parametrize("check,limit,side", [("energy", "energy_min", "low"),
+                                              ("logit_distance", "logit_distance_max", "high"),
+                                              ("ink_fraction", "ink_fraction", "low"),
+                                              ("ink_fraction", "ink_fraction", "high"),
+                                              ("thickness", "thickness_max", "high"),
+                                              ("page_ink", "page_ink_max", "high")])
+def test_every_float_limit_holds_at_its_value_and_fails_one_step_past(check, limit, side):
+    """Each limit set to an image's own feature value accepts it (the comparison includes its limit);
+    one float step past it rejects it on that check alone. Loosening the logit-distance limit tenfold
+    once changed no test's outcome: now every limit's direction and edge is pinned."""
+    images, logits = _digits(200)
+    rule = ood.calibrate(images, logits)
+    image, z = images[:1], logits[:1]
+    f = ood.decide(rule, image, z)["features"]
+    value = float(f[check][0])
+    loose = {"energy_min": -1e9, "logit_distance_max": 1e9, "ink_fraction": [0.0, 1.0], "thickness_max": 1e9,
+             "page_ink_max": 1e9, "euler_min": -1e9, "endpoints_max": 1e9, "junctions_max": 1e9}
+    past = np.nextafter(value, np.inf if side == "low" else -np.inf)
+    for edge, accepted in ((value, True), (float(past), False)):
+        if limit == "ink_fraction":
+            setting = [edge, 1.0] if side == "low" else [0.0, edge]
+        else:
+            setting = edge
+        r = {**rule, "limits": {**loose, limit: setting}}
+        d = ood.decide(r, image, z)
+        assert bool(d["accepted"][0]) is accepted, (edge, d["failed"][0])
+        assert d["failed"][0] == ([] if accepted else [check])
+
+
 def test_a_version_1_rule_is_still_applied_as_written():
     images, logits = _digits(200)
     rule = ood.calibrate(images, logits)

@@ -37,3 +37,19 @@ def test_the_verify_plot_has_its_legend_axes_and_ticks():
     # a default row (OpenVINO's bf16) takes its runtime's colour, not the grey of an unknown runtime
     colours = {line.get_color() for line in ax.get_lines() if line.get_marker() in ("o", "s")}
     assert "tab:gray" not in colours
+
+
+def test_every_point_has_its_own_number_and_the_axis_stops_at_accuracy_s_limit():
+    """Numbers were shared by rows within 8% of latency at one accuracy, so two points that sat apart
+    carried one label; the accuracy axis ran to 104%."""
+    from toolkit.report import plot_figure
+
+    result = json.loads(REPORT.read_text())
+    fig = plot_figure(result)
+    ax = fig.axes[0]
+    drawn = [r for r in result["rows"] if r.get("latency_us") and r.get("accuracy") is not None]
+    numbers = sorted(int(t.get_text()) for t in ax.texts)
+    assert numbers == list(range(1, len(drawn) + 1))
+    legend = fig.texts[0].get_text().splitlines()
+    assert len(legend) == len(drawn) and all(line.split(": ", 1)[0].isdigit() for line in legend)
+    assert ax.get_ylim()[1] <= 100.5

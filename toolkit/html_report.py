@@ -16,7 +16,8 @@ import numpy as np
 
 from toolkit.report import COLUMNS, _notes, row_cells, verdict
 
-MAX_THUMBNAILS = 48  # changed test images drawn per report (every index is in the JSON)
+MAX_THUMBNAILS = 48  # changed test images drawn per report, shared between the groups (every index is in the JSON)
+MIN_PER_GROUP = 6  # each distinct set of changes shows at least this many, however many groups there are
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#111}table{border-collapse:collapse;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}td:nth-child(-n+3),th{text-align:left}
 tr.fail td{background:#fde2e2}tr.ref td{background:#eef}h1 .pass{color:#060}h1 .fail{color:#a00}
@@ -50,21 +51,31 @@ def _plot_uri(result: dict) -> str | None:
 
 
 def _changed(result: dict, images: np.ndarray, labels: np.ndarray | None) -> list[str]:
-    """Figures for the test images the non-exact rows changed: the image, the reference's and the row's
-    digit (and the true one), at most MAX_THUMBNAILS."""
+    """One section per distinct set of changes: rows whose per-image changes are the same (the same bytes
+    on two runtimes, a Triton copy of an .onnx) share a section that names them all, so no row's changes
+    are crowded out by another's repeats. Each section draws the test images changed (the image, the
+    reference's and the row's class, the true one), MAX_THUMBNAILS shared fairly between the sections
+    (at least MIN_PER_GROUP each); a failing row with no changed image is named too."""
     ref = next((r for r in result["rows"] if r.get("is_reference")), None)
-    out: list[str] = []
+    groups: dict[tuple, list[dict]] = {}
     for r in result["rows"]:
         if r.get("is_reference") or not r.get("flipped_indices") or not r.get("flipped_predictions"):
             continue
-        for idx, pred in zip(r["flipped_indices"], r["flipped_predictions"]):
-            if len(out) >= MAX_THUMBNAILS:
-                return out
+        groups.setdefault((tuple(r["flipped_indices"]), tuple(r["flipped_predictions"])), []).append(r)
+    per = max(MIN_PER_GROUP, MAX_THUMBNAILS // max(1, len(groups)))
+    out: list[str] = []
+    for (indices, predictions), members in groups.items():
+        names = "; ".join(f"{html.escape(r['name'])} on {html.escape(r['runtime'])}" for r in members)
+        total = max(int(members[0].get("flipped") or 0), len(indices))
+        shown = f" (the first {per} drawn)" if total > per else ""
+        figures = []
+        for idx, pred in list(zip(indices, predictions))[:per]:
             truth = f", true {int(labels[idx])}" if labels is not None else ""
-            ref_pred = _reference_prediction(ref, idx)
-            out.append(f'<figure><img src="{_png(images[idx])}" alt="test image {idx}" width="84" height="84">'
-                       f"<figcaption>#{idx}: {html.escape(r['name'])} on {html.escape(r['runtime'])}<br>"
-                       f"reference {ref_pred} → {pred}{truth}</figcaption></figure>")
+            figures.append(f'<figure><img src="{_png(images[idx])}" alt="test image {idx}" width="84" height="84">'
+                           f"<figcaption>#{idx}: reference {_reference_prediction(ref, idx)} → {pred}{truth}"
+                           "</figcaption></figure>")
+        out.append(f'<section class="changed"><h3>{names}: {total} test image(s) changed{shown}</h3>'
+                   + "".join(figures) + "</section>")
     return out
 
 
@@ -104,7 +115,7 @@ def render(result: dict, images: np.ndarray, labels: np.ndarray | None = None,
     parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{html.escape(n)}</li>" for n in _notes(result))
                  + "</ul>")
     if changed:
-        parts.append(f"<h2>Test images a row changed (first {len(changed)})</h2>" + "".join(changed))
+        parts.append("<h2>Test images the rows changed, one group per distinct set of changes</h2>" + "".join(changed))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

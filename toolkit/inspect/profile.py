@@ -37,7 +37,7 @@ def profile_models(specs: dict, images_u8: np.ndarray, batch: int, threads: int,
     over `repeats` profiled runs of one batch, after warm-up runs. The runs are spread over `rounds`
     rounds, the models in turn (rotated each round), so that a busy spell slows both: each round's
     int8/fp32 time ratio, the machine's load in it, and why the timing is NOISY where it is."""
-    from time import perf_counter
+    from time import perf_counter, process_time
 
     from toolkit.timing import NOISY_SPREAD, cpu_snapshot, load_between, noise, rotated
 
@@ -49,20 +49,25 @@ def profile_models(specs: dict, images_u8: np.ndarray, batch: int, threads: int,
             m.run(inputs[p])
     per_round = max(1, -(-repeats // rounds))
     walls: dict[str, list] = {p: [] for p in models}
+    cpus: dict[str, list] = {p: [] for p in models}  # CPU-µs per image: verify's measure, which holds under load
     loads = []
     for r in range(rounds):
         before = cpu_snapshot()
         for p in rotated(list(models), r):
             times = []
+            c0 = process_time()
             for _ in range(per_round):
                 t0 = perf_counter()
                 models[p].run(inputs[p])
                 times.append(perf_counter() - t0)
             walls[p].append(float(np.median(times)) * 1e6 / len(inputs[p]))
+            cpus[p].append((process_time() - c0) * 1e6 / (per_round * len(inputs[p])))
         loads.append(load_between(before, cpu_snapshot(), own_cores=threads))
     out = {p: _node_summary(m, len(inputs[p]), threads, per_round * rounds) for p, m in models.items()}
+    for p in out:  # the whole runs in verify's unit beside the kernels' wall time
+        out[p]["cpu_us_per_image"] = float(np.median(cpus[p]))
     timing: dict = {"rounds": rounds, "runs_per_round": per_round, "machine_load": loads,
-                    "us_per_image_by_round": walls}
+                    "us_per_image_by_round": walls, "cpu_us_per_image_by_round": cpus}
     if "fp32" in walls and "int8" in walls:
         ratios = [i / f for i, f in zip(walls["int8"], walls["fp32"])]
         timing["int8_over_fp32_by_round"] = [round(x, 4) for x in ratios]
@@ -307,8 +312,12 @@ def format_inspect(result: dict, top: int = 12) -> str:
             lines.append(f"  ExecuTorch: skipped ({et['skipped']})")
         lines.append("")
     for precision, m in result["models"].items():
-        lines.append(f"{m['file']} ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels, batch "
-                     f"{m['batch']}, {m['threads']} thread(s), median of {m['repeats']} runs")
+        lines.append(f"{m['file']} ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels (wall, ONNX "
+                     f"Runtime's profiler), batch {m['batch']}, {m['threads']} thread(s), median of {m['repeats']} runs")
+        if m.get("cpu_us_per_image"):
+            lines.append(f"  whole runs: {m['cpu_us_per_image']:.2f} CPU-µs per image = "
+                         f"{1e6 / m['cpu_us_per_image']:,.0f} images per CPU-second (verify's img/s measure; "
+                         "profiling adds its own cost)")
         lines.append(f"  {'node':<34} {'op':<22} {'provider':<8} {'µs/img':>8} {'share':>6}")
         for nd in m["nodes"][:top]:
             lines.append(f"  {nd['node'][:34]:<34} {nd['op'][:22]:<22} {nd['provider']:<8} {nd['us_per_image']:>8.3f} "
