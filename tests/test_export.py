@@ -567,3 +567,16 @@ def test_every_file_an_export_writes_is_described_and_has_one_mode(all_targets):
         if p.is_file() and name != "cnn.pt":  # the fixture's own copy of the checkpoint
             modes[name] = stat.S_IMODE(p.stat().st_mode)
     assert len(set(modes.values())) == 1 and not next(iter(modes.values())) & 0o111, modes
+
+
+def test_the_artifact_table_keeps_its_columns_past_28_character_names():
+    from toolkit.commands.export import format_export
+
+    long = "depthwise_separable_residual_net_int8.onnx"
+    manifest = {"artifacts": [{"file": f, "format": "onnx", "precision": p, "size_bytes": 10, "test_accuracy": 0.9}
+                              for f, p in (("cnn_fp32.onnx", "fp32"), (long, "int8"))],
+                "reference": {"pytorch_fp32_test_accuracy": 0.9}, "fp32_parity": [], "support_files": []}
+    lines = format_export(manifest, Path("out")).splitlines()[:3]
+    col = lines[0].index("format")
+    assert col > len(long) and all(line[col:col + 5] == "onnx " for line in lines[1:]), lines
+    assert len({len(line) for line in lines}) == 1

@@ -54,3 +54,13 @@ def test_readme_is_short_and_its_gate_table_names_verify_options():
     assert len(named) >= 6 and set(named) <= verify, set(named) - verify
     for link in re.findall(r"\]\((docs/[^)#]+)\)", text):
         assert (ROOT / link).is_file(), link
+
+
+def test_the_readmes_data_output_is_the_tools(real_mnist):
+    """The README's `mnisttk data` block had a header the tool no longer printed."""
+    from toolkit.datainfo import describe, format_description
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### `mnisttk data`")[1].split("```\n```\n")[1].split("```")[0]
+    printed = format_description(describe(real_mnist)).splitlines()
+    assert block.splitlines()[2:] == printed[2:]  # the header and the rows (the first two name the machine's folder)

@@ -146,9 +146,10 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
 def format_export(manifest: dict, out: Path) -> str:
     from toolkit.manifest import deployed_bytes
 
-    lines = [f"{'artifact':<28} {'format':<12} {'precision':<9} {'bytes':>8} {'test accuracy':>14}"]
+    wide = max([28, *(len(a["file"]) for a in manifest["artifacts"])])  # a long model name keeps the columns
+    lines = [f"{'artifact':<{wide}} {'format':<12} {'precision':<9} {'bytes':>8} {'test accuracy':>14}"]
     for a in manifest["artifacts"]:
-        lines.append(f"{a['file']:<28} {a['format']:<12} {a['precision']:<9} {deployed_bytes(manifest, a):>8,} "
+        lines.append(f"{a['file']:<{wide}} {a['format']:<12} {a['precision']:<9} {deployed_bytes(manifest, a):>8,} "
                      f"{a['test_accuracy']:>14.4f}")
     ref = manifest["reference"]
     lines.append(f"PyTorch eager fp32 (reference): {ref['pytorch_fp32_test_accuracy']:.4f}")
