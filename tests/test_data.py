@@ -88,7 +88,7 @@ def test_missing_source_error(tmp_path, monkeypatch):
         load_mnist()
 
 
-@pytest.mark.parametrize("layout", ["empty", "npz", "missing"])
+@pytest.mark.parametrize("layout", ["empty", "images", "missing"])
 def test_a_named_folder_of_another_layout_is_refused_and_never_filled(tmp_path, monkeypatch, layout):
     """`--data-dir kws/` holding train.npz and test.npz had MNIST downloaded into it (11 MB of IDX files
     in the user's folder) and trained on; an empty folder was filled the same way."""
@@ -100,12 +100,12 @@ def test_a_named_folder_of_another_layout_is_refused_and_never_filled(tmp_path, 
     folder = tmp_path / "kws"
     if layout != "missing":
         folder.mkdir()
-    if layout == "npz":
-        np.savez(folder / "train.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2, np.int64))
-        np.savez(folder / "test.npz", x=np.zeros((2, 28, 28), np.uint8), y=np.zeros(2, np.int64))
+    if layout == "images":
+        for split in ("train", "test"):
+            (folder / split / "a").mkdir(parents=True)
     before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
     message = {"empty": "holds no data set mnisttk reads", "missing": "no such folder",
-               "npz": "it holds train.npz, test.npz: NumPy archives"}[layout]
+               "images": "it holds train, test/: image folders are not read by this version"}[layout]
     r = run("data", "--data-dir", folder)
     assert r.exit_code == 1 and message in r.output and r.output.count("Error:") == 1, r.output
     assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before
@@ -161,3 +161,66 @@ def test_pickle_with_code_refused():
 def test_model_input_scaling():
     x = to_model_input(np.array([[[0, 255] + [0] * 26] * 28], np.uint8))
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32 and x.max() == 1.0
+
+
+def _npz(folder, x_train, y_train, x_test, y_test, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "train.npz", x=x_train, y=y_train, **extra)
+    np.savez_compressed(folder / "test.npz", x=x_test, y=y_test)
+    return folder
+
+
+def test_a_numpy_data_set_is_read_with_its_class_names(tmp_path):
+    """`--data-dir kws/` holding train.npz and test.npz had MNIST downloaded into it; the NumPy layout is
+    now read: x uint8 N×28×28 (or with a channel axis of 1), y integer labels, optional class names."""
+    a = synthetic_arrays()
+    tr = a["train_images"][:, None]  # N×1×28×28: the channel axis is taken off
+    folder = _npz(tmp_path / "kws", tr, a["train_labels"].astype(np.int64), a["test_images"][..., None],
+                  a["test_labels"].astype(np.int32), classes=np.array([f"word{k}" for k in range(10)]))
+    before = sorted(p.name for p in folder.iterdir())
+    mnist = load_mnist(folder)
+    assert mnist.classes == tuple(f"word{k}" for k in range(10)) and mnist.train_images.shape == (120, 28, 28)
+    np.testing.assert_array_equal(mnist.test_images, a["test_images"])
+    assert "NumPy archives" in mnist.source and sorted(p.name for p in folder.iterdir()) == before
+    r = run("data", "--data-dir", folder)
+    assert r.exit_code == 0 and "source: NumPy archives (train.npz, test.npz)" in r.output, r.output
+
+
+@pytest.mark.parametrize("case,message", [
+    ("float", "x is float32 [40, 28, 28]; this version reads uint8 N×28×28"),
+    ("short-y", "y is int64 [39]; expected 40 integer labels"),
+    ("object", "y.npy is object"),
+    ("giant-header", "x.npy declares 2,000,000 items, more than the 1,000,000"),
+    ("lying-header", "x.npy's size does not match the shape its header declares [1000, 28, 28]"),
+    ("one-file", "test.npz without train.npz"),
+    ("not-zip", "not a NumPy .npz archive"),
+])
+def test_a_bad_numpy_archive_is_one_line_decided_from_its_headers(tmp_path, case, message):
+    import io
+    import zipfile
+
+    a = synthetic_arrays()
+    x, y = a["test_images"], a["test_labels"].astype(np.int64)
+    folder = _npz(tmp_path / "d", a["train_images"], a["train_labels"], x, y)
+    test = folder / "test.npz"
+    if case == "float":
+        _npz(folder, a["train_images"], a["train_labels"], x.astype(np.float32), y)
+    elif case == "short-y":
+        _npz(folder, a["train_images"], a["train_labels"], x, y[:-1])
+    elif case == "object":
+        np.savez(test, x=x, y=np.array([object()] * 40, dtype=object))
+    elif case in ("giant-header", "lying-header"):
+        n = 2_000_000 if case == "giant-header" else 1000
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (n, 28, 28)})
+        with zipfile.ZipFile(test, "w") as zf:  # a small member whose header claims a giant array
+            zf.writestr("x.npy", header.getvalue() + bytes(100))  # the header (with its magic), then 100 bytes
+            buf = io.BytesIO()
+            np.save(buf, y)
+            zf.writestr("y.npy", buf.getvalue())
+    elif case == "one-file":
+        (folder / "train.npz").unlink()
+    else:
+        test.write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        load_mnist(folder)

@@ -341,3 +341,29 @@ def test_a_three_class_model_through_litert_says_three_wide_outputs(tmp_path):
             "--int8-max-clipped", "100", "--json", "-")
     rows = {x["id"]: x for x in json.loads(r.stdout)["rows"]}
     assert rows["tflite-fp32@litert"]["status"] == "ok" and rows["tflite-int8@litert"]["status"] == "ok", r.output
+
+
+def test_train_export_and_verify_on_numpy_data(tmp_path):
+    """The NumPy layout through the chain: the checkpoint and the manifest carry its class names."""
+    arrays = synthetic_arrays(n_train=300, n_test=60)
+    for k in ("train", "test"):
+        keep = arrays[f"{k}_labels"] < 4
+        arrays[f"{k}_images"], arrays[f"{k}_labels"] = arrays[f"{k}_images"][keep], arrays[f"{k}_labels"][keep]
+    data = tmp_path / "kws"
+    data.mkdir()
+    np.savez_compressed(data / "train.npz", x=arrays["train_images"], y=arrays["train_labels"],
+                        classes=np.array(["yes", "no", "up", "down"]))
+    np.savez_compressed(data / "test.npz", x=arrays["test_images"], y=arrays["test_labels"])
+    out = tmp_path / "exported"
+    r = run("train", "--arch", "mlp", "--data-dir", data, "--epochs", "3", "--batch-size", "20", "--lr", "0.003",
+            "--device", "cpu", "--checkpoint", out / "mlp.pt", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = run("export", "--checkpoint", out / "mlp.pt", "--dir", out, "--quantize", "--calibration-size", "50",
+            "--data-dir", data, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text())["classes"] == ["yes", "no", "up", "down"]
+    r = run("verify", "--dir", out, "--data-dir", data, "--rounds", "1", "--skip-runtime", "openvino",
+            "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-min-ood-agreement", "0",
+            "--int8-max-clipped", "100")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in data.iterdir()) == ["test.npz", "train.npz"]  # nothing written into it

