@@ -88,7 +88,7 @@ def test_missing_source_error(tmp_path, monkeypatch):
         load_mnist()
 
 
-@pytest.mark.parametrize("layout", ["empty", "images", "missing"])
+@pytest.mark.parametrize("layout", ["empty", "csv", "missing"])
 def test_a_named_folder_of_another_layout_is_refused_and_never_filled(tmp_path, monkeypatch, layout):
     """`--data-dir kws/` holding train.npz and test.npz had MNIST downloaded into it (11 MB of IDX files
     in the user's folder) and trained on; an empty folder was filled the same way."""
@@ -100,12 +100,11 @@ def test_a_named_folder_of_another_layout_is_refused_and_never_filled(tmp_path, 
     folder = tmp_path / "kws"
     if layout != "missing":
         folder.mkdir()
-    if layout == "images":
-        for split in ("train", "test"):
-            (folder / split / "a").mkdir(parents=True)
+    if layout == "csv":
+        (folder / "data.csv").write_text("label,pixels\n")
     before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
     message = {"empty": "holds no data set mnisttk reads", "missing": "no such folder",
-               "images": "it holds train, test/: image folders are not read by this version"}[layout]
+               "csv": "train.npz + test.npz; train/<class>/ + test/<class>/ image folders"}[layout]
     r = run("data", "--data-dir", folder)
     assert r.exit_code == 1 and message in r.output and r.output.count("Error:") == 1, r.output
     assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before
@@ -224,3 +223,62 @@ def test_a_bad_numpy_archive_is_one_line_decided_from_its_headers(tmp_path, case
         test.write_bytes(b"not a zip file")
     with pytest.raises(DataError, match=message.replace("[", "\\[").replace("]", "\\]")):
         load_mnist(folder)
+
+
+def _image_folders(root, arrays, names=("bar0", "bar1", "bar2")):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for i, (img, label) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"])):
+            if label < len(names):
+                folder = root / split / names[label]
+                folder.mkdir(parents=True, exist_ok=True)
+                mode = "RGB" if i % 2 else "L"  # colour files are read as grey
+                Image.fromarray(img).convert(mode).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_image_folders_are_read_with_their_class_names(tmp_path):
+    a = synthetic_arrays(n_train=60, n_test=30)
+    root = _image_folders(tmp_path / "shapes", a)
+    (root / "train" / "bar0" / "README.txt").write_text("notes: not an image, left out")
+    before = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    mnist = load_mnist(root)
+    assert mnist.classes == ("bar0", "bar1", "bar2") and "image folders" in mnist.source
+    keep = a["test_labels"] < 3
+    assert len(mnist.test_images) == keep.sum()
+    order = np.argsort(a["test_labels"][keep], kind="stable")  # read class by class, files by name
+    np.testing.assert_array_equal(mnist.test_images, a["test_images"][keep][order])
+    np.testing.assert_array_equal(mnist.test_labels, a["test_labels"][keep][order])
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("case,message", [
+    ("size", "32×32 pixels; this version reads 28×28 images"),
+    ("new-test-class", "a test class the training folders do not have"),
+    ("empty-class", "an empty class folder"),
+    ("link", "a link in a data folder"),
+    ("no-test", "missing or a link; the image-folder layout needs"),
+    ("not-an-image", "not a PNG, JPEG"),
+])
+def test_a_bad_image_folder_is_one_line(tmp_path, case, message):
+    from PIL import Image
+
+    root = _image_folders(tmp_path / "shapes", synthetic_arrays(n_train=60, n_test=30))
+    if case == "size":
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "test" / "bar1" / "zz.png")
+    elif case == "new-test-class":
+        (root / "test" / "bar9").mkdir()
+    elif case == "empty-class":
+        (root / "train" / "bar3").mkdir()
+    elif case == "link":
+        (root / "train" / "bar0" / "zz.png").symlink_to(root / "test" / "bar0" / sorted(
+            p.name for p in (root / "test" / "bar0").iterdir())[0])
+    elif case == "no-test":
+        import shutil
+
+        shutil.rmtree(root / "test")
+    else:
+        (root / "train" / "bar2" / "zz.png").write_bytes(b"not a picture")
+    with pytest.raises(DataError, match=message):
+        load_mnist(root)

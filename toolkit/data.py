@@ -498,17 +498,85 @@ def load_npz_dir(directory: Path) -> tuple[dict, tuple | None] | None:
     return {"train_images": tr_x, "train_labels": tr_y, "test_images": te_x, "test_labels": te_y}, classes
 
 
+# ---------------------------------------------------------------- image folders
+
+FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
+
+
+def _class_images(folder: Path, where: str) -> list[Path]:
+    """The image files of one class folder, by name; links and sub-folders are refused, other files
+    (a README, .DS_Store) are left out."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.is_symlink():
+            raise DataError(f"{p}: a link in a data folder; refused (copy the file in)")
+        if p.is_dir():
+            raise DataError(f"{p}: a folder inside a class folder of {where}; expected image files only")
+        if p.suffix.lower() in FOLDER_SUFFIXES:
+            files.append(p)
+    return files
+
+
+def load_image_folders(directory: Path) -> tuple[dict, tuple] | None:
+    """`DIR/train/<class>/*.png` and `DIR/test/<class>/*.png` (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM): class
+    names are the training folder names, sorted; every test class must be a training class and no class
+    folder empty; each image is checked (size, dimensions) before it is decoded, read as 8-bit grey, and
+    must be 28×28; at most 1,000,000 images a split, counted before any is read. None where the folder
+    has no train/ and test/ folders."""
+    from toolkit.errors import ImageError
+    from toolkit.images import load_gray
+
+    train, test = directory / "train", directory / "test"
+    if not train.is_dir() and not test.is_dir():
+        return None
+    for split in (train, test):
+        if not split.is_dir() or split.is_symlink():
+            raise DataError(f"{split}: missing or a link; the image-folder layout needs train/<class>/ and "
+                            "test/<class>/ folders")
+    names = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.is_symlink())
+    classes = parse_classes("\n".join(names), f"{train} (its class folders)") if len(names) != 1 else None
+    if classes is None:
+        raise DataError(f"{train}: {len(names)} class folder; expected 2 to {MAX_CLASSES}")
+    arrays = {}
+    for split in (train, test):
+        extra = sorted(p.name for p in split.iterdir() if p.is_dir() and p.name not in classes)
+        if extra:
+            raise DataError(f"{split / extra[0]}: a test class the training folders do not have; a model cannot "
+                            "learn a class it never saw")
+        files = {c: _class_images(split / c, str(directory)) if (split / c).is_dir() else [] for c in classes}
+        empty = [c for c, f in files.items() if not f and split == train]
+        if empty:
+            raise DataError(f"{train / empty[0]}: an empty class folder (no images); every class needs examples")
+        count = sum(len(f) for f in files.values())
+        if count > MAX_IDX_ITEMS or count == 0:
+            raise DataError(f"{split}: {count:,} images; expected 1 to {MAX_IDX_ITEMS:,}")
+        images: np.ndarray = np.empty((count, 28, 28), np.uint8)
+        labels: np.ndarray = np.empty(count, np.uint8)
+        k = 0
+        for label, c in enumerate(classes):
+            for path in files[c]:
+                try:
+                    img = load_gray(path)
+                except ImageError as exc:
+                    raise DataError(str(exc)) from None
+                if img.shape != (28, 28):
+                    raise DataError(f"{path}: {img.shape[1]}×{img.shape[0]} pixels; this version reads 28×28 "
+                                    "images (resize them first)")
+                images[k], labels[k] = img, label
+                k += 1
+        arrays[f"{split.name}_images"], arrays[f"{split.name}_labels"] = images, labels
+    return arrays, classes
+
+
 def _unread_folder(directory: Path) -> str:
     """Why a folder the user named holds nothing mnisttk reads, and what it looked for."""
     if not directory.exists():
         return f"{directory}: no such folder (--data-dir names a folder of IDX files)"
     if not directory.is_dir():
         return f"{directory}: not a folder (--data-dir names a folder of IDX files)"
-    seen = [n for n in ("train", "test") if (directory / n).is_dir()]
-    also = f"; it holds {', '.join(seen)}/: image folders are not read by this version" if seen else ""
     return (f"{directory}: holds no data set mnisttk reads (looked for the four MNIST IDX files, .gz or not, flat "
-            f"or in MNIST/raw/, and for train.npz + test.npz{also}); nothing was written there. Without --data-dir "
-            f"mnisttk reads, and downloads MNIST into, {default_data_dir()}")
+            f"or in MNIST/raw/; train.npz + test.npz; train/<class>/ + test/<class>/ image folders); nothing was "
+            f"written there. Without --data-dir mnisttk reads, and downloads MNIST into, {default_data_dir()}")
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True,
@@ -520,11 +588,13 @@ def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, dow
     if arrays is not None:
         names = parse_classes(classes, "--classes") if classes else read_classes_file(directory)
         return _make_mnist(arrays, f"IDX files in {directory}", directory, names)
-    npz = load_npz_dir(directory) if directory.is_dir() else None
-    if npz is not None:
-        arrays, names = npz
-        names = parse_classes(classes, "--classes") if classes else names
-        return _make_mnist(arrays, f"NumPy archives (train.npz, test.npz) in {directory}", directory, names)
+    for layout, loader in (("NumPy archives (train.npz, test.npz)", load_npz_dir),
+                           ("image folders (train/<class>/, test/<class>/)", load_image_folders)):
+        found = loader(directory) if directory.is_dir() else None
+        if found is not None:
+            arrays, names = found
+            names = parse_classes(classes, "--classes") if classes else names
+            return _make_mnist(arrays, f"{layout} in {directory}", directory, names)
     if data_dir:  # a folder the user named is read, never filled: a download only goes to the default cache
         raise DataError(_unread_folder(directory))
     if not download:
