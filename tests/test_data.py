@@ -1,3 +1,4 @@
+import json
 import gzip
 import pickle
 
@@ -282,3 +283,27 @@ def test_a_bad_image_folder_is_one_line(tmp_path, case, message):
         (root / "train" / "bar2" / "zz.png").write_bytes(b"not a picture")
     with pytest.raises(DataError, match=message):
         load_mnist(root)
+
+
+@pytest.mark.parametrize("n_classes", [3, 12, 100])
+def test_data_describes_any_class_count_within_120_columns(tmp_path, n_classes):
+    """A 12-class set was described under a header of 10 class columns over a row of 12 numbers."""
+    rng = np.random.default_rng(0)
+    n = n_classes * 3
+    arrays = {"train_images": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+              "train_labels": np.arange(n, dtype=np.uint8) % n_classes,
+              "test_images": rng.integers(0, 256, (n_classes, 28, 28), dtype=np.uint8),
+              "test_labels": np.arange(n_classes, dtype=np.uint8)}
+    folder = write_idx(tmp_path / "d", arrays)
+    r = run("data", "--data-dir", folder)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert max(map(len, lines)) <= 120
+    if n_classes <= 10:
+        header = next(ln for ln in lines if ln.startswith("split"))
+        assert header.split()[2:2 + n_classes] == [str(k) for k in range(n_classes)]
+        assert len(next(ln for ln in lines if ln.startswith("train")).split()) == 2 + n_classes + 1
+    else:
+        assert f"{n_classes} classes: 0, 1, 2" in r.output and "smallest class" in r.output
+    doc = json.loads(run("data", "--data-dir", folder, "--json", "-").stdout)
+    assert len(doc["classes"]) == n_classes and len(doc["splits"]["train"]["class_counts"]) == n_classes

@@ -176,6 +176,8 @@ def test_a_five_class_dataset_end_to_end(tmp_path):
             "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-min-ood-agreement", "0",
             "--int8-max-clipped", "100")
     assert r.exit_code == 0, r.output
+    assert "not-one-of-the-5-classes decisions as the reference's" in " ".join(r.output.split())  # not "digit"
+    assert "not-a-digit" not in r.output and "non-digits" not in r.output
     # predict names the class, and a non-image is "not one of the 5 classes"
     from PIL import Image
 

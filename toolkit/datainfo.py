@@ -11,27 +11,47 @@ from toolkit.errors import DataError
 
 
 def describe(mnist: MNIST) -> dict:
-    info: dict = {"source": mnist.source, "directory": str(mnist.directory), "canonical_mnist": mnist.canonical, "splits": {}}
+    info: dict = {"source": mnist.source, "directory": str(mnist.directory), "canonical_mnist": mnist.canonical,
+                  "classes": list(mnist.classes), "splits": {}}
     for split in ("train", "test"):
         images, labels = mnist.split(split)
         info["splits"][split] = {
             "images": int(len(images)),
-            "class_counts": np.bincount(labels, minlength=10).tolist(),
+            "class_counts": np.bincount(labels, minlength=len(mnist.classes)).tolist(),
             "sha256": mnist.sha256[split],
         }
     return info
 
 
+COLUMNS = 10  # classes shown as columns of counts, each headed by its name; more: a summary per split
+
+
 def format_description(info: dict) -> str:
+    """Within 120 columns whatever the class count: up to COLUMNS classes as columns (headed by their
+    names, cut to 5 characters), more as each split's smallest, median and largest class."""
+    from toolkit.width import fit
+
+    classes = info.get("classes") or [str(d) for d in range(len(info["splits"]["train"]["class_counts"]))]
     lines = [f"source: {info['source']}",
              f"canonical MNIST: {'yes' if info['canonical_mnist'] else 'no (hashes differ from the official set)'}"]
-    lines.append(f"{'split':<6} {'images':>7}  " + " ".join(f"{d:>5}" for d in range(10)) + "  sha256 (--json: all of it)")
-    for split, s in info["splits"].items():
-        lines.append(f"{split:<6} {s['images']:>7}  " + " ".join(f"{c:>5}" for c in s["class_counts"])
-                     + f"  {s['sha256'][:32]}…")
+    if len(classes) <= COLUMNS:
+        lines.append(f"{'split':<6} {'images':>7}  " + " ".join(f"{c[:5]:>5}" for c in classes)
+                     + "  sha256 (--json: all of it)")
+        for split, s in info["splits"].items():
+            lines.append(f"{split:<6} {s['images']:>7}  " + " ".join(f"{c:>5}" for c in s["class_counts"])
+                         + f"  {s['sha256'][:32]}…")
+    else:
+        lines.append(f"{len(classes)} classes: " + ", ".join(classes))
+        lines.append(f"{'split':<6} {'images':>7}  {'smallest class':>22}  {'median':>7}  {'largest class':>22}  sha256")
+        for split, s in info["splits"].items():
+            counts = np.asarray(s["class_counts"])
+            lo, hi = int(counts.argmin()), int(counts.argmax())
+            lines.append(f"{split:<6} {s['images']:>7}  {f'{classes[lo][:12]} {counts[lo]}':>22}  "
+                         f"{float(np.median(counts)):>7g}  {f'{classes[hi][:12]} {counts[hi]}':>22}  "
+                         f"{s['sha256'][:32]}…")
     if "grid" in info:
         lines.append(f"grid: {info['grid']}")
-    return "\n".join(lines)
+    return fit("\n".join(lines))
 
 
 def write_grid(mnist: MNIST, path: Path, rows: int = 6, cols: int = 10) -> Path:

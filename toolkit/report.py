@@ -106,10 +106,11 @@ def _notes(result: dict) -> list[str]:
             notes.append(f"{label}: int8 arithmetic here: {r['int8_arithmetic']}{exact}")
         o = r.get("ood")
         if o and not r.get("is_reference") and (r.get("precision") == "int8" or o["agreement_pct"] < 100):
-            notes.append(f"{label}: not-a-digit decisions as the reference's on {o['test_agreement_pct']:.2f}% of "
-                         f"test images and {o['non_digit_agreement_pct']:.2f}% of {o['non_digits']} non-digits "
-                         f"(digits accepted {o['test_accepted_pct']:.2f}%, reference {o['reference_test_accepted_pct']:.2f}%;"
-                         f" non-digits rejected {o['non_digits_rejected_pct']:.2f}%, reference "
+            rule, kept, others = _ood_words(result)
+            notes.append(f"{label}: {rule} decisions as the reference's on {o['test_agreement_pct']:.2f}% of "
+                         f"test images and {o['non_digit_agreement_pct']:.2f}% of {o['non_digits']} {others} "
+                         f"({kept} accepted {o['test_accepted_pct']:.2f}%, reference {o['reference_test_accepted_pct']:.2f}%;"
+                         f" {others} rejected {o['non_digits_rejected_pct']:.2f}%, reference "
                          f"{o['reference_non_digits_rejected_pct']:.2f}%)")
         if r.get("batch_consistent") is not None:
             sizes = "/".join(str(b) for b in r.get("consistency_batches") or (1, 2, 7, 64, 1000))
@@ -117,6 +118,15 @@ def _notes(result: dict) -> list[str]:
         for reason in r.get("reasons", []):
             notes.append(f"{label}: {'FAIL' if r['status'] == 'fail' else r['status']}: {reason}")
     return notes
+
+
+def _ood_words(result: dict) -> tuple[str, str, str]:
+    """The rule's name, what it keeps and what it rejects, in the data set's language: MNIST's digits,
+    or the C classes of any other data set."""
+    classes = result.get("classes") or [str(d) for d in range(10)]
+    if list(classes) == [str(d) for d in range(10)]:
+        return "not-a-digit", "digits", "non-digits"
+    return f"not-one-of-the-{len(classes)}-classes", "test images", "synthetic non-class images"
 
 
 def _scores(r: dict) -> str:
