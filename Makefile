@@ -78,7 +78,8 @@ test: wheel
 test-all: wheel lint
 	PYTHONSAFEPATH=1 MNISTTK_WHEEL_DIR=$(WHEEL_DIR) $(PY) -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist worksteal
 
-# ruff (pyflakes, pycodestyle) over the tree and mypy over toolkit/, configured in pyproject.toml.
+# ruff (pyflakes, pycodestyle, bugbear, blind excepts, imports, pyupgrade, simplify) over the tree and mypy
+# (check_untyped_defs) over toolkit/, configured in pyproject.toml.
 lint: venv
 	$(VENV)/bin/ruff check toolkit tests scripts benchmarks
 	$(VENV)/bin/mypy

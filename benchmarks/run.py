@@ -34,9 +34,9 @@ from toolkit.data import load_mnist, to_model_input  # noqa: E402
 from toolkit.machine import cpu_flags  # noqa: E402
 from toolkit.metrics import classification_metrics  # noqa: E402
 from toolkit.runtimes.candidate import Candidate  # noqa: E402
+from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 from toolkit.runtimes.ort_session import Model  # noqa: E402
 from toolkit.timing import latency_us, throughput  # noqa: E402
-from toolkit.runtimes.onnxruntime import OnnxCandidate  # noqa: E402
 
 MACS_PER_IMAGE = 290_080  # conv1 56,448 + conv2 225,792 + fc 7,840
 FP32_PEAK_PER_CORE = 330_000  # images/s: one AVX-512 core at ~2 FMA × 16 lanes
@@ -352,7 +352,7 @@ main(sys.argv[1:], prog_name="mnisttk")
 def bench_verify(folder: Path, reps):
     """Seconds end to end, and peak resident memory with and without the torch rows."""
     times, peaks = [], {}
-    for i in range(reps):
+    for _i in range(reps):
         for extra in ([], ["--no-torch"]):
             t0 = time.perf_counter()
             p = subprocess.run([sys.executable, "-c", PEAK_RSS, "verify", "--dir", str(folder), *extra],

@@ -76,8 +76,8 @@ def non_digit_pages(kind: str, n: int, rng, size=(180, 150)) -> list[np.ndarray]
         if kind == "shapes":  # filled ellipses, rectangles, triangles
             x0, y0 = rng.integers(10, w // 2), rng.integers(10, h // 2)
             x1, y1 = x0 + rng.integers(30, w // 2), y0 + rng.integers(30, h // 2)
-            [d.ellipse, d.rectangle, lambda b, fill: d.polygon([(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) // 2, b[1])],
-                                                                fill=fill)][i % 3]((x0, y0, x1, y1), fill=30)
+            [d.ellipse, d.rectangle, lambda b, fill, d=d: d.polygon([(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) // 2, b[1])],
+                                                                     fill=fill)][i % 3]((x0, y0, x1, y1), fill=30)
         elif kind == "scribbles":
             pts = [(int(rng.integers(10, w - 10)), int(rng.integers(10, h - 10))) for _ in range(rng.integers(6, 12))]
             d.line(pts, fill=30, width=int(rng.integers(3, 7)))
@@ -117,7 +117,7 @@ def evaluate(digits: dict, others: dict, logits_of, rule: dict | None, preproces
                 xs.append(x)
                 page_ink.append(ink)
                 ok.append(True)
-            except Exception:  # "no digit found": an answer that is a rejection
+            except Exception:  # noqa: BLE001 - "no digit found": an answer that is a rejection
                 ok.append(False)
         ok = np.array(ok)
         acc = np.zeros(len(pages), bool)

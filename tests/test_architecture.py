@@ -22,7 +22,7 @@ def test_every_target_is_defined_once_and_the_lists_derive_from_it():
     from toolkit.runtimes import RUNTIMES
     from toolkit.targets import FORMATS, KNOWN_TARGETS, TARGETS, possible_names
 
-    assert FORMATS == tuple(t.name for t in TARGETS) and len(set(FORMATS)) == len(FORMATS)
+    assert tuple(t.name for t in TARGETS) == FORMATS and len(set(FORMATS)) == len(FORMATS)
     assert manifest.FORMATS is FORMATS and manifest.KNOWN_TARGETS is KNOWN_TARGETS
     assert set(KNOWN_TARGETS) == {f"{t.name}-{p}" for t in TARGETS for p in ("fp32", "int8")}
     for t in TARGETS:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from helpers import one_error, run
 from conftest import synthetic_arrays, write_idx
+from helpers import one_error, run
 
 MODELS = Path(__file__).parent / "models"
 

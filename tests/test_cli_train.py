@@ -4,12 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import run
+
 from toolkit.cli import main
 from toolkit.targets import FORMATS
-
-
 
 
 def test_every_command_has_help_and_is_in_readme():

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 
 from toolkit import outputs
 from toolkit.compare import compare_pair, compare_runs, format_markdown, format_table, verdict
 from toolkit.config import Gates
 from toolkit.outputs import OutputsError
-
-from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 
 N = 1000
 
@@ -771,7 +770,7 @@ def test_an_outputs_document_records_the_run_it_came_from_and_is_labelled_by_it(
                         {"m.onnx": "f" * 64})
     assert (doc["passed"], doc["threads"], doc["throughput_batch"], doc["num_classes"]) == (False, 2, 256, 7)
     made = datetime.datetime.fromisoformat(doc["created"])
-    assert made.tzinfo is not None and abs((datetime.datetime.now(datetime.timezone.utc) - made).total_seconds()) < 600
+    assert made.tzinfo is not None and abs((datetime.datetime.now(datetime.UTC) - made).total_seconds()) < 600
     assert outputs.build({**result, "passed": True}, {}, LABELS, "a" * 64, {})["num_classes"] == 10
     schema = json.loads((pathlib.Path(__file__).parent.parent / "docs" / "schemas" / "outputs.schema.json").read_text())
     jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)

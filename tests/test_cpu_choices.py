@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
 from doubles import bf16_cpu, to_bf16
 from helpers import LOOSE_ALL, run
+
 from toolkit.config import Gates
 from toolkit.gates import Gate, evaluate, judged_precision
 from toolkit.runtimes.candidate import Placement

@@ -1,12 +1,12 @@
-import json
 import gzip
+import json
 import pickle
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_arrays, write_idx
 from helpers import run
+
 from toolkit.data import (
     IDX_FILES,
     convert_pickle,
@@ -230,7 +230,7 @@ def _image_folders(root, arrays, names=("bar0", "bar1", "bar2")):
     from PIL import Image
 
     for split in ("train", "test"):
-        for i, (img, label) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"])):
+        for i, (img, label) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"], strict=False)):
             if label < len(names):
                 folder = root / split / names[label]
                 folder.mkdir(parents=True, exist_ok=True)

@@ -52,5 +52,5 @@ def test_every_gate_a_verdict_can_name_is_documented():
 def test_every_verb_is_documented_with_its_options():
     """Each verb has its own doc or README section, and each of its visible options appears in the docs."""
     text = "\n".join(d.read_text() for d in DOCS)
-    for name, cmd in main.commands.items():
+    for name, _cmd in main.commands.items():
         assert f"mnisttk {name}" in text, f"`mnisttk {name}` appears in no doc"

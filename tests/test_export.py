@@ -8,14 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import LOOSE, run
 
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
-from helpers import LOOSE, run
 from toolkit.data import load_mnist
-from toolkit.fsutil import sha256_file
 from toolkit.exporters.quantize import QuantConfig, calibration_indices, indices_sha256
-
-
+from toolkit.fsutil import sha256_file
 
 
 def test_fp32_onnx_is_one_file_with_symbolic_batch(tiny_export):

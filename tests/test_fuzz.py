@@ -182,6 +182,7 @@ def test_an_outputs_row_whose_dtype_is_not_a_string_is_one_line(onnx_family_expo
     import json
 
     from helpers import LOOSE, run
+
     from toolkit import outputs
 
     host = tmp_path / "host.json"

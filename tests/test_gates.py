@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE, LOOSE_ALL, down, run, up
+
 from toolkit.config import ExportConfig, Gates
 from toolkit.errors import ExportError, ManifestError
 from toolkit.gates import Gate, Measurement, evaluate, judged_precision, latency_ratio
@@ -108,7 +108,7 @@ def test_one_target_registry_feeds_every_list():
     from toolkit.manifest import SUBPATH_FORMATS
     from toolkit.runtimes import RUNTIMES
 
-    assert FORMATS == tuple(t.name for t in TARGETS) and len(KNOWN_TARGETS) == 2 * len(TARGETS)
+    assert tuple(t.name for t in TARGETS) == FORMATS and len(KNOWN_TARGETS) == 2 * len(TARGETS)
     assert set(KIND_OF_FORMAT) == set(FORMATS) and SUBPATH_FORMATS == ("triton",)
     expect = next(p for p in verify.params if p.name == "expect")
     assert tuple(expect.type.choices) == KNOWN_TARGETS
@@ -408,8 +408,8 @@ def test_torchscript_int8_weights_follow_the_reduce_range_decision():
     import torch
 
     from toolkit.config import QuantConfig
-    from toolkit.model import build_model
     from toolkit.exporters.quantize import torch_static_int8
+    from toolkit.model import build_model
 
     torch.manual_seed(0)
     model = build_model("cnn").eval()
@@ -424,7 +424,7 @@ def test_torchscript_int8_weights_follow_the_reduce_range_decision():
 def test_search_never_ships_a_candidate_without_int8_kernels(tiny_export, monkeypatch):
     """--search judges each candidate with verify's gates: one whose session ran no int8 kernel fails
     (here: every candidate but the default reports none), so the kernel-less ones can never win."""
-    from toolkit.data import to_model_input, load_mnist
+    from toolkit.data import load_mnist, to_model_input
     from toolkit.runtimes.onnxruntime import OnnxCandidate
     from toolkit.search import run_search
 

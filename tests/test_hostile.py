@@ -18,11 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import synthetic_arrays, write_idx
 from helpers import rehash, run
-
-
 
 
 def snapshot(folder: Path) -> dict:
@@ -130,11 +127,10 @@ def _npz(**arrays) -> bytes:
 def _zip_bomb() -> bytes:
     """A 'logits.npy' member that inflates to 256 MiB of zeros (a few hundred KB on disk)."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("logits.npy", "w", force_zip64=True) as f:
-            chunk = bytes(1 << 24)
-            for _ in range(16):
-                f.write(chunk)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("logits.npy", "w", force_zip64=True) as f:
+        chunk = bytes(1 << 24)
+        for _ in range(16):
+            f.write(chunk)
     return buf.getvalue()
 
 

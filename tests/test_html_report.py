@@ -5,7 +5,6 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
-
 from helpers import LOOSE, run
 
 

@@ -6,9 +6,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from helpers import run
+from onnx import numpy_helper
 
 
 def inspect(exported, data, *extra):

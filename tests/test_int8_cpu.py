@@ -8,8 +8,8 @@ import platform
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE_ALL, run
+
 from toolkit import int8cpu
 from toolkit.int8cpu import CpuKind
 

@@ -13,8 +13,16 @@ import pytest
 from toolkit.errors import ManifestError, ToolkitError
 from toolkit.onnx_proto import EXTERNAL, _classes, external_tensors
 from toolkit.runtimes import candidate
-from toolkit.runtimes.candidate import (MAX_MODEL_BYTES, Placement, artifact_classes, batched_logits, checked_logits,
-                                        read_model_bytes, refuse_external_data, resolve_threads)
+from toolkit.runtimes.candidate import (
+    MAX_MODEL_BYTES,
+    Placement,
+    artifact_classes,
+    batched_logits,
+    checked_logits,
+    read_model_bytes,
+    refuse_external_data,
+    resolve_threads,
+)
 
 ORT_HEADER = b"\x1c\x00\x00\x00ORTM"  # an ORT-format file's first 8 bytes (toolkit.formats.sniff)
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE, run
 
 jsonschema = pytest.importorskip("jsonschema")

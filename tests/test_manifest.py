@@ -8,12 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import valid_manifest
 
 from toolkit import manifest as mf
 from toolkit.errors import ManifestError
 from toolkit.fsutil import TooLarge
-
-from helpers import valid_manifest
 
 
 def _refused(tmp_path, m, what):

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import synthetic_arrays
+
 from toolkit.data import MNIST
 from toolkit.model import CNN, MLP, count_parameters
 from toolkit.train import TrainConfig, select_device, train
@@ -39,7 +39,7 @@ def test_training_lowers_loss_and_is_deterministic():
     m2, r2 = train(cfg, tiny_mnist(), torch.device("cpu"), progress=False, threads=1)
     losses = [h["train_loss"] for h in r1["history"]]
     assert losses[-1] < losses[0]
-    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+    for (k, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=False):
         assert torch.equal(a, b), k
     assert set(r1["metrics"]) == {"train", "test"}
     m3, _ = train(TrainConfig(epochs=1, batch_size=20, seed=6), tiny_mnist(), torch.device("cpu"), progress=False)
@@ -109,9 +109,9 @@ def test_undoing_warm_up_steps_gives_the_fresh_optimisation():
     for _ in range(3):
         step(model, opt)
     restore_initial_state(params, saved, opt, loss_sum)
-    assert all(torch.equal(p, s) for p, s in zip(params, saved))
+    assert all(torch.equal(p, s) for p, s in zip(params, saved, strict=False))
     step(model, opt)
     ref, ref_opt = fresh()
     step(ref, ref_opt)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-7)

@@ -10,7 +10,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_arrays, write_idx
 from helpers import LOOSE, one_error, run, saved_run
 

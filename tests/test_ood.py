@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import LOOSE, run
 
 from toolkit import ood
-
-from helpers import LOOSE, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE_ALL, rehash, run, up
+
 from toolkit.config import Gates
 from toolkit.gates import Gate, Measurement, evaluate
 from toolkit.onnx_proto import external_tensors

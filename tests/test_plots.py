@@ -25,7 +25,7 @@ def test_the_verify_plot_has_its_legend_axes_and_ticks():
     drawn = {r["runtime"].removesuffix(" bf16") for r in result["rows"] if r.get("latency_us") and r.get("accuracy")}
     assert drawn <= set(labels) and {"fp32", "int8"} <= set(labels)
     assert "reference accuracy + 95% CI of the difference" in labels
-    for handle, label in zip(legend.legend_handles, labels):
+    for handle, label in zip(legend.legend_handles, labels, strict=False):
         if label in ("fp32", "int8"):
             assert isinstance(handle, Line2D) and handle.get_markerfacecolor() not in ("none", (0, 0, 0, 0))
     assert ax.get_xlabel().startswith("batch-1 latency") and ax.get_ylabel() == "test accuracy (%)"

@@ -5,9 +5,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import BLOCK_TORCH, run, third_party_check
 from PIL import Image
 
-from helpers import BLOCK_TORCH, run, third_party_check
 from toolkit.data import load_mnist
 from toolkit.errors import ImageError
 from toolkit.predict import load_gray, read_pgm, to_mnist

@@ -7,13 +7,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers import LOOSE, run
 
 import toolkit.publish as publish
-from helpers import run
-
-from helpers import LOOSE
-
-
 
 
 def snapshot(folder):

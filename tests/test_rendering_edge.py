@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-
 from helpers import LOOSE, rehash, run, saved_run
 
 # clear the screen, go back to the line's start, forge a verdict on a line of its own, and reverse the text

@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import LOOSE, run
 
 from toolkit import timing
-
-from helpers import LOOSE, run
 
 
 def test_summary_is_the_median_over_rounds_with_its_spread():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE, rehash, run, valid_manifest
 
 

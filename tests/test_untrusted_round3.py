@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE, rehash, run
+
 from toolkit import outputs
 from toolkit.outputs import OutputsError
-
 
 set_hash = rehash  # the manifest updated to a file's new bytes, as an attacker would
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 from onnx import numpy_helper
 
 from toolkit.fsutil import sha256_file
 from toolkit.verify import Gates, Row, judge
-
-from helpers import BLOCK_TORCH, LOOSE, run, third_party_check
 
 
 def verify(exported, data, *extra):
@@ -278,9 +277,8 @@ def test_one_json_convention_and_a_report_that_fits(exported, tiny_export, tmp_p
 
 def test_doctored_run_without_int8_kernels_fails(exported, tiny_export, monkeypatch, in_process):
     """ORT at optimization level 'basic' runs the QDQ model in float: the int8 row must fail."""
-    from toolkit.runtimes.ort_session import SessionOptions
-
     import toolkit.runtimes.onnxruntime as ortrows
+    from toolkit.runtimes.ort_session import SessionOptions
 
     monkeypatch.setattr(ortrows, "SessionOptions", lambda **kw: SessionOptions(**{**kw, "optimization": "basic"}))
     r = verify(exported, tiny_export["data"], "--no-torch")
@@ -294,7 +292,7 @@ def test_inspect_profiles_every_onnx_model_node_by_node(exported, tiny_export):
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["schema_version"] == 2 and set(result["models"]) == {"fp32", "int8"}
-    for precision, m in result["models"].items():
+    for _precision, m in result["models"].items():
         assert m["batch"] == 32 and m["nodes"] and all(n["us_per_image"] >= 0 for n in m["nodes"])
         assert abs(sum(n["share"] for n in m["nodes"]) - 1) < 1e-6
         assert abs(sum(n["us_per_image"] for n in m["nodes"]) - m["total_us_per_image"]) < 1e-9

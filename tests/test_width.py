@@ -3,8 +3,8 @@ data, env and predict print on a real (tiny) export."""
 
 import numpy as np
 import pytest
-
 from helpers import LOOSE, run
+
 from toolkit.cli import main
 from toolkit.width import WIDTH, fit
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
+from toolkit import arch as arch_mod
+from toolkit.arch import ArchRef
 from toolkit.data import DIGITS
 from toolkit.errors import CheckpointError
 from toolkit.fsutil import atomic_write_bytes, regular_file
-from toolkit import arch as arch_mod
-from toolkit.arch import ArchRef
 
 FORMAT = "mnisttk-checkpoint"
 FORMAT_VERSION = 1
@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: not an mnisttk checkpoint (not a weights-only PyTorch file; refused)") from None
-    except Exception:  # IndexError/KeyError/EOFError from the unpickler on text, truncated or foreign files
+    except Exception:  # noqa: BLE001 - IndexError/KeyError/EOFError from the unpickler on text, truncated or foreign files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another kind of file)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnisttk checkpoint (no '{FORMAT}' marker)")

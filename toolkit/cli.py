@@ -23,6 +23,7 @@ from toolkit.commands.predict import predict
 from toolkit.commands.train import train
 from toolkit.commands.verify import verify
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mnisttk")
 def main():

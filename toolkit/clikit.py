@@ -15,6 +15,8 @@ from pathlib import Path
 # TorchScript int8 load; users can do nothing about it. Must be set before torch loads.
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
+import contextlib
+
 import click
 
 from toolkit.config import ExportConfig, Gates, QuantConfig, TrainConfig, VerifyConfig
@@ -137,10 +139,8 @@ def check_outputs(outputs: list, protected: tuple | list = ()) -> None:
     "markdown" or "png". A path in a folder that does not exist is refused (no folder tree is made)."""
     resolved = set()
     for p in protected:
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             resolved.add(Path(p).resolve())
-        except (OSError, RuntimeError):
-            pass
     written: dict = {}
     for option, path, kind in outputs:
         if path is None:

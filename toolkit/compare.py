@@ -204,7 +204,7 @@ def _grid(lines: list[list[str]], left: int) -> list[str]:
     """Columns padded to their widest cell: the first `left` read as text (left-aligned), the rest as
     figures (right-aligned)."""
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    out = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
            for row in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return out

@@ -3,7 +3,7 @@ numpy only: the edge side uses it. (How close fp32 artifacts must stay is a sett
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

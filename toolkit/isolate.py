@@ -10,11 +10,13 @@ run) turns each into a FAIL row or one `Error:` line and carries on. Edge side: 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from toolkit import errors
 from toolkit.errors import ToolkitError, first_line
@@ -106,10 +108,8 @@ def warm_up() -> None:
     for it; errors are left to that call to report."""
     if IN_PROCESS:
         return
-    try:
+    with contextlib.suppress(ToolkitError):
         call(len, (), timeout_s=120, memory_mb=None, what="the children's start-up")
-    except ToolkitError:
-        pass
 
 
 def _vm_bytes() -> int:
@@ -157,7 +157,7 @@ def _serve(conn, memory_bytes, stderr_path):
                 conn.send(("error", type(exc).__name__, str(exc)))
             except MemoryError:
                 conn.send(("error", "OutOfMemory", "ran out of its memory limit"))
-            except BaseException as exc:  # a runtime's own exception types: one line, never a traceback
+            except BaseException as exc:  # noqa: BLE001 - a runtime's own exception types: one line, never a traceback
                 conn.send(("error", "ToolkitError", f"{type(exc).__name__}: {first_line(exc, 200)}"))
     finally:
         conn.close()
@@ -188,7 +188,7 @@ def _in_process(fn: Callable, args, kwargs, what: str):
         raise
     except MemoryError:
         raise OutOfMemory(f"{what} ran out of memory") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a runtime raised in the child: one line, never a traceback
         raise ToolkitError(f"{type(exc).__name__}: {first_line(exc, 200)}") from None
 
 
@@ -261,19 +261,15 @@ class Worker:
             return
         proc, self._proc = self._proc, None
         self._dead = self._dead or Crashed(f"{self.what}: its child was closed")
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
         proc.join(1)
         if proc.is_alive():
             proc.kill()
             proc.join(10)
         self._conn.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self._stderr_path)
-        except OSError:
-            pass
 
     def __enter__(self) -> Worker:
         return self

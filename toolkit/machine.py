@@ -7,7 +7,6 @@ import os
 import platform
 from pathlib import Path
 
-
 # The CPU features that change what a runtime chooses to run: int8 kernel families (VNNI, AMX-INT8,
 # dot-product and i8mm on ARM) and reduced float modes (OpenVINO's bf16 default on AVX-512 BF16 and AMX,
 # f16 on AVX-512 FP16 / AMX-FP16, ARM's bf16 fast-math and SVE/SME kernels). Each is recorded with

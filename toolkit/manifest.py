@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
-from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS, with_support  # noqa: F401
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
+from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS, with_support  # noqa: F401
 
 MANIFEST_NAME = "manifest.json"
 REFERENCE_NAME = "reference.npz"

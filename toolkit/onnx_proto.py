@@ -83,7 +83,7 @@ def external_tensors(data: bytes) -> list[str]:
     refuses these models before a runtime sees them. ValueError: not a parsable ONNX model."""
     try:
         model = parse_model(data)
-    except Exception as exc:  # protobuf's DecodeError (also for nesting beyond its recursion limit)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (also for nesting beyond its recursion limit)
         raise ValueError(f"not a parsable ONNX model ({type(exc).__name__})") from None
     found, graphs, nodes = [], [model.graph, *(g for t in model.training_info for g in (t.initialization, t.algorithm))], [
         n for f in model.functions for n in f.node]
@@ -152,7 +152,7 @@ def quantized_output_limits(data: bytes) -> tuple | None:
         scale, zero = tensor_to_array(inits[node.input[1]]), tensor_to_array(inits[node.input[2]])
     except (KeyError, ValueError, IndexError, AttributeError, TypeError):
         return None
-    except Exception:  # a protobuf DecodeError: not ours to explain here
+    except Exception:  # noqa: BLE001 - a protobuf DecodeError: not ours to explain here
         return None
     if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.int8, np.uint8):
         return None

@@ -327,8 +327,8 @@ def non_digits(n: int = 400, seed: int = 0) -> dict:
             ys, xs = np.rint(y0 + (y1 - y0) * t).astype(int), np.rint(x0 + (x1 - x0) * t).astype(int)
             for dy in (0, 1):
                 lines[i, np.clip(ys + dy, 0, 27), xs] = 255
-    texture = 255 * ((np.sin(xx[None] * rng.uniform(0.5, 2, (k, 1, 1)) + yy[None] * rng.uniform(0.5, 2, (k, 1, 1)))
-                      > 0))
+    texture = 255 * (np.sin(xx[None] * rng.uniform(0.5, 2, (k, 1, 1)) + yy[None] * rng.uniform(0.5, 2, (k, 1, 1)))
+                      > 0)
     return {"uniform noise": uniform.astype(np.uint8), "gaussian noise": gauss.astype(np.uint8),
             "filled blobs": blobs.astype(np.uint8), "scribbles": lines.astype(np.uint8),
             "textures": texture.astype(np.uint8)}

@@ -16,15 +16,14 @@ Preprocessing, the way MNIST digits were made:
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from toolkit.ood import MIN_INK_LEVEL, otsu, page_ink
 from toolkit.errors import ImageError, ToolkitError
 from toolkit.fsutil import regular_file
 from toolkit.images import (  # noqa: F401  (predict's readers, kept importable from here)
@@ -39,6 +38,7 @@ from toolkit.images import (  # noqa: F401  (predict's readers, kept importable 
     read_with_pillow,
     to_uint8,
 )
+from toolkit.ood import MIN_INK_LEVEL, otsu, page_ink
 
 MAX_DEPTH = 32  # folder levels `--recursive` descends (a 1,200-level tree is refused, not a crash)
 MIN_CONTRAST = 24  # grey levels between background and ink below which an image is blank
@@ -121,7 +121,7 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     labels = np.zeros(mask.shape, dtype=np.int32)
     h, w = mask.shape
     count = 0
-    for y, x in zip(*np.nonzero(mask)):
+    for y, x in zip(*np.nonzero(mask), strict=True):
         if labels[y, x]:
             continue
         count += 1
@@ -322,7 +322,7 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, (img, name) in enumerate(zip(images, names)):
+    for i, (img, name) in enumerate(zip(images, names, strict=True)):
         target = folder / f"{i:04d}_{Path(name).stem}.png"
         Image.fromarray(img).save(target)
         paths.append(str(target))
@@ -364,7 +364,7 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
     if images:
         batch = np.stack(images)
         if save_dir is not None:
-            for slot, saved in zip(slots, save_preprocessed(batch, [results[i]["file"] for i in slots], save_dir)):
+            for slot, saved in zip(slots, save_preprocessed(batch, [results[i]["file"] for i in slots], save_dir), strict=True):
                 results[slot]["preprocessed"] = saved
         logits = model(batch) if callable(model) else model.logits(batch)
         probs = softmax(np.asarray(logits).astype(np.float64))
@@ -376,7 +376,7 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
         from toolkit.ood import class_names
 
         names = classes if classes and len(classes) == probs.shape[1] else class_names(rule, probs.shape[1])
-        for i, (slot, pr) in enumerate(zip(slots, probs)):
+        for i, (slot, pr) in enumerate(zip(slots, probs, strict=True)):
             digit = int(pr.argmax())
             results[slot].update(status="digit", digit=digit, label=names[digit], probability=float(pr[digit]),
                                  probabilities=[round(float(v), 6) for v in pr])
@@ -478,7 +478,6 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
     (toolkit.isolate: a model that hangs or aborts is one error, not a hung or crashed predict), apply the
     export's not-a-digit rule. Returns the JSON document (docs/schemas/predict.schema.json)."""
     from toolkit import isolate
-
     from toolkit.runtimes import runtime_for
 
     kind = predictable_kind(model_path)  # before any image is read: FIFOs, .pte, giants refused in one line

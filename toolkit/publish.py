@@ -31,8 +31,8 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from toolkit.userkey import JournalKeyError
 from toolkit.userkey import key_path as _key_path
@@ -85,7 +85,7 @@ def lock_folder(out: Path):
 
 class _FdLock:
     def __init__(self, fd: int):
-        self.fd = fd
+        self.fd: int | None = fd
 
     def close(self):
         if self.fd is not None:

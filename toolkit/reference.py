@@ -61,7 +61,7 @@ def read_reference(path: Path, n_test: int, num_classes: int = 10) -> dict:
                 arrays[name[:-4]] = np.load(io.BytesIO(raw), allow_pickle=False)
             except ManifestError:
                 raise
-            except Exception as exc:  # zlib.error, BadZipFile, ValueError from np.load (pickles refused)
+            except Exception as exc:  # noqa: BLE001 - zlib.error, BadZipFile, ValueError from np.load (pickles refused)
                 raise bad(f"{name}: {first_line(exc, 80)}") from None
     logits, labels, sha = arrays["logits"], arrays["labels"], arrays["test_sha256"]
     if logits.dtype.kind != "f" or logits.shape != (n_test, num_classes):

@@ -163,7 +163,7 @@ def format_table(result: dict, wide: bool = False) -> str:
     shown = [SHORT.get(c, c) for c in columns] if not wide else columns  # the narrow table's short headers
     cells = [shown] + [[row_cells(r)[i] for i in keep] for r in result["rows"]]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     g = result["gates"]
     text = [""] + _notes(result) + [""]

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -50,7 +50,7 @@ def candidates(base: QuantConfig, layers: list[str], has_conv: bool) -> list[Qua
     out = []
     for first in firsts:
         for keep in itertools.product((False, True), repeat=len(layers)):
-            kept = tuple(name for name, k in zip(layers, keep) if k)
+            kept = tuple(name for name, k in zip(layers, keep, strict=True) if k)
             if len(kept) == len(layers) and (first == "fp32" or not has_conv):
                 continue  # nothing left in int8
             out.append(replace(base, first_conv=first, keep_fp32=kept))
@@ -249,6 +249,6 @@ def format_search(search: dict) -> str:
                      f"{r['speed_spread'][0]:.2f}–{r['speed_spread'][1]:.2f}", gate])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < len(layers) or i == len(head) - 1 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

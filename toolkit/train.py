@@ -11,20 +11,20 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from toolkit import arch as arch_mod
 from toolkit.config import TrainConfig  # noqa: F401  (part of this module's API)
 from toolkit.contract import to_float_input
 from toolkit.data import MNIST
 from toolkit.env import library_versions
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.metrics import classification_metrics
-from toolkit import arch as arch_mod
 from toolkit.model import count_parameters
 
 
@@ -80,7 +80,7 @@ class EagerStep:
 
 def restore_initial_state(params, saved, optimizer, loss_sum) -> None:
     with torch.no_grad():
-        for p, s in zip(params, saved):
+        for p, s in zip(params, saved, strict=False):
             p.copy_(s)
         for state in optimizer.state.values():
             for v in state.values():

@@ -118,7 +118,7 @@ def check(config_bytes: bytes, config_name: str, model_name: str, model) -> None
                                    ("output", cfg.get("output", []), session.get_outputs())):
         if len(declared) != len(actual):
             bad(f"{len(declared)} {kind}s declared, the model has {len(actual)}")
-        for d, a in zip(declared, actual):
+        for d, a in zip(declared, actual, strict=False):
             if not isinstance(d, dict):
                 bad(f"an {kind} is not a message")
             want_type = ORT_TO_TRITON.get(a.type, a.type)

@@ -13,31 +13,26 @@ import importlib.util
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from toolkit import isolate
-from toolkit.runtimes import RUNTIMES, ask_reduced_default, device_missing, missing
-from toolkit.runtimes.candidate import Arithmetic, Placement, resolve_threads
-from toolkit.targets import row_label, with_support
-from toolkit.runtimes import build as build_candidate
-from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
+from toolkit import isolate, ood, timing
 from toolkit.compare import compare_pair
+from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import CheckpointAbsent, ManifestError, RuntimeUnavailable, ToolkitError, first_line
-from toolkit.outputs import Outputs, OutputsError
 from toolkit.gates import Measurement, evaluate, judged_precision, latency_ratio, saturation, score_fidelity
-from toolkit.manifest import (KNOWN_TARGETS, check_hashes, classes_of, confined_path, deployed_bytes, load_manifest, ood_rule,
-                              target_of)
+from toolkit.manifest import KNOWN_TARGETS, check_hashes, classes_of, confined_path, deployed_bytes, load_manifest, ood_rule, target_of
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
+from toolkit.outputs import Outputs, OutputsError
 from toolkit.reference import read_reference
-from toolkit import ood, timing
+from toolkit.runtimes import RUNTIMES, ask_reduced_default, device_missing, missing
+from toolkit.runtimes import build as build_candidate
+from toolkit.runtimes.candidate import Arithmetic, Placement, resolve_threads
 from toolkit.runtimes.ort_session import available_providers, check_install
-
-
-
+from toolkit.targets import row_label, with_support
 
 
 @dataclass
@@ -158,7 +153,7 @@ def judge(row: Row, gates: Gates) -> None:
         row.failed_gates.append(reason.gate.value)
         row.fail(reason.text())
     golden = row.golden or {}
-    for gate, text in zip(golden.get("failed_gates", ()), golden.get("reasons", ())):
+    for gate, text in zip(golden.get("failed_gates", ()), golden.get("reasons", ()), strict=False):
         row.failed_gates.append(f"golden_{gate}")
         row.fail(f"against the golden outputs: {text}")
     if row.reasons:
@@ -246,7 +241,7 @@ class _Reference:
                 reference_row, eager = _reference_row(self._run)
                 _measure_reference(self._run, reference_row, eager)
             self._value = (reference_row, eager)
-        except BaseException as exc:  # re-raised on the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             self._error = exc
 
     def result(self) -> tuple:
@@ -486,7 +481,7 @@ def _measure_rows(run: _Run, plan: list, log: Callable[[str], None]) -> list[Row
 
     measured: dict = {}  # row id -> its child's measurements, for the rows measured with it
     with ThreadPoolExecutor(_parallel_children(run), thread_name_prefix="mnisttk-row") as pool:
-        for (row, spec, a, first), (m, exc) in zip(jobs, pool.map(child, jobs)):  # results in the plan's order
+        for (row, spec, a, first), (m, exc) in zip(jobs, pool.map(child, jobs), strict=True):  # results in the plan's order
             if isinstance(exc, RuntimeUnavailable):
                 row.reasons.append(str(exc))
                 row.status = "FAIL" if run.config.require_cuda or not spec.gpu else "skipped"
@@ -721,10 +716,8 @@ def _release_freed_memory() -> None:
     import ctypes
     import ctypes.util
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 CONSISTENCY_CLOSEST = 500  # the test images nearest a decision (smallest top-2 logit margin) ...
@@ -785,7 +778,7 @@ def _timing_rounds(run: _Run, plan: list, eager, reference_row: Row, log) -> Non
             break
         log(f"timing round {k + 1} of {config.rounds}")
         start = timing.cpu_snapshot()
-        for row, spec, a in timing.rotated(jobs, k):
+        for row, _spec, _a in timing.rotated(jobs, k):
             if row == "ref":
                 try:
                     with eager.scope(), _Clock(run.phases)("timing_rounds"):
@@ -852,12 +845,12 @@ def _support_faults(manifest: dict, bad_files: dict) -> dict:
 
 
 def _machine() -> dict:
+    import os
+    import platform
+
     import onnxruntime
 
     from toolkit.machine import cpu_flags
-
-    import os
-    import platform
 
     info = {"cpu": cpu_flags(), "arch": platform.machine(), "onnxruntime": onnxruntime.__version__,
             "providers": available_providers()}

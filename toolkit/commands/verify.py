@@ -138,7 +138,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
 
     golden = saved_outputs.load(golden_path) if golden_path else None
     mnist = load_mnist(data_dir, log=log)
-    logits = {} if outputs_path else None
+    logits: dict | None = {} if outputs_path else None
     judged: dict = {}
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log, golden=golden,
                         outputs=logits, judged=judged)
@@ -150,7 +150,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
 
     try:
         emit_json(result, json_out)
-        if outputs_path:
+        if outputs_path and logits is not None:
             shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
             shas[manifest["reference"]["file"]] = manifest["reference"]["sha256"]
             doc = saved_outputs.build(result, logits, mnist.test_labels, mnist.sha256["test"], shas)

@@ -5,11 +5,10 @@ over the targets asked for, in the registry's order (toolkit.targets)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass

@@ -106,7 +106,7 @@ def export_openvino(src: Sources) -> Written:
                 ov.save_model(model, str(src.stage / f"{src.arch}_{precision}.xml"), compress_to_fp16=False)
     except ExportError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - OpenVINO's converter and NNCF raise their own types: one line
         from toolkit.runtimes.openvino import reason
 
         raise ExportError(f"OpenVINO IR: conversion or NNCF quantization failed ({reason(exc, 200)})") from None

@@ -25,7 +25,7 @@ def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
         # NCHWc is x86-specific: as ORT's converter does, keep it out of a file meant for any device
         ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"],
                              disabled_optimizers=["NchwcTransformer"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - ORT's converter raises its own types (Fail, InvalidGraph): one line
         raise ExportError(f"{onnx_path.name}: ONNX Runtime could not convert it to ORT format ({first_line(exc)})") from None
 
 

@@ -81,7 +81,6 @@ def quantize(float_paths: dict, out_paths: dict, calib) -> None:
 def export_tflite(src: Sources) -> Written:
     from toolkit.fsutil import sha256_file
     from toolkit.runtimes.litert import Program, delegation
-
     from toolkit.scoped import environ
 
     written = Written()

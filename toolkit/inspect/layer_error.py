@@ -196,7 +196,7 @@ def _session(data: bytes, threads: int, fuse: bool = True):
     so.log_severity_level = 3
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types on an edited graph: one line
         from toolkit.errors import first_line
 
         raise ToolkitError(f"ONNX Runtime refused an edited copy of the model ({first_line(exc, 160)})") from None
@@ -207,7 +207,7 @@ def _run(session, x, names: list[str], batch: int = 500) -> dict:
     names = list(dict.fromkeys(names))
     parts = defaultdict(list)
     for i in range(0, len(x), batch):
-        for name, value in zip(names, session.run(names, {input_name: x[i:i + batch]})):
+        for name, value in zip(names, session.run(names, {input_name: x[i:i + batch]}), strict=True):
             parts[name].append(value)
     return {name: np.concatenate(v) for name, v in parts.items()}
 

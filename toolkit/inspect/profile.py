@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.manifest import check_hashes, confined_path, load_manifest, ood_rule
 from toolkit.errors import ManifestError, ToolkitError, first_line
+from toolkit.manifest import check_hashes, confined_path, load_manifest, ood_rule
 from toolkit.predict import softmax
 from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
 
@@ -69,7 +69,7 @@ def profile_models(specs: dict, images_u8: np.ndarray, batch: int, threads: int,
     timing: dict = {"rounds": rounds, "runs_per_round": per_round, "machine_load": loads,
                     "us_per_image_by_round": walls, "cpu_us_per_image_by_round": cpus}
     if "fp32" in walls and "int8" in walls:
-        ratios = [i / f for i, f in zip(walls["int8"], walls["fp32"])]
+        ratios = [i / f for i, f in zip(walls["int8"], walls["fp32"], strict=True)]
         timing["int8_over_fp32_by_round"] = [round(x, 4) for x in ratios]
         why = noise(loads, [])
         if max(ratios) / min(ratios) > NOISY_SPREAD:
@@ -159,7 +159,7 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
                               threads)
     except ToolkitError:
         raise
-    except Exception as exc:  # models that are not an fp32/int8 pair of ours (swapped, foreign graphs)
+    except Exception as exc:  # noqa: BLE001 - models that are not an fp32/int8 pair of ours (swapped, foreign graphs)
         raise ManifestError(f"{folder}: cannot compare {onnx['fp32']['file']} and {onnx['int8']['file']} layer "
                             f"by layer ({type(exc).__name__}: {first_line(exc, 120)}); are they an fp32/int8 "
                             "pair from one export?") from None
@@ -276,7 +276,7 @@ def format_inspect(result: dict, top: int = 12) -> str:
         lines.append(f"per layer, int8 vs fp32 on {err['images']:,} test images (SQNR in dB; acc: in the int8 graph, "
                      "iso: only that layer int8)")
         for k, r in enumerate(rows):
-            lines.append("  " + "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            lines.append("  " + "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
             if k == 0:
                 lines.append("  " + "  ".join("-" * w for w in widths))
         worst = min((layer for layer in err["layers"] if layer.get("isolated")), key=lambda x: x["isolated"]["sqnr_db"])

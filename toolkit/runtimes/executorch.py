@@ -82,7 +82,7 @@ def audit(data: bytes, name: str) -> dict:
         plan = program.execution_plan[0]
     except ImportError:
         raise RuntimeUnavailable(f"executorch is not installed ({INSTALL_HINT})") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - ExecuTorch's reader raises its own types on foreign bytes: one line
         raise ToolkitError(f"{name}: not a readable ExecuTorch program ({first_line(exc, 160)})") from None
     ops = [op.name for op in plan.operators]
     return {"backend": "XNNPACK", "delegates": [d.id for d in plan.delegates],
@@ -111,7 +111,7 @@ def load_method(data: bytes, name: str, threads: int):
                 portable_lib._unsafe_reset_threadpool(threads)
             program = Runtime.get().load_program(data)
             method = program.load_method("forward")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - ExecuTorch's loader raises its own types: one line
         raise ToolkitError(f"{name}: not a loadable ExecuTorch program ({first_line(exc, 160)})") from None
     return program, method
 
@@ -142,7 +142,7 @@ class ExecuTorchCandidate(Candidate):
     def _execute(self, x):
         try:
             (out,) = self.method.execute([x])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ExecuTorch's runtime raises its own types: one line
             raise ToolkitError(f"{self.file}: ExecuTorch failed while running ({first_line(exc, 160)})") from None
         return out
 

@@ -2,10 +2,10 @@
 ExecuTorch's runtime and program reader, without its compiler (runtimes/executorch.py: import_runtime), so
 each row's child starts with them."""
 
+import contextlib
+
 from toolkit.runtimes.executorch import import_runtime, quiet_torch_logs
 
 quiet_torch_logs()
-try:
+with contextlib.suppress(ImportError):  # not installed: the rows say so themselves
     import_runtime()
-except ImportError:
-    pass  # not installed: the rows say so themselves

@@ -16,11 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import (Arithmetic, Candidate, Placement, batched_logits, delegate_placement, read_model_bytes,
-                                        resolve_threads)
 from toolkit.contract import to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
+from toolkit.runtimes.candidate import (
+    Arithmetic,
+    Candidate,
+    Placement,
+    batched_logits,
+    delegate_placement,
+    read_model_bytes,
+    resolve_threads,
+)
 
 INSTALL_HINT = "pip install 'mnisttk[litert]'"
 SHAPE_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS"}  # layout only: no arithmetic worth a delegate
@@ -47,7 +54,7 @@ def interpreter(data: bytes, threads: int, name: str):
             it.allocate_tensors()
     except _TooLarge as exc:
         raise ToolkitError(f"{name}: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - LiteRT's interpreter raises its own types on foreign bytes: one line
         raise ToolkitError(f"{name}: not a loadable LiteRT model ({first_line(exc, 160)})") from None
     return it
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement
 from toolkit.contract import EVAL_BATCH
 from toolkit.errors import ManifestError
 from toolkit.manifest import SUBPATH_FORMATS, confined_path
+from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement
 from toolkit.runtimes.ort_session import PRECISION_SETTINGS, Model, SessionOptions
 
 CONSISTENCY_BATCHES = (1, 2, 7, 64)  # with EVAL_BATCH (1,000), the batch sizes whose predictions must agree

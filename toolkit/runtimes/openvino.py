@@ -110,7 +110,7 @@ def _compiled(core, read, threads: int, name: str, settings: dict | None = None)
     try:
         return core.compile_model(read(), "CPU", {"INFERENCE_NUM_THREADS": resolve_threads(threads),
                                                   "PERFORMANCE_HINT": "LATENCY", **(settings or {})})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own types (RuntimeError and others): one line
         raise ToolkitError(f"{name}: not a model OpenVINO can compile ({reason(exc)})") from None
 
 

@@ -6,8 +6,6 @@ and nothing else.
 
 from __future__ import annotations
 
-from typing import Any
-
 import contextlib
 import io
 import json
@@ -17,6 +15,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -43,10 +42,8 @@ def onnxruntime_distributions() -> list[str]:
 
     found = []
     for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            pass
     return found
 
 
@@ -74,11 +71,9 @@ def _preload_cuda_libraries() -> None:
     if _DLLS_PRELOADED or not hasattr(ort, "preload_dlls"):
         return
     _DLLS_PRELOADED = True
-    with contextlib.redirect_stdout(io.StringIO()):  # it narrates to stdout
-        try:
-            ort.preload_dlls()
-        except Exception:  # absent libraries: the provider's own error says more
-            pass
+    # it narrates to stdout; absent libraries: the provider's own error says more, when it is asked for
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):  # noqa: BLE001
+        ort.preload_dlls()
 
 
 def select_provider(name: str) -> str:
@@ -200,7 +195,7 @@ class Model:
                 # ORT print()s an "EP Error ... Falling back" banner to stdout and falls back to the
                 # CPU on its own: keep stdout for results, and decide on fallbacks here.
                 session = self._open(data, options, providers)
-            except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc.
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/etc.
                 msg = first_line(exc)
                 if "external" in msg.lower() or "model_path must not be empty" in msg:
                     msg = "it keeps weights in an external-data file, which mnisttk refuses (unhashed)"
@@ -240,7 +235,7 @@ class Model:
         inp = inputs[0]
         dims = _dims(inp)
         if inp.type not in ("tensor(float)", "tensor(uint8)") or len(dims) != 4 or any(
-                isinstance(d, int) and d != want for d, want in zip(dims[1:], (1, 28, 28))):
+                isinstance(d, int) and d != want for d, want in zip(dims[1:], (1, 28, 28), strict=False)):
             raise ToolkitError(f"{self.path}: input {inp.name!r} is {inp.type} {dims}; an mnisttk model takes "
                                "float32 or uint8 N×1×28×28")
         if not outputs or outputs[0].type != "tensor(float)" or len(_dims(outputs[0])) != 2 or (
@@ -278,7 +273,7 @@ class Model:
                 out = self._run_sharded(x)
             else:
                 out = self.session.run([self.output_name], {self.input_name: x})[0]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types while running: one line
             raise ToolkitError(f"{self.path.name}: ONNX Runtime failed while running ({first_line(exc)})") from None
         if self.provider == "cuda":
             self.check_provider()
@@ -290,7 +285,7 @@ class Model:
         cuts = [n * i // k for i in range(k + 1)]
         names, feed = [self.output_name], self.input_name
         others = [self._pool.submit(s.run, names, {feed: x[a:b]})
-                  for s, a, b in zip(self._shards[1:], cuts[1:-1], cuts[2:])]
+                  for s, a, b in zip(self._shards[1:], cuts[1:-1], cuts[2:], strict=False)]
         first = self.session.run(names, {feed: x[:cuts[1]]})[0]
         return np.concatenate([first] + [f.result()[0] for f in others])
 

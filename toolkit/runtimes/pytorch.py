@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from toolkit.contract import to_float_input
 from toolkit.errors import CheckpointAbsent, ManifestError, ToolkitError, first_line
 from toolkit.fsutil import sha256_file
-from toolkit.contract import to_float_input
 from toolkit.runtimes.candidate import Arithmetic, Candidate, read_model_bytes, resolve_threads
 from toolkit.scoped import float32_matmul_precision, quantized_engine, torch_threads
 
@@ -45,7 +45,7 @@ class TorchCandidate(Candidate):
         try:
             with torch.inference_mode():
                 return self.module(torch.from_numpy(x)).numpy()
-        except Exception as exc:  # a TorchScript file with other inputs or outputs
+        except Exception as exc:  # noqa: BLE001 - a TorchScript file with other inputs or outputs
             raise ToolkitError(f"{self.file}: PyTorch failed while running ({first_line(exc, 120)})") from None
 
     def bench_input(self, images_u8):
@@ -95,7 +95,7 @@ def torchscript_candidate(path: Path, precision: str, threads: int, sha256: str 
         with warnings.catch_warnings(), quantized_engine(engine):
             warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.14 and says so on every load
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.jit.load raises its own types on foreign bytes: one line
         raise ToolkitError(f"{path}: not a loadable TorchScript model ({first_line(exc, 120)})") from None
     cand = TorchCandidate(module, f"TorchScript {precision}", "TorchScript", precision, path.name,
                           path.stat().st_size, threads, engine=engine)
