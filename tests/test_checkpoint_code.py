@@ -186,3 +186,20 @@ def test_a_model_file_that_misbehaves_is_one_line_and_no_checkpoint(tiny_data, t
             "--device", "cpu", "--checkpoint", tmp_path / "m.pt")
     assert message in one_error(r)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_processes_making_the_key_at_once_all_get_the_same_whole_key(tmp_path):
+    """Several trainings starting together on a new machine each sign with the key: one is written whole
+    and linked into place, the others read that one (never a half-written file, which would leave their
+    checkpoints unsigned)."""
+    import os
+
+    code = "from toolkit import userkey; print(userkey.user_key(create=True).hex())"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    keys = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(keys) == 1 and len(next(iter(keys))) == 64, keys
+    folder = tmp_path / "state" / "mnisttk"
+    assert [p.name for p in folder.iterdir()] == ["journal.key"]  # no private copy left behind
+    assert (folder / "journal.key").stat().st_mode & 0o777 == 0o600

@@ -8,6 +8,7 @@ O_NONBLOCK: a link, a FIFO, a file of another size or one that others can read i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -65,12 +66,22 @@ def user_key(create: bool) -> bytes | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = os.urandom(KEY_BYTES)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
+        # written whole under a private name, then linked into place: a process that finds the key (several
+        # trainings starting at once on a new machine) never reads it half-written
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(key)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # fails if another process linked its key first
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         return key
     except FileExistsError:
-        return user_key(create=False)  # another process made it this very moment
+        return user_key(create=False)  # another process made it this very moment: that one is the key
     except OSError:
         return None  # no writable home: nothing is signed, and nothing unsigned is acted on
 
