@@ -157,6 +157,7 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
     from helpers import BLOCK_TORCH
 
     (tmp_path / "given.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "empty").mkdir()
     (tmp_path / "net.py").write_text("import torch\n\nclass ConvBN(torch.nn.Module):\n    pass\n\n"
                                      "def make():\n    return ConvBN()\n")
     code = BLOCK_TORCH + textwrap.dedent(f"""
@@ -172,6 +173,8 @@ def test_an_edge_install_says_which_extra_train_needs(tiny_dir, tmp_path):
         # torch is even imported (cheap checks first)
         r = CliRunner().invoke(main, ["export", "--checkpoint", r"{tmp_path / 'none.pt'}", "--out", r"{tmp_path}"])
         assert r.exit_code == 1 and "none.pt: no such checkpoint" in r.stderr, r.stderr
+        r = CliRunner().invoke(main, ["train", "--data-dir", r"{tmp_path / 'empty'}", "--out", r"{tmp_path / 'm.pt'}"])
+        assert r.exit_code == 1 and "holds no data set mnisttk reads" in r.stderr, r.stderr
         r = CliRunner().invoke(main, ["train", "--arch", r"{tmp_path / 'net.py'}:ConvBn", "--data-dir", r"{tiny_dir}"])
         assert r.exit_code == 1 and "ConvBn is not a class or function in net.py (defined there: ConvBN, make)" \
             in r.stderr, r.stderr

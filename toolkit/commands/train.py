@@ -71,21 +71,21 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     ref = parse(arch, arch_args)
     out = out or Path("exported") / f"{ref.stem}.pt"
     check_outputs([("--json", json_out, "json")], [out])
-    from toolkit.checkpoint import save_checkpoint
     from toolkit.data import load_mnist
-    from toolkit.train import TrainConfig, checkpoint_payload, select_device
-    from toolkit.train import train as run_training
-
-    config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    dev = select_device(device)
     from toolkit.fsutil import check_writable_dir
 
     try:
         check_writable_dir(out.parent)
     except OSError as exc:
         raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
-    mnist = load_mnist(data_dir, log=log, classes=classes)
+    mnist = load_mnist(data_dir, log=log, classes=classes)  # the data (numpy only) before torch is loaded
     log(f"data: {mnist.source}, {mnist.num_classes} classes")
+    from toolkit.checkpoint import save_checkpoint
+    from toolkit.train import TrainConfig, checkpoint_payload, select_device
+    from toolkit.train import train as run_training
+
+    config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    dev = select_device(device)
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, "
         f"Adam lr {lr}, seed {seed}")
     if progress is None:
