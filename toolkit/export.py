@@ -166,6 +166,7 @@ class _Export:
     quant_info: dict | None = None
     search: dict | None = None
     int8_fallback: dict | None = None  # toolkit.search.fallback's evidence, where the default recipe failed
+    pair_bounds: dict = field(default_factory=dict)  # int8 ONNX file -> its u8×s8 pair-sum bound (toolkit.int8cpu)
     calib: np.ndarray | None = None
     not_exported: list = field(default_factory=list)  # {"target", "reason"}: what a converter could not take
     input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
@@ -451,8 +452,9 @@ def _int8_cpu_fields(ex: _Export, art, sources: dict) -> dict:
     bound = None
     if target.onnx_opset:  # the ONNX family: the int8 ONNX model's weights (.ort and Triton's are its own)
         onnx_file = ex.stage / f"{ex.arch}_int8.onnx"
-        if onnx_file.is_file():
-            bound = int8cpu.pair_sum_bound(onnx_int8_weights(onnx_file))
+        if onnx_file not in ex.pair_bounds and onnx_file.is_file():  # read once for the three files
+            ex.pair_bounds[onnx_file] = int8cpu.pair_sum_bound(onnx_int8_weights(onnx_file))
+        bound = ex.pair_bounds.get(onnx_file)
     elif kernels == "onednn":  # an OpenVINO IR: its own int8 constants
         from toolkit.exporters.openvino_ir import ir_int8_weights
 

@@ -351,8 +351,14 @@ def _reference_row(run: _Run) -> tuple[Row, object]:
 def _plan_rows(run: _Run) -> list[tuple]:
     """Step 3: one row per artifact × runtime that runs its format (toolkit.runtimes.RUNTIMES), each
     with its runtime and artifact; rows this run cannot or was not asked to measure are marked skipped."""
+    import platform
+
+    from toolkit import int8cpu
+    from toolkit.machine import cpu_flags
+
     plan = []
     skips = {spec.id: _skip_reason(run.config, run.have_torch, spec) for spec in RUNTIMES}
+    kind = int8cpu.cpu_kind(cpu_flags(), platform.machine())  # this CPU's, read once for every int8 row
     for spec in RUNTIMES:
         skip = skips[spec.id]
         reduced = None if skip else _reduced_default(spec)
@@ -361,7 +367,7 @@ def _plan_rows(run: _Run) -> list[tuple]:
                 row = Row(row_label(fmt, a["precision"]), spec.label, a["precision"], a["file"], device=spec.device,
                           fmt=fmt, runtime_id=spec.id)
                 if a["precision"] == "int8":
-                    _int8_on_this_cpu(row, spec, a, run.config.isa_cap)
+                    _int8_on_this_cpu(row, spec, a, kind, run.config.isa_cap)
                 if skip:
                     row.status, row.reasons = skip
                 plan.append((row, spec, a))
@@ -372,15 +378,12 @@ def _plan_rows(run: _Run) -> list[tuple]:
     return plan
 
 
-def _int8_on_this_cpu(row: Row, spec, artifact: dict, isa_cap: str | None) -> None:
-    """The int8 arithmetic `spec`'s kernels take on this CPU (under the ISA cap, where they honour it),
-    and whether the file is exact on this CPU kind by the manifest's record."""
-    import platform
-
+def _int8_on_this_cpu(row: Row, spec, artifact: dict, cpu, isa_cap: str | None) -> None:
+    """The int8 arithmetic `spec`'s kernels take on this CPU kind `cpu` (under the ISA cap, where they
+    honour it), and whether the file is exact on this CPU kind by the manifest's record."""
     from toolkit import int8cpu
-    from toolkit.machine import cpu_flags
 
-    kind = int8cpu.capped(int8cpu.cpu_kind(cpu_flags(), platform.machine()), isa_cap, spec.int8_kernels)
+    kind = int8cpu.capped(cpu, isa_cap, spec.int8_kernels)
     row.int8_arithmetic = int8cpu.arithmetic(kind, spec.int8_kernels)
     if isa_cap and spec.int8_kernels != "onednn" and not spec.gpu:
         row.int8_arithmetic += f" (--isa-cap {isa_cap} does not reach these kernels)"
