@@ -270,7 +270,7 @@ def test_compare_needs_no_torch(onnx_family_export, tiny_export, tmp_path):
 
 def test_outputs_load_decides_at_each_bound(tmp_path):
     """load's checks exactly at and one step past each bound, each refusal an OutputsError naming the file:
-    a folder or a FIFO is not read; n_test from 1; num_classes 2..256 (absent: MNIST's 10); labels below it."""
+    a folder or a FIFO is not read; n_test from 1; num_classes 2..1000 (absent: MNIST's 10); labels below it."""
     import os
 
     (tmp_path / "dir.json").mkdir()
@@ -298,7 +298,7 @@ def test_outputs_load_decides_at_each_bound(tmp_path):
     no_classes.pop("num_classes", None)
     one.write_bytes(_resealed(no_classes))
     assert outputs.load(one).labels.tolist() == [9, 0, 1, 2]  # absent: 10 classes, so label 9 is in range
-    for c, ok in ((2, True), (1, False), (256, True), (257, False)):
+    for c, ok in ((2, True), (1, False), (1000, True), (1001, False)):
         d = doc_with(4, labels=np.array([0, 1, 1, 0]))
         d["num_classes"] = c
         one.write_bytes(_resealed(d))

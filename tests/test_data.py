@@ -46,7 +46,7 @@ def test_truncated_idx_names_file(tiny_dir):
 def test_foreign_magic(tiny_dir):
     path = tiny_dir / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 40))
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: not an MNIST labels IDX file"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: not an unsigned-byte labels IDX file"):
         load_idx_dir(tiny_dir)
 
 
@@ -70,10 +70,12 @@ def test_label_range_and_count_mismatch(tmp_path):
         load_idx_dir(write_idx(tmp_path / "b", short))
 
 
-def test_wrong_image_size():
-    data = encode_idx(np.zeros((2, 32, 32), np.uint8))
-    with pytest.raises(DataError, match="32×32, expected 28×28"):
-        decode_idx(data, "x", "images")
+def test_image_sizes_hold_at_their_bound_and_refuse_one_past():
+    assert decode_idx(encode_idx(np.zeros((2, 32, 1024), np.uint8)), "x", "images").shape == (2, 32, 1024)
+    with pytest.raises(DataError, match="32×1025: input width 1025 is out of 1 to 1024"):
+        decode_idx(encode_idx(np.zeros((2, 32, 1025), np.uint8)), "x", "images")
+    with pytest.raises(DataError, match="input channels 17 is out of 1 to 16"):
+        decode_idx(encode_idx(np.zeros((1, 2, 2, 17), np.uint8)), "x", "images")
 
 
 def test_incomplete_folder(tiny_dir):
@@ -187,7 +189,7 @@ def test_a_numpy_data_set_is_read_with_its_class_names(tmp_path):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("float", "x is float32 [40, 28, 28]; this version reads uint8 N×28×28"),
+    ("float", "x is float32 [40, 28, 28]; expected uint8 images"),
     ("short-y", "y is int64 [39]; expected 40 integer labels"),
     ("object", "y.npy is object"),
     ("giant-header", "x.npy declares 2,000,000 items, more than the 1,000,000"),
@@ -255,7 +257,7 @@ def test_image_folders_are_read_with_their_class_names(tmp_path):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("size", "32×32 pixels; this version reads 28×28 images"),
+    ("size", "32×32 pixels, the images before it 28×28; pass --image-size WxH"),
     ("new-test-class", "a test class the training folders do not have"),
     ("empty-class", "an empty class folder"),
     ("link", "a link in a data folder"),

@@ -319,7 +319,7 @@ def test_wrong_io_onnx_and_external_data_fail_their_rows(exported, tiny_export, 
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 32, 32])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "wrong.onnx"))
     r = run("predict", tiny_export["data"] / "x.npy", "--model", tmp_path / "wrong.onnx")
-    assert_one_error(r, needle="an mnisttk model takes float32 or uint8 N×1×28×28")
+    assert_one_error(r, needle="an mnisttk model gives float N×C logits")
     shutil.copy(tmp_path / "wrong.onnx", exported / "cnn_int8.onnx")
     rehash(exported, "cnn_int8.onnx")
     # the fp32 model with its weights moved to a sidecar in the folder
@@ -333,7 +333,7 @@ def test_wrong_io_onnx_and_external_data_fail_their_rows(exported, tiny_export, 
     failed = r.stdout.replace("\n    ", " ")  # the verdict wraps at 120 columns
     # the same files on OpenVINO (and its default-precision row, on a CPU that has one)
     assert "ONNX fp32 on OpenVINO CPU;" in failed and "ONNX int8 on OpenVINO CPU" in failed
-    assert "external-data" in r.stdout and "N×1×28×28" in r.stdout
+    assert "external-data" in r.stdout and "N×C logits" in r.stdout
 
 
 # ------------------------------------------------------------------ predict and options

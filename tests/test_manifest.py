@@ -81,8 +81,8 @@ def test_each_shape_fault_is_one_line_naming_the_manifest_and_the_fault(tmp_path
         (lambda m: m.update(not_exported=[{"target": "ort-int8"}]), "not_exported[0] has no 'reason'"),
         (lambda m: m.update(not_exported=[{"target": "tflite-int8", "reason": "r"}]),
          "not_exported[0] is not a known target left out of 'targets' with a short reason"),
-        (lambda m: m.update(classes="0123456789"), "'classes' is not a list of 2 to 256 class names"),
-        (lambda m: m.update(classes=["a", 2]), "'classes' is not a list of 2 to 256 class names"),
+        (lambda m: m.update(classes="0123456789"), "'classes' is not a list of 2 to 1000 class names"),
+        (lambda m: m.update(classes=["a", 2]), "'classes' is not a list of 2 to 1000 class names"),
         (lambda m: m.update(targets=["onnx-fp32"], artifacts=m["artifacts"][:1], support_files=[]),
          "it records a calibration but no int8 target"),
     ]

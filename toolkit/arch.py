@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import userkey
+from toolkit.contract import MNIST_INPUT, InputSpec
 from toolkit.errors import CheckpointError, first_line
 
 BUILTINS = ("cnn", "mlp")
@@ -296,16 +297,21 @@ def module_file(dotted: str) -> Path | None:
     return Path(origin) if isinstance(origin, str) and os.path.isfile(origin) else None
 
 
-def build(ref: ArchRef, num_classes: int = 10):
-    """The untrained model. Built-ins take `num_classes`; a user model is what its code returns (its
-    output width is checked by `probe`)."""
+def build(ref: ArchRef, num_classes: int = 10, spec: InputSpec = MNIST_INPUT):
+    """The untrained model. Built-ins take `num_classes` and the input `spec` (their first layer's
+    channels and their linear layer's width follow it); a user model is what its code returns (its input
+    and output are checked by `probe`)."""
     from torch import nn
 
     from toolkit.model import ARCHS
 
     if ref.kind == "builtin":
         check_builtin_args(ref.name, ref.args, "--arch-args")
-        return ARCHS[ref.name](num_classes=num_classes, **ref.args)
+        shaped: dict = ({"in_channels": spec.channels, "input_hw": (spec.height, spec.width)} if ref.name == "cnn"
+                        else {"in_features": spec.channels * spec.height * spec.width})
+        if spec.is_mnist:
+            shaped = {}  # MNIST's built-ins are built exactly as they always were
+        return ARCHS[ref.name](num_classes=num_classes, **{**shaped, **ref.args})
     obj = _load_object(ref)
     try:
         model = obj(**ref.args)
@@ -369,11 +375,13 @@ def with_module_sha(ref: ArchRef) -> ArchRef:
     return ArchRef(ref.kind, ref.name, ref.path, source_sha256(file) if file else None, ref.args)
 
 
-def probe(model, num_classes: int, spec: str) -> None:
-    """The model has parameters, takes N×1×28×28 float and returns N×C finite float logits, one row per
-    image (a batch of 3, so a model that returns a fixed number of rows is caught), C the data's classes."""
+def probe(model, num_classes: int, spec: str, shape: InputSpec = MNIST_INPUT) -> None:
+    """The model has parameters, takes N×C×H×W float (the data's `shape`) and returns N×K finite float
+    logits, one row per image (a batch of 3, so a model that returns a fixed number of rows is caught), K
+    the data's classes."""
     import torch
 
+    dims = "×".join(map(str, shape.chw))
     if not any(True for _ in model.parameters()):
         raise CheckpointError(f"{spec}: has no parameters, so there is nothing to train")
     was_training = model.training
@@ -381,15 +389,16 @@ def probe(model, num_classes: int, spec: str) -> None:
     n = 3
     try:
         with torch.no_grad():
-            out = model(torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+            out = model(torch.rand(n, *shape.chw, generator=torch.Generator().manual_seed(0)))
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
-        raise CheckpointError(f"{spec}: fails on a {n}×1×28×28 float input: {type(exc).__name__}: "
+        raise CheckpointError(f"{spec}: fails on a {n}×{dims} float input (the data's {shape.colour} "
+                              f"{shape.width}×{shape.height} images): {type(exc).__name__}: "
                               f"{first_line(exc, 160)}") from exc
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n or not out.is_floating_point():
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise CheckpointError(f"{spec}: returns {shape} for a {n}×1×28×28 input; expected [{n}, C] float logits, "
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CheckpointError(f"{spec}: returns {got} for a {n}×{dims} input; expected [{n}, C] float logits, "
                               "one row per image")
     if out.shape[1] != num_classes:
         raise CheckpointError(f"{spec}: returns {out.shape[1]} logits per image; the data has {num_classes} classes "

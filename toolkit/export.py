@@ -21,7 +21,7 @@ import torch
 from toolkit import __version__, ood
 from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
 from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
-from toolkit.contract import EVAL_BATCH, batched
+from toolkit.contract import EVAL_BATCH, MNIST_INPUT, InputSpec, batched
 from toolkit.data import MNIST, to_model_input
 from toolkit.env import library_versions
 from toolkit.errors import ExportError, PrecisionNotExportable, ToolkitError, first_line
@@ -73,7 +73,8 @@ def _compare(name: str, logits: np.ndarray, ref: np.ndarray) -> dict:
     return {"artifact": name, "max_abs_logit_diff": diff, "flipped": flips}
 
 
-def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray, num_classes: int = 10) -> tuple[np.ndarray, dict]:
+def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray, num_classes: int = 10,
+                     input_spec: InputSpec = MNIST_INPUT) -> tuple[np.ndarray, dict]:
     """An artifact's test logits, on the runtime verify runs it on (the registry's CPU runtime for its
     format: toolkit.runtimes.RUNTIMES), through the same template and checks, with the arithmetic asked
     for and run. An fp32 file always asks for exact fp32 arithmetic (never a runtime's reduced default on
@@ -84,8 +85,8 @@ def _artifact_logits(art: Artifact, stage: Path, images_u8: np.ndarray, num_clas
     spec = cpu_runtime(art.fmt)
     if spec is None:
         raise ExportError(f"{art.file}: no CPU runtime runs {art.fmt} files, so export cannot check it")
-    artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None, **art.fields,
-                "outputs": [{"shape": ["batch", num_classes]}]}
+    artifact = {"file": art.file, "format": art.fmt, "precision": art.precision, "sha256": None,
+                "inputs": [{"shape": ["batch", *input_spec.chw]}], **art.fields, "outputs": [{"shape": ["batch", num_classes]}]}
     try:
         cand = build(spec, stage, artifact, 0, arithmetic=Arithmetic.EXACT)
         with cand.scope():
@@ -104,9 +105,13 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     from dataclasses import replace
 
     from toolkit import arch as arch_mod
-    from toolkit.checkpoint import checkpoint_classes
+    from toolkit.checkpoint import checkpoint_classes, checkpoint_spec
 
     ckpt = load_checkpoint(config.checkpoint)
+    spec = checkpoint_spec(ckpt)
+    if data.spec != spec:
+        raise ExportError(f"the data's images are {data.spec.text} ({data.spec.colour}), the checkpoint's model takes "
+                          f"{spec.text} ({spec.colour}); export with the data it was trained on")
     given = arch_mod.parse(config.arch, config.arch_args) if config.arch else None
     model = model_from_checkpoint(ckpt, str(config.checkpoint), given)
     arch = ckpt["arch"]
@@ -186,7 +191,8 @@ class _Export:
 
     def sources(self, precisions: tuple) -> Sources:
         onnx = {a.precision: self.stage / a.file for a in self.artifacts if a.fmt == SOURCE}
-        return Sources(self.stage, self.arch, precisions, self.model, onnx, self.calib, self.quant, self.metadata)
+        return Sources(self.stage, self.arch, precisions, self.model, onnx, self.calib, self.quant, self.metadata,
+                       spec=self.data.spec)
 
 
 def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: str, indices, out: Path,
@@ -200,7 +206,10 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
     # float model's logits on the synthetic non-digits, for verify's int8 accept/reject agreement
     from toolkit.predict import default_preprocessing
 
-    preprocessing = config.preprocessing or default_preprocessing(data.classes)
+    preprocessing = config.preprocessing or default_preprocessing(data.classes, data.spec)
+    if preprocessing != "resize" and not data.spec.is_mnist:
+        raise ExportError(f"--preprocessing {preprocessing} makes MNIST-style 28×28 grey inputs; this model takes "
+                          f"{data.spec.text} ({data.spec.colour}): use resize (the default for it)")
     ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep, data.classes, preprocessing)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,
                 "checkpoint_sha256": ckpt_sha, "mnisttk_ood": json.dumps(ood_rule, separators=(",", ":")),
@@ -252,7 +261,8 @@ def _write_fp32(ex: _Export, log) -> None:
 
 
 def _check_fp32(ex: _Export, art: Artifact) -> None:
-    ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes)
+    ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes,
+                                                     ex.data.spec)
     ex.input_dtypes[art.file] = ran.pop("input_dtype")
     if ran["arithmetic"] != "exact" or ran["ran_precision"] not in ("fp32", "f32"):  # never called exact otherwise
         raise ExportError(f"{art.file}: {ran['runtime']} ran it in {ran['ran_precision']} ({ran['arithmetic']}), not "
@@ -328,7 +338,7 @@ def _try_target(ex: _Export, fmt: str, precisions: tuple, log, required: bool = 
                 _check_fp32(ex, art)
             elif art.file not in ex.test_logits and not art.copy:  # an int8 file its runtime cannot run: here
                 ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images,
-                                                                 ex.data.num_classes)
+                                                                 ex.data.num_classes, ex.data.spec)
                 ex.input_dtypes[art.file] = ran["input_dtype"]
     except (KeyboardInterrupt, OSError):
         raise
@@ -381,7 +391,8 @@ def _score(ex: _Export) -> dict:
         if art.copy and art.source in ex.test_logits:  # the very bytes of a file already scored
             ex.test_logits[art.file] = ex.test_logits[art.source]
         if art.file not in ex.test_logits:
-            ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes)
+            ex.test_logits[art.file], ran = _artifact_logits(art, ex.stage, ex.data.test_images, ex.data.num_classes,
+                                                             ex.data.spec)
             ex.input_dtypes[art.file] = ran["input_dtype"]
         accuracy[art.file] = classification_metrics(ex.labels, ex.test_logits[art.file].argmax(1),
                                                     ex.data.num_classes)["accuracy"]
@@ -391,7 +402,7 @@ def _score(ex: _Export) -> dict:
 def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: dict) -> dict:
     """Step 5: the reference (the float model's test and non-digit logits) and the manifest, in the stage."""
     config, stage, labels = ex.config, ex.stage, ex.labels
-    non_digit_logits = _eager_logits(ex.model, to_model_input(ood.non_digit_images()))
+    non_digit_logits = _eager_logits(ex.model, to_model_input(ood.non_digit_images(ex.data.spec.image_shape)))
     np.savez_compressed(stage / REFERENCE_NAME, logits=ex.ref_logits.astype(np.float32), labels=labels,
                         test_sha256=np.array(ex.data.sha256["test"]), arch=np.array(ex.arch),
                         non_digit_logits=non_digit_logits.astype(np.float32))
@@ -407,7 +418,8 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         entries.append(artifact_entry(stage / art.file, art.fmt, art.precision, qparams,
                                       OPSET if BY_NAME[art.fmt].onnx_opset else None, accuracy[art.file],
                                       config.quant.uint8_input and BY_NAME[art.fmt].uint8_input and art.precision == "int8",
-                                      file=art.file, extra=fields, num_classes=ex.data.num_classes))
+                                      file=art.file, extra=fields, num_classes=ex.data.num_classes,
+                                      spec=ex.data.spec))
         _check_io(entries[-1], ex.input_dtypes.get(art.file) or ex.input_dtypes.get(art.source), ex.data.num_classes)
     return {
         "schema_version": MANIFEST_VERSION,
@@ -416,6 +428,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "arch": ex.arch,
         "arch_ref": ex.arch_ref,
         "classes": list(ex.data.classes),
+        "input": ex.data.spec.to_dict(),  # what every artifact takes (toolkit.contract.InputSpec)
         "preprocessing": ood_rule.get("preprocessing", "digit"),  # predict's picture -> input (toolkit.predict)
         "checkpoint": {"path": str(config.checkpoint), "file": ex.checkpoint_file, "sha256": ckpt_sha,
                        "test_accuracy": test_acc},

@@ -35,7 +35,9 @@ class Reason:
     value: Any = None
     limit: Any = None
 
-    def text(self) -> str:
+    def text(self, rule: str = "not-a-digit") -> str:
+        """The reason in words; `rule`: the accept/reject rule's name in the data set's language
+        ("not-one-of-the-3-classes" where the classes are not the ten digits)."""
         v, lim = self.value, self.limit
         return {
             Gate.NOT_MEASURED: lambda: "not measured",
@@ -49,7 +51,7 @@ class Reason:
             Gate.NOT_DELEGATED: lambda: f"not delegated to XNNPACK: {', '.join(v)} ran on the runtime's own kernels",
             Gate.CPU_COMPUTE: lambda: f"compute nodes ran on the CPU: {', '.join(v)}",
             Gate.LATENCY: lambda: f"latency ratio {_n(v, '.2f')} > {lim:g}",
-            Gate.OOD_AGREEMENT: lambda: f"not-a-digit decisions agree with the reference on {_n(v, '.2f')}% < {lim:g}%",
+            Gate.OOD_AGREEMENT: lambda: f"{rule} decisions agree with the reference on {_n(v, '.2f')}% < {lim:g}%",
             Gate.SATURATION: lambda: f"{_n(v, '.2f')}% of images have their top logit clipped at the int8 output's "
                                      f"limit > {lim:g}% (the scores are cut off: recalibrate over the whole range)",
         }[self.gate]()

@@ -75,7 +75,9 @@ def read_pgm(data: bytes, name: str) -> np.ndarray:
     return np.clip(np.rint(pixels.reshape(height, width) * 255.0 / maxval), 0, 255).astype(np.uint8)
 
 
-def read_with_pillow(path: Path) -> np.ndarray:
+def read_with_pillow(path: Path, colour: bool = False) -> np.ndarray:
+    """The image as uint8 grey H×W; `colour`: as RGB H×W×3 where the file holds colour (a grey file
+    stays H×W). Transparency is composited on white."""
     try:
         from PIL import Image
     except ImportError:
@@ -95,6 +97,8 @@ def read_with_pillow(path: Path) -> np.ndarray:
                     rgba = img.convert("RGBA")
                     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                     flat = Image.alpha_composite(white, rgba)
+                if colour and _is_colour(img):
+                    return np.asarray(flat.convert("RGB"), dtype=np.uint8)
                 return np.asarray(flat.convert("L"), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: image too large (over {MAX_PIXELS:,} pixels; refused as a decompression bomb)") from None
@@ -102,6 +106,17 @@ def read_with_pillow(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a PNG, JPEG, BMP, GIF, TIFF, WebP or PGM image, nor a .npy array") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode ({first_line(exc, 100)})") from None
+
+
+def _is_colour(img: Any) -> bool:
+    """Whether a Pillow image holds colour (its mode, and for a palette one its palette)."""
+    if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        return True
+    if img.mode in ("P", "PA"):
+        pal = np.asarray(img.getpalette() or [], dtype=np.int64)
+        pal = pal[: len(pal) // 3 * 3].reshape(-1, 3)
+        return bool((pal != pal[:, :1]).any())
+    return False
 
 
 # Pillow's single-channel modes wider than 8 bits: its convert("L") clips them at 255 (a 16-bit scan or a
@@ -196,12 +211,58 @@ def read_npy(path: Path) -> np.ndarray:
 
 def load_gray(path: str | Path) -> np.ndarray:
     """Any supported file as a uint8 2-D grayscale array."""
+    return load_pixels(path, colour=False)
+
+
+def load_pixels(path: str | Path, colour: bool = True) -> np.ndarray:
+    """Any supported file as uint8 grey H×W, or (`colour`, and the file holds colour: a PNG/JPEG/… in an
+    RGB or colour-palette mode) RGB H×W×3. PGM and .npy are read as grey."""
     path = regular_file(path, ImageError, "an image", MAX_FILE_BYTES, not_regular="not a file")
     if path.suffix.lower() == ".npy":
         return read_npy(path)
-    head = path.read_bytes()[:2]
+    with open(path, "rb") as f:
+        head = f.read(2)
     if head in (b"P5", b"P2"):
         img = read_pgm(path.read_bytes(), str(path))
         check_dimensions(img.shape[1], img.shape[0], str(path))
         return img
-    return read_with_pillow(path)
+    return read_with_pillow(path, colour)
+
+
+def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-averaging resize (float in, float out) of an H×W or H×W×C image, numpy only."""
+    h, w = img.shape[:2]
+
+    def weights(n_in, n_out):
+        edges = np.linspace(0, n_in, n_out + 1)
+        m = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            lo, hi = edges[i], edges[i + 1]
+            for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
+                m[i, j] = min(hi, j + 1) - max(lo, j)
+            m[i] /= m[i].sum()
+        return m
+
+    if img.ndim == 3:
+        return np.einsum("ih,hwc,jw->ijc", weights(h, height), img, weights(w, width))
+    return weights(h, height) @ img @ weights(w, width).T
+
+
+def resize_u8(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A uint8 image area-resized to height×width (unchanged when it already is)."""
+    if img.shape[:2] == (height, width):
+        return img
+    return np.clip(np.rint(resize(img.astype(np.float64), height, width)), 0, 255).astype(np.uint8)
+
+
+def to_spec(img: np.ndarray, channels: int) -> np.ndarray:
+    """A grey H×W or RGB H×W×3 image in `channels` (1: grey by ITU-R 601 luma, as Pillow's "L"; 3: RGB,
+    grey copied to each channel). Other counts are only read from NumPy or IDX data."""
+    if channels == 1:
+        if img.ndim == 2:
+            return img
+        luma = img[..., :3].astype(np.float64) @ np.array([299, 587, 114], np.float64) / 1000.0
+        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+    if channels == 3:
+        return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+    raise ImageError(f"a model of {channels} channels takes no picture files (grey or RGB only)")

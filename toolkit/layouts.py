@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.data import MAX_CLASSES, MAX_IDX_ITEMS, parse_classes
+from toolkit.data import MAX_CLASSES, MAX_DATA_BYTES, MAX_IDX_ITEMS, check_image_dims, label_array, parse_classes
 from toolkit.errors import DataError, first_line
 
 NPZ_FILES = ("train.npz", "test.npz")
-MAX_NPZ_BYTES = 2 * 2**30  # a data set of 1,000,000 28×28 images, compressed or not, with its labels
+MAX_NPZ_BYTES = MAX_DATA_BYTES  # an archive's own size (its arrays are bounded by their headers too)
+CHANNELS_LAST = "NHWC"
+CHANNELS_FIRST = "NCHW"
 
 
 def _npy_header(zf: zipfile.ZipFile, member: str, where: str) -> tuple[tuple, np.dtype]:
@@ -43,10 +45,29 @@ def _npy_header(zf: zipfile.ZipFile, member: str, where: str) -> tuple[tuple, np
     return shape, dtype
 
 
+def npz_image_dims(shape: tuple, layout: str | None, where: str) -> tuple[tuple[int, ...], bool]:
+    """(N×H×W or N×H×W×C dims, whether the array is channels-first) of an `x` array: N×H×W (grey),
+    N×C×H×W or N×H×W×C. A 4-D array is channels-last when its last axis is 1-4 long and its second is
+    not, channels-first in the opposite case; when both (or neither) could be channels, the archive's
+    `layout` member ("NCHW" or "NHWC") decides, and without one it is refused."""
+    if len(shape) == 3:
+        return tuple(shape), False
+    if len(shape) != 4:
+        raise DataError(f"{where}: x is {list(shape)}; expected N×H×W, N×C×H×W or N×H×W×C uint8 images")
+    last, first = shape[3] <= 4, shape[1] <= 4
+    if layout is None and last == first:
+        raise DataError(f"{where}: x is {list(shape)}: cannot tell channels-first from channels-last; add a "
+                        f"'layout' array to the archive ('{CHANNELS_FIRST}' or '{CHANNELS_LAST}')")
+    chw = layout == CHANNELS_FIRST if layout is not None else first
+    n, a, b, c = (int(d) for d in shape)
+    dims = (n, b, c, a) if chw else (n, a, b, c)
+    return (dims[:3] if dims[3] == 1 else dims), chw
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-    """One split of the NumPy layout: `x` uint8 N×28×28 (or N×1×28×28, N×28×28×1), `y` integer labels
-    0..255, optional `classes` (train.npz: the class names). Every member's header is checked before any
-    array is read; pickled objects are never loaded."""
+    """One split of the NumPy layout: `x` uint8 N×H×W, N×C×H×W or N×H×W×C (npz_image_dims), `y` integer
+    labels 0..255, optional `classes` (train.npz: the class names) and `layout`. Every member's header is
+    checked before any array is read; pickled objects are never loaded. Returns N×H×W or N×H×W×C."""
     from toolkit.fsutil import regular_file
 
     regular_file(path, DataError, "a NumPy data archive", MAX_NPZ_BYTES)
@@ -57,10 +78,20 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple | None]:
     with zf:
         x_shape, x_dtype = _npy_header(zf, "x.npy", str(path))
         y_shape, y_dtype = _npy_header(zf, "y.npy", str(path))
-        images = tuple(d for d in x_shape[1:] if d != 1) if len(x_shape) == 4 else x_shape[1:]
-        if x_dtype != np.uint8 or len(x_shape) not in (3, 4) or tuple(images) != (28, 28):
-            raise DataError(f"{path}: x is {x_dtype} {list(x_shape)}; this version reads uint8 N×28×28 images "
-                            "(N×1×28×28 and N×28×28×1 too)")
+        if x_dtype != np.uint8:
+            raise DataError(f"{path}: x is {x_dtype} {list(x_shape)}; expected uint8 images (0-255): scale and "
+                            "round other types to uint8 first")
+        layout = None
+        if "layout.npy" in zf.namelist():
+            l_shape, l_dtype = _npy_header(zf, "layout.npy", str(path))
+            if l_dtype.kind != "U" or l_shape != () or l_dtype.itemsize > 64:
+                raise DataError(f"{path}: layout is {l_dtype} {list(l_shape)}; expected one string, NCHW or NHWC")
+            with zf.open("layout.npy") as f:
+                layout = str(np.load(f, allow_pickle=False))
+            if layout not in (CHANNELS_FIRST, CHANNELS_LAST):
+                raise DataError(f"{path}: layout {layout[:10]!r}; expected {CHANNELS_FIRST} or {CHANNELS_LAST}")
+        dims, chw = npz_image_dims(x_shape, layout, str(path))
+        check_image_dims(dims, f"{path} (x)")
         if y_dtype.kind not in "iu" or y_shape != x_shape[:1]:
             raise DataError(f"{path}: y is {y_dtype} {list(y_shape)}; expected {x_shape[0]:,} integer labels")
         if x_shape[0] == 0:
@@ -73,12 +104,15 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple | None]:
             with zf.open("classes.npy") as f:
                 classes = parse_classes("\n".join(str(c) for c in np.load(f, allow_pickle=False)), f"{path} (classes)")
         with zf.open("x.npy") as f:
-            x = np.load(f, allow_pickle=False).reshape(x_shape[0], 28, 28)
+            x = np.load(f, allow_pickle=False)
         with zf.open("y.npy") as f:
             y = np.load(f, allow_pickle=False)
+    if chw:
+        x = x.transpose(0, 2, 3, 1)
+    x = x.reshape(dims)
     if y.min() < 0 or y.max() >= MAX_CLASSES:
         raise DataError(f"{path}: labels run from {int(y.min())} to {int(y.max())}; expected 0 to {MAX_CLASSES - 1}")
-    return np.ascontiguousarray(x), y.astype(np.uint8), classes
+    return np.ascontiguousarray(x), label_array(y), classes
 
 
 def load_npz_dir(directory: Path) -> tuple[dict, tuple | None] | None:
@@ -114,15 +148,32 @@ def _class_images(folder: Path, where: str) -> list[Path]:
     return files
 
 
-def load_image_folders(directory: Path) -> tuple[dict, tuple] | None:
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """--image-size WxH (or one number for a square) as (height, width); None when not given."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        w, h = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if len(parts) > 2:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"--image-size {text[:20]!r}: expected WIDTHxHEIGHT (e.g. 32x32) or one number") from None
+    from toolkit.contract import MAX_SIDE
+
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise DataError(f"--image-size {text[:20]!r}: each side must be 1 to {MAX_SIDE} pixels")
+    return h, w
+
+
+def load_image_folders(directory: Path, size: tuple[int, int] | None = None) -> tuple[dict, tuple] | None:
     """`DIR/train/<class>/*.png` and `DIR/test/<class>/*.png` (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM): class
     names are the training folder names, sorted; every test class must be a training class and no class
-    folder empty; each image is checked (size, dimensions) before it is decoded, read as 8-bit grey, and
-    must be 28×28; at most 1,000,000 images a split, counted before any is read. None where the folder
-    has no train/ and test/ folders."""
-    from toolkit.errors import ImageError
-    from toolkit.images import load_gray
-
+    folder empty; each image is checked (size, dimensions) before it is decoded; at most 1,000,000 images
+    a split, counted before any is read, and their decoded pixels bounded. The data set is RGB when any
+    image holds colour (grey ones copied to three channels), else grey. Every image must have one size,
+    unless `size` (height, width) is given: then each is area-resized to it. None where the folder has no
+    train/ and test/ folders."""
     train, test = directory / "train", directory / "test"
     if not train.is_dir() and not test.is_dir():
         return None
@@ -134,7 +185,7 @@ def load_image_folders(directory: Path) -> tuple[dict, tuple] | None:
     classes = parse_classes("\n".join(names), f"{train} (its class folders)") if len(names) != 1 else None
     if classes is None:
         raise DataError(f"{train}: {len(names)} class folder; expected 2 to {MAX_CLASSES}")
-    arrays = {}
+    listed = {}
     for split in (train, test):
         extra = sorted(p.name for p in split.iterdir() if p.is_dir() and p.name not in classes)
         if extra:
@@ -147,19 +198,61 @@ def load_image_folders(directory: Path) -> tuple[dict, tuple] | None:
         count = sum(len(f) for f in files.values())
         if count > MAX_IDX_ITEMS or count == 0:
             raise DataError(f"{split}: {count:,} images; expected 1 to {MAX_IDX_ITEMS:,}")
-        images: np.ndarray = np.empty((count, 28, 28), np.uint8)
-        labels: np.ndarray = np.empty(count, np.uint8)
-        k = 0
-        for label, c in enumerate(classes):
-            for path in files[c]:
-                try:
-                    img = load_gray(path)
-                except ImageError as exc:
-                    raise DataError(str(exc)) from None
-                if img.shape != (28, 28):
-                    raise DataError(f"{path}: {img.shape[1]}×{img.shape[0]} pixels; this version reads 28×28 "
-                                    "images (resize them first)")
-                images[k], labels[k] = img, label
-                k += 1
-        arrays[f"{split.name}_images"], arrays[f"{split.name}_labels"] = images, labels
+        listed[split.name] = files
+    read = {name: _read_split(files, size, directory / name) for name, files in listed.items()}
+    colour = any(images.ndim == 4 for images, _ in read.values())
+    shapes = {name: images.shape[1:3] for name, (images, _) in read.items()}
+    if shapes["train"] != shapes["test"]:
+        raise DataError(f"{directory}: training images are {_wh(shapes['train'])}, test images "
+                        f"{_wh(shapes['test'])}; pass --image-size WxH to resize them all to one size")
+    arrays = {}
+    for name, (images, labels) in read.items():
+        if colour and images.ndim == 3:
+            images = np.repeat(images[..., None], 3, axis=3)
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = images, labels
     return arrays, classes
+
+
+def _wh(hw) -> str:
+    return f"{hw[1]}×{hw[0]}"
+
+
+def _read_split(files: dict, size: tuple[int, int] | None, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One split's images (grey N×H×W, or RGB N×H×W×3 when any holds colour) and labels."""
+    from toolkit.errors import ImageError
+    from toolkit.images import load_pixels, resize_u8, to_spec
+
+    images: list = []
+    labels: list = []
+    total = 0
+    first: tuple | None = None
+    for label, paths in enumerate(files.values()):
+        for path in paths:
+            try:
+                img = load_pixels(path, colour=True)
+            except ImageError as exc:
+                raise DataError(str(exc)) from None
+            if img.ndim == 3 and not (img == img[..., :1]).all():
+                pass  # colour
+            elif img.ndim == 3:
+                img = img[..., 0]  # an RGB file of grey pixels is grey
+            if size is not None:
+                img = resize_u8(img, *size)
+            elif first is None:
+                first = img.shape[:2]
+                check_image_dims((1, *img.shape), str(path))
+            elif img.shape[:2] != first:
+                raise DataError(f"{path}: {_wh(img.shape)} pixels, the images before it {_wh(first)}; pass "
+                                f"--image-size WxH to resize them all to one size")
+            total += img.size * (3 if img.ndim == 2 else 1)
+            if total > MAX_DATA_BYTES:
+                raise DataError(f"{where}: its decoded images pass {MAX_DATA_BYTES // 2**30} GiB; "
+                                "refused (a smaller --image-size, or fewer images)")
+            images.append(img)
+            labels.append(label)
+    if any(img.ndim == 3 for img in images):
+        stacked = np.stack([to_spec(img, 3) for img in images])
+    else:
+        stacked = np.stack(images)
+    check_image_dims(stacked.shape, str(where))
+    return stacked, label_array(labels)

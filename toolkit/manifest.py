@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+from toolkit.contract import MAX_CLASSES, MNIST_INPUT, InputSpec, SpecError, spec_of
 from toolkit.errors import ManifestError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_file
 from toolkit.targets import BY_NAME, FORMATS, KNOWN_TARGETS, PRECISIONS, SUBPATH_FORMATS, with_support  # noqa: F401
@@ -35,24 +36,24 @@ def target_of(artifact: dict) -> str:
     return f"{artifact['format']}-{artifact['precision']}"
 
 
-def io_spec(fmt: str, uint8_input: bool, num_classes: int = 10) -> dict:
+def io_spec(fmt: str, uint8_input: bool, num_classes: int = 10, spec: InputSpec = MNIST_INPUT) -> dict:
     dtype = "uint8" if uint8_input else "float32"
     value = "raw pixels 0-255" if uint8_input else "pixel/255 in [0, 1]"
     name = BY_NAME[fmt].input_name
-    return {"inputs": [{"name": name, "dtype": dtype, "shape": ["batch", 1, 28, 28], "values": value}],
+    return {"inputs": [{"name": name, "dtype": dtype, "shape": ["batch", *spec.chw], "values": value}],
             "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", num_classes]}]}
 
 
 def artifact_entry(path: Path, fmt: str, precision: str, quant_params: dict | None, opset: int | None,
                    test_accuracy: float, uint8_input: bool = False, file: str | None = None,
-                   extra: dict | None = None, num_classes: int = 10) -> dict:
+                   extra: dict | None = None, num_classes: int = 10, spec: InputSpec = MNIST_INPUT) -> dict:
     entry = {
         "file": file or path.name,
         "format": fmt,
         "precision": precision,
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
-        **io_spec(fmt, uint8_input, num_classes),
+        **io_spec(fmt, uint8_input, num_classes, spec),
         "opset": opset,
         "test_accuracy": test_accuracy,
     }
@@ -78,7 +79,7 @@ def ood_rule(manifest: dict, folder: Path) -> dict | None:
         rule = ood.check_rule(manifest["ood"])
     except ValueError as exc:
         raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood): {exc}") from None
-    rule_classes, classes = len(rule["logit_model"]["means"]), len(classes_of(manifest))
+    rule_classes, classes = ood.rule_classes(rule), len(classes_of(manifest))
     if rule_classes != classes:
         raise ManifestError(f"{folder / 'manifest.json'}: its not-a-digit rule (ood) is for {rule_classes} classes, "
                             f"the export's model has {classes}")
@@ -227,12 +228,21 @@ def validate_manifest(manifest, folder: Path, path: Path | None = None) -> dict:
             _fail(path, f"not_exported[{i}] names {e['target']} a second time")
         seen.add(e["target"])
     classes = manifest.get("classes")
-    if classes is not None and not (isinstance(classes, list) and 2 <= len(classes) <= 256
+    if classes is not None and not (isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES
                                     and all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes)):
-        _fail(path, "'classes' is not a list of 2 to 256 class names")
+        _fail(path, f"'classes' is not a list of 2 to {MAX_CLASSES} class names")
     if manifest.get("calibration") is not None and not any(t.endswith("-int8") for t in targets):
         _fail(path, "it records a calibration but no int8 target")
+    try:
+        spec_of(manifest)
+    except SpecError as exc:
+        _fail(path, f"its input: {exc}")
     return manifest
+
+
+def manifest_spec(manifest: dict) -> InputSpec:
+    """What the export's models take (MNIST's 1×28×28 where an older manifest records none)."""
+    return spec_of(manifest)
 
 
 def load_manifest(folder: Path) -> dict:

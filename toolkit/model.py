@@ -12,14 +12,18 @@ from toolkit.errors import CheckpointError
 class CNN(nn.Module):
     """The built-in CNN: 9,098 parameters, 290,080 multiply-adds per image."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, input_hw: tuple[int, int] = (28, 28)):
         super().__init__()
+        if min(input_hw) < 4:
+            raise CheckpointError(f"the built-in cnn needs images of at least 4×4 pixels (two 2×2 pools), not "
+                                  f"{input_hw[1]}×{input_hw[0]}")
         self.conv1 = nn.Conv2d(in_channels=in_channels, out_channels=8, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
         self.conv2 = nn.Conv2d(in_channels=8, out_channels=16, kernel_size=3, padding=1)
-        self.fc1 = nn.Linear(16 * 7 * 7, num_classes)  # 16 channels × 7×7 after two pools
+        # 16 channels × 7×7 after two pools on MNIST's 28×28
+        self.fc1 = nn.Linear(16 * (input_hw[0] // 4) * (input_hw[1] // 4), num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×1×28×28 in [0, 1]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×C×H×W in [0, 1] (N×1×28×28 on MNIST)
         x = self.pool(F.relu(self.conv1(x)))  # N×8×14×14
         x = self.pool(F.relu(self.conv2(x)))  # N×16×7×7
         x = x.reshape(x.shape[0], -1)  # N×784
@@ -27,11 +31,11 @@ class CNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """A plain feed-forward baseline (784-128-64-10, ReLU)."""
+    """A plain feed-forward baseline (784-128-64-10 on MNIST, ReLU)."""
 
-    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (128, 64)):
+    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (128, 64), in_features: int = 28 * 28):
         super().__init__()
-        self.fc1 = nn.Linear(28 * 28, hidden[0])
+        self.fc1 = nn.Linear(in_features, hidden[0])
         self.fc2 = nn.Linear(hidden[0], hidden[1])
         self.fc3 = nn.Linear(hidden[1], num_classes)
 

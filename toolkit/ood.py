@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.contract import MAX_CLASSES
 from toolkit.errors import ToolkitError
 
 RULE_VERSION = 2
@@ -175,10 +176,31 @@ def image_features(images_u8: np.ndarray, page: np.ndarray | None = None) -> dic
             **stroke_features(images_u8)}
 
 
+MAX_DISTANCE_CLASSES = 64  # past this the C×C logit model (C² numbers in the manifest and the ONNX metadata)
+# is left out: a 1000-class rule would be 2 million numbers; such a rule judges by the energy alone
+
+
+def rule_classes(rule: dict) -> int:
+    """The class count a rule was made for: its logit model's, or (a rule without one) its `classes`."""
+    model = rule["logit_model"]
+    return len(model["means"]) if "means" in model else int(model["classes"])
+
+
+def has_image_checks(rule: dict) -> bool:
+    """Whether a rule judges the image itself (MNIST-shaped digits: ink and strokes) besides the logits.
+    A rule made for any other input (RGB, another size) judges by the logits alone."""
+    return rule.get("image_checks", True) is not False
+
+
+def rule_features(rule: dict, images_u8: np.ndarray, page: np.ndarray | None = None) -> dict:
+    """The image features `rule` judges by (none for a logits-only rule): computed once, for `decide`."""
+    return image_features(images_u8, page) if has_image_checks(rule) else {}
+
+
 def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
     z = np.asarray(logits, dtype=np.float64)
     out = {"energy": _logsumexp(z)}
-    if model is not None:
+    if model is not None and "means" in model:
         means, prec = np.asarray(model["means"]), np.asarray(model["precision"])
         d = z - means[z.argmax(1)]
         out["logit_distance"] = np.einsum("ni,ij,nj->n", d, prec, d)
@@ -188,16 +210,33 @@ def logit_features(logits: np.ndarray, model: dict | None = None) -> dict:
 def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, classes: tuple | None = None,
               preprocessing: str | None = None) -> dict:
     """The rule, from MNIST digits only (the training split at export): limits at quantiles of the
-    digits' own features, sized so that about `keep` of them pass every check."""
+    digits' own features, sized so that about `keep` of them pass every check. Images of another shape
+    than MNIST's grey 28×28 (another data set's) get a rule of the logits alone, its whole budget shared
+    by the energy and the logit distance: ink and pen strokes mean nothing on a photo or a spectrogram."""
     z = np.asarray(logits, dtype=np.float64)
+    digits = np.ndim(images_u8) == 3 and tuple(np.shape(images_u8)[1:]) == (28, 28)
     pred = z.argmax(1)
     c_n = z.shape[1]  # the classes: 10 on MNIST
+    miss = 1.0 - keep
+    if c_n > MAX_DISTANCE_CLASSES:
+        energy = logit_features(z)["energy"]
+        rule: dict[str, Any] = {"version": RULE_VERSION, "image_checks": False, "keep_target": keep,
+                                "limits": {"energy_min": float(np.quantile(energy, miss))},
+                                "logit_model": {"classes": c_n},
+                                "calibration": {"images": int(len(z)), "split": "train"}}
+        return _finish(rule, images_u8, z, classes, preprocessing)
     means = np.stack([z[pred == c].mean(0) if (pred == c).any() else z.mean(0) for c in range(c_n)])
     centred = z - means[pred]
     cov = centred.T @ centred / max(len(z) - c_n, 1) + 1e-6 * np.eye(c_n)
     model = {"means": means.round(6).tolist(), "precision": np.linalg.inv(cov).round(8).tolist()}
+    if not digits:
+        f = logit_features(z, model)
+        limits: dict[str, Any] = {"energy_min": float(np.quantile(f["energy"], miss / 2)),
+                                  "logit_distance_max": float(np.quantile(f["logit_distance"], 1 - miss / 2))}
+        rule = {"version": RULE_VERSION, "image_checks": False, "keep_target": keep, "limits": limits,
+                                "logit_model": model, "calibration": {"images": int(len(z)), "split": "train"}}
+        return _finish(rule, images_u8, z, classes, preprocessing)
     f = {**logit_features(z, model), **image_features(images_u8)}
-    miss = 1.0 - keep
     q = {k: v * miss for k, v in BUDGET.items()}
     limits = {
         "energy_min": float(np.quantile(f["energy"], q["energy"])),
@@ -210,8 +249,13 @@ def calibrate(images_u8: np.ndarray, logits: np.ndarray, keep: float = 0.99, cla
         "endpoints_max": float(np.quantile(f["endpoints"], 1 - q["endpoints"], method="higher")),
         "junctions_max": float(np.quantile(f["junctions"], 1 - q["junctions"], method="higher")),
     }
-    rule: dict[str, Any] = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
-                            "calibration": {"images": int(len(z)), "split": "train"}}
+    rule = {"version": RULE_VERSION, "keep_target": keep, "limits": limits, "logit_model": model,
+            "calibration": {"images": int(len(z)), "split": "train"}}
+    return _finish(rule, images_u8, z, classes, preprocessing)
+
+
+def _finish(rule: dict, images_u8: np.ndarray, z: np.ndarray, classes: tuple | None, preprocessing: str | None) -> dict:
+    """The rule's measured keep on its own calibration images, and the names and preprocessing it carries."""
     rule["calibration"]["kept"] = float(decide(rule, images_u8, z)["accepted"].mean())
     if classes is not None and tuple(classes) != tuple(str(d) for d in range(10)):
         rule["classes"] = list(classes)  # the dataset's class names: predict speaks of them, not of digits
@@ -225,19 +269,23 @@ def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarr
     """Per image: `accepted` (bool), `failed` (the checks it failed, by name) and its features.
     `features`: the images' `image_features`, when the same images are judged with several logits."""
     lim = rule["limits"]
-    width, rule_classes = np.shape(logits)[-1], len(rule["logit_model"]["means"])
-    if width != rule_classes:  # a rule from a file (manifest, model metadata) made for another model
-        raise ToolkitError(f"the not-a-digit rule was made for {rule_classes} classes, but the model gives {width} "
+    width, made_for = np.shape(logits)[-1], rule_classes(rule)
+    if width != made_for:  # a rule from a file (manifest, model metadata) made for another model
+        raise ToolkitError(f"the not-a-digit rule was made for {made_for} classes, but the model gives {width} "
                            "logits per image; re-export to make a rule for this model")
-    f = {**logit_features(logits, rule["logit_model"]), **(features or image_features(images_u8, page))}
-    checks = {
-        "energy": f["energy"] >= lim["energy_min"],
-        "logit_distance": f["logit_distance"] <= lim["logit_distance_max"],
-        "ink_fraction": (f["ink_fraction"] >= lim["ink_fraction"][0]) & (f["ink_fraction"] <= lim["ink_fraction"][1]),
-        "thickness": f["thickness"] <= lim["thickness_max"],
-        "page_ink": f["page_ink"] <= lim["page_ink_max"],
-    }
-    if rule["version"] >= 2:  # the stroke checks (a version-1 rule's other keys are never read)
+    image = has_image_checks(rule)
+    f = {**logit_features(logits, rule["logit_model"]),
+         **((features or image_features(images_u8, page)) if image else {})}
+    checks = {"energy": f["energy"] >= lim["energy_min"]}
+    if "logit_distance" in f:
+        checks["logit_distance"] = f["logit_distance"] <= lim["logit_distance_max"]
+    if image:
+        checks.update({
+            "ink_fraction": (f["ink_fraction"] >= lim["ink_fraction"][0]) & (f["ink_fraction"] <= lim["ink_fraction"][1]),
+            "thickness": f["thickness"] <= lim["thickness_max"],
+            "page_ink": f["page_ink"] <= lim["page_ink_max"],
+        })
+    if image and rule["version"] >= 2:  # the stroke checks (a version-1 rule's other keys are never read)
         checks.update(euler=f["euler"] >= lim["euler_min"], endpoints=f["endpoints"] <= lim["endpoints_max"],
                       junctions=f["junctions"] <= lim["junctions_max"])
     ok = np.ones(len(f["energy"]), dtype=bool)
@@ -250,9 +298,9 @@ def decide(rule: dict, images_u8: np.ndarray, logits: np.ndarray, page: np.ndarr
 def explain(rule: dict, decision: dict, i: int) -> dict:
     """Image i's rejection in numbers: each failed check with its value and the limit it missed."""
     f, lim = decision["features"], rule["limits"]
-    limits = {"energy": ("≥", lim["energy_min"]), "logit_distance": ("≤", lim["logit_distance_max"]),
-              "ink_fraction": ("in", lim["ink_fraction"]), "thickness": ("≤", lim["thickness_max"]),
-              "page_ink": ("≤", lim["page_ink_max"]), "euler": ("≥", lim.get("euler_min")),
+    limits = {"energy": ("≥", lim["energy_min"]), "logit_distance": ("≤", lim.get("logit_distance_max")),
+              "ink_fraction": ("in", lim.get("ink_fraction")), "thickness": ("≤", lim.get("thickness_max")),
+              "page_ink": ("≤", lim.get("page_ink_max")), "euler": ("≥", lim.get("euler_min")),
               "endpoints": ("≤", lim.get("endpoints_max")), "junctions": ("≤", lim.get("junctions_max"))}
     return {"failed": [{"check": name, "value": round(float(f[name][i]), 4), "limit": limits[name][1],
                         "rule": limits[name][0]} for name in decision["failed"][i]]}
@@ -265,30 +313,48 @@ def check_rule(rule) -> dict:
     lim, model = rule.get("limits"), rule.get("logit_model")
     if not isinstance(lim, dict) or not isinstance(model, dict):
         raise ValueError("its limits or logit model are missing")
-    scalars = ["energy_min", "logit_distance_max", "thickness_max", "page_ink_max",
-               *(STROKE_LIMITS if rule["version"] >= 2 else ())]
+    if rule.get("image_checks", True) not in (True, False):
+        raise ValueError("its image_checks is neither true nor false")
+    image = has_image_checks(rule)
+    distance = "means" in model or "precision" in model or "classes" not in model
+    scalars = ["energy_min", *(("logit_distance_max",) if distance else ()),
+               *(("thickness_max", "page_ink_max") if image else ()),
+               *(STROKE_LIMITS if image and rule["version"] >= 2 else ())]
     for key in scalars:  # a number, as export writes it: never a string, a list or a bool
         if not _number(lim.get(key)):
             raise ValueError(f"its limit {key} is {_kind(lim.get(key))}, not a number")
-    ink = lim.get("ink_fraction")
+    ink = lim.get("ink_fraction") if image else [0, 1]
     if not (isinstance(ink, list) and len(ink) == 2 and all(_number(v) for v in ink) and ink[0] <= ink[1]):
         raise ValueError(f"its limit ink_fraction is {_kind(ink)}, not a [low, high] range of two numbers")
     try:
         vals = [float(lim[k]) for k in scalars] + [float(v) for v in ink]
-        means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
+        if distance:
+            means, prec = np.asarray(model["means"], dtype=np.float64), np.asarray(model["precision"], dtype=np.float64)
+            c_n = means.shape[0] if means.ndim == 2 else 0
+        else:  # a rule for many classes: the energy alone
+            c_n = model["classes"] if type(model["classes"]) is int and not image else 0
+            means = prec = np.zeros((c_n, c_n))
     except (KeyError, TypeError, ValueError):
         raise ValueError("its limits or logit model are malformed") from None
-    c_n = means.shape[0] if means.ndim == 2 else 0
     names = rule.get("classes")
     if names is not None and not (isinstance(names, list) and len(names) == c_n
                                   and all(isinstance(n, str) and 0 < len(n) <= 64 and n.isprintable() for n in names)):
         raise ValueError("its class names are not one printable name per class")
-    if rule.get("preprocessing", "digit") not in ("digit", "plain"):
-        raise ValueError("its preprocessing is neither digit nor plain")
-    if not 2 <= c_n <= 256 or means.shape != (c_n, c_n) or prec.shape != (c_n, c_n) or \
+    if rule.get("preprocessing", "digit") not in ("digit", "plain", "resize"):
+        raise ValueError("its preprocessing is none of digit, plain and resize")
+    if not 2 <= c_n <= MAX_CLASSES or means.shape != (c_n, c_n) or prec.shape != (c_n, c_n) or \
             not np.isfinite(vals + [means.sum(), prec.sum()]).all():
         raise ValueError("its limits or logit model are malformed")
     return rule
+
+
+def rule_words(classes) -> tuple[str, str, str]:
+    """The rule's name, what it keeps and what it rejects, in the data set's language: MNIST's digits,
+    or the C classes of any other data set."""
+    classes = list(classes or (str(d) for d in range(10)))
+    if classes == [str(d) for d in range(10)]:
+        return "not-a-digit", "digits", "non-digits"
+    return f"not-one-of-the-{len(classes)}-classes", "test images", "synthetic non-class images"
 
 
 def class_names(rule: dict | None, n: int) -> tuple:
@@ -305,36 +371,45 @@ def _kind(v) -> str:
     return "missing" if v is None else f"a {type(v).__name__}" if not isinstance(v, list) else f"a list of {len(v)}"
 
 
-def non_digits(n: int = 400, seed: int = 0) -> dict:
-    """Synthetic non-digit 28×28 images (uint8, light on dark, as predict's preprocessing would hand
-    them to the model), by kind: uniform noise, Gaussian noise, filled blobs, random lines, textures.
-    For measuring, never for calibrating."""
+def non_digits(n: int = 400, seed: int = 0, shape: tuple = (28, 28)) -> dict:
+    """Synthetic non-digit images (uint8, light on dark, as predict's preprocessing would hand them to
+    the model), by kind: uniform noise, Gaussian noise, filled blobs, random lines, textures. `shape`: one
+    image's, H×W (MNIST's 28×28 by default: the same images as ever) or H×W×C (each channel its own
+    noise; the shapes in a random colour). For measuring, never for calibrating."""
     rng = np.random.default_rng(seed)
     k = n // 5
-    yy, xx = np.mgrid[:28, :28]
-    uniform = rng.integers(0, 256, (k, 28, 28))
-    gauss = np.clip(rng.normal(128, 60, (k, 28, 28)), 0, 255)
-    blobs = np.zeros((k, 28, 28))
+    h, w = shape[0], shape[1]
+    yy, xx = np.mgrid[:h, :w]
+    uniform = rng.integers(0, 256, (k, *shape))
+    gauss = np.clip(rng.normal(128, 60, (k, *shape)), 0, 255)
+    sy, sx = h / 28, w / 28  # the 28×28 recipe, scaled to the image
+    blobs = np.zeros((k, h, w))
     for i in range(k):  # a filled ellipse or rectangle in the 20×20 box
         cy, cx, ry, rx = 14 + rng.uniform(-2, 2), 14 + rng.uniform(-2, 2), rng.uniform(6, 10), rng.uniform(6, 10)
+        cy, cx, ry, rx = cy * sy, cx * sx, ry * sy, rx * sx
         blobs[i] = 255 * ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1) if i % 2 else
                           ((abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)))
-    lines = np.zeros((k, 28, 28))
+    lines = np.zeros((k, h, w))
     for i in range(k):  # 4-8 random strokes: a scribble
         for _ in range(rng.integers(4, 9)):
             y0, x0, y1, x1 = rng.uniform(4, 24, 4)
-            t = np.linspace(0, 1, 60)
-            ys, xs = np.rint(y0 + (y1 - y0) * t).astype(int), np.rint(x0 + (x1 - x0) * t).astype(int)
+            t = np.linspace(0, 1, 60 if (h, w) == (28, 28) else max(60, 2 * max(h, w)))
+            ys = np.rint((y0 + (y1 - y0) * t) * sy).astype(int)
+            xs = np.rint((x0 + (x1 - x0) * t) * sx).astype(int)
             for dy in (0, 1):
-                lines[i, np.clip(ys + dy, 0, 27), xs] = 255
-    texture = 255 * (np.sin(xx[None] * rng.uniform(0.5, 2, (k, 1, 1)) + yy[None] * rng.uniform(0.5, 2, (k, 1, 1)))
-                      > 0)
-    return {"uniform noise": uniform.astype(np.uint8), "gaussian noise": gauss.astype(np.uint8),
-            "filled blobs": blobs.astype(np.uint8), "scribbles": lines.astype(np.uint8),
-            "textures": texture.astype(np.uint8)}
+                lines[i, np.clip(ys + dy, 0, h - 1), np.clip(xs, 0, w - 1)] = 255
+    fx, fy = rng.uniform(0.5, 2, (k, 1, 1)), rng.uniform(0.5, 2, (k, 1, 1))
+    texture = 255 * (np.sin(xx[None] * fx / sx + yy[None] * fy / sy) > 0)
+    kinds = {"uniform noise": uniform, "gaussian noise": gauss, "filled blobs": blobs, "scribbles": lines,
+             "textures": texture}
+    if len(shape) == 3:  # the grey patterns in a random colour each (the noises are per channel already)
+        tint = rng.uniform(0.3, 1.0, (k, 1, 1, shape[2]))
+        for name in ("filled blobs", "scribbles", "textures"):
+            kinds[name] = kinds[name][..., None] * tint
+    return {name: np.asarray(v).astype(np.uint8) for name, v in kinds.items()}
 
 
-def non_digit_images() -> np.ndarray:
-    """All of `non_digits()` as one uint8 N×28×28 array, in a fixed order (the reference stores the float
-    model's logits on exactly these)."""
-    return np.concatenate(list(non_digits().values()))
+def non_digit_images(shape: tuple = (28, 28)) -> np.ndarray:
+    """All of `non_digits()` of one image `shape` as one uint8 array, in a fixed order (the reference
+    stores the float model's logits on exactly these)."""
+    return np.concatenate(list(non_digits(shape=shape).values()))

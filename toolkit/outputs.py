@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.contract import MAX_CLASSES
 from toolkit.errors import ToolkitError
 from toolkit.fsutil import json_safe
 
@@ -181,8 +182,8 @@ def load(path) -> Outputs:
             _check_types(path, i, r)
     _check_types(path, None, doc)
     c_n = doc.get("num_classes", NUM_CLASSES)  # files without it: MNIST's 10
-    if type(c_n) is not int or not 2 <= c_n <= 256:
-        raise OutputsError(f"{path}: num_classes {str(c_n)[:20]!r} is not a class count from 2 to 256")
+    if type(c_n) is not int or not 2 <= c_n <= MAX_CLASSES:
+        raise OutputsError(f"{path}: num_classes {str(c_n)[:20]!r} is not a class count from 2 to {MAX_CLASSES}")
     with_logits = sum(1 for r in rows if isinstance(r, dict) and "logits" in r)
     decoded = n + with_logits * n * c_n * 4
     if decoded > MAX_DECODED_BYTES:

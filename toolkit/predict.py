@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.contract import MNIST_INPUT, InputSpec
 from toolkit.errors import ImageError, ToolkitError
 from toolkit.fsutil import regular_file
 from toolkit.images import (  # noqa: F401  (predict's readers, kept importable from here)
@@ -36,6 +37,7 @@ from toolkit.images import (  # noqa: F401  (predict's readers, kept importable 
     read_npy,
     read_pgm,
     read_with_pillow,
+    resize,
     to_uint8,
 )
 from toolkit.ood import MIN_INK_LEVEL, otsu, page_ink
@@ -47,23 +49,6 @@ BACKGROUND_PX = 64  # the background is estimated on a copy this large (its long
 WORK_PX = 256  # larger images are area-averaged down to this long side first: a 20 px digit needs no more
 COMPONENT_PX = 128  # ink components are found on a copy this large (max-pooled: thin strokes survive)
 KEEP_COMPONENT = 0.1  # a component with this share of the main one's ink, beside it, is part of the digit
-
-
-def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Area-averaging resize (float in, float out), numpy only."""
-    h, w = img.shape
-
-    def weights(n_in, n_out):
-        edges = np.linspace(0, n_in, n_out + 1)
-        m = np.zeros((n_out, n_in))
-        for i in range(n_out):
-            lo, hi = edges[i], edges[i + 1]
-            for j in range(int(np.floor(lo)), min(int(np.ceil(hi)), n_in)):
-                m[i, j] = min(hi, j + 1) - max(lo, j)
-            m[i] /= m[i].sum()
-        return m
-
-    return weights(h, height) @ img @ weights(w, width).T
 
 
 def _running(img: np.ndarray, k: int, reduce) -> np.ndarray:
@@ -189,13 +174,33 @@ def to_mnist(gray: np.ndarray, as_is: bool = False) -> np.ndarray:
     return prepare(gray, as_is)[0]
 
 
-PREPROCESSING = ("digit", "plain")  # predict's two ways from a picture to the 28×28 input (export records one)
+# predict's ways from a picture to the model's input (export records one): digit and plain for MNIST-shaped
+# grey 28×28 models, resize for every other input (toolkit.contract.InputSpec)
+PREPROCESSING = ("digit", "plain", "resize")
 
 
-def default_preprocessing(classes) -> str:
+def default_preprocessing(classes, spec: InputSpec = MNIST_INPUT) -> str:
     """digit (MNIST's ink extraction) for a dataset of the digits 0-9; plain (the whole picture resized,
-    as Fashion-MNIST's items were made) for any other classes."""
+    as Fashion-MNIST's items were made) for any other classes; resize for a model of any other input than
+    grey 28×28 (the picture as it is, area-resized to the model's size, in its channels)."""
+    if not spec.is_mnist:
+        return "resize"
     return "digit" if tuple(classes) == tuple(str(d) for d in range(10)) else "plain"
+
+
+def prepare_resize(img: np.ndarray, spec: InputSpec, as_is: bool = False) -> np.ndarray:
+    """A picture (grey H×W or RGB H×W×3) as the model's input: converted to its channels (grey by luma,
+    grey copied to RGB), then area-resized to its width×height (aspect not kept, as image-folder data is
+    resized; `as_is`: it must already be that size). No inversion, no crop: the data set's own images."""
+    from toolkit.images import resize_u8, to_spec
+
+    img = to_spec(img, spec.channels)
+    if img.shape[:2] != (spec.height, spec.width):
+        if as_is:
+            raise ImageError(f"a {img.shape[1]}×{img.shape[0]} image cannot be used as it is (--as-is needs "
+                             f"{spec.width}×{spec.height})")
+        img = resize_u8(img, spec.height, spec.width)
+    return img
 
 
 def prepare_plain(gray: np.ndarray) -> tuple[np.ndarray, float]:
@@ -331,7 +336,7 @@ def save_preprocessed(images: np.ndarray, names: list[str], folder: Path) -> lis
 
 def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: float | None = None,
                   save_dir: Path | None = None, rule: dict | None = None, classes: tuple | None = None,
-                  preprocessing: str = "digit") -> list[dict]:
+                  preprocessing: str = "digit", spec: InputSpec = MNIST_INPUT) -> list[dict]:
     """One result per file: {'file', 'status', 'digit', 'probability', 'probabilities'[, 'not_a_digit',
     'low_confidence', 'preprocessed']} or {'file', 'error'}. Bad files do not stop the others; inference
     is one batch. `model`: anything with `logits(uint8 N×28×28)`, or a callable taking the batch and
@@ -347,7 +352,12 @@ def predict_files(paths: list[str], model, as_is: bool = False, min_confidence: 
             continue
         try:
             try:
-                image, page = prepare(load_gray(p), as_is=as_is, how=preprocessing)
+                if preprocessing == "resize" or not spec.is_mnist:
+                    from toolkit.images import load_pixels
+
+                    image, page = prepare_resize(load_pixels(p, colour=spec.channels == 3), spec, as_is), 0.0
+                else:
+                    image, page = prepare(load_gray(p), as_is=as_is, how=preprocessing)
                 images.append(image)
                 pages.append(page)
             except ImageError as exc:
@@ -442,7 +452,8 @@ def predictable_kind(model_path: Path) -> str:
 
 def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | None) -> tuple:
     """(logits, SHA-256 of the bytes loaded) for uint8 N×28×28 images (run where toolkit.isolate bounds it);
-    batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None)). The
+    batch None: only load and check the model ((None, SHA-256, its `mnisttk_ood` metadata or None, the
+    C×H×W it takes)). The
     model is built as verify builds a row (toolkit.runtimes): the runtime that runs this kind of file on
     `provider`, its logits checked the same way, as many classes as its output declares."""
     from toolkit.runtimes import build, runtime_for
@@ -454,7 +465,7 @@ def model_logits(model_path: str, kind: str, provider: str, batch: np.ndarray | 
     model = build(spec, path.parent, artifact, 0)
     model.num_classes = model.declared_classes() or model.num_classes  # no manifest: the model says
     if batch is None:
-        return None, model.loaded_sha256, model.metadata("mnisttk_ood")
+        return None, model.loaded_sha256, model.metadata("mnisttk_ood"), model.input_spec.chw
     return np.asarray(model.logits(batch), dtype=np.float32), model.loaded_sha256
 
 
@@ -503,12 +514,20 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
         return isolate.call(model_logits, str(model_path), kind, options.provider, batch, timeout_s=options.timeout_s,
                             memory_mb=memory_mb, what=f"the model {model_path}")
 
-    _, sha, metadata = in_child(None)  # a model that cannot load fails before any image is read
+    _, sha, metadata, chw = in_child(None)  # a model that cannot load fails before any image is read
+    input_spec = InputSpec(*chw)
+    if input_spec.channels not in (1, 3):
+        raise ToolkitError(f"{model_path}: takes {input_spec.text} input; predict reads pictures as grey or RGB "
+                           "(verify checks such a model on its own data)")
     loaded = {"sha256": sha}
     found, source = find_rule(model_path, sha, metadata)
     classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
     rule, source = (None, "switched off (--accept-all)") if options.accept_all else (found, source)
-    how = options.preprocessing or (found or {}).get("preprocessing", "digit")  # what the export recorded
+    how = options.preprocessing or (found or {}).get("preprocessing", default_preprocessing(classes or (), input_spec)
+                                                     if not input_spec.is_mnist else "digit")  # what export recorded
+    if how != "resize" and not input_spec.is_mnist:
+        raise ToolkitError(f"--preprocessing {how} makes MNIST-style 28×28 grey inputs; this model takes "
+                           f"{input_spec.text} ({input_spec.colour}): use resize")
     if rule is None and not options.accept_all:
         log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
 
@@ -517,7 +536,7 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
         return out
 
     results = predict_files(files, logits, as_is=options.as_is, min_confidence=options.min_confidence,
-                            save_dir=options.save_dir, rule=rule, classes=classes, preprocessing=how)
+                            save_dir=options.save_dir, rule=rule, classes=classes, preprocessing=how, spec=input_spec)
     return {"schema_version": 1, "model": str(model_path), "model_sha256": loaded.get("sha256"),
             "provider": options.provider, "preprocessing": "as-is" if options.as_is else how,
             "not_a_digit_rule": source if rule is None else f"from {source}", "results": results}

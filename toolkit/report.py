@@ -123,10 +123,9 @@ def _notes(result: dict) -> list[str]:
 def _ood_words(result: dict) -> tuple[str, str, str]:
     """The rule's name, what it keeps and what it rejects, in the data set's language: MNIST's digits,
     or the C classes of any other data set."""
-    classes = result.get("classes") or [str(d) for d in range(10)]
-    if list(classes) == [str(d) for d in range(10)]:
-        return "not-a-digit", "digits", "non-digits"
-    return f"not-one-of-the-{len(classes)}-classes", "test images", "synthetic non-class images"
+    from toolkit.ood import rule_words
+
+    return rule_words(result.get("classes"))
 
 
 def _scores(r: dict) -> str:

@@ -40,7 +40,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(to_float_input(images)).to(device)  # N×1×28×28 in [0, 1], as torchvision's ToTensor()
+    x = torch.from_numpy(to_float_input(images)).to(device)  # N×C×H×W in [0, 1], as torchvision's ToTensor()
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels.astype(np.int64)).to(device)
     return x, y
@@ -196,8 +196,8 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
     # channels_last: oneDNN's NHWC conv and max-pool kernels are 2-4× faster than NCHW
     # for these 8/16-channel maps (same math); the fused Adam is one kernel for all params.
     ref = arch_mod.parse(config.arch, config.arch_args)
-    model = arch_mod.build(ref, data.num_classes)
-    arch_mod.probe(model, data.num_classes, ref.spec)
+    model = arch_mod.build(ref, data.num_classes, data.spec)
+    arch_mod.probe(model, data.num_classes, ref.spec, data.spec)
     ref = arch_mod.with_module_sha(ref)
     model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=device.type == "cuda")
@@ -244,6 +244,7 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
         "arch": ref.stem,
         "arch_ref": ref.record(),
         "classes": list(data.classes),
+        "input": data.spec.to_dict(),
         "recipe": asdict(config),
         "seed": config.seed,
         "device": str(device),

@@ -24,7 +24,17 @@ from toolkit.compare import compare_pair
 from toolkit.config import Gates, VerifyConfig  # noqa: F401  (part of this module's API)
 from toolkit.errors import CheckpointAbsent, ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.gates import Measurement, evaluate, judged_precision, latency_ratio, saturation, score_fidelity
-from toolkit.manifest import KNOWN_TARGETS, check_hashes, classes_of, confined_path, deployed_bytes, load_manifest, ood_rule, target_of
+from toolkit.manifest import (
+    KNOWN_TARGETS,
+    check_hashes,
+    classes_of,
+    confined_path,
+    deployed_bytes,
+    load_manifest,
+    manifest_spec,
+    ood_rule,
+    target_of,
+)
 from toolkit.metrics import classification_metrics, paired_accuracy_diff
 from toolkit.outputs import Outputs, OutputsError
 from toolkit.reference import read_reference
@@ -144,14 +154,14 @@ def measurement(row: Row) -> Measurement:
         ood_agreement_pct=(row.ood or {}).get("agreement_pct"))
 
 
-def judge(row: Row, gates: Gates) -> None:
+def judge(row: Row, gates: Gates, classes: tuple | None = None) -> None:
     """Apply the gates (toolkit.gates.evaluate) to a measured row: each failed gate is named in
-    `failed_gates` and worded in `reasons`."""
+    `failed_gates` and worded in `reasons` (in the language of the data set's `classes`)."""
     if row.status == "skipped" or row.is_reference or row.status == "FAIL" and row.accuracy is None:
         return
     for reason in evaluate(measurement(row), gates):
         row.failed_gates.append(reason.gate.value)
-        row.fail(reason.text())
+        row.fail(reason.text(ood.rule_words(classes)[0]))
     golden = row.golden or {}
     for gate, text in zip(golden.get("failed_gates", ()), golden.get("reasons", ()), strict=False):
         row.failed_gates.append(f"golden_{gate}")
@@ -306,6 +316,7 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
     ref_info = manifest["reference"]
     if ref_info["file"] in bad_files:
         raise ManifestError(f"{folder / ref_info['file']}: {bad_files[ref_info['file']]} since export; re-run `mnisttk export`")
+    manifest_spec(manifest).check_images(test_images, "the test set loaded")  # before any model is run
     labels = test_labels.astype(np.int64)
     ref = read_reference(confined_path(folder, ref_info["file"]), len(labels), len(classes_of(manifest)))
     if ref["test_sha256"] != test_sha256:
@@ -320,8 +331,8 @@ def _open_run(config: VerifyConfig, test_images, test_labels, test_sha256: str, 
     rule = ood_rule(manifest, folder)
     if rule is not None and ref["non_digit_logits"] is not None:
         # the reference's decisions and the images' own features: once for every row
-        non_digits = ood.non_digit_images()
-        test_features, nd_features = ood.image_features(test_images), ood.image_features(non_digits)
+        non_digits = ood.non_digit_images(tuple(test_images.shape[1:]))
+        test_features, nd_features = ood.rule_features(rule, test_images), ood.rule_features(rule, non_digits)
         run.ood = {"rule": rule, "non_digits": non_digits, "test_features": test_features, "nd_features": nd_features,
                    "ref_accepts": (ood.decide(rule, test_images, run.ref_logits, features=test_features)["accepted"],
                                    ood.decide(rule, non_digits, ref["non_digit_logits"], features=nd_features)["accepted"])}
@@ -576,7 +587,7 @@ def _judge_rows(run: _Run, rows: list[Row], reference_row: Row) -> None:
     ref_p50 = (reference_row.latency_us or {}).get("p50")
     for row in rows:
         row.latency_ratio = latency_ratio((row.latency_us or {}).get("p50"), ref_p50)
-        judge(row, run.config.gates)
+        judge(row, run.config.gates, classes_of(run.manifest))
 
 
 def _result(run: _Run, rows: list[Row], t_start: float, cpu_start=None) -> dict:

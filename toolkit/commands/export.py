@@ -33,8 +33,9 @@ from toolkit.targets import TARGETS
 @click.option("--dir", "out", type=click.Path(file_okay=False, path_type=Path), default=EXPORT.out, show_default=True,
               help="Folder the artifacts, reference and manifest are published into.")
 @click.option("--quantize", is_flag=True, help="Also write a static int8 model of every target asked for.")
-@click.option("--calibration-size", type=click.IntRange(min=1), default=QUANT.calibration_size, show_default=True,
-              help="Training images used to calibrate (never test images).")
+@click.option("--calibration-size", type=click.IntRange(min=1), default=None,
+              help=f"Training images used to calibrate (never test images). Default: {QUANT.calibration_size:,}, or the "
+                   "whole training set where it is smaller.")
 @click.option("--calibration-method", type=click.Choice(METHODS), default=QUANT.method, show_default=True,
               help="How activation ranges are set from the calibration images.")
 @click.option("--calibration-percentile", "percentile", type=click.FloatRange(0, 100, min_open=True),
@@ -78,9 +79,11 @@ from toolkit.targets import TARGETS
 @click.option("--arch", "arch_spec", default=None, metavar="ARCH",
               help="Your model's source named again (FILE.py:NAME): needed when the file changed since training.")
 @click.option("--arch-args", default="", metavar="JSON", help="With --arch: its keyword arguments (default: the recorded ones).")
-@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain"]), default=None,
+@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain", "resize"]), default=None,
               help="How predict turns a picture into the input, recorded in the export: digit (MNIST's ink crop and "
-                   "centring) or plain (the whole picture resized). Default: digit for 0-9 data, plain otherwise.")
+                   "centring), plain (the whole picture, light on dark, resized to 28×28) or resize (the picture as "
+                   "it is, resized to the model's input). Default: digit for 0-9 data, plain for other 28×28 grey "
+                   "data, resize for any other input.")
 @click.option("--require-all/--allow-not-exportable", "require_all", default=None,
               help="A target a converter cannot take fails the export, or is listed as not exportable and the "
                    "others written. Default: fail for cnn/mlp (tested on every target), list for your own model.")
@@ -118,7 +121,7 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
     from toolkit.export import ExportConfig, run_export
     from toolkit.exporters.quantize import QuantConfig
 
-    quant = QuantConfig(calibration_size=calibration_size, method=calibration_method, per_channel=per_channel,
+    quant = QuantConfig(calibration_size=calibration_size or QUANT.calibration_size, method=calibration_method, per_channel=per_channel,
                         quant_format=quant_format, activation_type=activation_type, uint8_input=not float_input,
                         first_conv=first_conv, int8_isa=int8_isa, reduce_range=reduce_range, seed=seed, percentile=percentile,
                         keep_fp32=tuple(n.strip() for n in keep_fp32.split(",") if n.strip()))
@@ -131,10 +134,15 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                                       int8_min_ood_agreement_pct=int8_min_ood_agreement),
                           not_a_digit_keep=keep, arch=arch_spec, arch_args=arch_args, require_all=require_all,
                           preprocessing=preprocessing)
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.checkpoint import checkpoint_spec, load_checkpoint
 
-    load_checkpoint(checkpoint)  # a bad checkpoint fails before the data is even loaded
-    mnist = load_mnist(data_dir, log=log)
+    spec = checkpoint_spec(load_checkpoint(checkpoint))  # a bad checkpoint fails before the data is even loaded
+    mnist = load_mnist(data_dir, log=log, size=(spec.height, spec.width))  # image folders: resized to the model's
+    if calibration_size is None:  # the default: 1,000 training images, or all of a smaller training set
+        from dataclasses import replace
+
+        quant = replace(quant, calibration_size=min(QUANT.calibration_size, len(mnist.train_images)))
+        config = replace(config, quant=quant)
     manifest = run_export(config, mnist, log=log)
     emit_json(manifest, json_out)  # the manifest carries its own schema_version
     if not json_to_stdout(json_out):

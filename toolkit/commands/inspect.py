@@ -75,7 +75,11 @@ def inspect(folder, data_dir, n_images, batch, threads, repeats, top, json_out, 
         raise click.UsageError("--json and --markdown cannot both go to stdout")
     check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--plot", plot_path, "png")],
                   export_files(folder, manifest))
-    mnist = load_mnist(data_dir, log=log)
+    from toolkit.manifest import manifest_spec
+
+    spec = manifest_spec(manifest)
+    mnist = load_mnist(data_dir, log=log, size=(spec.height, spec.width))  # image folders: the models' size
+    spec.check_images(mnist.test_images, "the test set loaded")
     from toolkit import isolate
 
     # the models are a supplier's: their runtime work runs in a child with verify's bounds, scaled to the work

@@ -29,15 +29,16 @@ from toolkit.clikit import (
 @click.option("--device", "provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider; cuda fails (never silently runs on the CPU) if it cannot start.")
 @click.option("--as-is", is_flag=True,
-              help="Feed 28×28 inputs as they are (no MNIST crop/scale/centring even when they are not MNIST-like).")
-@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain"]), default=None,
-              help="digit: MNIST's ink crop and centring; plain: the whole picture resized. Default: what the export "
-                   "recorded (digit where it recorded nothing).")
+              help="Feed inputs of the model's own size as they are (no crop, scale or centring).")
+@click.option("--preprocess", "preprocessing", type=click.Choice(["digit", "plain", "resize"]), default=None,
+              help="digit: MNIST's ink crop and centring; plain: the whole picture resized to 28×28; resize: the "
+                   "picture as it is, resized to the model's input. Default: what the export recorded (digit where "
+                   "it recorded nothing; resize for a model not of 28×28 grey input).")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Mark predictions whose probability is below this (text and JSON); default off.")
 @click.option("--recursive", "-r", is_flag=True, help="Folders: take the images in sub-folders too.")
 @click.option("--save-preprocessed", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write the 28×28 images the model was fed (PNG) into this folder.")
+              help="Write the images the model was fed (PNG, at its input size) into this folder.")
 @click.option("--accept-all", is_flag=True,
               help="Give every image a digit: switch off the not-a-digit rule (exit 3 then never happens).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,

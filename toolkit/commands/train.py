@@ -25,7 +25,8 @@ from toolkit.clikit import (
 from toolkit.errors import ToolkitError
 
 ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FILE.py:NAME or package.module:NAME, "
-             "a class or factory returning an nn.Module that maps N×1×28×28 floats to N×C logits (docs/your-model.md).")
+             "a class or factory returning an nn.Module that maps N×C×H×W floats in [0, 1] (the data's images; N×1×28×28 "
+             "on MNIST) to N×K logits (docs/your-model.md).")
 
 
 @click.command(short_help="Train the CNN, the MLP or your own model; test-set metrics.")
@@ -33,6 +34,8 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
 @click.option("--arch-args", default="", metavar="JSON", help="Keyword arguments for your model, a JSON object.")
 @click.option("--classes", default=None, metavar="NAMES",
               help="Comma list of class names, label k is the k-th (default: classes.txt beside the data, else 0..C-1).")
+@click.option("--image-size", default=None, metavar="WxH",
+              help="Image folders: resize every image to this (e.g. 32x32); needed when their sizes differ.")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN.batch_size, show_default=True,
               help="Training batch.")
@@ -57,7 +60,7 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
 @toolkit_errors
 @merge_old_spellings
 def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None,
-          threads=None, arch_args="", classes=None):
+          threads=None, arch_args="", classes=None, image_size=None):
     """Train a model (Adam 1e-3, batch 60, 10 epochs by default) and save a checkpoint.
 
     \b
@@ -78,8 +81,11 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
         check_writable_dir(out.parent)
     except OSError as exc:
         raise ToolkitError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
-    mnist = load_mnist(data_dir, log=log, classes=classes)  # the data (numpy only) before torch is loaded
-    log(f"data: {mnist.source}, {mnist.num_classes} classes")
+    from toolkit.layouts import parse_size
+
+    mnist = load_mnist(data_dir, log=log, classes=classes, size=parse_size(image_size))  # before torch is loaded
+    spec = mnist.spec
+    log(f"data: {mnist.source}, {mnist.num_classes} classes, {spec.colour} {spec.width}×{spec.height} images")
     from toolkit.checkpoint import save_checkpoint
     from toolkit.train import TrainConfig, checkpoint_payload, select_device
     from toolkit.train import train as run_training

@@ -137,7 +137,10 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
     from toolkit import outputs as saved_outputs
 
     golden = saved_outputs.load(golden_path) if golden_path else None
-    mnist = load_mnist(data_dir, log=log)
+    from toolkit.manifest import manifest_spec
+
+    spec = manifest_spec(manifest)
+    mnist = load_mnist(data_dir, log=log, size=(spec.height, spec.width))  # image folders: the models' size
     logits: dict | None = {} if outputs_path else None
     judged: dict = {}
     result = run_verify(config, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log, golden=golden,

@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.contract import MNIST_INPUT, InputSpec
+
 
 @dataclass
 class Sources:
     """What an exporter may build from: the fp32 PyTorch model, the staged ONNX models, the calibration
-    images (float, N×1×28×28, training-split indices) and recipe of every int8 artifact, and the
+    images (float, N×C×H×W, training-split indices) and recipe of every int8 artifact, and the
     metadata stamped into ONNX files. `precisions`: which of fp32/int8 this call writes (export writes
     TorchScript and ONNX fp32 first, checks them, then int8; the other targets both at once)."""
 
@@ -26,6 +28,13 @@ class Sources:
     calib: Any = None  # np.ndarray, or None without --quantize
     quant: Any = None  # toolkit.config.QuantConfig of the int8 artifacts
     metadata: dict = field(default_factory=dict)  # stamped into ONNX files (toolkit.exporters.artifact_meta)
+    spec: InputSpec = MNIST_INPUT  # what the model takes (toolkit.contract): every converter's example input
+
+    def example(self, batch: int = 2, rand: bool = False) -> Any:
+        """A float batch of the model's input, for tracing and converting (zeros, or torch.rand)."""
+        import torch
+
+        return (torch.rand if rand else torch.zeros)(batch, *self.spec.chw)
 
 
 @dataclass(frozen=True)

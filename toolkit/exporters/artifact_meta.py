@@ -16,22 +16,33 @@ import io
 import zipfile
 
 from toolkit import __version__
+from toolkit.contract import MNIST_INPUT, InputSpec
 
 CLASS_LABELS = ",".join(str(d) for d in range(10))
 PREPROCESSING = ("MNIST convention: one light digit on a dark background, size-normalised to a 20×20 box "
                  "and centred by its centre of mass in a 28×28 frame")
 
 
-def describe_io(uint8_input: bool, num_classes: int = 10) -> tuple[str, str]:
+def preprocessing_text(spec: InputSpec) -> str:
+    """How an image becomes the input: MNIST's convention, or the data set's own images."""
+    if spec.is_mnist:
+        return PREPROCESSING
+    return (f"the training data's own images: {spec.colour} {spec.width}×{spec.height}, channels first, "
+            "no mean or std subtracted")
+
+
+def describe_io(uint8_input: bool, num_classes: int = 10, spec: InputSpec = MNIST_INPUT) -> tuple[str, str]:
     """(input contract, doc_string) for a model taking uint8 pixels or float pixel/255."""
-    inp = ("uint8 N×1×28×28, raw pixels 0-255" if uint8_input
-           else "float32 N×1×28×28, pixel/255 in [0, 1]")
-    doc = (f"mnisttk {__version__}: input 'image' {inp} ({PREPROCESSING}); output 'logits' float32 N×{num_classes}, "
-           + ("one per digit 0-9" if num_classes == 10 else "one per class (class_labels)") + " (logits: softmax not applied)")
+    dims = "N×" + spec.text
+    inp = (f"uint8 {dims}, raw pixels 0-255" if uint8_input
+           else f"float32 {dims}, pixel/255 in [0, 1]")
+    doc = (f"mnisttk {__version__}: input 'image' {inp} ({preprocessing_text(spec)}); output 'logits' float32 "
+           f"N×{num_classes}, " + ("one per digit 0-9" if num_classes == 10 and spec.is_mnist
+                                   else "one per class (class_labels)") + " (logits: softmax not applied)")
     return inp, doc
 
 
-def finalize_onnx(model, metadata: dict, uint8_input: bool) -> None:
+def finalize_onnx(model, metadata: dict, uint8_input: bool, spec: InputSpec = MNIST_INPUT) -> None:
     """In place: strip node metadata and doc strings, name nodes after layers, prune unused opset
     domains, set producer/version/doc and the metadata_props."""
     initializers = {i.name for i in model.graph.initializer}
@@ -49,10 +60,10 @@ def finalize_onnx(model, metadata: dict, uint8_input: bool) -> None:
     model.graph.doc_string = ""
     labels = metadata.get("class_labels", CLASS_LABELS)  # comma-separated, label k the k-th
     n = len(str(labels).split(","))
-    inp, doc = describe_io(uint8_input, n)
+    inp, doc = describe_io(uint8_input, n, spec)
     model.doc_string = doc
     del model.metadata_props[:]
-    for key, value in {"class_labels": CLASS_LABELS, **metadata, "input": inp, "preprocessing": PREPROCESSING,
+    for key, value in {"class_labels": CLASS_LABELS, **metadata, "input": inp, "preprocessing": preprocessing_text(spec),
                        "output": f"logits N×{n} (softmax not applied)"}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)

@@ -60,7 +60,7 @@ def minmax_config(config):
 
 
 def quantize_pt2e(model, example, calib):
-    """PT2E static int8 for XNNPACK, calibrated on `calib` (float N×1×28×28)."""
+    """PT2E static int8 for XNNPACK, calibrated on `calib` (float N×C×H×W)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -80,12 +80,11 @@ def quantize_pt2e(model, example, calib):
 
 
 def export_executorch(src: Sources) -> Written:
-    import torch
 
     from toolkit.runtimes.executorch import audit, quiet_torch_logs
 
     quiet_torch_logs()
-    example = torch.zeros(2, 1, 28, 28)
+    example = src.example()
     written = Written()
     modules = {}
     with native_output_captured():

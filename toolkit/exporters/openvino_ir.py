@@ -23,7 +23,11 @@ CALIB_BATCH = 100
 CALIBRATION = ("minmax: NNCF's post-training quantization of the fp32 IR (MINMAX range estimator: each "
                "activation's min and max over all the calibration images; performance preset, CPU; full bias "
                "correction; overflow fix {overflow_fix})")
-FLOAT_INPUT = [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 28, 28], "values": "pixel/255 in [0, 1]"}]
+
+
+def float_input(spec) -> list:
+    """The IR's input entry: float pixel/255, N×C×H×W."""
+    return [{"name": "image", "dtype": "float32", "shape": ["batch", *spec.chw], "values": "pixel/255 in [0, 1]"}]
 
 
 def overflow_fix(int8_isa: str) -> str:
@@ -36,7 +40,7 @@ def overflow_fix(int8_isa: str) -> str:
 
 
 def quantize_nncf(model, calib, int8_isa: str = "portable"):
-    """NNCF's static int8 of an fp32 OpenVINO model, calibrated on `calib` (float N×1×28×28). Full bias
+    """NNCF's static int8 of an fp32 OpenVINO model, calibrated on `calib` (float N×C×H×W). Full bias
     correction, not NNCF's default fast one: on a residual BatchNorm model the fast one left 13 flips
     where the full one left none (measured by the exact simulation of the IR)."""
     from toolkit.runtimes.openvino import telemetry_left_out
@@ -112,7 +116,7 @@ def export_openvino(src: Sources) -> Written:
         raise ExportError(f"OpenVINO IR: conversion or NNCF quantization failed ({reason(exc, 200)})") from None
     for precision in models:
         xml, weights = f"{src.arch}_{precision}.xml", f"{src.arch}_{precision}.bin"
-        fields = {"weights": {"file": weights, "sha256": sha256_file(src.stage / weights)}, "inputs": FLOAT_INPUT}
+        fields = {"weights": {"file": weights, "sha256": sha256_file(src.stage / weights)}, "inputs": float_input(src.spec)}
         if precision == "int8":
             compiled = compile_ir((src.stage / xml).read_bytes(), (src.stage / weights).read_bytes(), 1, xml)
             layers = int8_layers(compiled)

@@ -41,7 +41,7 @@ def indices_sha256(indices: np.ndarray) -> str:
 
 
 def onnx_static_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, config: QuantConfig) -> None:
-    """fp32 ONNX -> int8 ONNX. calib_images: float32 N×1×28×28 in [0, 1]."""
+    """fp32 ONNX -> int8 ONNX. calib_images: float32 N×C×H×W in [0, 1]."""
     import tempfile
 
     import onnx
@@ -196,7 +196,10 @@ def im2col_first_conv(model) -> None:
     if w.shape[1:] != (1, 3, 3) or list(attrs.get("pads", [0] * 4)) != [1, 1, 1, 1] or attrs.get("group", 1) != 1:
         raise ExportError(f"im2col handles a 1-channel 3×3 pad-1 conv, not weight {w.shape} with {attrs}")
     inits[dq_w.input[0]].CopyFrom(numpy_helper.from_array(w.reshape(w.shape[0], 9, 1, 1), dq_w.input[0]))
-    size = 28  # MNIST
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or not dims[2] or not dims[3]:
+        raise ExportError("im2col needs a model input of a fixed height and width")
+    height, width = dims[2], dims[3]
     new_inits = [numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "im2col_pads"),
                  numpy_helper.from_array(np.array([2, 3], np.int64), "im2col_axes")]
     source = dq_x.input[0]  # the quantized (uint8/int8) input
@@ -208,7 +211,7 @@ def im2col_first_conv(model) -> None:
         for dx in range(3):
             start, end = f"im2col_start_{dy}{dx}", f"im2col_end_{dy}{dx}"
             new_inits += [numpy_helper.from_array(np.array([dy, dx], np.int64), start),
-                          numpy_helper.from_array(np.array([dy + size, dx + size], np.int64), end)]
+                          numpy_helper.from_array(np.array([dy + height, dx + width], np.int64), end)]
             patches.append(f"im2col_patch_{dy}{dx}")
             new_nodes.append(helper.make_node("Slice", ["im2col_padded", start, end, "im2col_axes"], [patches[-1]],
                                               name=f"im2col_slice_{dy}{dx}"))
@@ -279,7 +282,7 @@ def fold_uint8_input(model) -> None:
                     node.input[i + 2] = new_zp.name
     graph.node.remove(q)
     inp.type.tensor_type.elem_type = TensorProto.UINT8
-    model.doc_string = "input: uint8 pixels N×1×28×28 (0-255), no /255 needed"
+    model.doc_string = "input: uint8 pixels N×C×H×W (0-255), no /255 needed"
     onnx.checker.check_model(model)
 
 
@@ -361,7 +364,7 @@ def onnx_int8_weights(path: Path) -> list[np.ndarray]:
 
 def torch_static_int8(model, calib_images: np.ndarray, config: QuantConfig):
     """PyTorch FX static int8 (x86 back end, conv+ReLU fused) -> a traced TorchScript module
-    taking float32 N×1×28×28 in [0, 1]."""
+    taking float32 N×C×H×W in [0, 1]."""
     import contextlib
 
     import torch

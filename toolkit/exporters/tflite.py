@@ -21,11 +21,10 @@ def file_name(arch: str, precision: str, batch: int) -> str:
     return f"{arch}_{precision}.tflite" if batch == 1 else f"{arch}_{precision}.b{batch}.tflite"
 
 
-def convert(model, batch: int, path: Path) -> None:
+def convert(model, example, path: Path) -> None:
     import litert_torch
-    import torch
 
-    litert_torch.convert(model, (torch.zeros(batch, 1, 28, 28),)).export(str(path))
+    litert_torch.convert(model, (example,)).export(str(path))
 
 
 CALIBRATION = ("minmax: every tensor's min and max over all the calibration images (ai-edge-quantizer, "
@@ -87,7 +86,7 @@ def export_tflite(src: Sources) -> Written:
     paths = {p: {b: src.stage / file_name(src.arch, p, b) for b in BATCHES} for p in ("fp32", "int8")}
     with native_output_captured(), environ("LITERT_TORCH_SHOW_PROGRESS", "n"):
         for batch, path in paths["fp32"].items():  # int8 is quantized from the fp32 files
-            convert(src.model, batch, path)
+            convert(src.model, src.example(batch), path)
         if "int8" in src.precisions:
             quantize(paths["fp32"], paths["int8"], src.calib)
     for precision in src.precisions:
@@ -105,7 +104,8 @@ def export_tflite(src: Sources) -> Written:
                   else f"round(pixel/255/{scale:.9g}) + {zero} (the model's input quantization)")
         written.top_level += [files[b].name for b in BATCHES]
         written.artifacts.append(Artifact("tflite", precision, rel, fields={
-            "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [1, 1, 28, 28], "values": values}],
+            "inputs": [{"name": str(inp["name"]), "dtype": dtype, "shape": [int(d) for d in inp["shape"]],
+                        "values": values}],
             # the program's own output shape (its class count), never a constant: a 3-class model says [1, 3]
             "outputs": [{"name": "logits", "dtype": str(program.out["dtype"].__name__),
                          "shape": [int(d) for d in program.out["shape"]]}],

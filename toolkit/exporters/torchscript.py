@@ -39,14 +39,14 @@ def load(path: Path):
 def export_torchscript(src: Sources) -> Written:
     """Each precision `src.precisions` asks for: fp32 traced (so it needs no toolkit code to load), int8
     through torch.ao's FX quantization on the calibration images."""
-    return each_precision(src, lambda p: export_fp32(src.model, src.stage, src.arch) if p == "fp32"
+    return each_precision(src, lambda p: export_fp32(src.model, src.stage, src.arch, src.example()) if p == "fp32"
                           else export_int8(src.model, src.stage, src.arch, src.calib, src.quant))
 
 
-def export_fp32(model: torch.nn.Module, stage: Path, arch: str) -> Artifact:
+def export_fp32(model: torch.nn.Module, stage: Path, arch: str, example: torch.Tensor) -> Artifact:
     path = stage / f"{arch}_fp32.torchscript.pt"
     with torch.no_grad(), quiet_warnings():
-        traced = torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
+        traced = torch.jit.trace(model, example)
     save_torchscript(traced, path)
     return Artifact("torchscript", "fp32", path.name)
 

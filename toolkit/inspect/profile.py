@@ -202,11 +202,11 @@ def _ood_decisions(folder: Path, manifest: dict, images_u8, fp32_logits, int8_lo
     rule = ood_rule(manifest, folder)
     if rule is None:
         return None
-    non_digits = ood.non_digit_images()
+    non_digits = ood.non_digit_images(tuple(np.shape(images_u8)[1:]))
     out = {}
     for name, images, z32, z8 in (("test", images_u8, fp32_logits, int8_logits),
                                   ("non_digits", non_digits, fp32_model.logits(non_digits), int8_model.logits(non_digits))):
-        features = ood.image_features(images)
+        features = ood.rule_features(rule, images)
         a32 = ood.decide(rule, images, z32, features=features)["accepted"]
         a8 = ood.decide(rule, images, z8, features=features)["accepted"]
         changed = np.flatnonzero(a32 != a8)

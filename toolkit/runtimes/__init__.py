@@ -90,10 +90,11 @@ def build(spec: RuntimeSpec, folder, artifact: dict, threads: int, *, arithmetic
     every check of exactness uses) or DEFAULT (what the runtime does on this CPU when nothing is asked)."""
     module = importlib.import_module(f"toolkit.runtimes.{spec.module}")
     name = row_label(artifact["format"], artifact["precision"])
-    from toolkit.runtimes.candidate import artifact_classes
+    from toolkit.runtimes.candidate import artifact_classes, check_input
 
     cand = module.candidate(folder, artifact, threads, spec.device, name, arithmetic=Arithmetic(arithmetic))
     cand.num_classes = artifact_classes(artifact)
+    check_input(cand, artifact)
     return cand
 
 

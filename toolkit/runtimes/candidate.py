@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES
+from toolkit.contract import EVAL_BATCH, MAX_CLASSES, MNIST_INPUT, NUM_CLASSES, InputSpec, SpecError
 from toolkit.errors import ManifestError, ToolkitError
 from toolkit.fsutil import regular_file
 
@@ -142,7 +142,44 @@ def artifact_classes(artifact: dict) -> int:
         c = artifact["outputs"][0]["shape"][1]
     except (KeyError, IndexError, TypeError):
         return NUM_CLASSES
-    return c if type(c) is int and 2 <= c <= 256 else NUM_CLASSES
+    return c if type(c) is int and 2 <= c <= MAX_CLASSES else NUM_CLASSES
+
+
+def artifact_spec(artifact: dict) -> InputSpec | None:
+    """The input a manifest entry says its file takes (C×H×W); None where the entry says none (predict
+    on a model without a manifest: the model's own input decides). A malformed one is one line."""
+    try:
+        shape = artifact["inputs"][0]["shape"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not (isinstance(shape, list) and len(shape) == 4):
+        raise ToolkitError(f"{artifact.get('file')}: its manifest input shape {str(shape)[:40]} is not [batch, C, H, W]")
+    return InputSpec(*shape[1:])
+
+
+def declared_spec(dims, name: str) -> tuple[int, int, int] | None:
+    """C×H×W of a model's declared N×C×H×W input, checked against the bounds (toolkit.contract); None
+    where one of them is not a fixed number (a dynamic height, say)."""
+    dims = list(dims)
+    if len(dims) != 4:
+        raise ToolkitError(f"{name}: input {dims}; an mnisttk model takes one N×C×H×W image batch")
+    chw = dims[1:]
+    if not all(type(d) is int and d > 0 for d in chw):
+        return None
+    try:
+        return InputSpec(*chw).chw
+    except SpecError as exc:
+        raise ToolkitError(f"{name}: input {dims}: {exc}") from None
+
+
+def check_input(cand: Candidate, artifact: dict) -> None:
+    """The file's declared input against its manifest entry's, and the candidate's input spec set from
+    them: what `prepare` is checked against and what predict converts a picture to."""
+    want, got = artifact_spec(artifact), cand.declared_input()
+    if want is not None and got is not None and got != want.chw:
+        raise ToolkitError(f"{cand.file or cand.name}: takes {'×'.join(map(str, got))} images, its manifest says "
+                           f"{want.text}")
+    cand.input_spec = want or (InputSpec(*got) if got is not None else MNIST_INPUT)
 
 
 def checked_logits(out, n: int, name: str, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -192,10 +229,23 @@ class Candidate(ABC):
     fixed_batch: int | None = None  # a static-batch model's batch: logits() runs exactly that many at a time
     consistency_batches: tuple = ()  # the batch sizes `consistency` compares
     num_classes: int = NUM_CLASSES  # logits per image: the manifest's output shape (toolkit.runtimes.build sets it)
+    _input_spec: InputSpec | None = None  # set by toolkit.runtimes.build from the manifest (check_input)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What it takes: the manifest's, else its own declared input, else MNIST's 1×28×28."""
+        if self._input_spec is not None:
+            return self._input_spec
+        declared = self.declared_input()
+        return InputSpec(*declared) if declared is not None else MNIST_INPUT
+
+    @input_spec.setter
+    def input_spec(self, spec: InputSpec) -> None:
+        self._input_spec = spec
 
     @abstractmethod
     def prepare(self, images_u8: np.ndarray):
-        """uint8 N×28×28 -> this runtime's input for them."""
+        """uint8 N×H×W (N×H×W×C) -> this runtime's input for them (N×C×H×W)."""
 
     @abstractmethod
     def _forward(self, x) -> np.ndarray:
@@ -222,6 +272,11 @@ class Candidate(ABC):
         """Where this runtime ran the model's operators; None where it reports nothing."""
         return None
 
+    def declared_input(self) -> tuple[int, int, int] | None:
+        """C×H×W as the loaded model's input declares them, None where it does not say (a TorchScript
+        module, a dynamic size)."""
+        return None
+
     def declared_classes(self) -> int | None:
         """Logits per image as the loaded model's output declares them (2 to 256), None where it does not
         say: what a model given without a manifest (predict) is run with."""
@@ -234,7 +289,7 @@ class Candidate(ABC):
     def input_dtype(self) -> str:
         """The dtype the loaded artifact itself takes (numpy's name: float32, uint8, int8), read from the
         runtime where it declares one; by default what `prepare` feeds it, which it ran on."""
-        x = self.prepare(np.zeros((1, 28, 28), np.uint8))
+        x = self.prepare(np.zeros((1, *self.input_spec.image_shape), np.uint8))
         return str(getattr(x, "dtype", "")).removeprefix("torch.")
 
     def output_limits(self) -> tuple | None:

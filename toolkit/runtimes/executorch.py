@@ -16,7 +16,15 @@ import numpy as np
 from toolkit.contract import EVAL_BATCH, to_float_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, delegate_placement, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import (
+    Arithmetic,
+    Candidate,
+    Placement,
+    declared_spec,
+    delegate_placement,
+    read_model_bytes,
+    resolve_threads,
+)
 
 INSTALL_HINT = "pip install 'mnisttk[executorch]'"
 # Operators that only describe shapes or views: outside the delegate they cost nothing worth naming.
@@ -133,9 +141,8 @@ class ExecuTorchCandidate(Candidate):
         if meta.num_inputs() != 1 or meta.num_outputs() != 1:
             raise ToolkitError(f"{path.name}: {meta.num_inputs()} inputs and {meta.num_outputs()} outputs; "
                                "an mnisttk model has 1 and 1")
-        sizes = list(meta.input_tensor_meta(0).sizes())
-        if sizes[1:] != [1, 28, 28]:
-            raise ToolkitError(f"{path.name}: input {sizes}, expected [batch, 1, 28, 28]")
+        sizes = [int(d) for d in meta.input_tensor_meta(0).sizes()]
+        self._declared_input = declared_spec(sizes, path.name)
         self.max_batch = int(sizes[0])  # memory-planned upper bound
         self.consistency_batches = tuple(b for b in CONSISTENCY_BATCHES if b <= self.max_batch)
 
@@ -145,6 +152,9 @@ class ExecuTorchCandidate(Candidate):
         except Exception as exc:  # noqa: BLE001 - ExecuTorch's runtime raises its own types: one line
             raise ToolkitError(f"{self.file}: ExecuTorch failed while running ({first_line(exc, 160)})") from None
         return out
+
+    def declared_input(self) -> tuple[int, int, int] | None:
+        return self._declared_input
 
     def prepare(self, images_u8):
         return to_float_input(images_u8)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.contract import to_float_input
+from toolkit.contract import MAX_CLASSES, to_float_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
 from toolkit.runtimes.candidate import (
@@ -24,6 +24,7 @@ from toolkit.runtimes.candidate import (
     Candidate,
     Placement,
     batched_logits,
+    declared_spec,
     delegate_placement,
     read_model_bytes,
     resolve_threads,
@@ -110,9 +111,9 @@ class Program:
         self.inp, self.out = inputs[0], outputs[0]
         shape = [int(d) for d in self.inp["shape"]]
         out_shape = [int(d) for d in self.out["shape"]]
-        if shape[1:] != [1, 28, 28] or len(out_shape) != 2 or not 2 <= out_shape[1] <= 256:
-            raise ToolkitError(f"{name}: input {shape} / output {out_shape}, expected "
-                               "[batch, 1, 28, 28] / [batch, classes]")
+        if len(out_shape) != 2 or not 2 <= out_shape[1] <= MAX_CLASSES:
+            raise ToolkitError(f"{name}: output {out_shape}, expected [batch, classes] (2 to {MAX_CLASSES} classes)")
+        self.chw = declared_spec(shape, name)
         self.batch = shape[0]
         self.dtype = np.dtype(self.inp["dtype"])
         # bound once: this runs per image in the latency loop
@@ -210,9 +211,12 @@ class LiteRTCandidate(Candidate):
         return delegate_placement("XNNPACK", f"{len(found['delegated'])} ops delegated to XNNPACK", found,
                                   ("delegated", "shape_ops"))
 
+    def declared_input(self) -> tuple[int, int, int] | None:
+        return self.programs[1].chw
+
     def declared_classes(self):
         shape = [int(v) for v in self.programs[1].out["shape"]]
-        return shape[1] if len(shape) == 2 and 2 <= shape[1] <= 256 else None
+        return shape[1] if len(shape) == 2 and 2 <= shape[1] <= MAX_CLASSES else None
 
     def input_dtype(self) -> str:
         return self.programs[1].dtype.name  # an int8 file may take int8 (the template quantizes for it)

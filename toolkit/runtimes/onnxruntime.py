@@ -51,13 +51,16 @@ class OnnxCandidate(Candidate):
     def declared_classes(self):
         return self.model.num_classes
 
+    def declared_input(self):
+        return self.model.declared_input()
+
     def metadata(self, key):
         return self.model.session.get_modelmeta().custom_metadata_map.get(key)
 
     def placement(self):
         profiled = Model(self.path, self.provider, replace(self.options, profile=True), expected_sha256=self.sha256,
                          fmt=self.fmt)
-        profiled.logits(np.zeros((4, 28, 28), np.uint8), batch=4)
+        profiled.logits(np.zeros((4, *self.input_spec.image_shape), np.uint8), batch=4)
         self.model.check_provider()  # still on the provider asked for, after all the measuring
         found = profiled.node_placement()
         if not found:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.contract import EVAL_BATCH, to_float_input
+from toolkit.contract import EVAL_BATCH, to_float_input, to_uint8_input
 from toolkit.errors import ManifestError, RuntimeUnavailable, ToolkitError, first_line
 from toolkit.manifest import confined_path
-from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import Arithmetic, Candidate, Placement, declared_spec, read_model_bytes, resolve_threads
 
 INSTALL_HINT = "pip install 'mnisttk[openvino]'"
 CONSISTENCY_BATCHES = (1, 2, 7, 64, EVAL_BATCH)
@@ -202,8 +202,14 @@ class OpenVinoCandidate(Candidate):
             raise ToolkitError(f"{file}: asked OpenVINO for exact f32 arithmetic, but it computes in "
                                f"{self.ran_precision}; this fp32 file cannot be checked exactly here")
 
+    def declared_input(self) -> tuple[int, int, int] | None:
+        shape = self.compiled.inputs[0].get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
+            return None
+        return declared_spec([-1, *(d.get_length() for d in list(shape)[1:])], self.file or self.name)
+
     def prepare(self, images_u8):
-        return np.ascontiguousarray(np.asarray(images_u8, np.uint8)[:, None]) if self.uint8 else to_float_input(images_u8)
+        return to_uint8_input(images_u8) if self.uint8 else to_float_input(images_u8)
 
     def _bind(self, tensor) -> None:
         # Binding an input of another shape costs OpenVINO a shape pass (~50 µs here, as much as the

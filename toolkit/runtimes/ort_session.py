@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from toolkit.contract import EVAL_BATCH, NUM_CLASSES, to_float_input, to_uint8_input
+from toolkit.contract import EVAL_BATCH, MAX_CLASSES, NUM_CLASSES, to_float_input, to_uint8_input
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
-from toolkit.runtimes.candidate import batched_logits, max_threads, read_model_bytes, resolve_threads
+from toolkit.runtimes.candidate import batched_logits, declared_spec, max_threads, read_model_bytes, resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_FORMAT_ID = b"ORTM"  # the flatbuffer file identifier of a .ort model
@@ -234,15 +234,16 @@ class Model:
             raise ToolkitError(f"{self.path}: has {len(inputs)} inputs; an mnisttk model takes one image batch")
         inp = inputs[0]
         dims = _dims(inp)
-        if inp.type not in ("tensor(float)", "tensor(uint8)") or len(dims) != 4 or any(
-                isinstance(d, int) and d != want for d, want in zip(dims[1:], (1, 28, 28), strict=False)):
+        if inp.type not in ("tensor(float)", "tensor(uint8)") or len(dims) != 4:
             raise ToolkitError(f"{self.path}: input {inp.name!r} is {inp.type} {dims}; an mnisttk model takes "
-                               "float32 or uint8 N×1×28×28")
+                               "float32 or uint8 N×C×H×W")
+        self._declared_input = declared_spec(dims, str(self.path))
         if not outputs or outputs[0].type != "tensor(float)" or len(_dims(outputs[0])) != 2 or (
-                isinstance(_dims(outputs[0])[1], int) and not 2 <= _dims(outputs[0])[1] <= 256):
+                isinstance(_dims(outputs[0])[1], int) and not 2 <= _dims(outputs[0])[1] <= MAX_CLASSES):
             o = outputs[0] if outputs else None
             raise ToolkitError(f"{self.path}: output {o.name if o else None!r} is {o.type if o else 'missing'} "
-                               f"{_dims(o) if o else ''}; an mnisttk model gives float N×C logits (2 to 256 classes)")
+                               f"{_dims(o) if o else ''}; an mnisttk model gives float N×C logits "
+                               f"(2 to {MAX_CLASSES} classes)")
         self.input_name = inp.name
         self.input_type = inp.type  # 'tensor(float)' or 'tensor(uint8)'
         self.output_name = outputs[0].name
@@ -261,8 +262,11 @@ class Model:
     def takes_uint8(self) -> bool:
         return self.input_type == "tensor(uint8)"
 
+    def declared_input(self) -> tuple[int, int, int] | None:
+        return self._declared_input
+
     def prepare(self, images_u8: np.ndarray) -> np.ndarray:
-        """uint8 N×28×28 -> this model's input (uint8 N×1×28×28, or float32 in [0, 1])."""
+        """uint8 N×H×W (N×H×W×C) -> this model's input (uint8 N×C×H×W, or float32 in [0, 1])."""
         return to_uint8_input(images_u8) if self.takes_uint8 else to_float_input(images_u8)
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -304,7 +308,7 @@ class Model:
         """Logits per image, as the model's output declares them (MNIST's 10 where it does not say)."""
         shape = self.session.get_outputs()[0].shape
         c = shape[1] if len(shape) == 2 else None
-        return c if type(c) is int and 2 <= c <= 256 else NUM_CLASSES
+        return c if type(c) is int and 2 <= c <= MAX_CLASSES else NUM_CLASSES
 
     def node_events(self) -> list[dict]:
         """ORT's per-node kernel events, in run order: {'node', 'op', 'provider', 'us'} (session must be

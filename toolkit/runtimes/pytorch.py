@@ -59,7 +59,7 @@ class TorchCandidate(Candidate):
 def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidate:
     """PyTorch eager from the checkpoint named in the manifest: its file name, inside the folder only."""
     from toolkit.arch import BUILTINS
-    from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+    from toolkit.checkpoint import checkpoint_spec, load_checkpoint, model_from_checkpoint
     from toolkit.manifest import confined_path
 
     info = manifest["checkpoint"]
@@ -84,6 +84,7 @@ def eager_candidate(manifest: dict, folder: Path, threads: int) -> TorchCandidat
     model = model_from_checkpoint(ckpt, str(path))
     cand = TorchCandidate(model, "PyTorch fp32", "PyTorch eager", "fp32", path.name, path.stat().st_size, threads)
     cand.num_classes = len(ckpt.get("classes") or range(10))
+    cand.input_spec = checkpoint_spec(ckpt)
     return cand
 
 
