@@ -323,3 +323,35 @@ def test_a_file_that_takes_another_input_than_its_manifest_says_fails_its_row(ex
     doc = json.loads(r.stdout)
     assert doc["preprocessing"] == "resize", r.output
     assert np.asarray(Image.open(doc["results"][0]["preprocessed"])).shape == (32, 32, 3)
+
+
+def test_a_normalisation_travels_inside_the_model(tmp_path):
+    """train --mean/--std: the normalisation is a part of the model (every artifact takes pixel/255 and
+    carries it), recorded in the checkpoint and the manifest; a count that fits no channel is one line."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (40, 12, 12, 3), dtype=np.uint8)
+    x[::2, :6] = 255  # class 0: a bright top half
+    data = _npz(tmp_path / "d", x, x[:10])
+    out = tmp_path / "exported"
+    r = run("train", "--arch", "cnn", "--data-dir", data, "--epochs", "3", "--device", "cpu", "--checkpoint",
+            out / "cnn.pt", "--quiet", "--mean", "0.5,0.4,0.3", "--std", "0.25")
+    assert r.exit_code == 0, r.output
+    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--data-dir", data, "--quiet")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["normalize"]["mean"] == [0.5, 0.4, 0.3]
+    assert manifest["input"]["normalize"]["std"] == [0.25, 0.25, 0.25]
+    assert manifest["artifacts"][0]["inputs"][0]["values"] == "pixel/255 in [0, 1]"
+    import onnx
+
+    graph = onnx.load(str(out / "cnn_fp32.onnx")).graph
+    assert {"Sub", "Div"} <= {n.op_type for n in graph.node}  # the normalisation is in the file
+    r = run("verify", "--dir", out, "--data-dir", data, "--rounds", "1", *LOOSE_INT8)
+    assert r.exit_code == 0, r.output
+    for args, needle in ((("--mean", "0.5,0.4", "--std", "1"), "--mean gives 2 values; the data's images have 3 channel(s)"),
+                         (("--mean", "0.5"), "--mean and --std go together"),
+                         (("--mean", "0.5", "--std", "0"), "input std (0.0, 0.0, 0.0) is not 3 finite number(s)"),
+                         (("--mean", "x", "--std", "1"), "is not comma-separated numbers")):
+        r = run("train", "--data-dir", data, "--epochs", "1", "--checkpoint", tmp_path / "no.pt", *args)
+        assert r.exit_code != 0 and needle in r.output, (args, r.output)
+        assert not (tmp_path / "no.pt").exists()

@@ -303,8 +303,11 @@ def build(ref: ArchRef, num_classes: int = 10, spec: InputSpec = MNIST_INPUT):
     and output are checked by `probe`)."""
     from torch import nn
 
-    from toolkit.model import ARCHS
+    from toolkit.model import ARCHS, Normalized
 
+    if spec.mean is not None and spec.std is not None:  # train --mean/--std: the normalisation inside the model
+        plain = InputSpec(spec.channels, spec.height, spec.width)
+        return Normalized(build(ref, num_classes, plain), spec.mean, spec.std)
     if ref.kind == "builtin":
         check_builtin_args(ref.name, ref.args, "--arch-args")
         shaped: dict = ({"in_channels": spec.channels, "input_hw": (spec.height, spec.width)} if ref.name == "cnn"

@@ -25,6 +25,8 @@ class TrainConfig:
     batch_size: int = 60  # 1,000 steps per epoch of 60,000 images
     lr: float = 1e-3  # Adam's default
     seed: int = 0  # weights init and shuffling; same seed and threads on the CPU -> identical weights
+    mean: tuple | None = None  # a per-channel normalisation put inside the model (toolkit.model.Normalized)
+    std: tuple | None = None
 
     def __post_init__(self):
         from toolkit.arch import parse
@@ -34,6 +36,8 @@ class TrainConfig:
             raise ToolkitError("epochs and batch size must be at least 1")
         if not (self.lr > 0 and self.lr != float("inf")):
             raise ToolkitError("learning rate must be a positive, finite number")
+        if (self.mean is None) != (self.std is None):
+            raise ToolkitError("--mean and --std go together: give both, one value per channel (or one for all)")
 
 
 METHODS = tuple(m.value for m in Calibration)  # --calibration-method's choices

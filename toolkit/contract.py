@@ -3,6 +3,7 @@ numpy only: the edge side uses it. (How close fp32 artifacts must stay is a sett
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,14 +30,17 @@ class SpecError(ToolkitError, ValueError):
 @dataclass(frozen=True)
 class InputSpec:
     """What a model takes, from the data it was trained on: C×H×W images, uint8 pixels scaled to
-    float32 pixel/255 in [0, 1] (no mean/std: a model that wants them normalises in its forward()).
-    The data's arrays are uint8 N×H×W (one channel) or N×H×W×C (channels last, as images are stored);
-    the model sees float32 N×C×H×W. Channels are grey (1), RGB (3), RGBA (4) or, for NumPy data, any
-    count up to 16 in the data's own order."""
+    float32 pixel/255 in [0, 1]. The data's arrays are uint8 N×H×W (one channel) or N×H×W×C (channels
+    last, as images are stored); the model sees float32 N×C×H×W. Channels are grey (1), RGB (3), RGBA (4)
+    or, for NumPy data, any count up to 16 in the data's own order. `mean`/`std` (one per channel, or
+    None): a normalisation (x - mean) / std that train puts *inside* the model (toolkit.model.Normalized),
+    so every artifact still takes pixel/255 and every runtime is fed the same."""
 
     channels: int = 1
     height: int = 28
     width: int = 28
+    mean: tuple | None = None
+    std: tuple | None = None
 
     def __post_init__(self) -> None:
         for name, v, top in (("channels", self.channels, MAX_CHANNELS), ("height", self.height, MAX_SIDE),
@@ -45,6 +49,16 @@ class InputSpec:
                 raise SpecError(f"input {name} {v!r} is out of 1 to {top}")
         if self.channels * self.height * self.width > MAX_PIXELS:
             raise SpecError(f"input {self.text} holds more than {MAX_PIXELS:,} values an image")
+        if (self.mean is None) != (self.std is None):
+            raise SpecError("input normalisation needs both a mean and a std")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is None:
+                continue
+            ok = (isinstance(values, tuple) and len(values) == self.channels
+                  and all(type(v) in (int, float) and math.isfinite(v) and -10 <= v <= 10 for v in values))
+            if not ok or name == "std" and min(values) < 1e-3:
+                raise SpecError(f"input {name} {str(values)[:60]} is not {self.channels} finite number(s) "
+                                f"{'from 0.001 to 10' if name == 'std' else 'from -10 to 10'}, one per channel")
 
     @property
     def chw(self) -> tuple[int, int, int]:
@@ -68,8 +82,15 @@ class InputSpec:
         return self == MNIST_INPUT
 
     def to_dict(self) -> dict:
-        return {"channels": self.channels, "height": self.height, "width": self.width, "colour": self.colour,
-                "dtype": "uint8", "scaling": "pixel/255"}
+        d = {"channels": self.channels, "height": self.height, "width": self.width, "colour": self.colour,
+             "dtype": "uint8", "scaling": "pixel/255"}
+        if self.mean is not None:  # applied inside the model: the artifacts take pixel/255 all the same
+            d["normalize"] = {"mean": list(self.mean), "std": list(self.std or ()), "where": "inside the model"}
+        return d
+
+    def same_input(self, other: InputSpec) -> bool:
+        """Whether two specs take the same images (a normalisation lives inside the model)."""
+        return self.chw == other.chw
 
     @classmethod
     def from_dict(cls, d) -> InputSpec:
@@ -79,7 +100,12 @@ class InputSpec:
         for key, want in (("dtype", "uint8"), ("scaling", "pixel/255")):
             if d.get(key, want) != want:
                 raise SpecError(f"input {key} {str(d.get(key))[:20]!r}; this version reads {want} only")
-        return cls(d.get("channels"), d.get("height"), d.get("width"))  # type: ignore[arg-type]  # checked by __post_init__
+        norm = d.get("normalize")
+        if norm is not None and not (isinstance(norm, dict) and isinstance(norm.get("mean"), list)
+                                     and isinstance(norm.get("std"), list)):
+            raise SpecError("input normalize is not {mean: [...], std: [...]}")
+        mean, std = (tuple(norm["mean"]), tuple(norm["std"])) if norm is not None else (None, None)
+        return cls(d.get("channels"), d.get("height"), d.get("width"), mean, std)  # type: ignore[arg-type]  # checked by __post_init__
 
     @classmethod
     def of_images(cls, images: np.ndarray) -> InputSpec:

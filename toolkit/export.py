@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from toolkit import __version__, ood
-from toolkit.checkpoint import load_checkpoint, model_from_checkpoint
+from toolkit.checkpoint import checkpoint_spec, load_checkpoint, model_from_checkpoint
 from toolkit.config import ExportConfig, Gates  # noqa: F401  (ExportConfig: this module's API)
 from toolkit.contract import EVAL_BATCH, MNIST_INPUT, InputSpec, batched
 from toolkit.data import MNIST, to_model_input
@@ -105,11 +105,11 @@ def run_export(config: ExportConfig, data: MNIST, log: Callable[[str], None] = l
     from dataclasses import replace
 
     from toolkit import arch as arch_mod
-    from toolkit.checkpoint import checkpoint_classes, checkpoint_spec
+    from toolkit.checkpoint import checkpoint_classes
 
     ckpt = load_checkpoint(config.checkpoint)
     spec = checkpoint_spec(ckpt)
-    if data.spec != spec:
+    if not data.spec.same_input(spec):
         raise ExportError(f"the data's images are {data.spec.text} ({data.spec.colour}), the checkpoint's model takes "
                           f"{spec.text} ({spec.colour}); export with the data it was trained on")
     given = arch_mod.parse(config.arch, config.arch_args) if config.arch else None
@@ -177,6 +177,7 @@ class _Export:
     input_dtypes: dict = field(default_factory=dict)  # artifact file -> the input dtype its runtime reported
     checkpoint_file: str | None = None  # the checkpoint's name in the export folder, where it is there
     arch_ref: dict | None = None  # the model's reference (toolkit.arch), as the checkpoint recorded it
+    input_spec: InputSpec = MNIST_INPUT  # what the model takes, as the checkpoint records it (its normalisation too)
 
     @property
     def require_all(self) -> bool:
@@ -220,7 +221,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
         raise ExportError(f"{exc.strerror or exc}; nothing was written") from None
     try:
         ex = _Export(config, data, model, arch, stage_obj.new, data.test_labels.astype(np.int64), ref_logits, metadata,
-                     quant=config.quant, arch_ref=ckpt.get("arch_ref"))
+                     quant=config.quant, arch_ref=ckpt.get("arch_ref"), input_spec=checkpoint_spec(ckpt))
         _write_fp32(ex, log)
         if config.quantize:
             _write_int8(ex, indices, log)
@@ -428,7 +429,7 @@ def _manifest(ex: _Export, accuracy: dict, ckpt_sha: str, test_acc, ood_rule: di
         "arch": ex.arch,
         "arch_ref": ex.arch_ref,
         "classes": list(ex.data.classes),
-        "input": ex.data.spec.to_dict(),  # what every artifact takes (toolkit.contract.InputSpec)
+        "input": ex.input_spec.to_dict(),  # what every artifact takes (toolkit.contract.InputSpec)
         "preprocessing": ood_rule.get("preprocessing", "digit"),  # predict's picture -> input (toolkit.predict)
         "checkpoint": {"path": str(config.checkpoint), "file": ex.checkpoint_file, "sha256": ckpt_sha,
                        "test_accuracy": test_acc},

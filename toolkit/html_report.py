@@ -26,11 +26,14 @@ ul.notes{font-size:13px}"""
 
 
 def _png(data: np.ndarray, scale: int = 3) -> str:
-    """A uint8 grey image as a PNG data: URI, `scale`× larger (nearest neighbour)."""
+    """A uint8 image (grey H×W, RGB or RGBA H×W×C; other channel counts: the first) as a PNG data: URI,
+    `scale`× larger (nearest neighbour)."""
     from PIL import Image
 
-    img = Image.fromarray(np.asarray(data, np.uint8)).resize((data.shape[1] * scale, data.shape[0] * scale),
-                                                             Image.Resampling.NEAREST)
+    data = np.asarray(data, np.uint8)
+    if data.ndim == 3 and data.shape[2] not in (3, 4):
+        data = data[..., 0]
+    img = Image.fromarray(data).resize((data.shape[1] * scale, data.shape[0] * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -64,15 +67,24 @@ def _changed(result: dict, images: np.ndarray, labels: np.ndarray | None) -> lis
         groups.setdefault((tuple(r["flipped_indices"]), tuple(r["flipped_predictions"])), []).append(r)
     per = max(MIN_PER_GROUP, MAX_THUMBNAILS // max(1, len(groups)))
     out: list[str] = []
+    classes = result.get("classes") or [str(d) for d in range(10)]
+
+    def name(k) -> str:  # a class by its name (the digits' names are the digits)
+        return html.escape(str(classes[int(k)])) if 0 <= int(k) < len(classes) else str(k)
+
+    h, w = images.shape[1:3] if images.ndim >= 3 else (28, 28)
+    scale = max(1, 84 // max(h, w))
     for (indices, predictions), members in groups.items():
         names = "; ".join(f"{html.escape(r['name'])} on {html.escape(r['runtime'])}" for r in members)
         total = max(int(members[0].get("flipped") or 0), len(indices))
         shown = f" (the first {per} drawn)" if total > per else ""
         figures = []
         for idx, pred in list(zip(indices, predictions, strict=False))[:per]:
-            truth = f", true {int(labels[idx])}" if labels is not None else ""
-            figures.append(f'<figure><img src="{_png(images[idx])}" alt="test image {idx}" width="84" height="84">'
-                           f"<figcaption>#{idx}: reference {_reference_prediction(ref, idx)} → {pred}{truth}"
+            truth = f", true {name(labels[idx])}" if labels is not None else ""
+            said = _reference_prediction(ref, idx)
+            figures.append(f'<figure><img src="{_png(images[idx], scale)}" alt="test image {idx}" '
+                           f'width="{w * scale}" height="{h * scale}">'
+                           f"<figcaption>#{idx}: reference {name(said) if said != '?' else said} → {name(pred)}{truth}"
                            "</figcaption></figure>")
         out.append(f'<section class="changed"><h3>{names}: {total} test image(s) changed{shown}</h3>'
                    + "".join(figures) + "</section>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -44,6 +46,22 @@ class MLP(nn.Module):
         x = F.relu(self.fc1(x))
         x = F.relu(self.fc2(x))
         return self.fc3(x)
+
+
+class Normalized(nn.Module):
+    """A model with its input normalisation inside it: (x - mean) / std per channel, then the model. What
+    train --mean/--std builds (toolkit.contract.InputSpec): every artifact then takes pixel/255 in [0, 1]
+    and carries the normalisation, so no runtime and no integrator can forget it."""
+
+    def __init__(self, model: nn.Module, mean: tuple, std: tuple):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)
+        return self.model((x - mean) / std)
 
 
 ARCHS = {"cnn": CNN, "mlp": MLP}

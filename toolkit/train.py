@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 from toolkit import arch as arch_mod
 from toolkit.config import TrainConfig  # noqa: F401  (part of this module's API)
-from toolkit.contract import to_float_input
+from toolkit.contract import InputSpec, SpecError, to_float_input
 from toolkit.data import MNIST
 from toolkit.env import library_versions
 from toolkit.errors import RuntimeUnavailable, ToolkitError, first_line
@@ -196,8 +196,9 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
     # channels_last: oneDNN's NHWC conv and max-pool kernels are 2-4× faster than NCHW
     # for these 8/16-channel maps (same math); the fused Adam is one kernel for all params.
     ref = arch_mod.parse(config.arch, config.arch_args)
-    model = arch_mod.build(ref, data.num_classes, data.spec)
-    arch_mod.probe(model, data.num_classes, ref.spec, data.spec)
+    spec = input_spec(config, data)
+    model = arch_mod.build(ref, data.num_classes, spec)
+    arch_mod.probe(model, data.num_classes, ref.spec, spec)
     ref = arch_mod.with_module_sha(ref)
     model = model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True, capturable=device.type == "cuda")
@@ -244,7 +245,7 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
         "arch": ref.stem,
         "arch_ref": ref.record(),
         "classes": list(data.classes),
-        "input": data.spec.to_dict(),
+        "input": spec.to_dict(),
         "recipe": asdict(config),
         "seed": config.seed,
         "device": str(device),
@@ -258,6 +259,24 @@ def _train(config: TrainConfig, data: MNIST, device: torch.device, log, progress
         "versions": library_versions(),
     }
     return model, result
+
+
+def input_spec(config: TrainConfig, data: MNIST) -> InputSpec:
+    """The data's input, with the normalisation `config` asks for (one value for every channel, or one per
+    channel): SpecError in one line when it does not fit the data's channels."""
+    spec = data.spec
+    if config.mean is None and config.std is None:
+        return spec
+
+    def per_channel(values, name):
+        values = tuple(values or ())
+        if len(values) == 1:
+            values = values * spec.channels
+        if len(values) != spec.channels:
+            raise SpecError(f"--{name} gives {len(values)} values; the data's images have {spec.channels} channel(s)")
+        return values
+
+    return replace(spec, mean=per_channel(config.mean, "mean"), std=per_channel(config.std, "std"))
 
 
 def checkpoint_payload(model: nn.Module, result: dict) -> dict:

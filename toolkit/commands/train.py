@@ -29,6 +29,16 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
              "on MNIST) to N×K logits (docs/your-model.md).")
 
 
+def norm_values(text: str | None, option: str) -> tuple | None:
+    """--mean / --std: comma-separated numbers."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text[:40]!r} is not comma-separated numbers", param_hint=option) from None
+
+
 @click.command(short_help="Train the CNN, the MLP or your own model; test-set metrics.")
 @click.option("--arch", default=TRAIN.arch, show_default=True, metavar="ARCH", help=ARCH_HELP)
 @click.option("--arch-args", default="", metavar="JSON", help="Keyword arguments for your model, a JSON object.")
@@ -36,6 +46,10 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
               help="Comma list of class names, label k is the k-th (default: classes.txt beside the data, else 0..C-1).")
 @click.option("--image-size", default=None, metavar="WxH",
               help="Image folders: resize every image to this (e.g. 32x32); needed when their sizes differ.")
+@click.option("--mean", default=None, metavar="M[,M…]",
+              help="Normalise inputs by (x - mean) / std inside the model, one value per channel or one for all "
+                   "(e.g. 0.49,0.48,0.45); the artifacts still take pixel/255. Needs --std.")
+@click.option("--std", default=None, metavar="S[,S…]", help="The normalisation's standard deviation(s); with --mean.")
 @click.option("--epochs", type=click.IntRange(min=1), default=TRAIN.epochs, show_default=True, help="Passes over the training set.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=TRAIN.batch_size, show_default=True,
               help="Training batch.")
@@ -60,7 +74,7 @@ ARCH_HELP = ("cnn (the built-in CNN), mlp (a feed-forward net), or your own: FIL
 @toolkit_errors
 @merge_old_spellings
 def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, cuda_graph, progress=None,
-          threads=None, arch_args="", classes=None, image_size=None):
+          threads=None, arch_args="", classes=None, image_size=None, mean=None, std=None):
     """Train a model (Adam 1e-3, batch 60, 10 epochs by default) and save a checkpoint.
 
     \b
@@ -90,7 +104,11 @@ def train(arch, epochs, batch_size, lr, seed, device, data_dir, out, json_out, c
     from toolkit.train import TrainConfig, checkpoint_payload, select_device
     from toolkit.train import train as run_training
 
-    config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = TrainConfig(arch=arch, arch_args=arch_args, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         mean=norm_values(mean, "--mean"), std=norm_values(std, "--std"))
+    from toolkit.train import input_spec
+
+    input_spec(config, mnist)  # a normalisation that does not fit the data: one line, before training
     dev = select_device(device)
     log(f"training {arch} on {dev} ({'GPU' if dev.type == 'cuda' else 'CPU'}): {epochs} epochs, batch {batch_size}, "
         f"Adam lr {lr}, seed {seed}")

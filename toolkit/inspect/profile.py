@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ManifestError, ToolkitError, first_line
-from toolkit.manifest import check_hashes, confined_path, load_manifest, ood_rule
+from toolkit.manifest import check_hashes, classes_of, confined_path, load_manifest, ood_rule
 from toolkit.predict import softmax
 from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
 
@@ -189,6 +189,7 @@ def run_inspect(folder: Path, images_u8: np.ndarray, labels: np.ndarray | None =
             "timing": profiled["timing"],
             "error": errors, "flips": flip_rows, "n_test": int(len(images_u8)), "confusion_int8": confusion,
             "executorch": _executorch_error(folder, manifest, bad, sample, threads),
+            "classes": list(classes_of(manifest)),
             "not_a_digit": _ood_decisions(folder, manifest, images_u8, fp32_logits, int8_logits, fp32_model, int8_model)}
 
 
@@ -299,10 +300,13 @@ def format_inspect(result: dict, top: int = 12) -> str:
         if nd:
             t, n = nd["test"], nd["non_digits"]
             shown = ", ".join(f"#{c['index']} {c['fp32']}→{c['int8']}" for c in t["changed"][:4])
-            lines.append(f"  not-a-digit decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images"
+            from toolkit.ood import rule_words
+
+            rule, _, others = rule_words(result.get("classes"))
+            lines.append(f"  {rule} decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images"
                          f" ({t['n_changed']} changed{': ' + shown if shown else ''}{' …' if t['n_changed'] > 4 else ''})"
-                         f" and {n['agreement']:.2%} of {n['images']} synthetic non-digits; accepted: test "
-                         f"{t['int8_accepted']:.2%} (fp32 {t['fp32_accepted']:.2%}), non-digits {n['int8_accepted']:.2%} "
+                         f" and {n['agreement']:.2%} of {n['images']} {others}; accepted: test "
+                         f"{t['int8_accepted']:.2%} (fp32 {t['fp32_accepted']:.2%}), {others} {n['int8_accepted']:.2%} "
                          f"(fp32 {n['fp32_accepted']:.2%})")
         et = result.get("executorch")
         if et and "logits" in et:

@@ -24,8 +24,11 @@ def format_markdown(result: dict) -> str:
     nd = result.get("not_a_digit")
     if nd:
         t, n = nd["test"], nd["non_digits"]
-        out += [f"Not-a-digit decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images "
-                f"({t['n_changed']} changed) and {n['agreement']:.2%} of {n['images']} synthetic non-digits "
+        from toolkit.ood import rule_words
+
+        rule, _, others = rule_words(result.get("classes"))
+        out += [f"{rule.capitalize()} decisions (the export's rule): int8 as fp32 on {t['agreement']:.2%} of test images "
+                f"({t['n_changed']} changed) and {n['agreement']:.2%} of {n['images']} {others} "
                 f"({n['n_changed']} changed).", ""]
     for precision, m in result["models"].items():
         out += [f"**{m['file']}** ({precision}): {m['total_us_per_image']:.2f} µs per image in kernels "
