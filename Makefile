@@ -22,7 +22,7 @@ TORCH_RANGE := "torch>=2.14,<2.15" "torchvision>=0.29,<0.30"
 # gpu-check runs from the source tree with whatever interpreter already has torch (a GPU machine
 # may have no network, so no install step): the venv's if there is one, else python3.
 # Everything the demo shows: training, tests, plots, the LiteRT and ExecuTorch targets, OpenVINO's rows.
-EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir
+EXTRAS ?= train,test,plot,tflite,executorch,openvino,openvino-ir,cluster
 # Free disk the install needs: the venv is ~7.4 GiB, and pip unpacks wheels beside it.
 VENV_GIB ?= 9
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)

@@ -17,9 +17,12 @@ ARM_FLAGS = ("asimddp", "i8mm", "bf16", "sve", "sve2", "sme")
 CPU_FLAGS = X86_FLAGS + ARM_FLAGS
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+def cpu_flags(cpuinfo: Path | None = None) -> dict:
     """The CPU's model, cores, and whether it has each of CPU_FLAGS (x86's `flags` line, ARM's
-    `Features` line of /proc/cpuinfo), with `flags`: those it has, in CPU_FLAGS's order."""
+    `Features` line of /proc/cpuinfo), with `flags`: those it has, in CPU_FLAGS's order. MNISTTK_CPUINFO
+    names another cpuinfo file: the double a test gives a process (a Ray node) to look like another CPU."""
+    if cpuinfo is None:
+        cpuinfo = Path(os.environ.get("MNISTTK_CPUINFO") or "/proc/cpuinfo")
     flags: set = set()
     model = platform.processor() or platform.machine()
     try:

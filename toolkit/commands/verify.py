@@ -77,6 +77,12 @@ from toolkit.targets import KNOWN_TARGETS
 @click.option("--golden", "golden_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also judge each row against the same artifact's outputs saved by another run (`--save-outputs` "
                    "on the host): flips and logit drift image by image, with the same gates.")
+@click.option("--cluster", "cluster", default=None, metavar="ADDRESS",
+              help="Run the whole verify on every node of a Ray cluster (HOST:PORT, auto: RAY_ADDRESS, local: a private "
+                   "one on this machine's loopback) and report per node kind; needs mnisttk[cluster].")
+@click.option("--nodes", "node_selector", default=None, metavar="SELECTOR",
+              help="With --cluster: the nodes to run on (default all): arch=aarch64, flag=avx512_vnni, "
+                   "label:KEY=VALUE, node=ID-PREFIX; comma-separated, every term to hold.")
 @quiet_option
 @old_spelling("--batch-size", "batch_size", type=click.IntRange(1, 10_000))
 @old_spelling("--runtime", "runtimes", multiple=True, type=click.Choice(["torch", "cpu", "cuda"]))
@@ -87,7 +93,8 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
            int8_max_drop, int8_min_agreement, json_out, md_path, plot_path, expect=(), wide=False, runtimes=(),
            row_timeout=VERIFY.row_timeout_s, row_memory=VERIFY.row_memory_mb,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, outputs_path=None, golden_path=None, rounds=VERIFY.rounds,
-           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None, isa_cap=None):
+           int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct, html_path=None, isa_cap=None, cluster=None,
+           node_selector=None):
     """Check every exported artifact against the float model on the full test set:
     accuracy, agreement, logit drift, latency, throughput, providers used. Exit 0 when
     every gate holds, 1 when any fails (the rows named), 2 on usage errors.
@@ -116,6 +123,13 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
     from toolkit.manifest import load_manifest
 
     manifest = load_manifest(folder)  # no or bad manifest: say so before loading any data
+    if node_selector and not cluster:
+        raise click.UsageError("--nodes selects nodes of a --cluster")
+    if cluster:
+        _fleet(ctx, config, manifest, cluster, node_selector, data_dir, json_out, md_path,
+               {"--plot": plot_path, "--html": html_path, "--save-outputs": outputs_path, "--golden": golden_path},
+               wide)
+        return
     if require_cuda:
         from toolkit.runtimes.ort_session import available_providers
 
@@ -178,3 +192,36 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
         except OSError as exc:
             raise ToolkitError(f"cannot write {html_path}: {exc.strerror or exc}") from None
     ctx.exit(0 if result["passed"] else 1)
+
+
+def _fleet(ctx, config, manifest, cluster: str, selector, data_dir, json_out, md_path, unsupported: dict,
+           wide: bool) -> None:
+    """verify --cluster: the same verify on every selected node of a Ray cluster (toolkit.cluster), one
+    report per node kind and the nodes compared image by image."""
+    given = [name for name, value in unsupported.items() if value]
+    if given:
+        raise click.UsageError(f"{given[0]} is not available with --cluster (each node's outputs are compared in the "
+                               "fleet report; --json holds them all)")
+    from toolkit.cluster import run_fleet
+    from toolkit.data import load_mnist
+    from toolkit.fleet_report import format_fleet, format_markdown
+    from toolkit.manifest import manifest_spec
+
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown")],
+                  export_files(config.folder, manifest))
+    spec = manifest_spec(manifest)
+    mnist = load_mnist(data_dir, log=log, size=(spec.height, spec.width))
+    fleet = run_fleet(config, cluster, selector, mnist.test_images, mnist.test_labels, mnist.sha256["test"], log=log)
+    from toolkit.safetext import shown_tree
+
+    view = shown_tree(fleet)
+    click.echo(format_fleet(view, wide=wide), err=json_to_stdout(json_out))
+    emit_json(fleet, json_out)
+    if md_path:
+        from toolkit.fsutil import atomic_write_bytes
+
+        try:
+            atomic_write_bytes(md_path, format_markdown(view).encode())
+        except OSError as exc:
+            raise ToolkitError(f"cannot write report: {exc}") from None
+    ctx.exit(0 if fleet["passed"] else 1)

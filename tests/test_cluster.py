@@ -1,0 +1,170 @@
+"""verify --cluster (issue 48): the proof on every node of a Ray cluster. A private single-node cluster
+gives the local verdicts; two Ray nodes on this machine (loopback addresses), one made to look like an
+AVX2-only CPU without LiteRT through the suite's doubles (MNISTTK_CPUINFO, ONEDNN_MAX_CPU_ISA, a module
+hidden by sitecustomize), give a report per node kind and the nodes compared image by image; a node
+killed mid-run is lost and the fleet FAILs."""
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import LOOSE, run
+
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("Ray is not installed (mnisttk[cluster])", allow_module_level=True)
+
+CPUINFO_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B12 (a test double)\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+class TwoNodes:
+    """`ray start` head on 127.0.0.2 and a worker on 127.0.0.3 (the double), stopped by their temp dir."""
+
+    def __init__(self, tmp: Path):
+        self.temp = Path(f"/tmp/rt{secrets.token_hex(3)}")  # Ray's socket paths must stay short
+        token = tmp / "token"
+        token.write_text(secrets.token_hex(32))
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.port = _free_port()
+        self.address = f"127.0.0.2:{self.port}"
+        hidden = tmp / "no_litert"
+        hidden.mkdir()
+        (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['ai_edge_litert'] = None  # not installed here\n")
+        cpuinfo = tmp / "cpuinfo"
+        cpuinfo.write_text(CPUINFO_AVX2)
+        self.worker_tmp = tmp / "w3"  # the double's temporary files: where its verify's folder appears
+        self.worker_tmp.mkdir()
+        self.worker_env = {**self.env, "MNISTTK_CPUINFO": str(cpuinfo), "ONEDNN_MAX_CPU_ISA": "AVX2",
+                           "PYTHONPATH": str(hidden), "TMPDIR": str(self.worker_tmp)}
+        common = ["--num-cpus", "1", "--disable-usage-stats", "--temp-dir", str(self.temp)]
+        subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(self.port),
+                        "--include-dashboard", "false", *common], env=self.env, check=True, capture_output=True)
+        subprocess.run([_ray_bin(), "start", "--address", self.address, "--node-ip-address", "127.0.0.3", *common],
+                       env=self.worker_env, check=True, capture_output=True)
+
+    def pids(self, needle: str = "") -> list[int]:
+        out = subprocess.run(["pgrep", "-f", f"{self.temp}.*{needle}" if needle else str(self.temp)],
+                             capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill_worker_node(self) -> None:
+        for pid in self.pids("127.0.0.3"):
+            os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["rm", "-rf", str(self.temp)], check=False)
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    nodes = TwoNodes(tmp_path)
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def test_a_private_cluster_gives_the_local_verdicts(exported, tiny_export, tmp_path):
+    data = tiny_export["data"]
+    local = run("verify", "--dir", exported, "--data-dir", data, *LOOSE, "--json", tmp_path / "local.json")
+    r = run("verify", "--dir", exported, "--data-dir", data, *LOOSE, "--cluster", "local", "--json", tmp_path / "f.json")
+    assert r.exit_code == local.exit_code == 0, r.output
+    fleet, mine = json.loads((tmp_path / "f.json").read_text()), json.loads((tmp_path / "local.json").read_text())
+    assert fleet["passed"] and len(fleet["nodes"]) == 1 and len(fleet["kinds"]) == 1
+    node = fleet["nodes"][0]
+    assert node["address"] == "127.0.0.2"  # a private cluster on a loopback address
+    assert {r["id"]: r["status"] for r in node["result"]["rows"]} == {r["id"]: r["status"] for r in mine["rows"]}
+    assert node["record"]["cpu"]["model"] == mine["machine"]["cpu"]["model"]
+    assert "PASS on every node kind (1 kind(s), 1 node(s))" in r.output
+
+
+def test_two_node_kinds_a_report_each_then_a_node_lost(exported, all_targets, tiny_export, tmp_path, two_nodes):
+    data = tiny_export["data"]
+    # the driver in a process of its own: Ray reads its token settings when it is first imported
+    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(all_targets), "--data-dir", str(data),
+                        *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "f.json"), "--markdown",
+                        str(tmp_path / "f.md")], capture_output=True, text=True, env=two_nodes.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    fleet = json.loads((tmp_path / "f.json").read_text())
+    kinds = {n["kind"]: n for n in fleet["nodes"]}
+    assert len(kinds) == 2 and fleet["passed"]
+    double = next(n for k, n in kinds.items() if "a test double" in k)
+    other = next(n for k, n in kinds.items() if "a test double" not in k)
+    rows = {x["id"]: x for x in double["result"]["rows"]}
+    # the node without LiteRT lists its rows as skipped with the reason, as locally; the other ran them
+    assert rows["tflite-int8@litert"]["status"] == "skipped" and "ai_edge_litert" in " ".join(rows["tflite-int8@litert"]["reasons"])
+    assert {x["id"]: x["status"] for x in other["result"]["rows"]}["tflite-int8@litert"] == "ok"
+    # each node's int8 rows name the arithmetic of its CPU kind
+    int8 = [x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu"][0]
+    assert "AVX2" in int8["int8_arithmetic"]
+    assert fleet["comparison"]["passed"] and fleet["comparison"]["cells_compared"] > 0
+    assert any("tflite" in e for e in fleet["comparison"]["excused"])
+    assert "# mnisttk verify on a fleet: PASS" in (tmp_path / "f.md").read_text()
+    # the node killed mid-run: its rows are lost, and the fleet cannot PASS
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
+                             *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "lost.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=two_nodes.env)
+    deadline = time.time() + 120  # killed once its verify has begun (its private folder is there)
+    while time.time() < deadline and not list(two_nodes.worker_tmp.glob("mnisttk-node-*")):
+        time.sleep(0.1)
+    two_nodes.kill_worker_node()
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out
+    assert (tmp_path / "lost.json").exists(), out[-3000:]
+    lost = json.loads((tmp_path / "lost.json").read_text())
+    assert not lost["passed"]
+    assert {n["status"] for n in lost["nodes"]} == {"ok", "lost"}, [n.get("reason") for n in lost["nodes"]]
+    assert "1 node(s) lost" in out
+
+
+def test_the_node_selector_and_its_refusals():
+    from toolkit.cluster import ClusterError, select
+
+    def node(i, arch, flags, labels=None):
+        return {"id": f"{i:02d}" * 20, "labels": labels or {},
+                "record": {"arch": arch, "cpu": {"model": "m", "flags": flags, **dict.fromkeys(flags, True)}}}
+
+    nodes = [node(1, "x86_64", ["avx2"]), node(2, "x86_64", ["avx2", "avx512_vnni"], {"rack": "b"}),
+             node(3, "aarch64", ["asimddp"])]
+    assert select(nodes, None) == nodes
+    assert [n["id"][:2] for n in select(nodes, "arch=x86_64")] == ["01", "02"]
+    assert [n["id"][:2] for n in select(nodes, "arch=x86_64,flag=avx512_vnni")] == ["02"]
+    assert [n["id"][:2] for n in select(nodes, "label:rack=b")] == ["02"]
+    assert [n["id"][:2] for n in select(nodes, "node=0303")] == ["03"]
+    with pytest.raises(ClusterError, match="matches none of the cluster's 3 node"):
+        select(nodes, "flag=amx_int8")
+    with pytest.raises(ClusterError, match="expected arch="):
+        select(nodes, "cpu=fast")
+
+
+def test_without_cluster_nothing_imports_ray(exported, tiny_export):
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom toolkit.cli import main\n"
+            f"r = CliRunner().invoke(main, ['verify', '--dir', {str(exported)!r}, '--data-dir', "
+            f"{str(tiny_export['data'])!r}, *{LOOSE!r}])\n"
+            "assert r.exit_code == 0, r.output\nassert 'ray' not in sys.modules, 'ray imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
+    r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--nodes", "arch=x86_64")
+    assert r.exit_code == 2 and "--nodes selects nodes of a --cluster" in r.output
