@@ -71,8 +71,25 @@ class TwoNodes:
         for pid in self.pids("127.0.0.3"):
             os.kill(pid, signal.SIGKILL)
 
+    def family(self) -> list[int]:
+        """The nodes' processes (by their temp dir or the head's address) and every descendant of them: Ray's
+        agents rename themselves (ray::DashboardAgent) and would outlive a killed raylet."""
+        parents = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        found = set(self.pids()) | {int(p) for p in subprocess.run(["pgrep", "-f", self.address], capture_output=True,
+                                                                   text=True).stdout.split()}
+        grew = True
+        while grew:
+            more = {pid for pid, ppid in parents.items() if ppid in found} - found
+            found |= more
+            grew = bool(more)
+        return sorted(found - {os.getpid()})
+
     def stop(self) -> None:
-        for pid in self.pids():
+        for pid in self.family():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         subprocess.run(["rm", "-rf", str(self.temp)], check=False)

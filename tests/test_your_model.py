@@ -67,6 +67,8 @@ def _assert_every_artifact_passed(result: dict) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a residual BatchNorm network through every target is in `make test` as the RGB ResNet-8
+# (tests/test_any_classifier.py); this one, on real MNIST digits with the default-strength gates, is `-m slow`
 def test_residual_batchnorm_model_through_every_target(mnist_slice, tmp_path, openvino_rows):
     result = _chain(tmp_path, mnist_slice, f"{MODELS / 'resnet_bn.py'}:ResNetBN", args='{"width": 16}')
     _assert_every_artifact_passed(result)
