@@ -126,6 +126,7 @@ def test_two_node_kinds_a_report_each_then_a_node_lost(exported, all_targets, ti
                         str(tmp_path / "f.md")], capture_output=True, text=True, env=two_nodes.env)
     assert r.returncode == 0, r.stdout + r.stderr
     fleet = json.loads((tmp_path / "f.json").read_text())
+    _valid(fleet)
     kinds = {n["kind"]: n for n in fleet["nodes"]}
     assert len(kinds) == 2 and fleet["passed"]
     double = next(n for k, n in kinds.items() if "a test double" in k)
@@ -152,9 +153,22 @@ def test_two_node_kinds_a_report_each_then_a_node_lost(exported, all_targets, ti
     assert proc.returncode == 1, out
     assert (tmp_path / "lost.json").exists(), out[-3000:]
     lost = json.loads((tmp_path / "lost.json").read_text())
+    _valid(lost)
     assert not lost["passed"]
     assert {n["status"] for n in lost["nodes"]} == {"ok", "lost"}, [n.get("reason") for n in lost["nodes"]]
     assert "1 node(s) lost" in out
+
+
+def _valid(fleet: dict) -> None:
+    """The fleet document against its schema, each node's result against verify's, the comparison against compare's."""
+    from test_json_schemas import check
+
+    check("fleet", fleet)
+    for n in fleet["nodes"]:
+        if "result" in n:
+            check("verify", n["result"])
+    if fleet["comparison"]:
+        check("compare", fleet["comparison"])
 
 
 def test_the_node_selector_and_its_refusals():

@@ -18,7 +18,7 @@ def check(name: str, doc: dict) -> None:
 
 def test_every_output_has_a_schema_and_json_md_names_it():
     text = (SCHEMAS.parent / "json.md").read_text()
-    for name in ("data", "env", "train", "export", "verify", "compare", "outputs", "predict", "inspect"):
+    for name in ("data", "env", "train", "export", "verify", "compare", "outputs", "predict", "inspect", "fleet"):
         json.loads((SCHEMAS / f"{name}.schema.json").read_text())
         assert f"schemas/{name}.schema.json" in text, name
 
