@@ -1,7 +1,7 @@
 """verify --cluster (issue 48): the proof on every node of a Ray cluster. A private single-node cluster
 gives the local verdicts; two Ray nodes on this machine (loopback addresses), one made to look like an
-AVX2-only CPU without LiteRT through the suite's doubles (MNISTTK_CPUINFO, ONEDNN_MAX_CPU_ISA, a module
-hidden by sitecustomize), give a report per node kind and the nodes compared image by image; a node
+AVX2-only CPU without torch (an edge device) through the suite's doubles (MNISTTK_CPUINFO, ONEDNN_MAX_CPU_ISA,
+a module hidden by sitecustomize), give a report per node kind and the nodes compared image by image; a node
 killed mid-run is lost and the fleet FAILs."""
 
 import contextlib
@@ -47,9 +47,9 @@ class TwoNodes:
                     "RAY_USAGE_STATS_ENABLED": "0"}
         self.port = _free_port()
         self.address = f"127.0.0.2:{self.port}"
-        hidden = tmp / "no_litert"
+        hidden = tmp / "no_torch"
         hidden.mkdir()
-        (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['ai_edge_litert'] = None  # not installed here\n")
+        (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # not installed here\n")
         cpuinfo = tmp / "cpuinfo"
         cpuinfo.write_text(CPUINFO_AVX2)
         self.worker_tmp = tmp / "w3"  # the double's temporary files: where its verify's folder appears
@@ -118,10 +118,10 @@ def test_a_private_cluster_gives_the_local_verdicts(exported, tiny_export, tmp_p
     assert "PASS on every node kind (1 kind(s), 1 node(s))" in r.output
 
 
-def test_two_node_kinds_a_report_each_then_a_node_lost(exported, all_targets, tiny_export, tmp_path, two_nodes):
+def test_two_node_kinds_a_report_each_then_a_node_lost(exported, tiny_export, tmp_path, two_nodes):
     data = tiny_export["data"]
     # the driver in a process of its own: Ray reads its token settings when it is first imported
-    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(all_targets), "--data-dir", str(data),
+    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
                         *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "f.json"), "--markdown",
                         str(tmp_path / "f.md")], capture_output=True, text=True, env=two_nodes.env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -132,14 +132,15 @@ def test_two_node_kinds_a_report_each_then_a_node_lost(exported, all_targets, ti
     double = next(n for k, n in kinds.items() if "a test double" in k)
     other = next(n for k, n in kinds.items() if "a test double" not in k)
     rows = {x["id"]: x for x in double["result"]["rows"]}
-    # the node without LiteRT lists its rows as skipped with the reason, as locally; the other ran them
-    assert rows["tflite-int8@litert"]["status"] == "skipped" and "ai_edge_litert" in " ".join(rows["tflite-int8@litert"]["reasons"])
-    assert {x["id"]: x["status"] for x in other["result"]["rows"]}["tflite-int8@litert"] == "ok"
+    # the node without torch lists its TorchScript rows as skipped with the reason, as locally; the other ran them
+    ts = next(rid for rid in rows if rid.startswith("torchscript-int8"))
+    assert rows[ts]["status"] == "skipped" and "torch" in " ".join(rows[ts]["reasons"]), rows[ts]
+    assert {x["id"]: x["status"] for x in other["result"]["rows"]}[ts] == "ok"
     # each node's int8 rows name the arithmetic of its CPU kind
     int8 = [x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu"][0]
     assert "AVX2" in int8["int8_arithmetic"]
     assert fleet["comparison"]["passed"] and fleet["comparison"]["cells_compared"] > 0
-    assert any("tflite" in e for e in fleet["comparison"]["excused"])
+    assert any("torchscript" in e for e in fleet["comparison"]["excused"])
     assert "# mnisttk verify on a fleet: PASS" in (tmp_path / "f.md").read_text()
     # the node killed mid-run: its rows are lost, and the fleet cannot PASS
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),

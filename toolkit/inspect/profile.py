@@ -234,9 +234,12 @@ def _executorch_error(folder: Path, manifest: dict, bad: dict, sample: np.ndarra
         if a["file"] in bad:
             raise ManifestError(f"{folder / a['file']}: {bad[a['file']]} since export; re-run `mnisttk export`")
     from toolkit.inspect.layer_error import error_stats
-    from toolkit.runtimes.executorch import candidate
+    from toolkit.runtimes import build, cpu_runtime
 
-    logits = {p: candidate(folder, a, threads, "cpu", f"ExecuTorch {p}").logits(sample) for p, a in pte.items()}
+    spec = cpu_runtime("executorch")
+    assert spec is not None, "the registry has ExecuTorch's CPU runtime"
+    # built as verify builds its rows: the manifest's class count and input checked against the program's
+    logits = {p: build(spec, folder, a, threads).logits(sample) for p, a in pte.items()}
     return {"files": {p: a["file"] for p, a in pte.items()}, "images": int(len(sample)),
             "logits": error_stats(logits["fp32"], logits["int8"]),
             "agreement": float((logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean()),
