@@ -122,4 +122,6 @@ t2=$(date +%s)
 cp "$G/out/aarch64.json" "$OUT/aarch64.json" 2>/dev/null || true
 [ -f "$OUT/aarch64.json" ] || { cat "$OUT/aarch64.txt" >&2; echo "Error: the aarch64 run saved no outputs (exit $arm_rc)" >&2; exit 1; }
 say "x86-64 verify $((t1 - t0)) s, aarch64 verify (emulated) $((t2 - t1)) s; outputs $(stat -c %s "$OUT/x86_64.json") and $(stat -c %s "$OUT/aarch64.json") bytes"
-.venv/bin/mnisttk compare "$OUT/x86_64.json" "$OUT/aarch64.json" --markdown "$OUT/compare.md" --json "$OUT/compare.json"
+# OpenVINO runs on x86 only here (no aarch64 wheel is fetched): its rows are absent from the emulated run, by design
+.venv/bin/mnisttk compare "$OUT/x86_64.json" "$OUT/aarch64.json" --allow-missing '*@openvino*' \
+    --markdown "$OUT/compare.md" --json "$OUT/compare.json"

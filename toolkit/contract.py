@@ -150,6 +150,13 @@ def to_uint8_input(images_u8: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, None, :, :], dtype=np.uint8)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of N×C logits, in float64 (the one every verb uses)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """run() over `x` in slices of `batch`, concatenated."""
     return np.concatenate([np.asarray(run(x[i : i + batch])) for i in range(0, len(x), batch)])

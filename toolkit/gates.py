@@ -166,10 +166,7 @@ def score_fidelity(logits, reference) -> dict:
     of |Δp| over the images, so a user sees whether the confidences can be trusted."""
     import numpy as np
 
-    def softmax(z):
-        z = np.asarray(z, dtype=np.float64)
-        e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+    from toolkit.contract import softmax
 
     top = np.asarray(reference).argmax(1)
     rows = np.arange(len(top))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.contract import MNIST_INPUT, InputSpec
+from toolkit.contract import MNIST_INPUT, InputSpec, softmax  # noqa: F401  (softmax: kept importable from here)
 from toolkit.errors import ImageError, ToolkitError
 from toolkit.fsutil import regular_file
 from toolkit.images import (  # noqa: F401  (predict's readers, kept importable from here)
@@ -258,12 +258,6 @@ def prepare(gray: np.ndarray, as_is: bool = False, how: str = "digit") -> tuple[
     left = int(np.clip(round(14 - cx), 0, 28 - nw))
     canvas[top : top + nh, left : left + nw] = small
     return np.rint(np.clip(canvas, 0, 255)).astype(np.uint8), received
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".npy")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.contract import softmax
 from toolkit.errors import ManifestError, ToolkitError, first_line
 from toolkit.manifest import check_hashes, classes_of, confined_path, load_manifest, ood_rule
-from toolkit.predict import softmax
 from toolkit.runtimes.ort_session import Model, SessionOptions, is_int8_kernel
 
 WARMUP_RUNS = 5

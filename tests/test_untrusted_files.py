@@ -1,7 +1,7 @@
-"""Untrusted input, round 3: a model that would read the user's files through ONNX Runtime's external
-data, an export that would delete files it did not write, compare and outputs files that could be bent,
-unbounded reads, images of every bit depth, and one-line errors for wrong types. Each test failed before
-the change it covers (docs/security.md lists each rule beside its test)."""
+"""Untrusted files: a model that would read the user's files through ONNX Runtime's external data, an
+export that would delete files it did not write, compare and outputs files that could be bent, unbounded
+reads, images of every bit depth, and one-line errors for wrong types (docs/security.md lists each rule
+beside its test)."""
 
 import hashlib
 import json
