@@ -123,7 +123,8 @@ def test_two_node_kinds_a_report_each_then_a_node_lost(exported, tiny_export, tm
     # the driver in a process of its own: Ray reads its token settings when it is first imported
     r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
                         *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "f.json"), "--markdown",
-                        str(tmp_path / "f.md")], capture_output=True, text=True, env=two_nodes.env)
+                        str(tmp_path / "f.md"), "--html", str(tmp_path / "f.html")], capture_output=True, text=True,
+                       env=two_nodes.env)
     assert r.returncode == 0, r.stdout + r.stderr
     fleet = json.loads((tmp_path / "f.json").read_text())
     _valid(fleet)
@@ -142,6 +143,9 @@ def test_two_node_kinds_a_report_each_then_a_node_lost(exported, tiny_export, tm
     assert fleet["comparison"]["passed"] and fleet["comparison"]["cells_compared"] > 0
     assert any("torchscript" in e for e in fleet["comparison"]["excused"])
     assert "# mnisttk verify on a fleet: PASS" in (tmp_path / "f.md").read_text()
+    page = (tmp_path / "f.html").read_text()
+    assert "mnisttk verify on a fleet: " in page and all(k.replace("(", "") in page.replace("(", "") for k in kinds)
+    assert page.count('<section class="node">') == 2
     # the node killed mid-run: its rows are lost, and the fleet cannot PASS
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
                              *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "lost.json")],

@@ -137,3 +137,38 @@ def write_html(result: dict, images: np.ndarray, labels: np.ndarray | None, refe
     from toolkit.fsutil import atomic_write_bytes
 
     atomic_write_bytes(path, render(result, images, labels, reference_predictions).encode("utf-8"))
+
+
+def render_fleet(fleet: dict, images: np.ndarray, labels: np.ndarray | None,
+                 reference_predictions: np.ndarray | None) -> str:
+    """`verify --cluster --html`: one page — the fleet's verdict, then per node kind each node's own report
+    (its table, plot, notes and changed images, as a local run's page), then the nodes compared."""
+    from toolkit.fleet_report import verdict as fleet_verdict
+
+    passed = fleet["passed"]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>mnisttk verify on a fleet: " + ("PASS" if passed else "FAIL") + "</title>",
+             f"<style>{CSS}</style></head><body>",
+             f'<h1>mnisttk verify on a fleet: <span class="{"pass" if passed else "fail"}">'
+             f"{html.escape(fleet_verdict(fleet))}</span></h1>",
+             f"<p>{html.escape(fleet['cluster'])}: {len(fleet['nodes'])} node(s) in {len(fleet['kinds'])} kind(s), "
+             f"{fleet['n_test']:,} test images, {fleet['seconds']:.1f} s.</p>"]
+    for k in fleet["kinds"]:
+        parts.append(f'<h2>{html.escape(k["kind"])}: <span class="{"pass" if k["passed"] else "fail"}">'
+                     f'{"PASS" if k["passed"] else "FAIL"}</span></h2>')
+        for n in (n for n in fleet["nodes"] if n["kind"] == k["kind"]):
+            parts.append(f"<h3>node {html.escape(n['id'][:12])} at {html.escape(str(n.get('address')))}</h3>")
+            if n["status"] != "ok":
+                parts.append(f'<p class="fail">{html.escape(n["status"].upper())}: {html.escape(str(n.get("reason")))}</p>')
+                continue
+            page = render(n["result"], images, labels, reference_predictions)
+            body = page.split("<body>", 1)[1].rsplit("</body>", 1)[0]
+            parts.append(f'<section class="node">{body.replace("<h1>", "<h4>").replace("</h1>", "</h4>")}</section>')
+    comparison = fleet.get("comparison")
+    if comparison:
+        from toolkit.compare import format_markdown as compare_markdown
+
+        parts.append("<h2>The nodes' outputs, image by image, against the first node's</h2>"
+                     f"<pre>{html.escape(compare_markdown(comparison))}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

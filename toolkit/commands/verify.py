@@ -127,8 +127,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
         raise click.UsageError("--nodes selects nodes of a --cluster")
     if cluster:
         _fleet(ctx, config, manifest, cluster, node_selector, data_dir, json_out, md_path,
-               {"--plot": plot_path, "--html": html_path, "--save-outputs": outputs_path, "--golden": golden_path},
-               wide)
+               {"--plot": plot_path, "--save-outputs": outputs_path, "--golden": golden_path}, wide, html_path)
         return
     if require_cuda:
         from toolkit.runtimes.ort_session import available_providers
@@ -195,7 +194,7 @@ def verify(ctx, folder, data_dir, devices, no_torch, skip_runtimes, require_cuda
 
 
 def _fleet(ctx, config, manifest, cluster: str, selector, data_dir, json_out, md_path, unsupported: dict,
-           wide: bool) -> None:
+           wide: bool, html_path) -> None:
     """verify --cluster: the same verify on every selected node of a Ray cluster (toolkit.cluster), one
     report per node kind and the nodes compared image by image."""
     given = [name for name, value in unsupported.items() if value]
@@ -207,7 +206,7 @@ def _fleet(ctx, config, manifest, cluster: str, selector, data_dir, json_out, md
     from toolkit.fleet_report import format_fleet, format_markdown
     from toolkit.manifest import manifest_spec
 
-    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown")],
+    check_outputs([("--json", json_out, "json"), ("--markdown", md_path, "markdown"), ("--html", html_path, "html")],
                   export_files(config.folder, manifest))
     spec = manifest_spec(manifest)
     mnist = load_mnist(data_dir, log=log, size=(spec.height, spec.width))
@@ -217,11 +216,20 @@ def _fleet(ctx, config, manifest, cluster: str, selector, data_dir, json_out, md
     view = shown_tree(fleet)
     click.echo(format_fleet(view, wide=wide), err=json_to_stdout(json_out))
     emit_json(fleet, json_out)
-    if md_path:
-        from toolkit.fsutil import atomic_write_bytes
+    from toolkit.fsutil import atomic_write_bytes
 
-        try:
+    try:
+        if md_path:
             atomic_write_bytes(md_path, format_markdown(view).encode())
-        except OSError as exc:
-            raise ToolkitError(f"cannot write report: {exc}") from None
+        if html_path:
+            from toolkit.html_report import render_fleet
+            from toolkit.manifest import confined_path
+            from toolkit.reference import read_reference
+
+            ref = read_reference(confined_path(config.folder, manifest["reference"]["file"]), len(mnist.test_labels),
+                                 len(manifest.get("classes") or range(10)))
+            atomic_write_bytes(html_path, render_fleet(view, mnist.test_images, mnist.test_labels,
+                                                       ref["logits"].argmax(1)).encode("utf-8"))
+    except OSError as exc:
+        raise ToolkitError(f"cannot write report: {exc}") from None
     ctx.exit(0 if fleet["passed"] else 1)
