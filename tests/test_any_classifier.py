@@ -77,7 +77,8 @@ def test_an_rgb_residual_network_on_an_image_folder_through_every_target(tmp_pat
     assert manifest["classes"] == ["class_0", "class_1", "class_2"] and manifest["preprocessing"] == "resize"
     assert manifest["ood"]["image_checks"] is False  # ink and strokes mean nothing on a photo: logits alone
     # inspect builds every model as verify does: the ExecuTorch pair gave 3 logits where 10 were expected
-    r = run("inspect", "--dir", out, "--data-dir", data, "--json", tmp_path / "inspect.json")
+    r = run("inspect", "--dir", out, "--data-dir", data, "--json", tmp_path / "inspect.json", "--repeats", "1",
+            "--images", "20")
     assert r.exit_code == 0 and "not-one-of-the-3-classes decisions" in r.output, r.output
     assert json.loads((tmp_path / "inspect.json").read_text())["executorch"]["agreement"] > 0.9
     # predict answers in the data set's language, on a picture of another size (resized to 32×32)

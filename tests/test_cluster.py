@@ -36,8 +36,10 @@ def _ray_bin() -> str:
     return str(Path(sys.executable).parent / "ray")
 
 
-class TwoNodes:
-    """`ray start` head on 127.0.0.2 and a worker on 127.0.0.3 (the double), stopped by their temp dir."""
+class Fleet:
+    """Three Ray nodes on loopback addresses, stopped by their temp dir: the head (127.0.0.2) and 127.0.0.3 are
+    the double — an AVX2-only EPYC without torch, an edge device — and 127.0.0.4 is this machine as it is.
+    Each worker's temporary files are its own, so a test sees when its verify has begun."""
 
     def __init__(self, tmp: Path):
         self.temp = Path(f"/tmp/rt{secrets.token_hex(3)}")  # Ray's socket paths must stay short
@@ -52,24 +54,35 @@ class TwoNodes:
         (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # not installed here\n")
         cpuinfo = tmp / "cpuinfo"
         cpuinfo.write_text(CPUINFO_AVX2)
-        self.worker_tmp = tmp / "w3"  # the double's temporary files: where its verify's folder appears
-        self.worker_tmp.mkdir()
-        self.worker_env = {**self.env, "MNISTTK_CPUINFO": str(cpuinfo), "ONEDNN_MAX_CPU_ISA": "AVX2",
-                           "PYTHONPATH": str(hidden), "TMPDIR": str(self.worker_tmp)}
+        double = {"MNISTTK_CPUINFO": str(cpuinfo), "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(hidden)}
+        # short: a forkserver's socket lives in TMPDIR, and AF_UNIX paths are at most 107 bytes
+        self.tmp = {ip: Path(f"{self.temp}n{ip[-1]}") for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")}
+        for folder in self.tmp.values():
+            folder.mkdir()
         common = ["--num-cpus", "1", "--disable-usage-stats", "--temp-dir", str(self.temp)]
-        subprocess.run([_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(self.port),
-                        "--include-dashboard", "false", *common], env=self.env, check=True, capture_output=True)
-        subprocess.run([_ray_bin(), "start", "--address", self.address, "--node-ip-address", "127.0.0.3", *common],
-                       env=self.worker_env, check=True, capture_output=True)
+        self._start(["--head", "--node-ip-address", "127.0.0.2", "--port", str(self.port), "--include-dashboard",
+                     "false"], {**double, "TMPDIR": str(self.tmp["127.0.0.2"])}, common)
+        self._start(["--address", self.address, "--node-ip-address", "127.0.0.3"],
+                    {**double, "TMPDIR": str(self.tmp["127.0.0.3"])}, common)
+        self._start(["--address", self.address, "--node-ip-address", "127.0.0.4"],
+                    {"TMPDIR": str(self.tmp["127.0.0.4"])}, common)
+
+    def _start(self, args: list, env: dict, common: list) -> None:
+        subprocess.run([_ray_bin(), "start", *args, *common], env={**self.env, **env}, check=True, capture_output=True)
+
+    def begun(self, ip: str) -> bool:
+        """Whether the node's verify has written its private folder of the export."""
+        return bool(list(self.tmp[ip].glob("mnisttk-node-*")))
 
     def pids(self, needle: str = "") -> list[int]:
         out = subprocess.run(["pgrep", "-f", f"{self.temp}.*{needle}" if needle else str(self.temp)],
                              capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
 
-    def kill_worker_node(self) -> None:
-        for pid in self.pids("127.0.0.3"):
-            os.kill(pid, signal.SIGKILL)
+    def kill_node(self, ip: str) -> None:
+        for pid in self.pids(ip):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def family(self) -> list[int]:
         """The nodes' processes (by their temp dir or the head's address) and every descendant of them: Ray's
@@ -92,18 +105,19 @@ class TwoNodes:
         for pid in self.family():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        subprocess.run(["rm", "-rf", str(self.temp)], check=False)
+        subprocess.run(["rm", "-rf", str(self.temp), *map(str, self.tmp.values())], check=False)
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
-    nodes = TwoNodes(tmp_path)
+def fleet(tmp_path):
+    nodes = Fleet(tmp_path)
     try:
         yield nodes
     finally:
         nodes.stop()
 
 
+@pytest.mark.e2e  # scheduled first (tests/conftest.py): Ray's start-up is seconds
 def test_a_private_cluster_gives_the_local_verdicts(exported, tiny_export, tmp_path):
     data = tiny_export["data"]
     local = run("verify", "--dir", exported, "--data-dir", data, *LOOSE, "--json", tmp_path / "local.json")
@@ -118,50 +132,56 @@ def test_a_private_cluster_gives_the_local_verdicts(exported, tiny_export, tmp_p
     assert "PASS on every node kind (1 kind(s), 1 node(s))" in r.output
 
 
-def test_two_node_kinds_a_report_each_then_a_node_lost(exported, tiny_export, tmp_path, two_nodes):
-    data = tiny_export["data"]
+def _fleet_verify(fleet: Fleet, folder: Path, data: Path, tmp: Path, name: str, *extra) -> subprocess.Popen:
     # the driver in a process of its own: Ray reads its token settings when it is first imported
-    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
-                        *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "f.json"), "--markdown",
-                        str(tmp_path / "f.md"), "--html", str(tmp_path / "f.html")], capture_output=True, text=True,
-                       env=two_nodes.env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    fleet = json.loads((tmp_path / "f.json").read_text())
-    _valid(fleet)
-    kinds = {n["kind"]: n for n in fleet["nodes"]}
-    assert len(kinds) == 2 and fleet["passed"]
-    double = next(n for k, n in kinds.items() if "a test double" in k)
-    other = next(n for k, n in kinds.items() if "a test double" not in k)
+    return subprocess.Popen([sys.executable, "-m", "toolkit", "verify", "--dir", str(folder), "--data-dir", str(data),
+                             *LOOSE, "--cluster", fleet.address, "--json", str(tmp / f"{name}.json"), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=fleet.env)
+
+
+@pytest.mark.e2e
+def test_two_node_kinds_a_report_each_then_nodes_lost(exported, tiny_export, tmp_path, fleet):
+    data = tiny_export["data"]
+    proc = _fleet_verify(fleet, exported, data, tmp_path, "f", "--markdown", tmp_path / "f.md", "--html",
+                         tmp_path / "f.html")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    result = json.loads((tmp_path / "f.json").read_text())
+    _valid(result)
+    assert len(result["nodes"]) == 3 and len(result["kinds"]) == 2 and result["passed"]
+    kinds = {k["kind"]: k for k in result["kinds"]}
+    double = next(n for n in result["nodes"] if "a test double" in n["kind"])
+    other = next(n for n in result["nodes"] if "a test double" not in n["kind"])
+    assert len(kinds[double["kind"]]["nodes"]) == 2 and len(kinds[other["kind"]]["nodes"]) == 1
     rows = {x["id"]: x for x in double["result"]["rows"]}
     # the node without torch lists its TorchScript rows as skipped with the reason, as locally; the other ran them
     ts = next(rid for rid in rows if rid.startswith("torchscript-int8"))
     assert rows[ts]["status"] == "skipped" and "torch" in " ".join(rows[ts]["reasons"]), rows[ts]
     assert {x["id"]: x["status"] for x in other["result"]["rows"]}[ts] == "ok"
     # each node's int8 rows name the arithmetic of its CPU kind
-    int8 = [x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu"][0]
-    assert "AVX2" in int8["int8_arithmetic"]
-    assert fleet["comparison"]["passed"] and fleet["comparison"]["cells_compared"] > 0
-    assert any("torchscript" in e for e in fleet["comparison"]["excused"])
+    assert "AVX2" in next(x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu")["int8_arithmetic"]
+    assert result["comparison"]["passed"] and result["comparison"]["cells_compared"] > 0
+    assert any("torchscript" in e for e in result["comparison"]["excused"])
     assert "# mnisttk verify on a fleet: PASS" in (tmp_path / "f.md").read_text()
     page = (tmp_path / "f.html").read_text()
-    assert "mnisttk verify on a fleet: " in page and all(k.replace("(", "") in page.replace("(", "") for k in kinds)
-    assert page.count('<section class="node">') == 2
-    # the node killed mid-run: its rows are lost, and the fleet cannot PASS
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir", str(data),
-                             *LOOSE, "--cluster", two_nodes.address, "--json", str(tmp_path / "lost.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=two_nodes.env)
-    deadline = time.time() + 120  # killed once its verify has begun (its private folder is there)
-    while time.time() < deadline and not list(two_nodes.worker_tmp.glob("mnisttk-node-*")):
+    assert "mnisttk verify on a fleet: " in page and page.count('<section class="node">') == 3
+    # two nodes killed mid-run: the double's is run again on the other node of its kind (the head); the only
+    # node of its kind is lost, and the fleet cannot PASS
+    proc = _fleet_verify(fleet, exported, data, tmp_path, "lost")
+    deadline = time.time() + 120  # killed once both have begun their verify
+    while time.time() < deadline and not (fleet.begun("127.0.0.3") and fleet.begun("127.0.0.4")):
         time.sleep(0.1)
-    two_nodes.kill_worker_node()
-    out, _ = proc.communicate(timeout=240)
+    fleet.kill_node("127.0.0.3")
+    fleet.kill_node("127.0.0.4")
+    out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     assert (tmp_path / "lost.json").exists(), out[-3000:]
     lost = json.loads((tmp_path / "lost.json").read_text())
     _valid(lost)
-    assert not lost["passed"]
-    assert {n["status"] for n in lost["nodes"]} == {"ok", "lost"}, [n.get("reason") for n in lost["nodes"]]
-    assert "1 node(s) lost" in out
+    by_ip = {n["address"]: n for n in lost["nodes"]}
+    assert by_ip["127.0.0.4"]["status"] == "lost" and by_ip["127.0.0.3"]["status"] == "ok", out[-2000:]
+    assert by_ip["127.0.0.3"]["ran_on"] != by_ip["127.0.0.3"]["id"]  # retried on the head, its kind
+    assert not lost["passed"] and "1 node(s) lost" in out and "after it was lost" in out
 
 
 def _valid(fleet: dict) -> None:
@@ -204,3 +224,22 @@ def test_without_cluster_nothing_imports_ray(exported, tiny_export):
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ)
     r = run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--nodes", "arch=x86_64")
     assert r.exit_code == 2 and "--nodes selects nodes of a --cluster" in r.output
+
+
+@pytest.mark.slow  # a private cluster (~5 s) and the search's interleaved timing rounds: ~40 s
+def test_export_search_times_its_candidates_on_a_cluster_node(tiny_export, tmp_path):
+    out = tmp_path / "searched"
+    out.mkdir()
+    import shutil
+
+    shutil.copy(tiny_export["out"] / "cnn.pt", out / "cnn.pt")
+    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--search", "--targets", "onnx",
+            "--calibration-size", "50", "--data-dir", tiny_export["data"], "--cluster", "local",
+            "--int8-min-agreement", "0", "--int8-max-drop", "100", "--int8-max-clipped", "100")
+    assert r.exit_code == 0, r.output
+    search = json.loads((out / "manifest.json").read_text())["search"]
+    node = search["timing"]["node"]
+    assert node["address"] == "127.0.0.2" and node["record"]["cpu"]["model"]
+    assert sum(row.get("chosen", False) for row in search["table"]) == 1
+    r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--cluster", "local")
+    assert r.exit_code == 2 and "--cluster and --nodes go with --search" in r.output

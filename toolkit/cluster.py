@@ -267,3 +267,52 @@ def export_bytes(folder: Path) -> dict:
             raise ClusterError(f"{folder}: more than {MAX_SEND_BYTES // 2**30} GiB to send to each node; refused")
         files[name] = data
     return files
+
+
+# ---------------------------------------------------------------- export --search --cluster
+
+
+def evaluate_on_node(files: dict, names: list, images: np.ndarray, labels: np.ndarray, ref_logits: np.ndarray,
+                     gates: Any) -> tuple[list, dict]:
+    """The task: the fp32 file and the candidates written into a private folder, then toolkit.search's
+    own scoring and interleaved timing, here on this node."""
+    from toolkit.search import evaluate_candidates
+
+    with tempfile.TemporaryDirectory(prefix="mnisttk-search-node-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        scores, timing = evaluate_candidates(Path(tmp) / "fp32.onnx", [Path(tmp) / n for n in names], images, labels,
+                                  ref_logits, gates)
+    return scores, {**timing, "node_record": node_record()}
+
+
+def search_evaluator(address: str, selector: str | None, log: Callable[[str], None]) -> Callable:
+    """An evaluator for toolkit.search.run_search that scores and times every candidate on one node of the
+    kind `--nodes` selects (it must select one kind: timings of different CPUs are not comparable)."""
+
+    def evaluator(fp32_onnx: Path, paths: list, images: np.ndarray, labels: np.ndarray, ref_logits: np.ndarray,
+                  gates: Any) -> tuple[list, dict]:
+        with connected(address, log) as ray:
+            nodes = [n for n in select(probe_nodes(ray), selector) if "lost" not in n]
+            kinds = sorted({kind_of(n["record"]) for n in nodes})
+            if len(kinds) != 1:
+                raise ClusterError(f"--search --cluster times the candidates on one node kind, and --nodes "
+                                   f"{selector or 'all'} selects {len(kinds)}: {'; '.join(kinds)[:200]}")
+            node = nodes[0]
+            files = {"fp32.onnx": fp32_onnx.read_bytes(), **{p.name: p.read_bytes() for p in paths}}
+            task = ray.remote(num_cpus=1, max_retries=0)(evaluate_on_node)
+            ref = task.options(scheduling_strategy=_strategy(ray, node["id"])).remote(
+                files, [p.name for p in paths], images, labels, ref_logits, gates)
+            try:
+                scores, timing = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a lost node or a failed task: one line, nothing written
+                cause = getattr(exc, "cause", None) or exc
+                raise ClusterError(f"--search on node {node['id'][:12]} failed ({type(cause).__name__}: "
+                                   f"{first_line(cause, 160)}); nothing was written") from None
+            log(f"search: candidates scored and timed on {kind_of(node['record'])} [{node['id'][:8]}]")
+            record = timing.pop("node_record")
+            timing["node"] = {"id": node["id"], "address": node.get("address"), "kind": kind_of(record),
+                              "record": record}
+            return scores, timing
+
+    return evaluator

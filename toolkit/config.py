@@ -143,7 +143,9 @@ class ExportConfig:
     # (False); None: True for the built-in models (every target is tested on them: a failure is a fault of
     # this install or machine), False for the user's own (whose operators a converter may lack)
     require_all: bool | None = None
-    preprocessing: str | None = None  # predict's: digit | plain; None: by the dataset (toolkit.predict)
+    preprocessing: str | None = None  # predict's: digit | plain | resize; None: by the dataset (toolkit.predict)
+    cluster: str | None = None  # --search --cluster: score and time the candidates on a Ray node (toolkit.cluster)
+    nodes: str | None = None  # which nodes (one kind): toolkit.cluster.select
 
     def __post_init__(self):
         if not 0.5 <= self.not_a_digit_keep < 1:

@@ -280,8 +280,13 @@ def _write_int8(ex: _Export, indices, log) -> None:
     if ex.config.search:
         from toolkit.search import format_search, run_search
 
+        evaluator = None
+        if ex.config.cluster:  # the candidates scored and timed on the node kind the user ships to
+            from toolkit.cluster import search_evaluator
+
+            evaluator = search_evaluator(ex.config.cluster, ex.config.nodes, log)
         ex.search = run_search(ex.stage / f"{ex.arch}_fp32.onnx", ex.calib, ex.quant, ex.data.test_images, ex.labels,
-                               ex.ref_logits, gates=ex.config.gates, log=log)
+                               ex.ref_logits, gates=ex.config.gates, log=log, evaluator=evaluator)
         ex.quant = ex.search.pop("chosen")
         log("search (ONNX Runtime CPU, 1 thread; each candidate on the full test set):\n" + format_search(ex.search))
     elif ex.config.int8_fallback and not ex.quant.keep_fp32:  # the user's own --keep-fp32 is kept as given

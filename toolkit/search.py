@@ -105,9 +105,28 @@ def choose(rows: list[dict], default: int) -> int:
     return min(beyond, key=lambda i: (med[i], -rows[i]["int8_layers"]))
 
 
+def evaluate_candidates(fp32_onnx: Path, paths: list[Path], images_u8: np.ndarray, labels: np.ndarray, ref_logits: np.ndarray,
+             gates: Gates) -> tuple[list[dict], dict]:
+    """Every candidate file scored on the test set, then all of them and the fp32 file timed in interleaved
+    rounds: (the scores, the timing). Runs here, or on a cluster node (toolkit.cluster.search_on_cluster)."""
+    ref_pred = ref_logits.argmax(1)
+    ref_acc = float((ref_pred == labels).mean())
+    classes = ref_logits.shape[1]
+    runners = [_onnx(fp32_onnx, "fp32", classes)]
+    scores = []
+    for path in paths:
+        cand = _onnx(path, "int8", classes)
+        scores.append(_scored(cand, images_u8, labels, ref_pred, ref_acc, gates))
+        runners.append(cand)
+    return scores, _time(runners, images_u8)
+
+
 def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8: np.ndarray, labels: np.ndarray,
-               ref_logits: np.ndarray, gates: Gates = Gates(), log: Callable[[str], None] = lambda s: None) -> dict:
-    """Quantize, score and time every candidate; returns {'chosen': QuantConfig, 'table': [...], ...}."""
+               ref_logits: np.ndarray, gates: Gates = Gates(), log: Callable[[str], None] = lambda s: None,
+               evaluator: Callable | None = None) -> dict:
+    """Quantize, score and time every candidate; returns {'chosen': QuantConfig, 'table': [...], ...}.
+    `evaluator`: where the candidates are scored and timed (`evaluate_candidates`'s signature; default: here, on this
+    machine; `export --search --cluster`: on the node kind the user targets)."""
     from toolkit.exporters.quantize import onnx_static_int8
 
     layers, has_conv = later_layers(fp32_onnx)
@@ -115,20 +134,17 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
     ref_pred = ref_logits.argmax(1)
     ref_acc = float((ref_pred == labels).mean())
     rows: list[dict] = []
-    classes = ref_logits.shape[1]
-    runners = [_onnx(fp32_onnx, "fp32", classes)]
     with tempfile.TemporaryDirectory(prefix="mnisttk-search-") as tmp:
+        paths = []
         for i, q in enumerate(configs):
-            path = Path(tmp) / f"candidate_{i}.onnx"
-            onnx_static_int8(fp32_onnx, path, calib, q)
-            cand = _onnx(path, "int8", classes)
-            scored = _scored(cand, images_u8, labels, ref_pred, ref_acc, gates)
+            paths.append(Path(tmp) / f"candidate_{i}.onnx")
+            onnx_static_int8(fp32_onnx, paths[-1], calib, q)
+        scores, timing = (evaluator or evaluate_candidates)(fp32_onnx, paths, images_u8, labels, ref_logits, gates)
+        for i, (q, scored) in enumerate(zip(configs, scores, strict=True)):
             acc, agreement, reasons = scored["accuracy"], scored["agreement"], scored["reasons"]
             rows.append({"precision": describe(q, layers, has_conv), **scored, "_config": q})
-            runners.append(cand)
             log(f"search: candidate {i + 1}/{len(configs)} {_label(rows[-1]['precision'])}: "
                 f"accuracy {acc:.2%}, agreement {agreement:.2%}{'' if not reasons else ' (fails: ' + '; '.join(reasons) + ')'}")
-        timing = _time(runners, images_u8)
     fp32_row = {"precision": {k: "fp32" for k in describe(base, layers, has_conv)}, "accuracy": ref_acc,
                 "agreement": 1.0, "flipped": 0, "passed": None, "reasons": ["the fp32 baseline"]}
     for k, row in enumerate([fp32_row] + rows):
@@ -154,7 +170,7 @@ def run_search(fp32_onnx: Path, calib: np.ndarray, base: QuantConfig, images_u8:
             "gates": {"int8_max_drop_points": gates.int8_max_drop_points,
                       "int8_min_agreement_pct": gates.int8_min_agreement_pct},
             "timing": {"threads": 1, "batch": BATCH, "rounds": ROUNDS, "latency_iters": LATENCY_ITERS,
-                       "machine_load": timing["machine_load"]}}
+                       "machine_load": timing["machine_load"], **({"node": timing["node"]} if "node" in timing else {})}}
 
 
 def _onnx(path: Path, precision: str, num_classes: int):

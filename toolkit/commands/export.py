@@ -68,6 +68,11 @@ from toolkit.targets import TARGETS
 @click.option("--search", is_flag=True,
               help="With --quantize: try every per-layer precision (first conv fp32/im2col/int8, each later layer "
                    "int8/fp32), score each on the test set under verify's gates, time it, keep the fastest that passes.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="With --search: score and time the candidates on a node of a Ray cluster (HOST:PORT, auto, local), "
+                   "the kind you ship to; needs mnisttk[cluster].")
+@click.option("--nodes", "node_selector", default=None, metavar="SELECTOR",
+              help="With --search --cluster: the node kind to time on (arch=…, flag=…, label:KEY=VALUE, node=ID; one kind).")
 @click.option("--keep-fp32", "keep_fp32", default="", metavar="LAYERS",
               help="Comma list of later layers (e.g. conv2,fc1) the int8 ONNX model leaves in fp32.")
 @click.option("--not-a-digit-keep", "keep", type=click.FloatRange(0.5, 1, max_open=True), default=EXPORT.not_a_digit_keep,
@@ -100,7 +105,8 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
            targets=None, search=False, keep_fp32="", percentile=QUANT.percentile, fp32_atol=GATES.fp32_max_abs_logit_diff,
            int8_max_drop=GATES.int8_max_drop_points, int8_min_agreement=GATES.int8_min_agreement_pct,
            int8_max_clipped=GATES.int8_max_clipped_top_pct, int8_min_ood_agreement=GATES.int8_min_ood_agreement_pct,
-           keep=EXPORT.not_a_digit_keep, arch_spec=None, arch_args="", require_all=None, preprocessing=None):
+           keep=EXPORT.not_a_digit_keep, arch_spec=None, arch_args="", require_all=None, preprocessing=None,
+           cluster=None, node_selector=None):
     """Export a checkpoint to TorchScript and ONNX (fp32; int8 with --quantize), with a
     reference and a manifest, checking fp32 parity on the full test set.
 
@@ -133,7 +139,9 @@ def export(checkpoint, out, quantize, calibration_size, calibration_method, per_
                                       int8_max_clipped_top_pct=int8_max_clipped,
                                       int8_min_ood_agreement_pct=int8_min_ood_agreement),
                           not_a_digit_keep=keep, arch=arch_spec, arch_args=arch_args, require_all=require_all,
-                          preprocessing=preprocessing)
+                          preprocessing=preprocessing, cluster=cluster, nodes=node_selector)
+    if (cluster or node_selector) and not search:
+        raise click.UsageError("--cluster and --nodes go with --search (verify --cluster proves a fleet)")
     from toolkit.checkpoint import checkpoint_spec, load_checkpoint
 
     spec = checkpoint_spec(load_checkpoint(checkpoint))  # a bad checkpoint fails before the data is even loaded
