@@ -117,7 +117,6 @@ def fleet(tmp_path):
         nodes.stop()
 
 
-@pytest.mark.e2e  # scheduled first (tests/conftest.py): Ray's start-up is seconds
 def test_a_private_cluster_gives_the_local_verdicts(exported, tiny_export, tmp_path):
     data = tiny_export["data"]
     local = run("verify", "--dir", exported, "--data-dir", data, *LOOSE, "--json", tmp_path / "local.json")
@@ -139,7 +138,6 @@ def _fleet_verify(fleet: Fleet, folder: Path, data: Path, tmp: Path, name: str, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=fleet.env)
 
 
-@pytest.mark.e2e
 def test_two_node_kinds_a_report_each_then_nodes_lost(exported, tiny_export, tmp_path, fleet):
     data = tiny_export["data"]
     proc = _fleet_verify(fleet, exported, data, tmp_path, "f", "--markdown", tmp_path / "f.md", "--html",
