@@ -224,7 +224,6 @@ def test_without_cluster_nothing_imports_ray(exported, tiny_export):
     assert r.exit_code == 2 and "--nodes selects nodes of a --cluster" in r.output
 
 
-@pytest.mark.slow  # a private cluster (~5 s) and the search's interleaved timing rounds: ~40 s
 def test_export_search_times_its_candidates_on_a_cluster_node(tiny_export, tmp_path):
     out = tmp_path / "searched"
     out.mkdir()
@@ -241,3 +240,13 @@ def test_export_search_times_its_candidates_on_a_cluster_node(tiny_export, tmp_p
     assert sum(row.get("chosen", False) for row in search["table"]) == 1
     r = run("export", "--checkpoint", out / "cnn.pt", "--dir", out, "--quantize", "--cluster", "local")
     assert r.exit_code == 2 and "--cluster and --nodes go with --search" in r.output
+
+
+def test_a_node_whose_machine_changes_during_the_run_is_named():
+    from toolkit.fleet_report import CLOCK_TOLERANCE_S, _changed
+
+    rec = {"cpu": {"model": "m", "flags": ["avx2"]}, "versions": {"onnxruntime": "1.32.0"}}
+    assert _changed(rec, dict(rec), CLOCK_TOLERANCE_S) == []
+    assert _changed(rec, dict(rec), CLOCK_TOLERANCE_S + 0.1)[0].startswith("clock (moved +5.1 s")
+    assert _changed(rec, {**rec, "cpu": {"model": "n", "flags": ["avx2"]}}) == ["CPU model"]
+    assert _changed(rec, {**rec, "versions": {"onnxruntime": "1.33.0"}}) == ["runtime versions"]

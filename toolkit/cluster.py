@@ -48,7 +48,8 @@ def node_record() -> dict:
     from toolkit.env import library_versions
     from toolkit.machine import machine_info
 
-    return {**machine_info(None), "arch": platform.machine(), "versions": library_versions(), "pid": os.getpid()}
+    return {**machine_info(None), "arch": platform.machine(), "versions": library_versions(), "pid": os.getpid(),
+            "clock": time.time()}
 
 
 def verify_on_node(files: dict, images: np.ndarray, labels: np.ndarray, test_sha256: str, config: Any) -> dict:
@@ -171,6 +172,7 @@ def probe_nodes(ray, timeout_s: float = 120.0) -> list[dict]:
         entry = {"id": n["NodeID"], "address": n.get("NodeManagerAddress"), "labels": n.get("Labels") or {}}
         try:
             entry["record"] = ray.get(ref, timeout=timeout_s)
+            entry["clock_offset_s"] = entry["record"]["clock"] - time.time()  # the node's clock against ours
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
             raise ClusterError(f"node {n['NodeID'][:12]} ({entry['address']}) could not describe itself "
@@ -218,7 +220,9 @@ def _dispatch(ray, task, nodes: list[dict], blobs: tuple, test_sha256: str, conf
             node, ran_on, tries = pending.pop(ref)
             try:
                 out = ray.get(ref)
-                outcomes[node["id"]] = {"status": "ok", "ran_on": ran_on["id"], **out}
+                offset = out["record_after"]["clock"] - time.time()
+                outcomes[node["id"]] = {"status": "ok", "ran_on": ran_on["id"], **out,
+                                        "clock_moved_s": offset - ran_on.get("clock_offset_s", offset)}
                 log(f"cluster: {kind_of(ran_on['record'])} [{ran_on['id'][:8]}]: "
                     f"{'PASS' if out['result']['passed'] else 'FAIL'}")
             except RayTaskError as exc:  # the task itself raised (a refusal on the node): its own line

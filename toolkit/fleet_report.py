@@ -31,7 +31,7 @@ def merge(nodes: list[dict], outcomes: dict, labels: np.ndarray, gates: Gates, s
             result = o["result"]
             entry["result"] = result
             entry["passed"] = bool(result["passed"])
-            changed = _changed(n["record"], o.get("record_after") or {})
+            changed = _changed(n["record"], o.get("record_after") or {}, o.get("clock_moved_s") or 0.0)
             if changed:
                 entry["changed_during_run"] = changed
         else:
@@ -53,9 +53,16 @@ def merge(nodes: list[dict], outcomes: dict, labels: np.ndarray, gates: Gates, s
             "kinds": list(kinds.values()), "nodes": out_nodes, "comparison": comparison}
 
 
-def _changed(before: dict, after: dict) -> list[str]:
-    """What of a node's machine record changed between the probe and the run: CPU, versions."""
+CLOCK_TOLERANCE_S = 5.0  # a node's clock against the driver's may drift by this between the probe and the result
+# (the two readings are taken on either side of a network hop and a task hand-off)
+
+
+def _changed(before: dict, after: dict, clock_moved_s: float = 0.0) -> list[str]:
+    """What of a node's machine record changed between the probe and the run: CPU, versions, its clock
+    against the driver's (set, or jumping, mid-run: its timings are not to be trusted)."""
     changed = []
+    if abs(clock_moved_s) > CLOCK_TOLERANCE_S:
+        changed.append(f"clock (moved {clock_moved_s:+.1f} s against the driver's)")
     if after and (before.get("cpu") or {}).get("model") != (after.get("cpu") or {}).get("model"):
         changed.append("CPU model")
     if after and (before.get("cpu") or {}).get("flags") != (after.get("cpu") or {}).get("flags"):
