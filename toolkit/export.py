@@ -209,7 +209,7 @@ def _export_locked(config: ExportConfig, data: MNIST, model, ckpt: dict, arch: s
 
     preprocessing = config.preprocessing or default_preprocessing(data.classes, data.spec)
     if preprocessing != "resize" and not data.spec.is_mnist:
-        raise ExportError(f"--preprocessing {preprocessing} makes MNIST-style 28×28 grey inputs; this model takes "
+        raise ExportError(f"--preprocess {preprocessing} makes MNIST-style 28×28 grey inputs; this model takes "
                           f"{data.spec.text} ({data.spec.colour}): use resize (the default for it)")
     ood_rule = _calibrate_ood(model, data.train_images, config.not_a_digit_keep, data.classes, preprocessing)
     metadata = {"arch": arch, "checkpoint_test_accuracy": test_acc, "mnisttk_version": __version__,

@@ -232,9 +232,7 @@ def _read_split(files: dict, size: tuple[int, int] | None, where: Path) -> tuple
                 img = load_pixels(path, colour=True)
             except ImageError as exc:
                 raise DataError(str(exc)) from None
-            if img.ndim == 3 and not (img == img[..., :1]).all():
-                pass  # colour
-            elif img.ndim == 3:
+            if img.ndim == 3 and (img == img[..., :1]).all():
                 img = img[..., 0]  # an RGB file of grey pixels is grey
             if size is not None:
                 img = resize_u8(img, *size)
@@ -244,7 +242,7 @@ def _read_split(files: dict, size: tuple[int, int] | None, where: Path) -> tuple
             elif img.shape[:2] != first:
                 raise DataError(f"{path}: {_wh(img.shape)} pixels, the images before it {_wh(first)}; pass "
                                 f"--image-size WxH to resize them all to one size")
-            total += img.size * (3 if img.ndim == 2 else 1)
+            total += img.size * (3 if img.ndim == 2 else 1)  # counted as RGB: one colour picture makes them all so
             if total > MAX_DATA_BYTES:
                 raise DataError(f"{where}: its decoded images pass {MAX_DATA_BYTES // 2**30} GiB; "
                                 "refused (a smaller --image-size, or fewer images)")

@@ -517,10 +517,10 @@ def predict(images: list[str], model_path: Path, *, options: PredictOptions = Pr
     found, source = find_rule(model_path, sha, metadata)
     classes = tuple(found["classes"]) if found and "classes" in found else None  # the dataset's class names
     rule, source = (None, "switched off (--accept-all)") if options.accept_all else (found, source)
-    how = options.preprocessing or (found or {}).get("preprocessing", default_preprocessing(classes or (), input_spec)
-                                                     if not input_spec.is_mnist else "digit")  # what export recorded
+    # what export recorded; without a record, MNIST's digit preprocessing, or resize for any other input
+    how = options.preprocessing or (found or {}).get("preprocessing", "digit" if input_spec.is_mnist else "resize")
     if how != "resize" and not input_spec.is_mnist:
-        raise ToolkitError(f"--preprocessing {how} makes MNIST-style 28×28 grey inputs; this model takes "
+        raise ToolkitError(f"--preprocess {how} makes MNIST-style 28×28 grey inputs; this model takes "
                            f"{input_spec.text} ({input_spec.colour}): use resize")
     if rule is None and not options.accept_all:
         log(f"predict: no not-a-digit rule ({source}): every readable image gets a digit")
