@@ -192,3 +192,20 @@ def test_a_manifest_naming_a_target_again_or_thousands_of_times_is_refused(expor
     (exported / "manifest.json").write_text(json.dumps(manifest))
     err = one_error(run("verify", "--dir", exported, "--data-dir", tiny_export["data"], "--no-torch", *LOOSE))
     assert message in err
+
+
+def test_verify_cluster_without_ray_names_the_extra(exported, tiny_export, tmp_path):
+    """An install without the [cluster] extra: one line naming it, before anything is started."""
+    import os
+    import subprocess
+    import sys
+
+    hidden = tmp_path / "no_ray"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None  # not installed here\n")
+    r = subprocess.run([sys.executable, "-m", "toolkit", "verify", "--dir", str(exported), "--data-dir",
+                        str(tiny_export["data"]), "--cluster", "local"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(hidden)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("Error: --cluster needs Ray, which is not installed: "
+                                                 "pip install 'mnisttk[cluster]'")
