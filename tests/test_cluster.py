@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import secrets
 import signal
 import subprocess
@@ -156,8 +157,9 @@ def test_two_node_kinds_a_report_each_then_nodes_lost(exported, tiny_export, tmp
     ts = next(rid for rid in rows if rid.startswith("torchscript-int8"))
     assert rows[ts]["status"] == "skipped" and "torch" in " ".join(rows[ts]["reasons"]), rows[ts]
     assert {x["id"]: x["status"] for x in other["result"]["rows"]}[ts] == "ok"
-    # each node's int8 rows name the arithmetic of its CPU kind
-    assert "AVX2" in next(x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu")["int8_arithmetic"]
+    # each node's int8 rows name the arithmetic of its CPU kind (the double is an x86 CPU: on an x86 machine)
+    onnx_int8 = next(x for x in double["result"]["rows"] if x["id"] == "onnx-int8@ort-cpu")
+    assert platform.machine() not in ("x86_64", "AMD64") or "AVX2" in onnx_int8["int8_arithmetic"]
     assert result["comparison"]["passed"] and result["comparison"]["cells_compared"] > 0
     assert any("torchscript" in e for e in result["comparison"]["excused"])
     assert "# mnisttk verify on a fleet: PASS" in (tmp_path / "f.md").read_text()

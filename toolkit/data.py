@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.contract import MAX_CLASSES, NUM_CLASSES, InputSpec, to_float_input
+from toolkit.contract import MAX_CLASSES, NUM_CLASSES, InputSpec, SpecError, to_float_input
 from toolkit.errors import DataError, first_line
 from toolkit.fsutil import atomic_write_bytes, sha256_bytes, sha256_file
 
@@ -141,8 +141,6 @@ def _magic_ndim(magic: int, kind: str, name: str) -> int:
 def check_image_dims(dims: tuple[int, ...], name: str) -> None:
     """N×H×W or N×H×W×C image dimensions against the input bounds (toolkit.contract.InputSpec) and the
     bytes a data set may hold: refused from the header, before anything is allocated."""
-    from toolkit.contract import InputSpec, SpecError
-
     try:
         InputSpec(int(dims[3]) if len(dims) == 4 else 1, int(dims[1]), int(dims[2]))
     except SpecError as exc:

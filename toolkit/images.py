@@ -192,7 +192,7 @@ def read_npy(path: Path) -> np.ndarray:
     if kind not in "uifb":
         raise ImageError(f"{path}: array dtype {arr.dtype} is not numeric")
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and kind in "uif":  # H×W×RGB(A): to grey (ITU-R 601 luma)
-        arr = np.tensordot(arr[..., :3].astype(np.float64), [0.299, 0.587, 0.114], axes=([-1], [0]))
+        arr = luma(arr)
     arr = np.squeeze(arr) if arr.ndim > 2 else arr
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{path}: array of shape {shape} is not one 2-D image (H×W, 1×H×W or 1×1×H×W)")
@@ -255,14 +255,18 @@ def resize_u8(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(np.rint(resize(img.astype(np.float64), height, width)), 0, 255).astype(np.uint8)
 
 
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (as Pillow's "L") of an H×W×3 (or ×4: alpha left out) array, in float64."""
+    return np.tensordot(rgb[..., :3].astype(np.float64), [0.299, 0.587, 0.114], axes=([-1], [0]))
+
+
 def to_spec(img: np.ndarray, channels: int) -> np.ndarray:
     """A grey H×W or RGB H×W×3 image in `channels` (1: grey by ITU-R 601 luma, as Pillow's "L"; 3: RGB,
     grey copied to each channel). Other counts are only read from NumPy or IDX data."""
     if channels == 1:
         if img.ndim == 2:
             return img
-        luma = img[..., :3].astype(np.float64) @ np.array([299, 587, 114], np.float64) / 1000.0
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(luma(img)), 0, 255).astype(np.uint8)
     if channels == 3:
         return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
     raise ImageError(f"a model of {channels} channels takes no picture files (grey or RGB only)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.contract import MAX_SIDE
 from toolkit.data import MAX_CLASSES, MAX_DATA_BYTES, MAX_IDX_ITEMS, check_image_dims, label_array, parse_classes
 from toolkit.errors import DataError, first_line
 
@@ -159,8 +160,6 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
             raise ValueError
     except ValueError:
         raise DataError(f"--image-size {text[:20]!r}: expected WIDTHxHEIGHT (e.g. 32x32) or one number") from None
-    from toolkit.contract import MAX_SIDE
-
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         raise DataError(f"--image-size {text[:20]!r}: each side must be 1 to {MAX_SIDE} pixels")
     return h, w
